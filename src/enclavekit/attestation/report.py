@@ -116,19 +116,27 @@ class CheckList:
         self._checks: list[Check] = []
         self.first_error: AttestationError | None = None
 
-    def passed(self, name: str, detail: str, *, phase: str = "", expected: str | None = None,
-               actual: str | None = None) -> None:
+    def passed(
+        self, name: str, detail: str, *, phase: str = "", expected: str | None = None, actual: str | None = None
+    ) -> None:
         self._checks.append(Check(name, True, detail, phase, None, expected, actual))
 
-    def failed(self, name: str, error: AttestationError, *, phase: str = "", expected: str | None = None,
-               actual: str | None = None) -> None:
+    def failed(
+        self,
+        name: str,
+        error: AttestationError,
+        *,
+        phase: str = "",
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
         self._checks.append(Check(name, False, error.message, phase, error.code, expected, actual))
         if self.first_error is None:
             self.first_error = error
 
-    @property
-    def ok(self) -> bool:
-        return self.first_error is None
+    def failures(self) -> int:
+        """How many checks failed so far (a method, so type checkers re-evaluate it at each call)."""
+        return sum(1 for check in self._checks if not check.ok)
 
     def freeze(self) -> tuple[Check, ...]:
         return tuple(self._checks)
