@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ __all__ = [
     "AttestationDocument",
     "NitroAttestation",
     "NitroPolicy",
+    "UnsafePolicyWarning",
     "report",
     "verify",
 ]
@@ -221,7 +223,11 @@ class NitroPolicy:
         if self.max_age is not None and self.max_age <= timedelta(0):
             raise PolicyInvalid("max_age must be positive")
         if self.allow_debug:
-            logger.warning("attestation policy allows DEBUG enclaves: their memory is readable by the host")
+            warnings.warn(
+                "attestation policy allows DEBUG enclaves: their memory is readable by the host",
+                UnsafePolicyWarning,
+                stacklevel=3,
+            )
 
     @classmethod
     def from_measurements(cls, *sets: Mapping[int, bytes], **options: Any) -> NitroPolicy:
@@ -248,6 +254,10 @@ def _facts(doc: AttestationDocument) -> dict[str, Any]:
         "debug": doc.debug,
         "measurements": {f"pcr{i}": v.hex() for i, v in sorted(doc.pcrs.items())},
     }
+
+
+class UnsafePolicyWarning(UserWarning):
+    """A policy accepts something unsafe (debug enclaves, unpinned code); shown once per call site."""
 
 
 _verifiers: dict[tuple[bytes, ...], ChainVerifier] = {}
