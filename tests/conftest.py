@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(os.environ.get("ENCLAVEKIT_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
+FIXTURES = Path(
+    os.environ.get("ENCLAVEKIT_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
+)
 
 
 def fixtures_dir(*parts: str) -> Path:

@@ -147,20 +147,28 @@ class ChainVerifier:
             return link
         if len(self._roots) == 1:
             return next(iter(self._roots.values()))
-        issuer = load_certificate(top, "intermediate certificate 1").issuer
+        try:
+            issuer = load_certificate(top, "intermediate certificate 1").issuer
+        except ValueError as exc:
+            raise Malformed(f"intermediate certificate 1: unusable issuer name ({exc})") from exc
         for link in self._roots.values():
             if link.certificate.subject == issuer:
                 return link
         raise ChainUntrusted(f"no trusted root named {issuer.rfc4514_string()}")
 
     def _link(self, parent: _Link, der: bytes, *, is_leaf: bool, what: str) -> _Link:
-        path_digest = hashlib.sha256(parent.path_digest + hashlib.sha256(der).digest()).digest()
+        # The role is part of the key: a certificate checked as a CA was not checked as a leaf, and vice versa.
+        role = b"leaf" if is_leaf else b"ca"
+        path_digest = hashlib.sha256(parent.path_digest + hashlib.sha256(der).digest() + role).digest()
         with self._lock:
             cached = self._cache.get(path_digest)
             if cached is not None:
                 self._cache.move_to_end(path_digest)
                 return cached
-        link = _verify_link(parent, der, path_digest, is_leaf=is_leaf, what=what)
+        try:
+            link = _verify_link(parent, der, path_digest, is_leaf=is_leaf, what=what)
+        except ValueError as exc:  # cryptography's lazy parsing: bad key point, bad extension, ...
+            raise Malformed(f"{what}: unusable certificate ({exc})") from exc
         with self._lock:
             self._cache[path_digest] = link
             while len(self._cache) > self._cache_size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ class CoseSign1:
     """A COSE_Sign1 structure, split but not yet verified. ``protected`` is kept as received."""
 
     protected: bytes
-    unprotected: dict[Any, Any]
+    unprotected: Mapping[Any, Any]
     payload: bytes
     signature: bytes
 
@@ -47,13 +48,13 @@ class CoseSign1:
         if isinstance(item, cbor2.CBORTag):
             if item.tag != COSE_SIGN1_TAG:
                 raise Malformed(f"COSE_Sign1: unexpected CBOR tag {item.tag} (expected 18 or none)")
-            item = item.value
-        if not isinstance(item, list) or len(item) != 4:
+            item = item.value  # cbor2 decodes arrays under a tag as tuples
+        if not isinstance(item, list | tuple) or len(item) != 4:
             raise Malformed("COSE_Sign1: expected an array of 4 items")
         protected, unprotected, payload, signature = item
         if not isinstance(protected, bytes):
             raise Malformed("COSE_Sign1: protected header is not a byte string")
-        if not isinstance(unprotected, dict):
+        if not isinstance(unprotected, Mapping):
             raise Malformed("COSE_Sign1: unprotected header is not a map")
         if not isinstance(payload, bytes):
             raise Malformed("COSE_Sign1: payload is not a byte string (detached payloads are not accepted)")

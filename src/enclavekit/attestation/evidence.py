@@ -93,6 +93,8 @@ class EvidenceResult:
             "timestamp": facts.pop("timestamp", None),
             "verified_at": self.verified_at.isoformat(),
         }
+        out["module_id"] = facts.pop("module_id", None)
+        out["measurements"] = facts.pop("measurements", {})
         out.update(facts)
         out["checks"] = [] if self.report is None else [c.to_json() for c in self.report.checks]
         return out

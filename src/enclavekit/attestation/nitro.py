@@ -71,6 +71,7 @@ _PAYLOAD_KEYS = (
     "user_data",
     "nonce",
 )
+_MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _OPTIONAL_KEYS = frozenset({"public_key", "user_data", "nonce"})
 
 
@@ -123,8 +124,8 @@ class AttestationDocument:
         if digest != "SHA384":
             raise Malformed(f"digest must be 'SHA384', got {digest!r}")
         timestamp = payload["timestamp"]
-        if type(timestamp) is not int or not 0 < timestamp < 2**63:
-            raise Malformed("timestamp must be a positive integer (milliseconds since the epoch)")
+        if type(timestamp) is not int or not 0 < timestamp <= _MAX_TIMESTAMP_MS:
+            raise Malformed("timestamp must be a positive integer of milliseconds since the epoch, before 10000 AD")
         pcrs = _parse_pcrs(payload["pcrs"])
         certificate = _bytes_field(payload["certificate"], "certificate", minimum=1)
         cabundle_raw = payload["cabundle"]

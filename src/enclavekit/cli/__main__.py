@@ -1,0 +1,5 @@
+"""``python -m enclavekit.cli``."""
+
+from enclavekit.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""``enclavekit verify`` as other tools call it: a real process, its exit code and its JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.nitro_samples import sample, samples, valid_samples
+
+ENCLAVEKIT = [sys.executable, "-m", "enclavekit.cli"]
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ENCLAVEKIT, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def _path(name: str) -> Path:
+    from tests.conftest import fixtures_dir
+
+    return fixtures_dir("nitro", "samples", name)
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("enclavekit ")
+
+
+def test_every_real_document_in_one_batch_as_json() -> None:
+    files = [_path(s.name) for s in samples()]
+    result = run("verify", *files, "--at", "doc", "--allow-debug", "--json")
+    assert result.returncode == 1  # the corrupt one
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(line["file"]).name for line in lines] == [s.name for s in samples()]
+    for line, s in zip(lines, samples(), strict=True):
+        assert set(line) >= {
+            "file",
+            "valid",
+            "tee",
+            "error",
+            "debug",
+            "timestamp",
+            "module_id",
+            "measurements",
+            "checks",
+        }
+        assert line["tee"] == "nitro"
+        if s.valid:
+            assert line["valid"] is True
+            assert line["error"] is None
+            assert line["module_id"] == s.facts["module_id"]
+            assert line["measurements"]["pcr0"] == s.facts["pcrs"]["0"]
+            assert line["debug"] is s.facts["debug_mode"]
+            assert all(check["ok"] for check in line["checks"])
+        else:
+            assert line["valid"] is False
+            assert line["error"]["code"] == "malformed"
+
+
+def test_exit_zero_only_when_every_file_is_valid() -> None:
+    nondebug = [_path(s.name) for s in valid_samples() if not s.facts["debug_mode"]]
+    assert run("verify", *nondebug, "--at", "doc").returncode == 0
+    debug = _path(next(s.name for s in valid_samples() if s.facts["debug_mode"]))
+    result = run("verify", *nondebug, debug, "--at", "doc", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout.splitlines()[-1])["error"]["code"] == "debug_mode"
+
+
+def test_today_every_real_document_has_expired() -> None:
+    result = run("verify", _path("base_2024-11-30_nondebug.cbor"), "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"]["code"] == "certificate_expired"
+
+
+def test_at_accepts_unix_seconds_and_iso8601() -> None:
+    s = sample("base_2024-11-30")
+    unix = str(s.facts["timestamp_ms"] / 1000 + 5)
+    assert run("verify", _path(s.name), "--at", unix).returncode == 0
+    assert run("verify", _path(s.name), "--at", "2024-11-30T16:30:00Z").returncode == 0
+    assert run("verify", _path(s.name), "--at", "2024-12-25T00:00:00").returncode == 1
+
+
+def test_policy_file_is_applied(tmp_path: Path) -> None:
+    s = sample("base_2024-11-30")
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[nitro.measurements]]\nPCR0 = "{s.facts["pcrs"]["0"]}"\n')
+    assert run("verify", _path(s.name), "--at", "doc", "--policy", good).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[[nitro.measurements]]\nPCR0 = "{"00" * 48}"\n')
+    result = run("verify", _path(s.name), "--at", "doc", "--policy", bad, "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"]["code"] == "measurement_mismatch"
+
+
+def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
+    s = sample("base_2024-11-30")
+    result = run("verify", _path(s.name), "--at", "yesterday")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[nitro]\n")
+    result = run("verify", _path(s.name), "--policy", empty)
+    assert result.returncode == 2
+    assert "pins no measurements" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_garbage_and_missing_files_are_invalid_not_crashes(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x84" + b"\xff" * 100)
+    result = run("verify", garbage, tmp_path / "missing.cbor", "--json")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    codes = [json.loads(line)["error"]["code"] for line in result.stdout.splitlines()]
+    assert codes == ["malformed", "malformed"]
+
+
+def test_human_output_names_the_verdict_and_the_checks() -> None:
+    result = run("verify", _path("base_2024-11-30_nondebug.cbor"), "--at", "doc")
+    assert "VALID" in result.stdout
+    assert "certificate.chain" in result.stdout
+    assert "PCR0" in result.stdout
