@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enclavekit.errors import ConfigurationError, Rejected
+from enclavekit.errors import ConfigurationError, InfrastructureError, Rejected
 
 __all__ = [
     "AttestationError",
@@ -12,12 +12,14 @@ __all__ = [
     "CollateralExpired",
     "CollateralMismatch",
     "CollateralMissing",
+    "CollateralUnavailable",
     "ComposeHashMismatch",
     "DebugMode",
     "EventDigestMismatch",
     "Malformed",
     "MeasurementMismatch",
     "NonceMismatch",
+    "PlatformRejected",
     "PolicyInvalid",
     "PublicKeyMismatch",
     "QuoteSignatureInvalid",
@@ -26,6 +28,7 @@ __all__ = [
     "SignatureInvalid",
     "Stale",
     "TcbStatusRejected",
+    "TeeMismatch",
     "TimestampInFuture",
     "UnsupportedAlgorithm",
     "UserDataMismatch",
@@ -138,6 +141,24 @@ class CollateralMismatch(AttestationError):
     """The collateral does not belong to this quote's platform, or is otherwise inconsistent."""
 
     code = "collateral_mismatch"
+
+
+class CollateralUnavailable(InfrastructureError):
+    """Collateral could not be fetched from the PCCS (network, HTTP error, unusable answer). Worth retrying."""
+
+    code = "collateral_unavailable"
+
+
+class PlatformRejected(AttestationError):
+    """The platform's configuration (dynamic platform, cached keys, SMT) is not allowed by the policy."""
+
+    code = "platform_policy"
+
+
+class TeeMismatch(AttestationError):
+    """The evidence comes from another kind of TEE than the verifier or policy expects (an SGX quote for TDX)."""
+
+    code = "tee_mismatch"
 
 
 class QuoteSignatureInvalid(AttestationError):
