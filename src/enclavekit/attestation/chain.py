@@ -52,36 +52,36 @@ class VerifiedChain:
 
     certificates: tuple[x509.Certificate, ...]  # root first, leaf last
     ders: tuple[bytes, ...]
+    leaf_key: ec.EllipticCurvePublicKey
+    root_subject: str
 
     @property
     def leaf(self) -> x509.Certificate:
         return self.certificates[-1]
 
-    @property
-    def leaf_key(self) -> ec.EllipticCurvePublicKey:
-        return _p384_key(self.certificates[-1], "leaf certificate")
-
 
 @dataclass(frozen=True, slots=True)
 class _Link:
     certificate: x509.Certificate
+    key: ec.EllipticCurvePublicKey
     path_digest: bytes
+    # may this certificate issue certificates (basicConstraints CA and keyUsage keyCertSign)?
+    issues_certificates: bool
     # how many more CA certificates may follow below this one (None: unlimited)
     remaining_path: int | None
 
 
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
+def _constraints(cert: x509.Certificate) -> tuple[x509.BasicConstraints | None, x509.KeyUsage | None]:
+    """basicConstraints and keyUsage, read in one pass over the extensions."""
+    basic: x509.BasicConstraints | None = None
+    usage: x509.KeyUsage | None = None
+    for extension in cert.extensions:
+        value = extension.value
+        if isinstance(value, x509.BasicConstraints):
+            basic = value
+        elif isinstance(value, x509.KeyUsage):
+            usage = value
+    return basic, usage
 
 
 def _p384_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
@@ -103,10 +103,12 @@ class ChainVerifier:
         self._roots: dict[bytes, _Link] = {}
         for der in roots:
             cert = load_certificate(der, "trusted root")
-            _p384_key(cert, "trusted root")
+            key = _p384_key(cert, "trusted root")
             digest = hashlib.sha256(der).digest()
-            bc = _basic_constraints(cert)
-            self._roots[der] = _Link(cert, digest, None if bc is None else bc.path_length)
+            bc, ku = _constraints(cert)
+            issues = bc is not None and bc.ca and ku is not None and ku.key_cert_sign
+            self._roots[der] = _Link(cert, key, digest, issues, None if bc is None else bc.path_length)
+        self._root_subjects = {der: link.certificate.subject.rfc4514_string() for der, link in self._roots.items()}
         self._cache: OrderedDict[bytes, _Link] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -137,7 +139,9 @@ class ChainVerifier:
             )
             _check_validity(link.certificate, now, what)
         root_der = next(d for d, link in self._roots.items() if link is links[0])
-        return VerifiedChain(tuple(link.certificate for link in links), (root_der, *ders))
+        return VerifiedChain(
+            tuple(link.certificate for link in links), (root_der, *ders), links[-1].key, self._root_subjects[root_der]
+        )
 
     def _select_root(self, top: bytes, wanted: bytes | None) -> _Link:
         if wanted is not None:
@@ -175,6 +179,11 @@ class ChainVerifier:
                 self._cache.popitem(last=False)
         return link
 
+    def clear(self) -> None:
+        """Forget every verified link (the roots stay)."""
+        with self._lock:
+            self._cache.clear()
+
     def evict_expired(self, now: datetime) -> int:
         """Drop cached links whose certificate expired before ``now``; returns how many."""
         with self._lock:
@@ -191,32 +200,26 @@ class ChainVerifier:
 def _verify_link(parent: _Link, der: bytes, path_digest: bytes, *, is_leaf: bool, what: str) -> _Link:
     issuer = parent.certificate
     cert = load_certificate(der, what)
-    _p384_key(cert, what)
-    issuer_key = _p384_key(issuer, "issuer of " + what)
+    key = _p384_key(cert, what)
 
-    issuer_bc = _basic_constraints(issuer)
-    if issuer_bc is None or not issuer_bc.ca:
-        raise ChainUntrusted(f"{what} is issued by a certificate that is not a CA")
-    issuer_ku = _key_usage(issuer)
-    if issuer_ku is None or not issuer_ku.key_cert_sign:
-        raise ChainUntrusted(f"{what} is issued by a certificate not allowed to sign certificates")
+    if not parent.issues_certificates:
+        raise ChainUntrusted(f"{what} is issued by a certificate that is not a CA allowed to sign certificates")
     if cert.issuer != issuer.subject:
         raise ChainUntrusted(f"{what}: issuer {cert.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}")
     if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
         raise UnsupportedAlgorithm(f"{what} is not signed with ECDSA-SHA384")
     try:
-        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
+        parent.key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
         raise ChainUntrusted(f"{what}: signature does not verify with its issuer's key") from exc
 
-    bc = _basic_constraints(cert)
-    ku = _key_usage(cert)
+    bc, ku = _constraints(cert)
     if is_leaf:
         if bc is not None and bc.ca:
             raise ChainUntrusted("leaf certificate must not be a CA")
         if ku is None or not ku.digital_signature:
             raise ChainUntrusted("leaf certificate is not allowed to make digital signatures")
-        return _Link(cert, path_digest, 0)
+        return _Link(cert, key, path_digest, False, 0)
 
     if bc is None or not bc.ca:
         raise ChainUntrusted(f"{what} is not a CA but issues further certificates")
@@ -225,7 +228,8 @@ def _verify_link(parent: _Link, der: bytes, path_digest: bytes, *, is_leaf: bool
     remaining = None if parent.remaining_path is None else parent.remaining_path - 1
     if bc.path_length is not None:
         remaining = bc.path_length if remaining is None else min(remaining, bc.path_length)
-    return _Link(cert, path_digest, remaining)
+    issues = ku is not None and ku.key_cert_sign
+    return _Link(cert, key, path_digest, issues, remaining)
 
 
 def _check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:

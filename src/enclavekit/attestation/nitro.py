@@ -273,11 +273,14 @@ def _chain_verifier(roots: tuple[bytes, ...]) -> ChainVerifier:
     return verifier
 
 
-def report(document: bytes, policy: NitroPolicy, *, now: datetime) -> Report[NitroAttestation]:
+def report(
+    document: bytes, policy: NitroPolicy, *, now: datetime, chains: ChainVerifier | None = None
+) -> Report[NitroAttestation]:
     """Check ``document`` against ``policy`` at time ``now``; never raises for bad evidence.
 
     Authenticity checks (parse, chain, signature, time) run in order and stop at the first failure; policy
-    checks then all run, so a report shows every mismatch.
+    checks then all run, so a report shows every mismatch. ``chains`` is the verifier (and cache) of
+    certificate chains; by default one shared per set of roots.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -292,14 +295,13 @@ def report(document: bytes, policy: NitroPolicy, *, now: datetime) -> Report[Nit
 
     chain: VerifiedChain | None = None
     try:
-        chain = _chain_verifier(policy.roots).verify(doc.cabundle[1:], doc.certificate, now=now)
+        chain = (chains or _chain_verifier(policy.roots)).verify(doc.cabundle[1:], doc.certificate, now=now)
     except AttestationError as exc:
         checks.failed("certificate.chain", exc, phase="hardware")
         return _result(checks, None, facts)
     checks.passed(
         "certificate.chain",
-        f"{len(chain.ders)} certificates to {chain.certificates[0].subject.rfc4514_string()}, "
-        f"valid at {now.isoformat()}",
+        f"{len(chain.ders)} certificates to {chain.root_subject}, valid at {now.isoformat()}",
         phase="hardware",
     )
 
@@ -423,6 +425,8 @@ def _matching_set(pcrs: Mapping[int, bytes], sets: Iterable[MeasurementSet]) -> 
     return None
 
 
-def verify(document: bytes, policy: NitroPolicy, *, now: datetime) -> NitroAttestation:
+def verify(
+    document: bytes, policy: NitroPolicy, *, now: datetime, chains: ChainVerifier | None = None
+) -> NitroAttestation:
     """Verify ``document`` against ``policy`` at time ``now``; raise the first failure's error."""
-    return report(document, policy, now=now).verified()
+    return report(document, policy, now=now, chains=chains).verified()
