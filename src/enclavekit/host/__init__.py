@@ -1,0 +1,1 @@
+"""The untrusted host side: relays and proxies that see only ciphertext."""

@@ -1,0 +1,172 @@
+"""The host's relay and egress proxy over real loopback sockets: forwarding, limits, and hostile clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from enclavekit.host.egress import EgressProxy, parse_allowlist
+from enclavekit.host.relay import Relay, RelayLimits
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[tuple[str, int]]:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[:2]
+    server.close()
+    await server.wait_closed()
+
+
+def _connector(address: tuple[str, int]):  # type: ignore[no-untyped-def]
+    return lambda: asyncio.open_connection(*address)
+
+
+async def test_relay_forwards_bytes_both_ways_and_the_tap_sees_them(echo_server: tuple[str, int]) -> None:
+    seen: list[tuple[str, bytes]] = []
+    relay = Relay(_connector(echo_server), tap=lambda d, b: seen.append((d, b)))
+    host, port = await relay.start()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"ciphertext-123")
+    await writer.drain()
+    assert await reader.readexactly(14) == b"ciphertext-123"
+    writer.close()
+    await relay.close()
+    assert b"".join(b for d, b in seen if d == "in") == b"ciphertext-123"
+    assert b"".join(b for d, b in seen if d == "out") == b"ciphertext-123"
+    assert relay.stats.bytes_in == relay.stats.bytes_out == 14
+
+
+async def test_connections_over_the_limit_are_refused_not_queued(echo_server: tuple[str, int]) -> None:
+    relay = Relay(_connector(echo_server), limits=RelayLimits(max_connections=2))
+    host, port = await relay.start()
+    held = [await asyncio.open_connection(host, port) for _ in range(2)]
+    for _, w in held:
+        w.write(b"x")
+    for r, _ in held:
+        assert await r.readexactly(1) == b"x"
+    reader, _ = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(reader.read(), 2) == b""  # closed at once
+    assert relay.stats.refused == 1
+    await relay.close()
+
+
+async def test_idle_connection_is_closed(echo_server: tuple[str, int]) -> None:
+    relay = Relay(_connector(echo_server), limits=RelayLimits(idle_timeout=0.3))
+    host, port = await relay.start()
+    reader, _ = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    await asyncio.sleep(0.05)
+    assert relay.stats.idle_closed == 1
+    await relay.close()
+
+
+async def test_unreachable_upstream_closes_the_client_cleanly() -> None:
+    async def refuse() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise ConnectionRefusedError
+
+    relay = Relay(refuse)
+    host, port = await relay.start()
+    reader, _ = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    assert relay.stats.upstream_failures == 1
+    await relay.close()
+
+
+async def test_slow_upstream_applies_backpressure_instead_of_buffering() -> None:
+    """An upstream that stops reading must stall the client, not grow the relay's memory."""
+    stalled = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await stalled.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    relay = Relay(_connector(server.sockets[0].getsockname()[:2]))
+    host, port = await relay.start()
+    _, writer = await asyncio.open_connection(host, port)
+    sent = 0
+    chunk = b"\x00" * (1 << 20)
+    with contextlib.suppress(TimeoutError):
+        for _ in range(256):  # offer 256 MiB
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 1.0)
+            sent += len(chunk)
+    assert sent < 64 << 20, "the client was never slowed down"
+    assert relay.stats.bytes_in < 64 << 20
+    stalled.set()
+    writer.close()
+    await relay.close()
+    server.close()
+
+
+# --- egress proxy -------------------------------------------------------------------------------------------
+
+
+async def _request(address: tuple[str, int], head: bytes) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(head)
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    return status, reader, writer
+
+
+async def test_egress_tunnels_to_an_allowlisted_host(echo_server: tuple[str, int]) -> None:
+    proxy = EgressProxy(parse_allowlist([f"127.0.0.1:{echo_server[1]}"]))
+    address = await proxy.start()
+    status, reader, writer = await _request(address, f"CONNECT 127.0.0.1:{echo_server[1]} HTTP/1.1\r\n\r\n".encode())
+    assert status.startswith(b"HTTP/1.1 200")
+    writer.write(b"tls bytes")
+    assert await reader.readexactly(9) == b"tls bytes"
+    writer.close()
+    await proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"CONNECT evil.example:443 HTTP/1.1\r\n\r\n", b"403"),
+        (b"CONNECT 127.0.0.1:22 HTTP/1.1\r\n\r\n", b"403"),
+        (b"GET http://rest.iad-01.braze.com/ HTTP/1.1\r\n\r\n", b"405"),
+        (b"\x16\x03\x01garbage\r\n\r\n", b"400"),
+        (b"CONNECT a:1 HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
+    ],
+)
+async def test_egress_refuses_anything_but_connect_to_the_allowlist(
+    echo_server: tuple[str, int], head: bytes, status: bytes
+) -> None:
+    proxy = EgressProxy(parse_allowlist([f"127.0.0.1:{echo_server[1]}"]))
+    address = await proxy.start()
+    answer, _, writer = await _request(address, head)
+    assert answer.split(b" ")[1] == status
+    writer.close()
+    assert proxy.stats.accepted == 0
+    await proxy.close()
+
+
+async def test_egress_slowloris_head_is_cut_off() -> None:
+    proxy = EgressProxy(parse_allowlist(["example.com"]), head_timeout=0.3)
+    address = await proxy.start()
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"CONNECT exam")
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    await proxy.close()
+
+
+def test_allowlist_entries_are_checked() -> None:
+    assert parse_allowlist(["REST.IAD-01.braze.com", "127.0.0.1:8443"]) == {
+        ("rest.iad-01.braze.com", 443),
+        ("127.0.0.1", 8443),
+    }
+    with pytest.raises(ValueError, match="host"):
+        parse_allowlist(["example.com:http"])
