@@ -1,0 +1,99 @@
+"""``enclavekit up`` and ``enclavekit status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from enclavekit.cli._app import app
+from enclavekit.stack.default import start_default
+from enclavekit.stack.state import DEFAULT_STATE_DIR, StackAlreadyRunning, StateDir
+from enclavekit.stack.up import Stack, serve
+
+__all__ = ["status_command", "up_command"]
+
+STATE_OPTION = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
+
+
+def _print_stack(console: Console, data: dict[str, Any], *, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("piece")
+    table.add_column("where")
+    table.add_column("pid", justify="right")
+    table.add_column("PCR0")
+    for name, service in data.get("services", {}).items():
+        table.add_row(name, service["url"], str(service["pid"]), "")
+    for enclave in data.get("enclaves", []):
+        pcr0 = enclave.get("pcr0") or ""
+        table.add_row(
+            f"enclave {enclave['name']}", enclave["address"], str(enclave["pid"]), pcr0[:16] + "…" if pcr0 else ""
+        )
+    console.print(table)
+
+
+@app.command("up")
+def up_command(
+    state: Path = STATE_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the stack's services listen on."),
+) -> None:
+    """Run the whole stack locally (simulated NSM, SQLite, local NATS, local KMS) until Ctrl-C."""
+    console = Console(highlight=False)
+    folder = StateDir(state.resolve())
+    try:
+        lock = folder.lock()
+    except StackAlreadyRunning as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    stack = Stack(folder, host)
+
+    def ready(data: dict[str, Any]) -> None:
+        _print_stack(console, data, title=f"enclavekit stack is up (state {folder.root})")
+        console.print(f"stack.json: {folder.stack_file}   logs: {folder.logs}   stop: Ctrl-C")
+
+    try:
+        status = asyncio.run(serve(stack, start_default, ready))
+    finally:
+        lock.close()
+    if status == 0:
+        console.print("stack stopped")
+    raise typer.Exit(status)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command("status")
+def status_command(
+    state: Path = STATE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print stack.json with a live 'alive' flag per piece."),
+) -> None:
+    """Show what the local stack runs, live. Exit 1 if it is not running."""
+    data = StateDir(state.resolve()).read_stack()
+    if data is None or not _alive(int(data.get("pid", 0))):
+        if as_json:
+            typer.echo(json.dumps({"running": False}))
+        else:
+            Console(stderr=True).print(f"no stack is running with state folder {state}")
+        raise typer.Exit(1)
+    for service in data.get("services", {}).values():
+        service["alive"] = _alive(int(service["pid"]))
+    for enclave in data.get("enclaves", []):
+        enclave["alive"] = _alive(int(enclave["pid"]))
+    if as_json:
+        typer.echo(json.dumps({"running": True, **data}))
+    else:
+        _print_stack(Console(highlight=False), data, title=f"enclavekit stack (pid {data['pid']})")

@@ -1,0 +1,1 @@
+"""``enclavekit up``: the local stack, its state folder and its processes."""

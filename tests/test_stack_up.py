@@ -1,0 +1,121 @@
+"""``enclavekit up`` as a user runs it: a real process tree, stack.json, status, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "enclavekit.cli"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0): look at its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"enclavekit up exited early: {process.stderr.read() if process.stderr else ''!r}")
+        if path.exists():
+            return json.loads(path.read_text())
+        time.sleep(0.1)
+    raise AssertionError("stack.json never appeared")
+
+
+@pytest.fixture
+def running_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, dict[str, object]]]:
+    state = tmp_path / "state"
+    process = subprocess.Popen([*CLI, "up", "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stack = _wait_for(state / "stack.json", process)
+        yield process, state, stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _pids(stack: dict[str, object]) -> list[int]:
+    services = stack["services"]
+    enclaves = stack["enclaves"]
+    assert isinstance(services, dict)
+    assert isinstance(enclaves, list)
+    return [s["pid"] for s in services.values()] + [e["pid"] for e in enclaves]
+
+
+def test_up_writes_the_stack_contract_and_status_reports_it_live(
+    running_stack: tuple[subprocess.Popen[bytes], Path, dict[str, object]],
+) -> None:
+    process, state, stack = running_stack
+    assert stack["pid"] == process.pid
+    services = stack["services"]
+    assert isinstance(services, dict)
+    assert services["nats"]["url"].startswith("nats://127.0.0.1:")
+    for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
+        assert set(enclave) >= {"name", "pid", "address", "pcr0"}
+    status = subprocess.run(
+        [*CLI, "status", "--state", str(state), "--json"], capture_output=True, text=True, check=True
+    )
+    live = json.loads(status.stdout)
+    assert live["running"] is True
+    assert all(s["alive"] for s in live["services"].values())
+
+
+def test_second_up_on_the_same_state_folder_refuses_clearly(
+    running_stack: tuple[subprocess.Popen[bytes], Path, dict[str, object]],
+) -> None:
+    process, state, _ = running_stack
+    second = subprocess.run([*CLI, "up", "--state", str(state)], capture_output=True, text=True, timeout=30)
+    assert second.returncode == 2
+    assert f"pid {process.pid}" in second.stderr
+    assert process.poll() is None, "the first stack must keep running"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_everything_and_leaves_no_process_behind(tmp_path: Path, sig: signal.Signals) -> None:
+    state = tmp_path / "state"
+    process = subprocess.Popen([*CLI, "up", "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stack = _wait_for(state / "stack.json", process)
+    children = _pids(stack)
+    assert children
+    process.send_signal(sig)
+    assert process.wait(30) == 0
+    assert not (state / "stack.json").exists()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+    status = subprocess.run([*CLI, "status", "--state", str(state)], capture_output=True, text=True)
+    assert status.returncode == 1
+
+
+def test_killed_supervisor_takes_its_children_with_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    process = subprocess.Popen([*CLI, "up", "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children = _pids(_wait_for(state / "stack.json", process))
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
