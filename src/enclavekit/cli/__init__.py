@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enclavekit.cli import nsm as _nsm  # noqa: F401  (registers the command)
+from enclavekit.cli import stack as _stack  # noqa: F401  (registers the commands)
 from enclavekit.cli import verify as _verify  # noqa: F401  (registers the command)
 from enclavekit.cli._app import app
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from enclavekit.attestation.errors import Malformed, PolicyInvalid
+from enclavekit.attestation.errors import Malformed
 from enclavekit.attestation.evidence import (
     MAX_EVIDENCE_SIZE,
     EvidenceKind,
@@ -27,6 +27,7 @@ from enclavekit.attestation.evidence import (
 from enclavekit.attestation.nitro import UnsafePolicyWarning
 from enclavekit.attestation.policy_file import PolicyFile, load_policy
 from enclavekit.cli._app import app
+from enclavekit.errors import ConfigurationError
 
 __all__ = ["verify_command"]
 
@@ -67,7 +68,7 @@ def verify_command(
         if policy is not None:
             policy_file = load_policy(policy)
         roots = _simulator_roots(trust_sim_root)
-    except (PolicyInvalid, OSError, ValueError) as exc:
+    except (ConfigurationError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if allow_debug:
