@@ -40,7 +40,7 @@ def _run(*argv: str | Path) -> None:
 
 def setup() -> None:
     """Create or refresh ``.venv`` so it matches the lockfile exactly."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under whatever python3 the user has
         sys.exit(f"enclavekit needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     wanted = _fingerprint()
     if STAMP.exists() and STAMP.read_text().strip() == wanted:
@@ -50,17 +50,37 @@ def setup() -> None:
         venv.create(VENV, with_pip=True, clear=True)
     python = BIN / "python"
     print("installing locked dependencies into .venv ...", file=sys.stderr)
-    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--require-hashes", "--no-deps", "-r", ROOT / "requirements.lock")
-    _run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--no-build-isolation", "-e", ROOT)
+    _run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--require-hashes",
+        "--no-deps",
+        "-r",
+        ROOT / "requirements.lock",
+    )
+    _run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--no-build-isolation",
+        "-e",
+        ROOT,
+    )
     STAMP.write_text(wanted + "\n")
 
 
 def _exec(program: str, *args: str) -> None:
     path = BIN / program
     argv = [str(path), *args]
-    os.execv(argv[0], argv)
+    os.execv(argv[0], argv)  # noqa: S606 - replaces this process with a program of .venv
 
 
 def main(argv: list[str]) -> None:
