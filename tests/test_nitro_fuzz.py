@@ -86,5 +86,17 @@ def test_deeply_nested_cbor_is_rejected_without_recursion_error() -> None:
     _parse_or_reject(b"\x81" * 100_000 + b"\x00")
 
 
+def test_certificate_with_unknown_signature_algorithm_is_rejected() -> None:
+    """Found by the fuzzer: one byte of the OID ecdsa-with-SHA384 changed (cryptography raises its own error)."""
+    real = sample("base_2024-11-30").data
+    oid = bytes.fromhex("2a8648ce3d040303")
+    position = real.index(oid, real.index(oid) + 1)  # in a certificate of the cabundle
+    mutated = real[:position] + b"\x00" + real[position + 1 :]
+    _parse_or_reject(mutated)
+    error = nitro.report(mutated, POLICY, now=NOW).error
+    assert error is not None
+    assert error.code == "unsupported_algorithm"
+
+
 def test_huge_declared_length_is_rejected_without_allocation() -> None:
     _parse_or_reject(b"\x84\x5b" + (2**62).to_bytes(8, "big"))

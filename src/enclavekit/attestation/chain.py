@@ -21,6 +21,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -173,6 +174,8 @@ class ChainVerifier:
             link = _verify_link(parent, der, path_digest, is_leaf=is_leaf, what=what)
         except ValueError as exc:  # cryptography's lazy parsing: bad key point, bad extension, ...
             raise Malformed(f"{what}: unusable certificate ({exc})") from exc
+        except CryptographyUnsupported as exc:  # an algorithm identifier cryptography does not know
+            raise UnsupportedAlgorithm(f"{what}: {exc}") from exc
         with self._lock:
             self._cache[path_digest] = link
             while len(self._cache) > self._cache_size:
