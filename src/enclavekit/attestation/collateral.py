@@ -100,7 +100,8 @@ def _crl(hex_text: str, what: str) -> x509.CertificateRevocationList:
 class Collateral:
     """One platform's collateral, parsed and checked for shape (not yet for signatures: dcap-qvl does that).
 
-    ``not_before`` .. ``not_after`` is where every part (TCB info, QE identity, both CRLs) is current.
+    ``not_before`` .. ``not_after`` is where every part (TCB info, QE identity, both CRLs) is current: the
+    latest issue date and the earliest next update.
     """
 
     tee: Literal["tdx", "sgx"]
@@ -117,24 +118,8 @@ class Collateral:
     root_ca_crl_next_update: datetime
     json_text: str
     qvl: dcap_qvl.QuoteCollateralV3
-
-    @property
-    def not_before(self) -> datetime:
-        return max(
-            self.tcb_info_issue_date,
-            self.qe_identity_issue_date,
-            self.pck_crl_this_update,
-            self.root_ca_crl_this_update,
-        )
-
-    @property
-    def not_after(self) -> datetime:
-        return min(
-            self.tcb_info_next_update,
-            self.qe_identity_next_update,
-            self.pck_crl_next_update,
-            self.root_ca_crl_next_update,
-        )
+    not_before: datetime
+    not_after: datetime
 
     def valid_at(self, now: datetime) -> bool:
         return self.not_before <= now <= self.not_after
@@ -205,21 +190,28 @@ class Collateral:
             qvl = dcap_qvl.QuoteCollateralV3.from_json(data)
         except ValueError as exc:
             raise Malformed(f"collateral: dcap-qvl cannot read it ({exc})") from exc
+        times = {
+            "tcb_info_issue_date": _time(tcb_info.get("issueDate"), "tcb_info issueDate"),
+            "tcb_info_next_update": _time(tcb_info.get("nextUpdate"), "tcb_info nextUpdate"),
+            "qe_identity_issue_date": _time(qe_identity.get("issueDate"), "qe_identity issueDate"),
+            "qe_identity_next_update": _time(qe_identity.get("nextUpdate"), "qe_identity nextUpdate"),
+            "pck_crl_this_update": pck_crl.last_update_utc,
+            "pck_crl_next_update": pck_crl.next_update_utc,
+            "root_ca_crl_this_update": root_crl.last_update_utc,
+            "root_ca_crl_next_update": root_crl.next_update_utc,
+        }
+        starts = [value for key, value in times.items() if key.endswith(("issue_date", "this_update"))]
+        ends = [value for key, value in times.items() if key.endswith(("next_update",))]
         return cls(
             tee=tee,  # type: ignore[arg-type]
             fmspc=fmspc.upper(),
             ca=ca,
             tcb_evaluation_data_number=number,
-            tcb_info_issue_date=_time(tcb_info.get("issueDate"), "tcb_info issueDate"),
-            tcb_info_next_update=_time(tcb_info.get("nextUpdate"), "tcb_info nextUpdate"),
-            qe_identity_issue_date=_time(qe_identity.get("issueDate"), "qe_identity issueDate"),
-            qe_identity_next_update=_time(qe_identity.get("nextUpdate"), "qe_identity nextUpdate"),
-            pck_crl_this_update=pck_crl.last_update_utc,
-            pck_crl_next_update=pck_crl.next_update_utc,
-            root_ca_crl_this_update=root_crl.last_update_utc,
-            root_ca_crl_next_update=root_crl.next_update_utc,
+            **times,
             json_text=data,
             qvl=qvl,
+            not_before=max(starts),
+            not_after=min(ends),
         )
 
 

@@ -47,6 +47,10 @@ _V5_BODY_SIZES = {1: SGX_REPORT_SIZE, 2: TD_REPORT10_SIZE, 3: TD_REPORT15_SIZE}
 _ATTESTATION_KEY_TYPES = frozenset({2, 3})  # ECDSA-256 with P-256, ECDSA-384 with P-384
 CERT_TYPE_PCK_CHAIN = 5
 CERT_TYPE_QE_REPORT = 6
+_HEADER = struct.Struct("<HHIHH16s20s")
+_SGX_REPORT = struct.Struct("<16sI28x16s32s32x32s96xHH60x64s")
+_TD_REPORT10 = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
+_TD_REPORT15_TAIL = struct.Struct("<16s48s")
 _HEX_TEXT = re.compile(rb"\s*(?:0x|0X)?([0-9a-fA-F\s]+)")
 
 
@@ -109,13 +113,9 @@ class QuoteHeader:
 
     @classmethod
     def _read(cls, reader: _Reader) -> QuoteHeader:
-        version = reader.u16("header.version")
-        key_type = reader.u16("header.attestation_key_type")
-        tee_type = reader.u32("header.tee_type")
-        qe_svn = reader.u16("header.qe_svn")
-        pce_svn = reader.u16("header.pce_svn")
-        vendor = reader.take(16, "header.qe_vendor_id")
-        user_data = reader.take(20, "header.user_data")
+        version, key_type, tee_type, qe_svn, pce_svn, vendor, user_data = _HEADER.unpack(
+            reader.take(HEADER_SIZE, "header")
+        )
         if version not in (3, 4, 5):
             raise Malformed(f"unsupported quote version {version} (expected 3, 4 or 5)")
         if key_type not in _ATTESTATION_KEY_TYPES:
@@ -149,19 +149,9 @@ class SgxReport:
     def from_bytes(cls, data: bytes) -> SgxReport:
         if len(data) != SGX_REPORT_SIZE:
             raise Malformed(f"SGX report must be {SGX_REPORT_SIZE} bytes, got {len(data)}")
-        reader = _Reader(data)
-        cpu_svn = reader.take(16, "cpu_svn")
-        misc_select = reader.u32("misc_select")
-        reader.take(28, "reserved1")
-        attributes = reader.take(16, "attributes")
-        mr_enclave = reader.take(32, "mr_enclave")
-        reader.take(32, "reserved2")
-        mr_signer = reader.take(32, "mr_signer")
-        reader.take(96, "reserved3")
-        isv_prod_id = reader.u16("isv_prod_id")
-        isv_svn = reader.u16("isv_svn")
-        reader.take(60, "reserved4")
-        report_data = reader.take(64, "report_data")
+        (cpu_svn, misc_select, attributes, mr_enclave, mr_signer, isv_prod_id, isv_svn, report_data) = (
+            _SGX_REPORT.unpack(data)
+        )
         return cls(cpu_svn, misc_select, attributes, mr_enclave, mr_signer, isv_prod_id, isv_svn, report_data)
 
 
@@ -197,23 +187,27 @@ class TdReport:
     def from_bytes(cls, data: bytes) -> TdReport:
         if len(data) not in (TD_REPORT10_SIZE, TD_REPORT15_SIZE):
             raise Malformed(f"TD report must be {TD_REPORT10_SIZE} or {TD_REPORT15_SIZE} bytes, got {len(data)}")
-        reader = _Reader(data)
-        tee_tcb_svn = reader.take(16, "tee_tcb_svn")
-        mr_seam = reader.take(48, "mr_seam")
-        mr_signer_seam = reader.take(48, "mr_signer_seam")
-        seam_attributes = reader.take(8, "seam_attributes")
-        td_attributes = reader.take(8, "td_attributes")
-        xfam = reader.take(8, "xfam")
-        mr_td = reader.take(48, "mr_td")
-        mr_config_id = reader.take(48, "mr_config_id")
-        mr_owner = reader.take(48, "mr_owner")
-        mr_owner_config = reader.take(48, "mr_owner_config")
-        rtmrs = (reader.take(48, "rtmr0"), reader.take(48, "rtmr1"), reader.take(48, "rtmr2"), reader.take(48, "rtmr3"))
-        report_data = reader.take(64, "report_data")
+        (
+            tee_tcb_svn,
+            mr_seam,
+            mr_signer_seam,
+            seam_attributes,
+            td_attributes,
+            xfam,
+            mr_td,
+            mr_config_id,
+            mr_owner,
+            mr_owner_config,
+            rtmr0,
+            rtmr1,
+            rtmr2,
+            rtmr3,
+            report_data,
+        ) = _TD_REPORT10.unpack_from(data)
+        rtmrs = (rtmr0, rtmr1, rtmr2, rtmr3)
         svn2 = servicetd = None
-        if reader.remaining:
-            svn2 = reader.take(16, "tee_tcb_svn2")
-            servicetd = reader.take(48, "mr_servicetd")
+        if len(data) == TD_REPORT15_SIZE:
+            svn2, servicetd = _TD_REPORT15_TAIL.unpack_from(data, TD_REPORT10_SIZE)
         return cls(
             tee_tcb_svn,
             mr_seam,
