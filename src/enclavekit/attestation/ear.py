@@ -22,6 +22,7 @@ from typing import Any
 
 from enclavekit import __version__
 from enclavekit.attestation.report import Check, Report
+from enclavekit.errors import Error
 
 __all__ = [
     "EAR_PROFILE",
@@ -30,6 +31,7 @@ __all__ = [
     "TrustTier",
     "TrustVector",
     "appraise",
+    "ear_for_error",
     "ear_from_report",
     "tier_of",
 ]
@@ -303,3 +305,15 @@ def ear_from_report(
         submods=MappingProxyType({name or report.tee: appraisal}),
         nonce=nonce,
     )
+
+
+def ear_for_error(name: str, error: Error, *, issued_at: datetime) -> AttestationResult:
+    """An EAR for evidence that could not be appraised at all (unreadable, of no known kind, no usable policy)."""
+    if issued_at.tzinfo is None:
+        raise ValueError("issued_at must be timezone-aware")
+    appraisal = Appraisal(
+        status=TrustTier.CONTRAINDICATED,
+        trust_vector=TrustVector({}),
+        verifier_claims=MappingProxyType({"error": error.to_json()}),
+    )
+    return AttestationResult(issued_at=int(issued_at.timestamp()), submods=MappingProxyType({name: appraisal}))

@@ -12,9 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from enclavekit.attestation import nitro
+import dcap_qvl
+
+from enclavekit.attestation import dstack, ear, nitro, tdx
+from enclavekit.attestation.collateral import Collateral
 from enclavekit.attestation.errors import AttestationError, Malformed, PolicyInvalid
 from enclavekit.attestation.policy_file import PolicyFile
+from enclavekit.attestation.quote import Quote
 from enclavekit.attestation.report import Report, VerifiedAttestation
 
 __all__ = ["EvidenceKind", "EvidenceResult", "VerifyOptions", "detect", "parse_at", "verify_evidence"]
@@ -25,13 +29,25 @@ MAX_EVIDENCE_SIZE = 4 * 1024 * 1024
 
 class EvidenceKind(enum.StrEnum):
     NITRO = "nitro"
+    QUOTE = "quote"  # an Intel DCAP quote (TDX or SGX), raw or hex
+    DSTACK = "dstack"  # a dstack bundle: JSON with a quote and its event log
     UNKNOWN = "unknown"
+
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF \t\r\n")
 
 
 def detect(data: bytes) -> EvidenceKind:
     """Recognise evidence by its first bytes (no parsing beyond that)."""
     if data[:1] in (b"\x84", b"\xd2"):  # COSE_Sign1: array(4), or tag 18
         return EvidenceKind.NITRO
+    if data[:2] in (b"\x03\x00", b"\x04\x00", b"\x05\x00"):  # DCAP quote versions 3, 4, 5
+        return EvidenceKind.QUOTE
+    if dstack.is_bundle(data):
+        return EvidenceKind.DSTACK
+    text = data.strip().removeprefix(b"0x").removeprefix(b"0X")
+    if text[:4] in (b"0300", b"0400", b"0500") and _HEX_DIGITS.issuperset(text):
+        return EvidenceKind.QUOTE
     return EvidenceKind.UNKNOWN
 
 
@@ -62,6 +78,9 @@ class VerifyOptions:
     at: At = "now"
     allow_debug: bool = False
     extra_nitro_roots: tuple[bytes, ...] = ()
+    collateral: tuple[Collateral, ...] = ()
+    unsafe_no_collateral: bool = False
+    app_compose: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +118,14 @@ class EvidenceResult:
         out["checks"] = [] if self.report is None else [c.to_json() for c in self.report.checks]
         return out
 
+    def to_ear(self, *, issued_at: datetime | None = None) -> dict[str, Any]:
+        """The result as an EAR claims set (``enclavekit verify --format ear``)."""
+        moment = issued_at or self.verified_at
+        if self.report is not None:
+            return ear.ear_from_report(self.report, issued_at=moment).to_json()
+        assert self.error is not None
+        return ear.ear_for_error(str(self.kind), self.error, issued_at=moment).to_json()
+
 
 def verify_evidence(data: bytes, options: VerifyOptions, *, wall_clock: datetime | None = None) -> EvidenceResult:
     """Recognise ``data`` and verify it as ``options`` say. Never raises for bad evidence or policy."""
@@ -109,8 +136,58 @@ def verify_evidence(data: bytes, options: VerifyOptions, *, wall_clock: datetime
     kind = detect(data)
     if kind is EvidenceKind.NITRO:
         return _verify_nitro(data, options, now)
-    error = Malformed("not recognised as attestation evidence (expected a Nitro COSE_Sign1 document)")
+    if kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
+        return _verify_tdx(data, kind, options, now)
+    error = Malformed(
+        "not recognised as attestation evidence (expected a Nitro COSE_Sign1 document, a DCAP quote, or a dstack "
+        "bundle)"
+    )
     return EvidenceResult(kind, None, error, now)
+
+
+def _collateral_for(data: bytes, kind: EvidenceKind, candidates: tuple[Collateral, ...]) -> Collateral | None:
+    """The collateral given for this quote's platform (the only one given, or the one with its FMSPC)."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    try:
+        quote = dstack.DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
+        fmspc = dcap_qvl.parse_quote(quote.raw).fmspc().upper()
+    except (AttestationError, ValueError):
+        return candidates[0]  # the report will say what is wrong with the evidence
+    return next((c for c in candidates if c.tee == quote.tee and c.fmspc == fmspc), candidates[0])
+
+
+def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
+    policy: tdx.TdxPolicy
+    if options.policy is not None:
+        if options.policy.tdx is None:
+            error = PolicyInvalid(f"{options.policy.source}: no [tdx] section, so TDX evidence is refused")
+            return EvidenceResult(kind, None, error, wall_clock)
+        policy = options.policy.tdx
+        if options.allow_debug:
+            policy = replace(policy, allow_debug=True)
+    else:
+        policy = tdx.TdxPolicy(unsafe_any_measurements=True, allow_debug=options.allow_debug)
+    if options.at == "doc":
+        error = PolicyInvalid("--at doc: a DCAP quote carries no timestamp of its own; give a time (or now)")
+        return EvidenceResult(kind, None, error, wall_clock)
+    now = _resolve_at(options.at, data, wall_clock)
+    collateral = _collateral_for(data, kind, options.collateral)
+    report: Report[Any]
+    if kind is EvidenceKind.DSTACK:
+        report = dstack.report(
+            data,
+            policy,
+            now=now,
+            collateral=collateral,
+            unsafe_no_collateral=options.unsafe_no_collateral,
+            app_compose=options.app_compose,
+        )
+    else:
+        report = tdx.report(
+            data, policy, now=now, collateral=collateral, unsafe_no_collateral=options.unsafe_no_collateral
+        )
+    return EvidenceResult(kind, report, report.error, now, dict(report.facts))
 
 
 def _verify_nitro(data: bytes, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:

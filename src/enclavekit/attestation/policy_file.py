@@ -15,6 +15,15 @@
     [[nitro.measurements]]
     describe_eif = "release/describe-eif.json"   # what `nitro-cli describe-eif` / `build-enclave` printed
 
+    [tdx]                        # TDX quotes and dstack bundles (docs/attestation-tdx.md)
+    compose_files = ["app-compose.json"]
+
+    [[tdx.measurements]]         # MRTD and RTMR0..2 of a known OS image on a known VM shape
+    mrtd = "..."
+    rtmr0 = "..."
+    rtmr1 = "..."
+    rtmr2 = "..."
+
 Unknown keys are errors (a typo must not silently weaken a policy), and so is a section that pins nothing.
 """
 
@@ -30,6 +39,7 @@ from typing import Any
 
 from enclavekit.attestation.errors import PolicyInvalid
 from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.attestation.tdx import TdxPolicy
 
 __all__ = ["PolicyFile", "load_policy", "parse_describe_eif", "parse_policy"]
 
@@ -44,7 +54,7 @@ class PolicyFile:
     """The policies of one file; a TEE without a section has no policy (its evidence is refused)."""
 
     nitro: NitroPolicy | None = None
-    tdx: Any | None = None  # enclavekit.attestation.tdx.TdxPolicy once that section is wired
+    tdx: TdxPolicy | None = None
     source: str = "<policy>"
 
 
@@ -77,8 +87,13 @@ def parse_policy(text: str, *, base_dir: Path, source: str = "<policy>") -> Poli
     return PolicyFile(nitro=nitro, tdx=tdx, source=source)
 
 
-def _tdx(table: Any, base_dir: Path, source: str) -> Any:
-    raise PolicyInvalid(f"{source}: [tdx] policies are not supported by this version")
+def _tdx(table: Any, base_dir: Path, source: str) -> TdxPolicy:
+    if not isinstance(table, Mapping):
+        raise PolicyInvalid(f"{source}: [tdx] must be a table")
+    try:
+        return TdxPolicy.from_mapping(table, base_dir=base_dir)
+    except PolicyInvalid as exc:
+        raise PolicyInvalid(f"{source}: {exc.message}") from exc
 
 
 def _hex(value: Any, what: str, *, length: int | None = None) -> bytes:
