@@ -119,22 +119,20 @@ def test_placeholder_compose_fails_and_a_compose_file_can_be_given(tmp_path: Pat
     assert _lines(result)[0]["error"]["code"] == "compose_hash_mismatch"
 
 
-def test_ear_format_prints_eat_attestation_results() -> None:
-    result = run(
-        "verify",
-        _dcap("tdx_quote"),
-        "--collateral",
-        _dcap("tdx_quote_collateral.json"),
-        "--at",
-        TDX_AT,
-        "--format",
-        "ear",
-    )
+def test_ear_format_prints_eat_attestation_results(tmp_path: Path) -> None:
+    quote = ("verify", _dcap("tdx_quote"), "--collateral", _dcap("tdx_quote_collateral.json"), "--at", TDX_AT)
+    result = run(*quote, "--format", "ear")
     assert result.returncode == 0
     (claims,) = _lines(result)
     assert claims["eat_profile"] == "tag:ietf.org,2026:rats/ear#04"
-    assert claims["submods"]["tdx"]["ear_status"] == "affirming"
+    assert claims["submods"]["tdx"]["ear_status"] == "warning"  # no --policy: authenticity only
     assert claims["submods"]["tdx"]["ear_trustworthiness_vector"]["hardware"] == 2
+    m = _lines(run(*quote, "--json"))[0]["measurements"]
+    pins = f'mrtd = "{m["mrtd"]}"\nrtmr0 = "{m["rtmr0"]}"\nrtmr1 = "{m["rtmr1"]}"\nrtmr2 = "{m["rtmr2"]}"\n'
+    policy = _policy(tmp_path, "[tdx]\n[[tdx.measurements]]\n" + pins)
+    (claims,) = _lines(run(*quote, "--policy", policy, "--format", "ear"))
+    assert claims["ear_status"] == "affirming"
+    assert claims["submods"]["tdx"]["ear_trustworthiness_vector"]["executables"] == 3
     result = run("verify", _bundle("debugData_kms_bundle.json"), "--unsafe-no-collateral", "--format", "ear")
     assert _lines(result)[0]["ear_status"] == "contraindicated"
 

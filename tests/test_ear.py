@@ -13,9 +13,9 @@ from enclavekit.attestation import dstack, ear, tdx
 from enclavekit.attestation.collateral import load_collateral
 from enclavekit.attestation.ear import EAR_PROFILE, TrustTier, TrustVector, ear_from_report, tier_of
 from enclavekit.attestation.errors import TcbStatusRejected
-from enclavekit.attestation.quote import decode_quote_text
+from enclavekit.attestation.quote import Quote, decode_quote_text
 from enclavekit.attestation.report import Check, Report
-from enclavekit.attestation.tdx import TdxPolicy
+from enclavekit.attestation.tdx import MeasurementSet, TdxPolicy
 from tests.conftest import fixtures_dir
 
 TDX_AT = datetime.fromtimestamp(1750377600, UTC)
@@ -36,8 +36,14 @@ def _bundle_report(name: str) -> Report[Any]:
     return dstack.report(data, ANY, now=ISSUED, unsafe_no_collateral=True)
 
 
+def _pinned() -> TdxPolicy:
+    td = Quote.parse(fixtures_dir("tdx", "dcap-qvl", "tdx_quote").read_bytes()).td
+    assert td is not None
+    return TdxPolicy(measurements=[MeasurementSet(td.mr_td, td.rtmrs[0], td.rtmrs[1], td.rtmrs[2])])
+
+
 def test_verified_tdx_quote_is_affirming_with_genuine_hardware() -> None:
-    claims = ear_from_report(_tdx_report(), issued_at=ISSUED).to_json()
+    claims = ear_from_report(_tdx_report(policy=_pinned()), issued_at=ISSUED).to_json()
     assert claims["eat_profile"] == EAR_PROFILE
     assert claims["iat"] == int(ISSUED.timestamp())
     assert claims["ear_verifier_id"]["build"].startswith("enclavekit ")
@@ -46,12 +52,19 @@ def test_verified_tdx_quote_is_affirming_with_genuine_hardware() -> None:
     assert submod["ear_status"] == "affirming"
     vector = submod["ear_trustworthiness_vector"]
     assert vector["hardware"] == 2
-    assert vector["executables"] == 3  # OS only: a bare quote says nothing about the app
+    assert vector["executables"] == 3  # the OS: a bare quote says nothing about the app
     assert vector["configuration"] == 2
     assert vector["runtime-opaque"] == 2
     assert submod["ear_attester_claims"]["measurements"]["mrtd"].startswith("91eb2b44")
     assert submod["ear_verifier_claims"]["tcb_status"] == "UpToDate"
     json.dumps(claims)  # serialisable as is
+
+
+def test_authenticity_alone_is_not_an_approval_of_the_code() -> None:
+    appraisal = ear.appraise(_tdx_report())  # unsafe_any_measurements
+    assert appraisal.trust_vector["hardware"] == 2
+    assert appraisal.trust_vector["executables"] == 0
+    assert appraisal.status is TrustTier.WARNING
 
 
 def test_expired_collateral_is_contraindicated_and_makes_no_hardware_claim() -> None:
@@ -79,13 +92,28 @@ def test_forged_quote_is_a_cryptographic_validation_failure() -> None:
 
 
 def test_dstack_bundle_without_verified_hardware_is_at_best_a_warning() -> None:
-    appraisal = ear.appraise(_bundle_report("debugData2_gateway_bundle.json"))
+    data = fixtures_dir("tdx", "trust-center", "debugData2_gateway_bundle.json").read_bytes()
+    bundle = dstack.DstackBundle.from_json(data)
+    td = bundle.quote.td
+    assert td is not None
+    compose = dstack.app_info(bundle.event_log).compose_hash
+    policy = TdxPolicy(
+        measurements=[MeasurementSet(td.mr_td, td.rtmrs[0], td.rtmrs[1], td.rtmrs[2])],
+        compose_hashes=frozenset({compose}),
+    )
+    appraisal = ear.appraise(dstack.report(data, policy, now=ISSUED, unsafe_no_collateral=True))
     assert appraisal.trust_vector["hardware"] == 0
-    assert appraisal.trust_vector["executables"] == 2  # OS and app (replayed event log) checked
-    assert appraisal.trust_vector["file-system"] == 2  # the compose file matched
+    assert appraisal.trust_vector["executables"] == 2  # OS and app both pinned
+    assert appraisal.trust_vector["file-system"] == 2  # an allowed compose hash
     assert appraisal.status is TrustTier.WARNING
     assert appraisal.verifier_claims["hardware_verified"] is False
     assert appraisal.verifier_claims["app"]["compose_verified"] is True
+
+
+def test_compose_file_that_merely_matches_is_not_an_approved_file() -> None:
+    appraisal = ear.appraise(_bundle_report("debugData2_gateway_bundle.json"))
+    assert appraisal.trust_vector["file-system"] == 0
+    assert appraisal.trust_vector["executables"] == 0
 
 
 def test_placeholder_compose_contraindicates_the_file_system_claim() -> None:

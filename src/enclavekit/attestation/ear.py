@@ -59,6 +59,8 @@ VISIBLE_MEMORY = 96
 TRUSTWORTHY_INSTANCE = 2
 UNTRUSTWORTHY_INSTANCE = 96
 
+UNPINNED = "not pinned"
+"""How a verifier's ``policy.measurements`` check starts when its policy accepted any code (authenticity only)."""
 _CRYPTO_CODES = frozenset({"signature_invalid", "quote_signature_invalid", "chain_untrusted"})
 _UNEXPECTED_CODES = frozenset({"malformed", "unsupported_algorithm", "tee_mismatch"})
 _INSUFFICIENT_CODES = frozenset({"collateral_missing", "collateral_expired", "collateral_mismatch"})
@@ -227,10 +229,11 @@ def appraise(report: Report[Any], *, policy_id: str | None = None) -> Appraisal:
     """Map a report's checks onto a trustworthiness vector and status.
 
     Passed checks affirm their aspect (``hardware`` 2 genuine, or 32 when the TCB is allowed but not
-    ``UpToDate`` or advisories apply; ``executables`` 3 for the OS only, 2 when the app was checked too;
-    ``file-system`` 2 for a verified compose file; ``configuration`` 2 for a production TEE); failed checks
-    contraindicate theirs (99 when a signature failed). Unverified hardware (``hardware_verified`` False in the
-    facts) is no claim, and caps the status at ``warning``.
+    ``UpToDate`` or advisories apply; ``executables`` 2 for pinned Nitro PCRs or a pinned TDX OS and app, 3 for a
+    pinned TDX OS alone; ``file-system`` 2 for an allowed compose hash; ``configuration`` 2 for a production
+    TEE); failed checks contraindicate theirs (99 when a signature failed). Unverified hardware
+    (``hardware_verified`` False in the facts) and unpinned measurements make no claim and cap the status at
+    ``warning``: authenticity alone is not an approval.
     """
     facts = report.facts
     claims: dict[str, int] = {}
@@ -254,10 +257,13 @@ def appraise(report: Report[Any], *, policy_id: str | None = None) -> Appraisal:
     if "hardware" not in claims and "hardware" in phases_passed and hardware_verified:
         warning = facts.get("tcb_status") not in (None, "UpToDate") or bool(facts.get("advisory_ids"))
         claims["hardware"] = UNSAFE_HARDWARE if warning else GENUINE_HARDWARE
-    if "executables" not in claims and "os" in phases_passed:
-        app_checked = any(name.startswith(("event_log.", "dstack.", "policy.compose")) for name in names_passed)
-        claims["executables"] = APPROVED_RUNTIME if app_checked else APPROVED_BOOT
-    if "file-system" not in claims and "dstack.compose_file" in names_passed:
+    measurements = next((c for c in report.checks if c.name == "policy.measurements" and c.ok), None)
+    unpinned = measurements is not None and measurements.detail.startswith(UNPINNED)
+    app_approved = bool(names_passed & {"policy.compose_hash", "policy.app_id"})
+    if "executables" not in claims and measurements is not None and not unpinned:
+        # Nitro PCRs cover the whole image; TDX MRTD/RTMR0..2 only the OS, the app needs its own pin
+        claims["executables"] = APPROVED_RUNTIME if report.tee != "tdx" or app_approved else APPROVED_BOOT
+    if "file-system" not in claims and "policy.compose_hash" in names_passed:
         claims["file-system"] = APPROVED_FILES
     if "configuration" not in claims and any(name.endswith(".debug") for name in names_passed):
         claims["configuration"] = UNSUPPORTABLE_CONFIG if facts.get("debug") else APPROVED_CONFIG
@@ -270,7 +276,7 @@ def appraise(report: Report[Any], *, policy_id: str | None = None) -> Appraisal:
     status = vector.tier
     if not report.valid:
         status = TrustTier.CONTRAINDICATED
-    elif not hardware_verified:
+    elif not hardware_verified or unpinned:
         status = _worst(status, TrustTier.WARNING)
     verifier_claims: dict[str, Any] = {"checks": [check.to_json() for check in report.checks]}
     for key in ("tcb_status", "advisory_ids", "fmspc", "hardware_verified", "app", "mr_config_id"):
