@@ -57,6 +57,7 @@ from enclavekit.attestation.quote import Quote, TdReport
 from enclavekit.attestation.report import CheckList, Report, VerifiedAttestation
 
 __all__ = [
+    "REPORT_DATA_SIZE",
     "TCB_STATUSES",
     "ExactReportData",
     "HardwareVerdict",
@@ -66,10 +67,13 @@ __all__ = [
     "ReportDataRule",
     "TdxAttestation",
     "TdxPolicy",
+    "attestation_from",
     "check_hardware",
     "check_report_data",
     "check_td",
+    "check_tee",
     "key_nonce_report_data",
+    "measurements_of",
     "parse_quote",
     "quote_facts",
     "report",
@@ -384,7 +388,7 @@ def _classify(message: str) -> AttestationError:
     ):
         return CollateralExpired(detail)
     if "no matching tcb level" in text:
-        return TcbStatusRejected(detail + " (the platform's TCB is below every level Intel lists)")
+        return TcbStatusRejected(detail + " (the platform matches none of the TCB levels Intel lists for it)")
     if any(
         marker in text
         for marker in (
