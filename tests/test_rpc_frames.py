@@ -210,3 +210,18 @@ def test_examples_in_the_wire_document_are_what_the_code_produces() -> None:
     ]
     for frame in examples:
         assert f"  {frame.to_bytes().hex()}\n" in text
+
+
+def test_a_code_claimed_by_two_classes_becomes_a_remote_error() -> None:
+    class FirstClaim(Error):
+        code = "test_duplicate_claim"
+
+    assert isinstance(error_from_wire("test_duplicate_claim", "one"), FirstClaim)
+
+    class SecondClaim(Error):
+        code = "test_duplicate_claim"
+
+    error = error_from_wire("test_duplicate_claim", "two")
+    assert isinstance(error, RemoteError)
+    assert error.remote_code == "test_duplicate_claim"
+    del SecondClaim

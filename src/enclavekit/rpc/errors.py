@@ -174,9 +174,12 @@ def _refresh_registry() -> None:
 
 
 def error_from_wire(code: str, message: str) -> Error:
-    """The enclavekit error for ``code`` (or a :class:`RemoteError`), carrying ``message``."""
-    if code not in _registry:
-        _refresh_registry()
+    """The enclavekit error for ``code`` (or a :class:`RemoteError`), carrying ``message``.
+
+    The registry is brought up to date on every call (classes imported since are added, and a code claimed by
+    two classes becomes ambiguous); errors are rare enough for the walk over the classes not to matter.
+    """
+    _refresh_registry()
     cls = _registry.get(code)
     if cls is not None:
         try:
