@@ -6,7 +6,7 @@ from enclavekit.stack.up import EnclaveSpec, Stack
 
 __all__ = ["ENCLAVES", "start_default"]
 
-ENCLAVES: tuple[EnclaveSpec, ...] = ()
+ENCLAVES: tuple[EnclaveSpec, ...] = (EnclaveSpec("demo", "enclavekit.enclave.demo:app"),)
 """Enclave apps of the local stack, each behind its own host relay."""
 
 

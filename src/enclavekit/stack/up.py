@@ -113,12 +113,28 @@ class Stack:
         return entry
 
     async def start_relay(self, name: str, upstream: str) -> str:
-        port = free_port(self.host)
-        argv = python_command("host", "relay", "--listen", f"tcp://{self.host}:{port}", "--upstream", upstream)
+        """The host relay in front of enclave ``name``, with its HTTP attestation endpoint."""
+        port, http_port = free_port(self.host), free_port(self.host)
+        argv = python_command(
+            "host",
+            "relay",
+            "--listen",
+            f"tcp://{self.host}:{port}",
+            "--upstream",
+            upstream,
+            "--http",
+            f"tcp://{self.host}:{http_port}",
+            "--trust-sim-root",
+            str(self.state.root),
+        )
         process = self._process(f"relay-{name}", argv)
-        await process.start()
+        ready = await process.start()
         url = f"tcp://{self.host}:{port}"
-        self.services[f"relay_{name}"] = {"url": url, "pid": process.pid}
+        self.services[f"relay_{name}"] = {
+            "url": url,
+            "pid": process.pid,
+            "attestation_url": ready.get("attestation_url"),
+        }
         return url
 
     async def start_service(self, spec: ServiceSpec) -> str:

@@ -1,0 +1,45 @@
+"""``enclavekit enclave run APP``: boot an enclave app and serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from enclavekit.cli._app import app
+from enclavekit.enclave.runtime import RuntimeOptions, load_app, serve_app
+from enclavekit.errors import ConfigurationError, Error
+
+__all__ = ["run_command"]
+
+enclave_app = typer.Typer(help="Enclave apps: run one (in a Nitro Enclave, or simulated).")
+app.add_typer(enclave_app, name="enclave")
+
+
+@enclave_app.command("run")
+def run_command(
+    spec: str = typer.Argument(..., help="The app as module:attribute, e.g. enclavekit.enclave.demo:app"),
+    listen: str = typer.Option("vsock://any:5000", "--listen", help="vsock://any:PORT, unix:///PATH, tcp://H:P"),
+    state: Path = typer.Option(Path(".enclavekit"), "--state", help="State folder (the simulator's CA)."),
+    name: str | None = typer.Option(None, "--name", help="Name in logs (default: the app's)."),
+    device: bool = typer.Option(False, "--device", help="Use /dev/nsm (inside a real Nitro Enclave)."),
+    refresh: float = typer.Option(600.0, "--refresh-interval", help="Seconds between attestation refreshes."),
+) -> None:
+    """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        enclave, module_name = load_app(spec)
+        if name:
+            enclave.name = name
+        options = RuntimeOptions(listen=listen, state_dir=state, device=device, refresh_interval=refresh)
+        asyncio.run(serve_app(enclave, module_name, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    except Error as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc

@@ -1,0 +1,104 @@
+"""``enclavekit host relay``: the untrusted host's piece in front of one enclave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from enclavekit.cli._app import app
+from enclavekit.errors import ConfigurationError
+from enclavekit.host.attestation_endpoint import attestation_app
+from enclavekit.host.relay import Relay, RelayLimits
+from enclavekit.rpc import Address, TcpAddress, open_connection, parse_address
+
+__all__ = ["relay_command"]
+
+host_app = typer.Typer(help="The untrusted host side: relays and endpoints that never see plaintext.")
+app.add_typer(host_app, name="host")
+
+
+@host_app.command("relay")
+def relay_command(
+    listen: str = typer.Option(..., "--listen", help="tcp://HOST:PORT clients connect to."),
+    upstream: str = typer.Option(..., "--upstream", help="The enclave: vsock://CID:PORT, unix:///PATH, tcp://..."),
+    http: str | None = typer.Option(None, "--http", help="Also serve the attestation endpoint on tcp://HOST:PORT."),
+    trust_sim_root: list[Path] = typer.Option([], "--trust-sim-root", help="Simulator state folder(s) to trust."),
+    max_connections: int = typer.Option(1024, "--max-connections"),
+    idle_timeout: float = typer.Option(300.0, "--idle-timeout", help="Seconds without traffic before closing."),
+    capture: Path | None = typer.Option(
+        None, "--capture", help="Append every relayed byte to FILE (what the host sees: for audits and tests)."
+    ),
+) -> None:
+    """Relay ciphertext between clients and an enclave (and serve its attestation document over HTTP)."""
+    try:
+        listen_address = parse_address(listen)
+        upstream_address = parse_address(upstream)
+        http_address = parse_address(http) if http else None
+        if not isinstance(listen_address, TcpAddress) or (http_address and not isinstance(http_address, TcpAddress)):
+            raise ConfigurationError("--listen and --http take tcp://HOST:PORT")
+        roots: tuple[bytes, ...] = ()
+        if trust_sim_root:
+            from enclavekit.nsm import load_root
+
+            roots = tuple(load_root(d) for d in trust_sim_root)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    asyncio.run(_serve(listen_address, upstream_address, http_address, roots, max_connections, idle_timeout, capture))
+
+
+async def _serve(
+    listen: TcpAddress,
+    upstream: Address,
+    http: Address | None,
+    roots: tuple[bytes, ...],
+    max_connections: int,
+    idle_timeout: float,
+    capture: Path | None,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    limits = RelayLimits(max_connections=max_connections, idle_timeout=idle_timeout)
+    tap = None
+    if capture is not None:
+        sink = capture.open("ab")
+
+        def tap(direction: str, chunk: bytes) -> None:
+            sink.write(chunk)
+            sink.flush()
+
+    relay = Relay(lambda: open_connection(upstream), limits=limits, tap=tap)
+    host, port = await relay.start(listen.host, listen.port)
+    ready: dict[str, object] = {"ready": True, "url": f"tcp://{host}:{port}", "upstream": str(upstream)}
+    server: uvicorn.Server | None = None
+    serving: asyncio.Task[None] | None = None
+    if isinstance(http, TcpAddress):
+        config = uvicorn.Config(
+            attestation_app(str(upstream), roots=roots),
+            host=http.host,
+            port=http.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+        ready["attestation_url"] = f"http://{http.host}:{http.port}/attestation"
+    print(json.dumps(ready), flush=True)
+    await stop.wait()
+    if server is not None and serving is not None:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    await relay.close()

@@ -1,0 +1,81 @@
+"""The host's attestation endpoint: serve an enclave's current attestation document over plain HTTP.
+
+Clients and the trust service fetch the document here before (or without) opening a session. The host holds
+no key: it asks the enclave over an attested session (checking only that the document is authentic — the
+host has no policy of its own) and passes the document on unchanged. A client must verify it itself; a
+document with a client's nonce (``?nonce=HEX``) proves freshness.
+
+Routes: ``GET /attestation`` (``application/cbor``; ``?nonce=HEX`` for a fresh one; ``?format=json`` for
+``{"document": base64, "fresh": bool}``), ``GET /health`` (the enclave's health as JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Response
+from fastapi.responses import JSONResponse
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.enclave.app import ATTESTATION, HEALTH, AttestationRequest, HealthRequest
+from enclavekit.errors import Error
+from enclavekit.rpc import ClientOptions
+
+__all__ = ["attestation_app"]
+
+logger = logging.getLogger(__name__)
+_HEX = re.compile(r"^[0-9a-fA-F]{2,128}$")
+
+
+def attestation_app(upstream: str, *, roots: tuple[bytes, ...] = ()) -> FastAPI:
+    """The HTTP app for one enclave at ``upstream`` (authenticity checked against AWS's root and ``roots``)."""
+    base = NitroPolicy(unsafe_any_measurements=True)
+    policy = NitroPolicy(unsafe_any_measurements=True, roots=(*base.roots, *roots))
+    client = AttestedClient.nitro(upstream, policy, options=ClientOptions(connect_timeout=5, default_timeout=10))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.close()
+
+    app = FastAPI(title="enclavekit host: attestation", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    def _error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    @app.get("/attestation", response_model=None)
+    async def attestation(
+        nonce: Annotated[str | None, Query(max_length=128)] = None,
+        format: Annotated[str, Query(pattern="^(cbor|json)$")] = "cbor",
+    ) -> Response:
+        if nonce is not None and not _HEX.fullmatch(nonce):
+            return _error(400, "invalid_nonce", "nonce must be 1 to 64 bytes of hex")
+        try:
+            answer = await client.call(ATTESTATION, AttestationRequest(nonce=nonce))
+        except Error as exc:
+            logger.warning("attestation from %s failed: %s", upstream, exc)
+            return _error(502, exc.code, f"the enclave did not answer: {exc.message}")
+        if format == "json":
+            return JSONResponse({"document": answer.document, "fresh": answer.fresh})
+        try:
+            document = base64.b64decode(answer.document, validate=True)
+        except binascii.Error:
+            return _error(502, "bad_enclave_answer", "the enclave sent a document that is not base64")
+        return Response(document, media_type="application/cbor", headers={"Cache-Control": "no-store"})
+
+    @app.get("/health", response_model=None)
+    async def health() -> Response:
+        try:
+            answer = await client.call(HEALTH, HealthRequest())
+        except Error as exc:
+            return _error(503, exc.code, f"the enclave did not answer: {exc.message}")
+        return JSONResponse(answer.model_dump())
+
+    return app
