@@ -15,7 +15,7 @@ from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
 from enclavekit.host.attestation_endpoint import attestation_app
 from enclavekit.host.relay import Relay, RelayLimits
-from enclavekit.rpc import Address, TcpAddress, open_connection, parse_address
+from enclavekit.rpc import Address, TcpAddress, parse_address
 
 __all__ = ["relay_command"]
 
@@ -75,7 +75,7 @@ async def _serve(
             sink.write(chunk)
             sink.flush()
 
-    relay = Relay(lambda: open_connection(upstream), limits=limits, tap=tap)
+    relay = Relay(upstream, limits=limits, tap=tap)
     host, port = await relay.start(listen.host, listen.port)
     ready: dict[str, object] = {"ready": True, "url": f"tcp://{host}:{port}", "upstream": str(upstream)}
     server: uvicorn.Server | None = None

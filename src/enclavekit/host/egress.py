@@ -3,17 +3,22 @@
 An enclave has no network of its own. It opens an HTTP ``CONNECT host:port`` tunnel through this proxy on
 the host (over vsock on Nitro; TCP or a Unix socket in simulation) and runs TLS through it, so the host
 relays only ciphertext and cannot read or alter what the enclave sends to, say, Braze. The proxy allows
-only ``CONNECT`` to the listed ``host:port`` pairs, with bounded request heads and timeouts.
+only ``CONNECT`` to the listed ``host:port`` pairs, with a bounded request head and a deadline for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from enclavekit.host.relay import RelayLimits, RelayStats, close_quietly, splice
+from enclavekit.errors import InfrastructureError
+from enclavekit.host.relay import RelayLimits, RelayStats, relay_sockets
+from enclavekit.rpc.address import Address, TcpAddress, parse_address
+from enclavekit.rpc.transport import bound_address, connect_socket, listening_socket
 
 __all__ = ["EgressProxy", "parse_allowlist"]
 
@@ -37,6 +42,27 @@ def _response(status: str) -> bytes:
     return f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
+async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The request head (through the blank line) and whatever arrived after it."""
+    loop = asyncio.get_running_loop()
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        if len(buffer) > MAX_HEAD:
+            raise _HeadTooLarge
+        data = await loop.sock_recv(sock, MAX_HEAD + 1)
+        if not data:
+            raise ConnectionError("closed before the end of the request head")
+        buffer += data
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    if len(head) > MAX_HEAD:
+        raise _HeadTooLarge
+    return head, rest
+
+
 @dataclass
 class EgressProxy:
     """An HTTP CONNECT proxy restricted to ``allowlist`` (pairs of lower-case host and port)."""
@@ -45,69 +71,100 @@ class EgressProxy:
     limits: RelayLimits = field(default_factory=RelayLimits)
     head_timeout: float = 10.0
     stats: RelayStats = field(default_factory=RelayStats)
-    _server: asyncio.Server | None = None
+    _listener: socket.socket | None = None
+    _accepting: asyncio.Task[None] | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD)
-        address = self._server.sockets[0].getsockname()
-        return address[0], address[1]
-
-    async def start_unix(self, path: str) -> None:
-        self._server = await asyncio.start_unix_server(self._handle, path, limit=MAX_HEAD)
+    async def start(self, address: Address | str = "tcp://127.0.0.1:0") -> Address:
+        """Listen on ``address`` (TCP, Unix or vsock); returns the bound address."""
+        parsed = parse_address(address)
+        self._listener = listening_socket(parsed, 128)
+        self._accepting = asyncio.create_task(self._accept_forever(self._listener))
+        return bound_address(parsed, self._listener)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept_forever(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                logger.warning("egress: accept failed (%s)", exc)
+                await asyncio.sleep(0.1)
+                continue
+            connection.setblocking(False)
+            if len(self._tasks) >= self.limits.max_connections:
+                self.stats.refused += 1
+                connection.close()
+                continue
+            task = asyncio.create_task(self._handle(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer_and_close(self, connection: socket.socket, status: str) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(connection, _response(status))
+        connection.close()
+
+    async def _handle(self, connection: socket.socket) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
-        except (asyncio.LimitOverrunError, ValueError):
-            writer.write(_response("431 Request Header Fields Too Large"))
-            await close_quietly(writer)
+            head, rest = await asyncio.wait_for(_read_head(connection), self.head_timeout)
+        except _HeadTooLarge:
+            await self._answer_and_close(connection, "431 Request Header Fields Too Large")
             return
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
-            await close_quietly(writer)
+        except (TimeoutError, ConnectionError, OSError):
+            connection.close()
             return
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            writer.write(_response("400 Bad Request"))
-            await close_quietly(writer)
+            await self._answer_and_close(connection, "400 Bad Request")
             return
         method, target, _ = parts
         if method != "CONNECT":
-            writer.write(_response("405 Method Not Allowed"))
-            await close_quietly(writer)
+            await self._answer_and_close(connection, "405 Method Not Allowed")
             return
         host, _, port = target.rpartition(":")
         host = host.strip("[]").lower()
         if not port.isdigit() or (host, int(port)) not in self.allowlist:
             logger.warning("egress: refused CONNECT to %s", target)
             self.stats.refused += 1
-            writer.write(_response("403 Forbidden"))
-            await close_quietly(writer)
+            await self._answer_and_close(connection, "403 Forbidden")
             return
         try:
-            upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self.limits.connect_timeout)
-        except (TimeoutError, OSError):
+            upstream = await connect_socket(TcpAddress(host, int(port)), timeout=self.limits.connect_timeout)
+        except (OSError, InfrastructureError):
             self.stats.upstream_failures += 1
-            writer.write(_response("502 Bad Gateway"))
-            await close_quietly(writer)
+            await self._answer_and_close(connection, "502 Bad Gateway")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(connection, b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            if rest:
+                await loop.sock_sendall(upstream, rest)
+        except OSError:
+            connection.close()
+            upstream.close()
             return
         self.stats.accepted += 1
-        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        await writer.drain()
-
-        def count_in(chunk: bytes) -> None:
-            self.stats.bytes_in += len(chunk)
-
-        def count_out(chunk: bytes) -> None:
-            self.stats.bytes_out += len(chunk)
-
         self.stats.active += 1
+
+        def count_in(n: int) -> None:
+            self.stats.bytes_in += n
+
+        def count_out(n: int) -> None:
+            self.stats.bytes_out += n
+
         try:
-            await splice((reader, writer), upstream, limits=self.limits, on_in=count_in, on_out=count_out)
+            await relay_sockets(connection, upstream, limits=self.limits, on_in=count_in, on_out=count_out)
         finally:
             self.stats.active -= 1

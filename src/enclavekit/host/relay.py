@@ -2,28 +2,40 @@
 
 Everything that crosses it is ciphertext of an attested session, so the relay needs no keys and parses
 nothing. It still must not be the weak point for availability: it bounds concurrent connections, applies
-backpressure (it never buffers more than one read per direction), and closes connections that stay idle
-or whose upstream cannot be reached in time.
+backpressure (at most one chunk per direction is in flight), and closes connections that stay idle or whose
+upstream cannot be reached in time.
+
+On Linux the bytes move with ``splice(2)`` through a pipe, socket to socket, never copied into Python; with
+a tap (capture for audits and tests), or where splice is not available, they are copied through userspace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
+import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Connector", "Relay", "RelayLimits", "RelayStats", "Tap", "close_quietly", "pipe", "splice"]
+from enclavekit.errors import InfrastructureError
+from enclavekit.rpc.address import Address, TcpAddress, parse_address
+from enclavekit.rpc.transport import bound_address, connect_socket, listening_socket
+
+__all__ = ["Relay", "RelayLimits", "RelayStats", "Tap", "relay_sockets"]
 
 logger = logging.getLogger(__name__)
 
-Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-"""Opens a new connection to the upstream (an enclave over vsock, TCP or a Unix socket)."""
-
 Tap = Callable[[str, bytes], None]
 """Sees every chunk forwarded, with its direction (``"in"``: client to enclave, ``"out"``: back)."""
+
+_SPLICE = hasattr(os, "splice")
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +43,8 @@ class RelayLimits:
     max_connections: int = 1024
     idle_timeout: float = 300.0
     connect_timeout: float = 5.0
-    chunk_size: int = 64 * 1024
+    chunk_size: int = 256 * 1024
+    """Bytes in flight per direction and connection at most (the pipe's size with splice)."""
 
 
 @dataclass(slots=True)
@@ -55,54 +68,121 @@ class _Activity:
         self.last = time.monotonic()
 
 
-async def pipe(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    *,
-    chunk_size: int,
-    on_chunk: Callable[[bytes], None] | None = None,
-) -> None:
-    """Copy ``reader`` to ``writer`` until EOF, one chunk in flight (``drain`` applies backpressure)."""
+async def _ready(sock: socket.socket, *, write: bool) -> None:
+    """Wait until ``sock`` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    add(fd, wake)
     try:
-        while chunk := await reader.read(chunk_size):
-            if on_chunk is not None:
-                on_chunk(chunk)
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass
+        await future
+    finally:
+        remove(fd)
 
 
-async def close_quietly(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
+class _SpliceUnsupported(Exception):
+    pass
 
 
-async def splice(
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+async def _pump_splice(
+    src: socket.socket, dst: socket.socket, chunk: int, count: Callable[[int], None], activity: _Activity
+) -> None:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, chunk)
+        first = True
+        while True:
+            try:  # try first: waiting costs two epoll_ctl calls, and data is usually there already
+                moved = os.splice(src.fileno(), write_end, chunk, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                await _ready(src, write=False)
+                continue
+            except OSError as exc:
+                if first and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise _SpliceUnsupported from exc
+                return
+            first = False
+            if moved == 0:
+                break
+            activity.touch()
+            count(moved)
+            while moved:
+                try:
+                    moved -= os.splice(read_end, dst.fileno(), moved, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    await _ready(dst, write=True)
+                except OSError:
+                    return
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def _pump_copy(
+    src: socket.socket,
+    dst: socket.socket,
+    chunk: int,
+    count: Callable[[int], None],
+    activity: _Activity,
+    tap: Callable[[bytes], None] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while data := await loop.sock_recv(src, chunk):
+            activity.touch()
+            count(len(data))
+            if tap is not None:
+                tap(data)
+            await loop.sock_sendall(dst, data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+
+
+async def _pump(
+    src: socket.socket,
+    dst: socket.socket,
+    chunk: int,
+    count: Callable[[int], None],
+    activity: _Activity,
+    tap: Callable[[bytes], None] | None,
+) -> None:
+    if tap is None and _SPLICE:
+        try:
+            await _pump_splice(src, dst, chunk, count, activity)
+            return
+        except _SpliceUnsupported:  # e.g. a socket family without splice support
+            pass
+    await _pump_copy(src, dst, chunk, count, activity, tap)
+
+
+async def relay_sockets(
+    client: socket.socket,
+    upstream: socket.socket,
     *,
     limits: RelayLimits,
-    on_in: Callable[[bytes], None],
-    on_out: Callable[[bytes], None],
+    on_in: Callable[[int], None] = lambda n: None,
+    on_out: Callable[[int], None] = lambda n: None,
+    tap: Tap | None = None,
 ) -> bool:
-    """Relay both ways until both sides finish or the pair is idle too long; True if closed for idleness."""
+    """Relay both ways until both sides finish or the pair is idle too long; True if closed for idleness.
+
+    Both sockets must be non-blocking; both are closed on return.
+    """
     activity = _Activity()
-
-    def _in(chunk: bytes) -> None:
-        activity.touch()
-        on_in(chunk)
-
-    def _out(chunk: bytes) -> None:
-        activity.touch()
-        on_out(chunk)
-
+    tap_in = None if tap is None else (lambda data: tap("in", data))
+    tap_out = None if tap is None else (lambda data: tap("out", data))
     tasks = {
-        asyncio.create_task(pipe(client[0], upstream[1], chunk_size=limits.chunk_size, on_chunk=_in)),
-        asyncio.create_task(pipe(upstream[0], client[1], chunk_size=limits.chunk_size, on_chunk=_out)),
+        asyncio.create_task(_pump(client, upstream, limits.chunk_size, on_in, activity, tap_in)),
+        asyncio.create_task(_pump(upstream, client, limits.chunk_size, on_out, activity, tap_out)),
     }
     idle = False
     try:
@@ -117,34 +197,40 @@ async def splice(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_quietly(upstream[1])
-        await close_quietly(client[1])
+        upstream.close()
+        client.close()
     return idle
 
 
 @dataclass
 class Relay:
-    """Listens on a TCP address and splices each connection to a new upstream connection."""
+    """Listens on a TCP address and relays each connection to a new connection to ``upstream``."""
 
-    upstream: Connector
+    upstream: Address | str
     limits: RelayLimits = field(default_factory=RelayLimits)
     tap: Tap | None = None
     stats: RelayStats = field(default_factory=RelayStats)
-    _server: asyncio.Server | None = None
-    _slots: asyncio.Semaphore | None = None
+    _listener: socket.socket | None = None
+    _accepting: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start listening; returns the bound address (``port=0`` picks a free port)."""
-        self._slots = asyncio.Semaphore(self.limits.max_connections)
-        self._server = await asyncio.start_server(self._accept, host, port)
-        address = self._server.sockets[0].getsockname()
-        return address[0], address[1]
+        self.upstream = parse_address(self.upstream)
+        address = TcpAddress(host, port)
+        self._listener = listening_socket(address, min(1024, self.limits.max_connections))
+        bound = bound_address(address, self._listener)
+        assert isinstance(bound, TcpAddress)
+        self._accepting = asyncio.create_task(self._accept_forever(self._listener))
+        return bound.host, bound.port
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._listener is not None:
+            self._listener.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -155,42 +241,46 @@ class Relay:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self._slots is not None
-        if self._slots.locked():
-            self.stats.refused += 1
-            await close_quietly(writer)
-            return
-        self._tasks.add(task)
-        async with self._slots:
-            self.stats.accepted += 1
-            self.stats.active += 1
+    async def _accept_forever(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                await self._relay(reader, writer)
-            finally:
-                self.stats.active -= 1
-                self._tasks.discard(task)
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                logger.warning("relay: accept failed (%s)", exc)
+                await asyncio.sleep(0.1)
+                continue
+            connection.setblocking(False)
+            if len(self._tasks) >= self.limits.max_connections:
+                self.stats.refused += 1
+                connection.close()
+                continue
+            task = asyncio.create_task(self._relay(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _relay(self, connection: socket.socket) -> None:
+        self.stats.accepted += 1
+        self.stats.active += 1
         try:
-            upstream = await asyncio.wait_for(self.upstream(), self.limits.connect_timeout)
-        except (TimeoutError, OSError) as exc:
-            self.stats.upstream_failures += 1
-            logger.warning("relay: upstream unreachable (%s)", type(exc).__name__)
-            await close_quietly(writer)
-            return
-        tap = self.tap
+            try:
+                upstream = await connect_socket(self.upstream, timeout=self.limits.connect_timeout)
+            except (OSError, InfrastructureError) as exc:
+                self.stats.upstream_failures += 1
+                logger.warning("relay: upstream unreachable (%s)", exc)
+                connection.close()
+                return
 
-        def on_in(chunk: bytes) -> None:
-            self.stats.bytes_in += len(chunk)
-            if tap is not None:
-                tap("in", chunk)
+            def on_in(n: int) -> None:
+                self.stats.bytes_in += n
 
-        def on_out(chunk: bytes) -> None:
-            self.stats.bytes_out += len(chunk)
-            if tap is not None:
-                tap("out", chunk)
+            def on_out(n: int) -> None:
+                self.stats.bytes_out += n
 
-        if await splice((reader, writer), upstream, limits=self.limits, on_in=on_in, on_out=on_out):
-            self.stats.idle_closed += 1
+            idle = await relay_sockets(
+                connection, upstream, limits=self.limits, on_in=on_in, on_out=on_out, tap=self.tap
+            )
+            if idle:
+                self.stats.idle_closed += 1
+        finally:
+            self.stats.active -= 1

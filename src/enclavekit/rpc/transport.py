@@ -32,8 +32,11 @@ from enclavekit.rpc.frame import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, fram
 __all__ = [
     "FramedStream",
     "MessageStream",
+    "bound_address",
     "close_writer",
+    "connect_socket",
     "listen",
+    "listening_socket",
     "open_connection",
     "read_message",
     "write_all",
@@ -191,10 +194,8 @@ def _new_socket(family: socket.AddressFamily, proto: int) -> socket.socket:
     return sock
 
 
-async def open_connection(
-    address: str | Address, *, timeout: float = 10.0, limit: int = 2**16
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to ``address`` (TCP, Unix or vsock); raise :class:`ConnectionFailed` when it cannot."""
+async def connect_socket(address: str | Address, *, timeout: float = 10.0) -> socket.socket:
+    """A connected, non-blocking socket to ``address`` (TCP, Unix or vsock); :class:`ConnectionFailed` if not."""
     address = parse_address(address)
     loop = asyncio.get_running_loop()
     last: BaseException | None = None
@@ -208,15 +209,29 @@ async def open_connection(
         try:
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, target)  # type: ignore[arg-type]
-            return await asyncio.open_connection(sock=sock, limit=limit)
         except (OSError, TimeoutError) as exc:
             sock.close()
             last = exc
+        else:
+            return sock
     reason = "timed out" if isinstance(last, TimeoutError) else str(last)
     raise ConnectionFailed(f"cannot connect to {address}: {reason}") from last
 
 
-def _bound(address: Address, sock: socket.socket) -> Address:
+async def open_connection(
+    address: str | Address, *, timeout: float = 10.0, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to ``address`` (TCP, Unix or vsock); raise :class:`ConnectionFailed` when it cannot."""
+    sock = await connect_socket(address, timeout=timeout)
+    try:
+        return await asyncio.open_connection(sock=sock, limit=limit)
+    except OSError as exc:
+        sock.close()
+        raise ConnectionFailed(f"cannot connect to {address}: {exc}") from exc
+
+
+def bound_address(address: Address, sock: socket.socket) -> Address:
+    """The address ``sock`` is bound to (the real port when port 0 was asked)."""
     name = sock.getsockname()
     if isinstance(address, TcpAddress):
         return TcpAddress(name[0], name[1])
@@ -225,7 +240,8 @@ def _bound(address: Address, sock: socket.socket) -> Address:
     return address
 
 
-def _listening_socket(address: Address, backlog: int) -> socket.socket:
+def listening_socket(address: Address, backlog: int) -> socket.socket:
+    """A bound, listening, non-blocking socket (a stale Unix socket file is replaced)."""
     if isinstance(address, UnixAddress):
         with contextlib.suppress(FileNotFoundError):
             path = Path(address.path)
@@ -260,9 +276,9 @@ async def listen(
     """
     address = parse_address(address)
     try:
-        sock = _listening_socket(address, backlog)
+        sock = listening_socket(address, backlog)
     except OSError as exc:
         raise ConnectionFailed(f"cannot listen on {address}: {exc}") from exc
-    bound = _bound(address, sock)
+    bound = bound_address(address, sock)
     server = await asyncio.start_server(handler, sock=sock, limit=limit)
     return server, bound
