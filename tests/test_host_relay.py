@@ -179,3 +179,30 @@ def test_allowlist_entries_are_checked() -> None:
     }
     with pytest.raises(ValueError, match="host"):
         parse_allowlist(["example.com:http"])
+
+
+async def test_egress_command_runs_as_a_process(echo_server: tuple[str, int]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "enclavekit.cli", "host", "egress", "--listen", f"tcp://127.0.0.1:{port}",
+         "--allow", f"127.0.0.1:{echo_server[1]}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(await asyncio.to_thread(process.stdout.readline))
+        assert ready["allow"] == [f"127.0.0.1:{echo_server[1]}"]
+        status, reader, writer = await _request(
+            ("127.0.0.1", port), f"CONNECT 127.0.0.1:{echo_server[1]} HTTP/1.1\r\n\r\n".encode()
+        )
+        assert status.startswith(b"HTTP/1.1 200")
+        writer.write(b"through the tunnel")
+        assert await reader.readexactly(18) == b"through the tunnel"
+        writer.close()
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0

@@ -14,6 +14,7 @@ import uvicorn
 from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
 from enclavekit.host.attestation_endpoint import attestation_app
+from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits
 from enclavekit.rpc import Address, TcpAddress, parse_address
 
@@ -102,3 +103,34 @@ async def _serve(
         with contextlib.suppress(asyncio.CancelledError):
             await serving
     await relay.close()
+
+
+@host_app.command("egress")
+def egress_command(
+    listen: str = typer.Option(..., "--listen", help="Where enclaves connect: vsock://any:PORT, unix:///PATH, tcp://."),
+    allow: list[str] = typer.Option(..., "--allow", help="HOST[:PORT] an enclave may CONNECT to (repeatable)."),
+    max_connections: int = typer.Option(256, "--max-connections"),
+) -> None:
+    """An HTTP CONNECT proxy for enclaves, limited to --allow hosts; TLS ends inside the enclave."""
+    try:
+        allowlist = parse_allowlist(allow)
+        address = parse_address(listen)
+    except (ValueError, ConfigurationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        proxy = EgressProxy(allowlist, limits=RelayLimits(max_connections=max_connections))
+        bound = await proxy.start(address)
+        print(
+            json.dumps({"ready": True, "url": str(bound), "allow": sorted(f"{h}:{p}" for h, p in allowlist)}),
+            flush=True,
+        )
+        await stop.wait()
+        await proxy.close()
+
+    asyncio.run(serve())
