@@ -24,6 +24,7 @@ from enclavekit.attestation.errors import MeasurementMismatch
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.demo import ECHO, GET_NOTE, PUT_NOTE, Echo, Note, NoteKey
+from enclavekit.errors import Error
 from enclavekit.nsm import load_root
 from enclavekit.stack.processes import free_port
 
@@ -42,9 +43,10 @@ class Running:
         return self.process.returncode
 
 
-def _start(argv: list[str], env: dict[str, str] | None = None) -> Running:
+def _start(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> Running:
+    stderr = subprocess.DEVNULL if log is None else log.open("ab")
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
+        argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, **(env or {})}
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -58,6 +60,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
     """An enclave process and a relay process in front of it, capturing what it relays."""
     state = tmp_path / "state"
     socket_path = tmp_path / "demo.sock"
+    enclave_log = tmp_path / "enclave.log"
     enclave = _start(
         [
             *CLI,
@@ -68,7 +71,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
             f"unix://{socket_path}",
             "--state",
             str(state),
-        ]
+        ],
+        log=enclave_log,
     )
     capture = tmp_path / "relayed.bin"
     port, http_port = free_port(), free_port()
@@ -89,19 +93,24 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
             str(capture),
         ]
     )
+    running: dict[str, object] = {
+        "state": state,
+        "enclave": enclave,
+        "relay": relay,
+        "capture": capture,
+        "enclave_log": enclave_log,
+        "socket": socket_path,
+        "url": relay.ready["url"],
+        "http": f"http://127.0.0.1:{http_port}",
+        "pcr0": bytes.fromhex(enclave.ready["pcr0"]),
+    }
     try:
-        yield {
-            "state": state,
-            "enclave": enclave,
-            "relay": relay,
-            "capture": capture,
-            "url": relay.ready["url"],
-            "http": f"http://127.0.0.1:{http_port}",
-            "pcr0": bytes.fromhex(enclave.ready["pcr0"]),
-        }
+        yield running
     finally:
         assert relay.stop() == 0
-        assert enclave.stop() == 0
+        current = running["enclave"]  # a test may have restarted it
+        assert isinstance(current, Running)
+        assert current.stop() == 0
 
 
 def _policy(stack: dict[str, object], pcr0: bytes | None = None) -> NitroPolicy:
@@ -130,6 +139,43 @@ async def test_client_reaches_the_enclave_through_the_relay_and_the_host_sees_no
     assert len(relayed) > 1000, "the capture saw the session"
     for marker in (secret, "SECRET-RESPONSE", "note-key-5d1e", "demo.put_note", "demo.get_note"):
         assert marker.encode() not in relayed, f"{marker!r} crossed the host in plaintext"
+    enclave_log = stack["enclave_log"]
+    assert isinstance(enclave_log, Path)
+    logged = enclave_log.read_bytes()
+    assert b"serving on" in logged, "the enclave's log was captured"
+    assert secret.encode() not in logged
+    state = stack["state"]
+    assert isinstance(state, Path)
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"{path} holds the secret"
+
+
+async def test_client_reconnects_and_re_attests_after_the_enclave_restarts(stack: dict[str, object]) -> None:
+    client = AttestedClient.nitro(str(stack["url"]), _policy(stack), connect_attempts=20)
+    assert (await client.call(ECHO, Echo(text="before"))).text == "before"
+    first_session = client.peer
+    enclave = stack["enclave"]
+    assert isinstance(enclave, Running)
+    assert enclave.stop() == 0
+    with pytest.raises(Error):
+        await client.call(ECHO, Echo(text="during"), timeout=5)
+    restarted = _start(
+        [
+            *CLI,
+            "enclave",
+            "run",
+            "enclavekit.enclave.demo:app",
+            "--listen",
+            f"unix://{stack['socket']}",
+            "--state",
+            str(stack["state"]),
+        ]
+    )
+    stack["enclave"] = restarted
+    assert (await client.call(ECHO, Echo(text="after"))).text == "after"
+    assert client.peer is not first_session  # a new session, freshly attested
+    await client.close()
 
 
 async def test_client_pinning_another_pcr0_refuses_the_enclave(stack: dict[str, object]) -> None:
