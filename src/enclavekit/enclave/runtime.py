@@ -44,6 +44,8 @@ class EnclaveContext:
     pcr0: bytes
     state_dir: Path
     settings: Mapping[str, str] = field(default_factory=dict)
+    address: str = ""
+    """Where the enclave serves (set once it listens)."""
     _document_time: float = 0.0
 
     def document(self) -> bytes:
@@ -148,6 +150,9 @@ async def serve_app(
 
     server = RpcServer(app.router, responder=responder, limits=options.limits)
     bound = await server.start(options.listen)
+    context.address = str(bound)
+    for hook in app.serving_hooks:
+        await hook(context)
     own_stop = stop is None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,354 @@
+"""Enclave tracks: a named group of enclaves that share one secret, handed only to attested peers.
+
+The first enclave of a track generates the secret (genesis) while holding the track's **lease**; every later
+enclave joins by asking a live member. Joining is mutual: the joiner verifies the member's attestation (the
+session handshake, against the track policy) before trusting what it receives, and the member verifies the
+joiner's fresh attestation document — same chain of trust, same measurements as itself (or the track's
+policy) — and seals the secret to the ephemeral X25519 key in that document, which only the joiner's enclave
+holds. The host that stores leases and relays the bytes never sees the secret.
+
+The lease lives in a store with expiry (NATS JetStream KV by default) and every live member renews it, so:
+
+* no stuck tracks: when all members are gone the lease expires and the next enclave does genesis again (the
+  reference's lock never expired and blocked genesis forever);
+* no split brain: genesis needs an atomic create of the lease, which only one enclave can win while it is
+  held; a member that cannot renew for a whole lease period drops the secret rather than serve a stale one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
+from pydantic import BaseModel, Field
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.attestation.roots import aws_nitro_root
+from enclavekit.channel.adapters import NitroVerifier
+from enclavekit.client import AttestedClient
+from enclavekit.enclave.app import EnclaveApp
+from enclavekit.errors import Error, InfrastructureError, Rejected
+from enclavekit.rpc import CallContext, ClientOptions, Route
+
+if TYPE_CHECKING:
+    from enclavekit.enclave.runtime import EnclaveContext
+
+__all__ = [
+    "JOIN",
+    "JoinRefused",
+    "JoinRequest",
+    "JoinResponse",
+    "LeaseStore",
+    "Member",
+    "NatsLeaseStore",
+    "Track",
+    "TrackUnavailable",
+]
+
+logger = logging.getLogger(__name__)
+
+SECRET_SIZE = 32
+MAX_DOCUMENT_B64 = 24 * 1024
+
+
+class JoinRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    track: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    document: str = Field(max_length=MAX_DOCUMENT_B64)
+    """The joiner's fresh attestation document (base64); its ``public_key`` is an ephemeral X25519 key."""
+
+
+class JoinResponse(BaseModel):
+    sealed: str
+    """The track secret in a sealed box to the joiner's ephemeral key (base64)."""
+
+
+JOIN = Route("enclave.track.join", JoinRequest, JoinResponse)
+
+
+class JoinRefused(Rejected):
+    """A member refused to hand the track secret to this joiner (or a joiner refused the member)."""
+
+    code = "track_join_refused"
+
+
+class TrackUnavailable(InfrastructureError):
+    """No member could be reached and genesis is not allowed yet (the lease is still held)."""
+
+    code = "track_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: str
+    address: str
+
+
+class LeaseStore(Protocol):
+    """Where a track's lease and member list live: entries expire ``ttl`` after their last write."""
+
+    async def create_lease(self, track: str, holder: str) -> bool:
+        """Atomically take the lease if nobody holds it; True if this call created it."""
+
+    async def renew(self, track: str, member: Member) -> None:
+        """Keep the lease and this member's entry alive for another ``ttl``."""
+
+    async def members(self, track: str) -> list[Member]: ...
+
+    async def leave(self, track: str, member: Member) -> None: ...
+
+
+@dataclass
+class NatsLeaseStore:
+    """Leases in NATS JetStream KV: one bucket per track whose entries expire ``ttl`` seconds after a write."""
+
+    url: str
+    ttl: float = 30.0
+    _nc: Any = None
+    _buckets: dict[str, Any] = field(default_factory=dict)
+
+    async def _bucket(self, track: str) -> Any:
+        import nats
+        from nats.js.api import KeyValueConfig
+
+        if self._nc is None or self._nc.is_closed:
+            try:
+                self._nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=3)
+            except Exception as exc:
+                raise InfrastructureError(f"cannot reach the lease store at {self.url}: {exc}") from exc
+            self._buckets.clear()
+        if track not in self._buckets:
+            js = self._nc.jetstream()
+            name = f"enclavekit_track_{track}"
+            try:
+                self._buckets[track] = await js.key_value(name)
+            except Exception:
+                self._buckets[track] = await js.create_key_value(KeyValueConfig(bucket=name, ttl=self.ttl, history=1))
+        return self._buckets[track]
+
+    async def create_lease(self, track: str, holder: str) -> bool:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        bucket = await self._bucket(track)
+        try:
+            await bucket.create("lease", json.dumps({"genesis": holder, "at": time.time()}).encode())
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def renew(self, track: str, member: Member) -> None:
+        bucket = await self._bucket(track)
+        await bucket.put("lease", json.dumps({"renewed_by": member.id, "at": time.time()}).encode())
+        await bucket.put(f"member.{member.id}", json.dumps({"address": member.address}).encode())
+
+    async def members(self, track: str) -> list[Member]:
+        from nats.js.errors import KeyNotFoundError, NoKeysError
+
+        bucket = await self._bucket(track)
+        try:
+            keys = await bucket.keys()
+        except NoKeysError:
+            return []
+        found = []
+        for key in keys:
+            if not key.startswith("member."):
+                continue
+            with contextlib.suppress(KeyNotFoundError, ValueError, KeyError):
+                entry = await bucket.get(key)
+                if entry.value:
+                    found.append(Member(key.removeprefix("member."), json.loads(entry.value)["address"]))
+        return found
+
+    async def leave(self, track: str, member: Member) -> None:
+        bucket = await self._bucket(track)
+        with contextlib.suppress(Exception):
+            await bucket.delete(f"member.{member.id}")
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+
+@dataclass
+class Track:
+    """One enclave's membership of the track ``name``. Attach it to an app before boot::
+
+        track = Track("notify", NatsLeaseStore(nats_url, ttl=30))
+        track.attach(app)                       # joins at boot, serves joins, renews, leaves at shutdown
+        ... track.secret / track.derive(b"push-key")
+
+    ``policy`` decides which peers belong (as joiner and as member); by default the same PCR0, PCR1 and PCR2
+    as this enclave, under the AWS root (and the simulator's root when this enclave is simulated).
+    ``join_timeout`` bounds how long boot waits for a member or for an expired lease before giving up.
+    """
+
+    name: str
+    store: LeaseStore
+    policy: NitroPolicy | None = None
+    renew_interval: float = 5.0
+    join_timeout: float = 60.0
+    document_max_age: timedelta = timedelta(minutes=5)
+    _secret: bytes | None = None
+    _member: Member | None = None
+    _context: EnclaveContext | None = None
+    _renewer: asyncio.Task[None] | None = None
+    genesis: bool = False
+    """True if this enclave created the secret."""
+
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            raise RuntimeError(f"track {self.name!r}: not a member (yet)")
+        return self._secret
+
+    def derive(self, label: bytes, length: int = 32) -> bytes:
+        """A key for one purpose, derived from the track secret (HKDF-SHA256)."""
+        return HKDF(hashes.SHA256(), length, salt=f"enclavekit track {self.name}".encode(), info=label).derive(
+            self.secret
+        )
+
+    def fingerprint(self) -> str:
+        """A public name for the current secret (SHA-256 of a derived value), for logs and tests."""
+        return hashlib.sha256(self.derive(b"fingerprint")).hexdigest()[:16]
+
+    def attach(self, app: EnclaveApp) -> None:
+        app.router.add(JOIN, self._serve_join)
+        app.on_boot(self._boot)
+        app.on_serving(self._serving)
+        app.on_shutdown(self._shutdown)
+
+    # --- joining ---------------------------------------------------------------------------------------------
+
+    def _effective_policy(self, context: EnclaveContext) -> NitroPolicy:
+        if self.policy is not None:
+            return self.policy
+        pcrs = {index: context.nsm.describe_pcr(index).data for index in (0, 1, 2)}
+        roots: tuple[bytes, ...] = (aws_nitro_root(),)
+        if context.tee == "nitro-simulated":
+            from enclavekit.nsm import load_root
+
+            roots = (*roots, load_root(context.state_dir))
+        return NitroPolicy(measurements=[pcrs], roots=roots, max_age=self.document_max_age)
+
+    async def _boot(self, context: EnclaveContext) -> None:
+        self._context = context
+        policy = self._effective_policy(context)
+        self.policy = policy
+        member_id = os.urandom(8).hex()
+        deadline = time.monotonic() + self.join_timeout
+        last_error: Error | None = None
+        while time.monotonic() < deadline:
+            members = await self.store.members(self.name)
+            for member in members:
+                try:
+                    self._secret = await self._join(context, member, policy)
+                    logger.info("track %s: joined from member %s (%s)", self.name, member.id, self.fingerprint())
+                    self._member = Member(member_id, "")
+                    return
+                except Error as exc:
+                    last_error = exc
+                    logger.warning("track %s: join from %s at %s failed: %s", self.name, member.id, member.address, exc)
+            if await self.store.create_lease(self.name, member_id):
+                self._secret = os.urandom(SECRET_SIZE)
+                self.genesis = True
+                self._member = Member(member_id, "")
+                logger.info("track %s: genesis (%s)", self.name, self.fingerprint())
+                return
+            await asyncio.sleep(min(1.0, self.renew_interval))
+        raise TrackUnavailable(
+            f"track {self.name}: no member handed over the secret within {self.join_timeout:.0f} s and the lease "
+            f"is still held" + (f" (last: {last_error})" if last_error else "")
+        )
+
+    async def _join(self, context: EnclaveContext, member: Member, policy: NitroPolicy) -> bytes:
+        ephemeral = PrivateKey.generate()
+        document = await context.attest(public_key=bytes(ephemeral.public_key), nonce=os.urandom(32))
+        request = JoinRequest(track=self.name, document=base64.b64encode(document).decode())
+        client = AttestedClient(
+            member.address,
+            NitroVerifier(policy),
+            connect_attempts=1,
+            options=ClientOptions(connect_timeout=3, default_timeout=10),
+        )
+        try:
+            answer = await client.call(JOIN, request)
+        finally:
+            await client.close()
+        try:
+            secret = SealedBox(ephemeral).decrypt(base64.b64decode(answer.sealed, validate=True))
+        except (CryptoError, binascii.Error, ValueError) as exc:
+            raise JoinRefused(f"the member's answer does not open with our ephemeral key ({exc})") from exc
+        if len(secret) != SECRET_SIZE:
+            raise JoinRefused("the member sent a secret of the wrong size")
+        return secret
+
+    async def _serve_join(self, request: JoinRequest, call: CallContext) -> JoinResponse:
+        """A member's side of a join: verify the joiner's fresh document, seal the secret to its key."""
+        if request.track != self.name or self._secret is None or self.policy is None:
+            raise JoinRefused(f"this enclave is not a member of track {request.track!r}")
+        from enclavekit.attestation import nitro
+
+        try:
+            document = base64.b64decode(request.document, validate=True)
+        except binascii.Error as exc:
+            raise JoinRefused("the joiner's document is not base64") from exc
+        # Raises (measurement_mismatch, chain_untrusted, stale...) unless the joiner runs the same code.
+        joiner = nitro.verify(document, self.policy, now=datetime.now(UTC))
+        if joiner.public_key is None or len(joiner.public_key) != 32:
+            raise JoinRefused("the joiner's document carries no X25519 public key")
+        sealed = SealedBox(PublicKey(joiner.public_key)).encrypt(self._secret)
+        logger.info("track %s: handed the secret to enclave %s", self.name, joiner.module_id)
+        return JoinResponse(sealed=base64.b64encode(sealed).decode())
+
+    # --- membership ------------------------------------------------------------------------------------------
+
+    async def _serving(self, context: EnclaveContext) -> None:
+        assert self._member is not None
+        address = context.settings.get("advertise") or context.address
+        self._member = Member(self._member.id, address)
+        await self.store.renew(self.name, self._member)
+        self._renewer = asyncio.create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        assert self._member is not None
+        last_ok = time.monotonic()
+        ttl = getattr(self.store, "ttl", self.renew_interval * 6)
+        while True:
+            await asyncio.sleep(self.renew_interval)
+            try:
+                await self.store.renew(self.name, self._member)
+                last_ok = time.monotonic()
+            except Exception as exc:
+                logger.warning("track %s: lease renewal failed: %s", self.name, exc)
+                if time.monotonic() - last_ok > ttl:
+                    # Fence: the lease may have expired and another genesis may have happened.
+                    logger.error("track %s: lease lost for a whole period; dropping the secret", self.name)
+                    self._secret = None
+                    return
+
+    async def _shutdown(self, context: EnclaveContext) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._member is not None:
+            with contextlib.suppress(Exception):
+                await self.store.leave(self.name, self._member)
+        close: Callable[[], Awaitable[None]] | None = getattr(self.store, "close", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,52 @@
+"""A test enclave app that belongs to a track (configured from the environment) and can show its secret's id."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel
+
+from enclavekit.enclave import EnclaveApp
+from enclavekit.enclave.tracks import NatsLeaseStore, Track
+from enclavekit.rpc import CallContext, Route
+
+
+class Empty(BaseModel):
+    pass
+
+
+class TrackState(BaseModel):
+    fingerprint: str
+    genesis: bool
+
+
+STATE = Route("test.track_state", Empty, TrackState)
+
+app = EnclaveApp("tracked")
+track = Track(
+    os.environ.get("TRACK_NAME", "test"),
+    NatsLeaseStore(
+        os.environ.get("TRACK_NATS_URL", "nats://127.0.0.1:4222"), ttl=float(os.environ.get("TRACK_TTL", "3"))
+    ),
+    renew_interval=float(os.environ.get("TRACK_RENEW", "0.5")),
+    join_timeout=float(os.environ.get("TRACK_JOIN_TIMEOUT", "20")),
+)
+track.attach(app)
+
+
+@app.route(STATE)
+async def state(request: Empty, call: CallContext) -> TrackState:
+    return TrackState(fingerprint=track.fingerprint(), genesis=track.genesis)
+
+
+class Secret(BaseModel):
+    hex: str
+
+
+LEAK = Route("test.leak_secret", Empty, Secret)
+
+
+@app.route(LEAK)
+async def leak(request: Empty, call: CallContext) -> Secret:
+    """TEST ONLY: hands out the raw track secret, so tests can search for it where it must never be."""
+    return Secret(hex=track.secret.hex())

@@ -1,0 +1,247 @@
+"""Enclave tracks across real processes: genesis, joins, deaths, a new genesis, and peers that do not belong."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.nsm import load_root
+from tests.apps.tracked import LEAK, STATE, Empty
+
+CLI = [sys.executable, "-m", "enclavekit.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Enclave:
+    process: subprocess.Popen[str]
+    socket: Path
+    log: Path
+    ready: dict[str, str] | None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, nats_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.nats_url = nats_url
+        self.track = f"t{uuid.uuid4().hex[:10]}"
+        self.state = tmp_path / "state"
+        self.enclaves: list[Enclave] = []
+
+    def start(
+        self,
+        name: str,
+        *,
+        app: str = "tests.apps.tracked:app",
+        state: Path | None = None,
+        pythonpath: str = "",
+        join_timeout: float = 20,
+        wait: bool = True,
+        advertise: str | None = None,
+    ) -> Enclave:
+        socket_path = self.tmp_path / f"{name}.sock"
+        log = self.tmp_path / f"{name}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p),
+            "TRACK_NAME": self.track,
+            "TRACK_NATS_URL": self.nats_url,
+            "TRACK_TTL": "2",
+            "TRACK_RENEW": "0.3",
+            "TRACK_JOIN_TIMEOUT": str(join_timeout),
+        }
+        process = subprocess.Popen(
+            [
+                *CLI,
+                "enclave",
+                "run",
+                app,
+                "--listen",
+                f"unix://{socket_path}",
+                "--state",
+                str(state or self.state),
+                *(["--advertise", advertise] if advertise else []),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
+            text=True,
+            env=env,
+        )
+        enclave = Enclave(process, socket_path, log, None)
+        self.enclaves.append(enclave)
+        if wait:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line, f"{name} exited before it was ready: {log.read_text()[-2000:]}"
+            enclave.ready = json.loads(line)
+        return enclave
+
+    def state_of(self, enclave: Enclave, state: Path | None = None) -> tuple[str, bool]:
+        assert enclave.ready is not None
+        policy = NitroPolicy(
+            measurements=[{0: bytes.fromhex(enclave.ready["pcr0"])}], roots=(load_root(state or self.state),)
+        )
+
+        async def ask() -> tuple[str, bool]:
+            async with AttestedClient.nitro(f"unix://{enclave.socket}", policy) as client:
+                answer = await client.call(STATE, Empty())
+                return answer.fingerprint, answer.genesis
+
+        return asyncio.run(ask())
+
+    def leak(self, enclave: Enclave) -> str:
+        assert enclave.ready is not None
+        policy = NitroPolicy(measurements=[{0: bytes.fromhex(enclave.ready["pcr0"])}], roots=(load_root(self.state),))
+
+        async def ask() -> str:
+            async with AttestedClient.nitro(f"unix://{enclave.socket}", policy) as client:
+                return (await client.call(LEAK, Empty())).hex
+
+        return asyncio.run(ask())
+
+    def stop_all(self) -> None:
+        for enclave in self.enclaves:
+            enclave.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, nats_url: str) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, nats_url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def test_track_lifecycle_genesis_joins_survivors_and_a_new_genesis_after_the_lease_expires(
+    cluster: Cluster,
+) -> None:
+    first = cluster.start("e1")
+    second = cluster.start("e2")
+    third = cluster.start("e3")
+    fingerprint, genesis = cluster.state_of(first)
+    assert genesis
+    assert cluster.state_of(second) == (fingerprint, False)
+    assert cluster.state_of(third) == (fingerprint, False)
+
+    first.kill()
+    second.kill()
+    fourth = cluster.start("e4")  # joins from the survivor
+    assert cluster.state_of(fourth) == (fingerprint, False)
+
+    third.kill()
+    fourth.kill()
+    started = time.monotonic()
+    fifth = cluster.start("e5")  # nobody left: waits for the lease to expire, then genesis
+    new_fingerprint, genesis = cluster.state_of(fifth)
+    assert genesis
+    assert new_fingerprint != fingerprint
+    assert time.monotonic() - started < 15
+
+
+def test_two_enclaves_booting_at_once_agree_on_one_secret(cluster: Cluster) -> None:
+    a = cluster.start("a", wait=False)
+    b = cluster.start("b", wait=False)
+    for enclave in (a, b):
+        assert enclave.process.stdout is not None
+        enclave.ready = json.loads(enclave.process.stdout.readline())
+    (fa, ga), (fb, gb) = cluster.state_of(a), cluster.state_of(b)
+    assert fa == fb
+    assert ga != gb  # exactly one genesis
+
+
+def test_enclave_with_other_code_is_refused_the_secret(cluster: Cluster, tmp_path: Path) -> None:
+    member = cluster.start("member")
+    package = tmp_path / "changed"
+    package.mkdir()
+    shutil.copy(ROOT / "tests" / "apps" / "tracked.py", package / "__init__.py")
+    with (package / "__init__.py").open("a") as handle:
+        handle.write("\nEXFILTRATE = True\n")
+    intruder = cluster.start("intruder", app="changed:app", pythonpath=str(tmp_path), join_timeout=3, wait=False)
+    assert intruder.process.wait(30) != 0  # never got the secret, and could not do genesis either
+    assert "measurement_mismatch" in intruder.log.read_text()
+    assert "handed the secret" not in member.log.read_text()
+
+
+def test_joiner_refuses_a_member_whose_document_chains_to_a_foreign_root(cluster: Cluster, tmp_path: Path) -> None:
+    foreign_state = tmp_path / "foreign-state"
+    impostor = cluster.start("impostor", state=foreign_state)  # same code, another (untrusted) NSM root
+    assert cluster.state_of(impostor, foreign_state)[1]  # it did genesis
+    joiner = cluster.start("joiner", join_timeout=3, wait=False)
+    assert joiner.process.wait(30) != 0
+    assert "chain_untrusted" in joiner.log.read_text()
+
+
+def test_no_secret_in_the_lease_store_the_relayed_join_or_the_logs(cluster: Cluster, tmp_path: Path) -> None:
+    """The member advertises a capturing host relay, so the join crosses the host; then search for the secret."""
+    from enclavekit.stack.processes import free_port
+
+    relay_port = free_port()
+    capture = tmp_path / "relayed.bin"
+    member_socket = tmp_path / "m1.sock"
+    relay = subprocess.Popen(
+        [
+            *CLI,
+            "host",
+            "relay",
+            "--listen",
+            f"tcp://127.0.0.1:{relay_port}",
+            "--upstream",
+            f"unix://{member_socket}",
+            "--capture",
+            str(capture),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.stdout is not None
+        relay.stdout.readline()
+        member = cluster.start("m1", advertise=f"tcp://127.0.0.1:{relay_port}")
+        joiner = cluster.start("j1")
+        assert cluster.state_of(joiner)[0] == cluster.state_of(member)[0]
+        secret = bytes.fromhex(cluster.leak(member))
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    assert len(secret) == 32
+    forms = [secret, secret.hex().encode(), base64.b64encode(secret)]
+    relayed = capture.read_bytes()
+    assert len(relayed) > 2000, "the join went through the relay"
+    stored = asyncio.run(_kv_values(cluster))
+    assert stored, "the lease store holds the lease and members"
+    for form in forms:
+        assert form not in relayed
+        assert form not in stored
+        for enclave in (member, joiner):
+            assert form not in enclave.log.read_bytes()
+
+
+async def _kv_values(cluster: Cluster) -> bytes:
+    nc = await nats.connect(cluster.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(f"enclavekit_track_{cluster.track}")
+        return b"".join([(await kv.get(key)).value or b"" for key in await kv.keys()])
+    finally:
+        await nc.close()
