@@ -234,7 +234,8 @@ class Track:
 
     # --- joining ---------------------------------------------------------------------------------------------
 
-    def _effective_policy(self, context: EnclaveContext) -> NitroPolicy:
+    def default_policy(self, context: EnclaveContext) -> NitroPolicy:
+        """Same PCR0-2 as this enclave, under the AWS root (and this simulator's root when simulated)."""
         if self.policy is not None:
             return self.policy
         pcrs = {index: context.nsm.describe_pcr(index).data for index in (0, 1, 2)}
@@ -247,7 +248,7 @@ class Track:
 
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
-        policy = self._effective_policy(context)
+        policy = self.default_policy(context)
         self.policy = policy
         member_id = os.urandom(8).hex()
         deadline = time.monotonic() + self.join_timeout
@@ -256,7 +257,7 @@ class Track:
             members = await self.store.members(self.name)
             for member in members:
                 try:
-                    self._secret = await self._join(context, member, policy)
+                    self._secret = await self.join_from(context, member, policy)
                     logger.info("track %s: joined from member %s (%s)", self.name, member.id, self.fingerprint())
                     self._member = Member(member_id, "")
                     return
@@ -275,7 +276,8 @@ class Track:
             f"is still held" + (f" (last: {last_error})" if last_error else "")
         )
 
-    async def _join(self, context: EnclaveContext, member: Member, policy: NitroPolicy) -> bytes:
+    async def join_from(self, context: EnclaveContext, member: Member, policy: NitroPolicy) -> bytes:
+        """Ask ``member`` for the secret: attest a fresh ephemeral key, verify the member, open its answer."""
         ephemeral = PrivateKey.generate()
         document = await context.attest(public_key=bytes(ephemeral.public_key), nonce=os.urandom(32))
         request = JoinRequest(track=self.name, document=base64.b64encode(document).decode())
