@@ -1,0 +1,177 @@
+"""The enclave's KMS client: attested key release from AWS KMS, or from any endpoint that speaks its protocol.
+
+Inside an enclave, secrets come from KMS as ``CiphertextForRecipient``: the client makes a fresh RSA-2048 key
+in memory (it never leaves the process), puts its public key in an attestation document made by the
+injected *attester* (the NSM's ``attestation`` call: ``attest(*, public_key, nonce, user_data) -> bytes``), sends
+the document as the ``Recipient`` of Decrypt, GenerateDataKey or GenerateRandom, and opens the CMS envelope
+that comes back. If KMS answers such a request with plaintext, the client refuses it (:class:`PlaintextReturned`):
+a secret that crossed the host in the clear must not be used as if it had not.
+
+::
+
+    nsm = Nsm(NsmDevice())                            # or NsmSimulator(...).client() outside an enclave
+    kms = KmsClient.connect(nsm.attestation, region_name="eu-west-1")   # or endpoint_url=the emulator
+    secret = kms.decrypt(blob, encryption_context={"service": "vault"})
+
+The channel matters: the envelope is confidential but not authenticated (anyone can seal to the public key in
+the document), so against AWS the TLS session to KMS must terminate inside the enclave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from enclavekit.kms.cms import KEY_ENCRYPTION, open_envelope
+from enclavekit.kms.errors import KmsRejected, KmsUnavailable, PlaintextReturned, aws_error_class
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_kms.type_defs import RecipientInfoTypeDef
+
+__all__ = ["Attester", "DataKey", "KmsClient"]
+
+RECIPIENT_KEY_BITS = 2048
+_DATA_KEY_SIZES = {"AES_256": 32, "AES_128": 16}
+
+
+class Attester(Protocol):
+    """Makes an attestation document binding ``public_key`` (the NSM's ``attestation`` has this signature)."""
+
+    def __call__(self, *, public_key: bytes | None, nonce: bytes | None, user_data: bytes | None) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """A data key: ``plaintext`` (enclave memory only) and ``ciphertext_blob`` (safe to store on the host)."""
+
+    plaintext: bytes = field(repr=False)
+    ciphertext_blob: bytes
+    key_id: str
+
+
+class KmsClient:
+    """Attested Decrypt, GenerateDataKey and GenerateRandom over a boto3 KMS client.
+
+    ``recipient_key`` is the enclave's RSA key for this client (default: a fresh RSA-2048 key, generated here,
+    kept in memory only). Each call makes a new attestation document, so documents are always fresh.
+    """
+
+    def __init__(self, kms: KMSClient, attester: Attester, *, recipient_key: rsa.RSAPrivateKey | None = None) -> None:
+        self._kms = kms
+        self._attester = attester
+        self._key = recipient_key or rsa.generate_private_key(public_exponent=65537, key_size=RECIPIENT_KEY_BITS)
+        self.public_key_der = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        attester: Attester,
+        *,
+        region_name: str,
+        endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        config: Config | None = None,
+        recipient_key: rsa.RSAPrivateKey | None = None,
+    ) -> KmsClient:
+        """A client for AWS KMS in ``region_name``, or for ``endpoint_url`` (the emulator, a vsock proxy...)."""
+        kms = boto3.client(
+            "kms",
+            region_name=region_name,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            config=config or Config(retries={"mode": "standard", "max_attempts": 3}),
+        )
+        return cls(kms, attester, recipient_key=recipient_key)
+
+    @property
+    def boto3(self) -> KMSClient:
+        """The underlying boto3 client (for operations that release nothing: Encrypt, CreateKey...)."""
+        return self._kms
+
+    def recipient(self) -> RecipientInfoTypeDef:
+        """A fresh ``Recipient``: an attestation document binding this client's public key."""
+        document = self._attester(public_key=self.public_key_der, nonce=None, user_data=None)
+        return {"KeyEncryptionAlgorithm": KEY_ENCRYPTION, "AttestationDocument": document}
+
+    def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+    ) -> bytes:
+        """Decrypt a KMS ciphertext; the plaintext travels only inside the envelope to this enclave."""
+        kwargs: dict[str, Any] = {"CiphertextBlob": ciphertext_blob, "Recipient": self.recipient()}
+        if encryption_context:
+            kwargs["EncryptionContext"] = dict(encryption_context)
+        if key_id is not None:
+            kwargs["KeyId"] = key_id
+        response = self._call("decrypt", kwargs)
+        return self._open(response, "Decrypt")
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        *,
+        key_spec: str | None = "AES_256",
+        number_of_bytes: int | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> DataKey:
+        """A new data key under ``key_id``: its plaintext (opened here) and its ciphertext blob (for storage)."""
+        kwargs: dict[str, Any] = {"KeyId": key_id, "Recipient": self.recipient()}
+        if number_of_bytes is not None:
+            kwargs["NumberOfBytes"] = number_of_bytes
+        elif key_spec is not None:
+            kwargs["KeySpec"] = key_spec
+        if encryption_context:
+            kwargs["EncryptionContext"] = dict(encryption_context)
+        response = self._call("generate_data_key", kwargs)
+        plaintext = self._open(response, "GenerateDataKey")
+        expected = number_of_bytes if number_of_bytes is not None else _DATA_KEY_SIZES.get(key_spec or "")
+        if expected is not None and len(plaintext) != expected:
+            raise KmsRejected(f"GenerateDataKey released {len(plaintext)} bytes, not the {expected} asked for")
+        return DataKey(plaintext, bytes(response["CiphertextBlob"]), str(response["KeyId"]))
+
+    def generate_random(self, number_of_bytes: int) -> bytes:
+        """``number_of_bytes`` random bytes from KMS, released only to this enclave."""
+        response = self._call("generate_random", {"NumberOfBytes": number_of_bytes, "Recipient": self.recipient()})
+        random = self._open(response, "GenerateRandom")
+        if len(random) != number_of_bytes:
+            raise KmsRejected(f"GenerateRandom released {len(random)} bytes, not the {number_of_bytes} asked for")
+        return random
+
+    def _call(self, operation: str, kwargs: dict[str, Any]) -> Mapping[str, Any]:
+        try:
+            response: Mapping[str, Any] = getattr(self._kms, operation)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            aws_type = str(error.get("Code") or "UnknownError")
+            message = str(error.get("Message") or "")
+            raise aws_error_class(aws_type)(f"{aws_type}: {message}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise KmsUnavailable(f"KMS is unreachable or failed: {exc}") from exc
+        return response
+
+    def _open(self, response: Mapping[str, Any], operation: str) -> bytes:
+        if response.get("Plaintext") is not None:
+            raise PlaintextReturned(
+                f"KMS answered {operation} with plaintext although a Recipient was given: refused and discarded"
+            )
+        envelope = response.get("CiphertextForRecipient")
+        if not isinstance(envelope, bytes | bytearray) or not envelope:
+            raise KmsRejected(f"KMS answered {operation} without CiphertextForRecipient")
+        return open_envelope(bytes(envelope), self._key)
