@@ -160,6 +160,34 @@ def test_track_lifecycle_genesis_joins_survivors_and_a_new_genesis_after_the_lea
     assert time.monotonic() - started < 15
 
 
+def test_redis_lease_store_runs_the_same_lifecycle(tmp_path: Path) -> None:
+    """Redis as the lease store (the machine's Redis): genesis, a join, then a new genesis once all are gone."""
+    import redis
+
+    url = os.environ.get("ENCLAVEKIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no Redis at {url}")
+    cluster = Cluster(tmp_path, url)
+    try:
+        first = cluster.start("r1")
+        second = cluster.start("r2")
+        fingerprint, genesis = cluster.state_of(first)
+        assert genesis
+        assert cluster.state_of(second) == (fingerprint, False)
+        first.kill()
+        second.kill()
+        third = cluster.start("r3")
+        new_fingerprint, genesis = cluster.state_of(third)
+        assert genesis
+        assert new_fingerprint != fingerprint
+    finally:
+        cluster.stop_all()
+
+
 def test_two_enclaves_booting_at_once_agree_on_one_secret(cluster: Cluster) -> None:
     a = cluster.start("a", wait=False)
     b = cluster.start("b", wait=False)

@@ -7,7 +7,7 @@ import os
 from pydantic import BaseModel
 
 from enclavekit.enclave import EnclaveApp
-from enclavekit.enclave.tracks import NatsLeaseStore, Track
+from enclavekit.enclave.tracks import Track, lease_store
 from enclavekit.rpc import CallContext, Route
 
 
@@ -25,9 +25,7 @@ STATE = Route("test.track_state", Empty, TrackState)
 app = EnclaveApp("tracked")
 track = Track(
     os.environ.get("TRACK_NAME", "test"),
-    NatsLeaseStore(
-        os.environ.get("TRACK_NATS_URL", "nats://127.0.0.1:4222"), ttl=float(os.environ.get("TRACK_TTL", "3"))
-    ),
+    lease_store(os.environ.get("TRACK_NATS_URL", "nats://127.0.0.1:4222"), ttl=float(os.environ.get("TRACK_TTL", "3"))),
     renew_interval=float(os.environ.get("TRACK_RENEW", "0.5")),
     join_timeout=float(os.environ.get("TRACK_JOIN_TIMEOUT", "20")),
 )

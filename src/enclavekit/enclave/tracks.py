@@ -42,7 +42,7 @@ from enclavekit.attestation.roots import aws_nitro_root
 from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.app import EnclaveApp
-from enclavekit.errors import Error, InfrastructureError, Rejected
+from enclavekit.errors import ConfigurationError, Error, InfrastructureError, Rejected
 from enclavekit.rpc import CallContext, ClientOptions, Route
 
 if TYPE_CHECKING:
@@ -56,8 +56,10 @@ __all__ = [
     "LeaseStore",
     "Member",
     "NatsLeaseStore",
+    "RedisLeaseStore",
     "Track",
     "TrackUnavailable",
+    "lease_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,6 +184,69 @@ class NatsLeaseStore:
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
+
+
+@dataclass
+class RedisLeaseStore:
+    """Leases in Redis: ``SET NX PX`` takes the lease, every write sets the expiry again."""
+
+    url: str
+    ttl: float = 30.0
+    _client: Any = None
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis.asyncio
+
+            self._client = redis.asyncio.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        return self._client
+
+    def _key(self, track: str, name: str) -> str:
+        return f"enclavekit:track:{track}:{name}"
+
+    async def create_lease(self, track: str, holder: str) -> bool:
+        value = json.dumps({"genesis": holder, "at": time.time()})
+        try:
+            return bool(await self._redis().set(self._key(track, "lease"), value, nx=True, px=int(self.ttl * 1000)))
+        except Exception as exc:
+            raise InfrastructureError(f"cannot reach the lease store at {self.url}: {exc}") from exc
+
+    async def renew(self, track: str, member: Member) -> None:
+        ttl = int(self.ttl * 1000)
+        pipe = self._redis().pipeline(transaction=True)
+        pipe.set(self._key(track, "lease"), json.dumps({"renewed_by": member.id, "at": time.time()}), px=ttl)
+        pipe.set(self._key(track, f"member:{member.id}"), json.dumps({"address": member.address}), px=ttl)
+        await pipe.execute()
+
+    async def members(self, track: str) -> list[Member]:
+        client = self._redis()
+        prefix = self._key(track, "member:")
+        found = []
+        async for key in client.scan_iter(match=prefix + "*", count=100):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            value = await client.get(name)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                if value:
+                    found.append(Member(name.removeprefix(prefix), json.loads(value)["address"]))
+        return found
+
+    async def leave(self, track: str, member: Member) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis().delete(self._key(track, f"member:{member.id}"))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def lease_store(url: str, *, ttl: float = 30.0) -> NatsLeaseStore | RedisLeaseStore:
+    """The lease store at ``url``: ``nats://`` (JetStream KV, the default) or ``redis://``."""
+    if url.startswith(("nats://", "tls://")):
+        return NatsLeaseStore(url, ttl=ttl)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisLeaseStore(url, ttl=ttl)
+    raise ConfigurationError(f"lease store {url!r}: expected nats://... or redis://...")
 
 
 @dataclass
