@@ -48,6 +48,7 @@ class Cluster:
         self.track = f"t{uuid.uuid4().hex[:10]}"
         self.state = tmp_path / "state"
         self.enclaves: list[Enclave] = []
+        self.restored: dict[str, bool] = {}
 
     def start(
         self,
@@ -59,6 +60,8 @@ class Cluster:
         join_timeout: float = 20,
         wait: bool = True,
         advertise: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> Enclave:
         socket_path = self.tmp_path / f"{name}.sock"
         log = self.tmp_path / f"{name}.log"
@@ -70,6 +73,7 @@ class Cluster:
             "TRACK_TTL": "2",
             "TRACK_RENEW": "0.3",
             "TRACK_JOIN_TIMEOUT": str(join_timeout),
+            **(extra_env or {}),
         }
         process = subprocess.Popen(
             [
@@ -82,6 +86,7 @@ class Cluster:
                 "--state",
                 str(state or self.state),
                 *(["--advertise", advertise] if advertise else []),
+                *extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=log.open("ab"),
@@ -98,6 +103,7 @@ class Cluster:
         return enclave
 
     def state_of(self, enclave: Enclave, state: Path | None = None) -> tuple[str, bool]:
+        """(fingerprint, genesis) of a member; see ``full_state`` for ``restored`` too."""
         assert enclave.ready is not None
         policy = NitroPolicy(
             measurements=[{0: bytes.fromhex(enclave.ready["pcr0"])}], roots=(load_root(state or self.state),)
@@ -106,6 +112,7 @@ class Cluster:
         async def ask() -> tuple[str, bool]:
             async with AttestedClient.nitro(f"unix://{enclave.socket}", policy) as client:
                 answer = await client.call(STATE, Empty())
+                self.restored[enclave.socket.name] = answer.restored
                 return answer.fingerprint, answer.genesis
 
         return asyncio.run(ask())
@@ -273,3 +280,80 @@ async def _kv_values(cluster: Cluster) -> bytes:
         return b"".join([(await kv.get(key)).value or b"" for key in await kv.keys()])
     finally:
         await nc.close()
+
+
+def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_accepts(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Genesis wraps the secret with KMS; after every member is gone, the next enclave restores it from KMS,
+    which releases it (as CiphertextForRecipient) only to an enclave whose PCR0 the key policy names."""
+    import boto3
+
+    import tests.apps.tracked  # noqa: F401 - measured below, as the enclave process measures itself
+    from enclavekit.enclave.runtime import image_files
+    from enclavekit.nsm import NsmSimulator
+
+    pcr0 = NsmSimulator(cluster.state, app=image_files("tests.apps.tracked")).pcr(0)
+    kms = subprocess.Popen(
+        [*CLI, "kms", "serve", "--port", "0", "--state", str(tmp_path / "kms"), "--trust-sim-root", str(cluster.state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert kms.stdout is not None
+        url = json.loads(kms.stdout.readline())["url"]
+        client = boto3.client(
+            "kms", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+        )
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "Admin",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::111122223333:role/admin"},
+                    "Action": ["kms:DescribeKey"],
+                    "Resource": "*",
+                },
+                {
+                    "Sid": "Enclave",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::111122223333:role/enclave"},
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                    "Resource": "*",
+                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0.hex()}},
+                },
+            ],
+        }
+        key_id = client.create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+        env = {"TRACK_KMS_KEY": key_id}
+        args = ("--set", f"kms_url={url}")
+        first = cluster.start("p1", extra_env=env, extra_args=args)
+        second = cluster.start("p2", extra_env=env, extra_args=args)
+        fingerprint, genesis = cluster.state_of(first)
+        assert genesis
+        assert cluster.state_of(second)[0] == fingerprint
+        first.kill()
+        second.kill()
+
+        third = cluster.start("p3", extra_env=env, extra_args=args)  # a full restart: lease expired, nobody left
+        assert cluster.state_of(third) == (fingerprint, True)
+        assert cluster.restored[third.socket.name]
+        assert "restored from KMS" in third.log.read_text()
+        third.kill()
+
+        package = tmp_path / "changed"
+        package.mkdir()
+        shutil.copy(ROOT / "tests" / "apps" / "tracked.py", package / "__init__.py")
+        with (package / "__init__.py").open("a") as handle:
+            handle.write("\nEXFILTRATE = True\n")
+        time.sleep(2.5)  # let the lease expire, so the intruder is the one to restore
+        intruder = cluster.start(
+            "p4", app="changed:app", pythonpath=str(tmp_path), extra_env=env, extra_args=args, wait=False
+        )
+        assert intruder.process.wait(60) != 0
+        assert "AccessDenied" in intruder.log.read_text() or "access_denied" in intruder.log.read_text()
+    finally:
+        kms.terminate()
+        kms.wait(10)

@@ -18,6 +18,7 @@ class Empty(BaseModel):
 class TrackState(BaseModel):
     fingerprint: str
     genesis: bool
+    restored: bool
 
 
 STATE = Route("test.track_state", Empty, TrackState)
@@ -28,13 +29,14 @@ track = Track(
     lease_store(os.environ.get("TRACK_NATS_URL", "nats://127.0.0.1:4222"), ttl=float(os.environ.get("TRACK_TTL", "3"))),
     renew_interval=float(os.environ.get("TRACK_RENEW", "0.5")),
     join_timeout=float(os.environ.get("TRACK_JOIN_TIMEOUT", "20")),
+    kms_key_id=os.environ.get("TRACK_KMS_KEY") or None,
 )
 track.attach(app)
 
 
 @app.route(STATE)
 async def state(request: Empty, call: CallContext) -> TrackState:
-    return TrackState(fingerprint=track.fingerprint(), genesis=track.genesis)
+    return TrackState(fingerprint=track.fingerprint(), genesis=track.genesis, restored=track.restored)
 
 
 class Secret(BaseModel):

@@ -47,6 +47,7 @@ from enclavekit.rpc import CallContext, ClientOptions, Route
 
 if TYPE_CHECKING:
     from enclavekit.enclave.runtime import EnclaveContext
+    from enclavekit.kms.client import KmsClient
 
 __all__ = [
     "JOIN",
@@ -113,6 +114,11 @@ class LeaseStore(Protocol):
     async def members(self, track: str) -> list[Member]: ...
 
     async def leave(self, track: str, member: Member) -> None: ...
+
+    async def load_wrapped(self, track: str) -> bytes | None:
+        """The track secret wrapped by KMS, if the track persists (kept without expiry)."""
+
+    async def save_wrapped(self, track: str, blob: bytes) -> None: ...
 
 
 @dataclass
@@ -181,6 +187,31 @@ class NatsLeaseStore:
         with contextlib.suppress(Exception):
             await bucket.delete(f"member.{member.id}")
 
+    async def _wrapped_bucket(self, track: str) -> Any:
+        from nats.js.api import KeyValueConfig
+
+        await self._bucket(track)  # connects
+        js = self._nc.jetstream()
+        name = f"enclavekit_track_{track}_wrapped"
+        try:
+            return await js.key_value(name)
+        except Exception:
+            return await js.create_key_value(KeyValueConfig(bucket=name, history=1))
+
+    async def load_wrapped(self, track: str) -> bytes | None:
+        from nats.js.errors import KeyNotFoundError
+
+        bucket = await self._wrapped_bucket(track)
+        try:
+            entry = await bucket.get("secret")
+        except KeyNotFoundError:
+            return None
+        return bytes(entry.value) if entry.value else None
+
+    async def save_wrapped(self, track: str, blob: bytes) -> None:
+        bucket = await self._wrapped_bucket(track)
+        await bucket.put("secret", blob)
+
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -234,6 +265,13 @@ class RedisLeaseStore:
         with contextlib.suppress(Exception):
             await self._redis().delete(self._key(track, f"member:{member.id}"))
 
+    async def load_wrapped(self, track: str) -> bytes | None:
+        value = await self._redis().get(self._key(track, "wrapped"))
+        return None if value is None else bytes(value)
+
+    async def save_wrapped(self, track: str, blob: bytes) -> None:
+        await self._redis().set(self._key(track, "wrapped"), blob)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
@@ -247,6 +285,22 @@ def lease_store(url: str, *, ttl: float = 30.0) -> NatsLeaseStore | RedisLeaseSt
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisLeaseStore(url, ttl=ttl)
     raise ConfigurationError(f"lease store {url!r}: expected nats://... or redis://...")
+
+
+def _default_kms(context: EnclaveContext) -> KmsClient:
+    from enclavekit.kms.client import KmsClient
+
+    return KmsClient.connect(
+        context.nsm.attestation,
+        region_name=context.settings.get("kms_region", "us-east-1"),
+        endpoint_url=context.settings.get("kms_url"),
+        aws_access_key_id=context.settings.get("kms_access_key_id", "enclavekit")
+        if "kms_url" in context.settings
+        else None,
+        aws_secret_access_key=context.settings.get("kms_secret_access_key", "enclavekit")
+        if "kms_url" in context.settings
+        else None,
+    )
 
 
 @dataclass
@@ -268,12 +322,19 @@ class Track:
     renew_interval: float = 5.0
     join_timeout: float = 60.0
     document_max_age: timedelta = timedelta(minutes=5)
+    kms_key_id: str | None = None
+    """Persist the secret: genesis asks KMS for a data key under this key (released only to attested enclaves
+    that its key policy accepts) and keeps the wrapped copy in the store, so a full restart restores it."""
+    kms: Callable[[EnclaveContext], KmsClient] | None = None
+    """Makes the KMS client inside the enclave (default: the endpoint in the ``kms_url`` setting, or AWS)."""
     _secret: bytes | None = None
     _member: Member | None = None
     _context: EnclaveContext | None = None
     _renewer: asyncio.Task[None] | None = None
     genesis: bool = False
-    """True if this enclave created the secret."""
+    """True if this enclave created (or, with KMS persistence, restored) the secret."""
+    restored: bool = False
+    """True if this enclave restored the persisted secret from KMS after a full restart."""
 
     @property
     def secret(self) -> bytes:
@@ -330,16 +391,36 @@ class Track:
                     last_error = exc
                     logger.warning("track %s: join from %s at %s failed: %s", self.name, member.id, member.address, exc)
             if await self.store.create_lease(self.name, member_id):
-                self._secret = os.urandom(SECRET_SIZE)
+                self._secret = await self._genesis_secret(context)
                 self.genesis = True
                 self._member = Member(member_id, "")
-                logger.info("track %s: genesis (%s)", self.name, self.fingerprint())
+                how = "restored from KMS" if self.restored else "new secret"
+                logger.info("track %s: genesis, %s (%s)", self.name, how, self.fingerprint())
                 return
             await asyncio.sleep(min(1.0, self.renew_interval))
         raise TrackUnavailable(
             f"track {self.name}: no member handed over the secret within {self.join_timeout:.0f} s and the lease "
             f"is still held" + (f" (last: {last_error})" if last_error else "")
         )
+
+    async def _genesis_secret(self, context: EnclaveContext) -> bytes:
+        if self.kms_key_id is None:
+            return os.urandom(SECRET_SIZE)
+        client = (self.kms or _default_kms)(context)
+        encryption_context = {"enclavekit:track": self.name}
+        wrapped = await self.store.load_wrapped(self.name)
+        if wrapped is not None:
+            # Fails closed (AccessDenied) unless the key policy accepts this enclave's attestation.
+            secret = await asyncio.to_thread(client.decrypt, wrapped, encryption_context=encryption_context)
+            if len(secret) != SECRET_SIZE:
+                raise JoinRefused("the persisted track secret has the wrong size")
+            self.restored = True
+            return secret
+        data_key = await asyncio.to_thread(
+            client.generate_data_key, self.kms_key_id, encryption_context=encryption_context
+        )
+        await self.store.save_wrapped(self.name, data_key.ciphertext_blob)
+        return data_key.plaintext
 
     async def join_from(self, context: EnclaveContext, member: Member, policy: NitroPolicy) -> bytes:
         """Ask ``member`` for the secret: attest a fresh ephemeral key, verify the member, open its answer."""
