@@ -1,0 +1,165 @@
+"""The ingest worker: chat messages in, one notification per message out (the reference's notification-worker).
+
+Messages arrive on the JetStream subject ``notify.inbox`` (the HTTP endpoint ``POST /v1/messages`` and
+``enclavekit notify ingest`` publish there; an XMTP ``SubscribeAll`` adapter would too). For each message,
+the reference's rules:
+
+* keep only topics starting with ``/xmtp/mls/1/g-`` (groups) or ``/xmtp/mls/1/w-`` (welcomes);
+* for group messages, skip ``should_push == false``;
+* load the topic's live subscriptions, page by page;
+* drop the sender's own subscription: ``HMAC-SHA256(hex_decode(hmac_key), message_data) == sender_hmac``;
+* deduplicate sealed push IDs (keeping every tombstone of each);
+* publish ``{topic, recipients, encrypted_message_base64}`` to ``notify.notifications`` with the message's
+  idempotency id as ``Nats-Msg-Id``, so a redelivered inbox message is not queued twice.
+
+The inbox message is acked only after the notification is published (or the message is filtered out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from enclavekit.services.notify.errors import BadRequest
+from enclavekit.services.notify.metrics import Metrics
+from enclavekit.services.notify.queue import new_traceparent
+from enclavekit.services.notify.settings import NotifySettings
+from enclavekit.services.notify.store import NotifyStore
+from enclavekit.services.notify.wire import MAX_MESSAGE_B64, Notification, Recipient
+
+__all__ = ["ChatMessage", "Ingestor", "message_id", "sender_hmac"]
+
+logger = logging.getLogger(__name__)
+
+TOPIC_PREFIXES = ("/xmtp/mls/1/g-", "/xmtp/mls/1/w-")
+
+
+class ChatMessage(BaseModel):
+    """One chat message as ingest sees it: ciphertext (``data_b64``) and routing metadata."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: str = Field(min_length=1, max_length=256)
+    data_b64: str = Field(min_length=1, max_length=MAX_MESSAGE_B64)
+    sender_hmac: str = Field(default="", max_length=128, pattern=r"^[0-9a-fA-F]*$")
+    should_push: bool = True
+    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+
+    def data(self) -> bytes:
+        try:
+            return base64.b64decode(self.data_b64, validate=True)
+        except binascii.Error as exc:
+            raise BadRequest("data_b64 is not base64") from exc
+
+
+def message_id(message: ChatMessage) -> str:
+    """The idempotency id: the message's own, or a digest of its topic and data."""
+    if message.id:
+        return message.id
+    return hashlib.sha256(message.topic.encode() + b"\x00" + message.data()).hexdigest()[:32]
+
+
+def sender_hmac(hmac_key_hex: str, data: bytes) -> str:
+    """What the sender attaches so its own subscription can be recognised without revealing it."""
+    return hmac.new(bytes.fromhex(hmac_key_hex), data, hashlib.sha256).hexdigest()
+
+
+Decision = Literal["queued", "filtered_topic", "should_not_push", "no_recipients"]
+
+
+@dataclass
+class Ingestor:
+    settings: NotifySettings
+    store: NotifyStore
+    js: JetStreamContext
+    metrics: Metrics
+    page_size: int = 500
+
+    def build(self, message: ChatMessage, *, now: float) -> tuple[Decision, Notification | None]:
+        """Apply the filter rules; the notification to queue, if any (reads the database: call in a thread)."""
+        if not message.topic.startswith(TOPIC_PREFIXES):
+            return "filtered_topic", None
+        if message.topic.startswith("/xmtp/mls/1/g-") and not message.should_push:
+            return "should_not_push", None
+        data = message.data()
+        sender = message.sender_hmac.lower()
+        recipients: dict[str, list[str]] = {}
+        for subscription in self.store.all_for_topic(message.topic, now=int(now), page_size=self.page_size):
+            if sender and hmac.compare_digest(sender_hmac(subscription.hmac_key, data), sender):
+                continue
+            tombstones = recipients.setdefault(subscription.encrypted_push_id, [])
+            tombstones.extend(t for t in subscription.deletion_request if t not in tombstones)
+        if not recipients:
+            return "no_recipients", None
+        kind = "v3-welcome" if message.topic.startswith("/xmtp/mls/1/w-") else "v3-conversation"
+        notification = Notification(
+            id=message_id(message),
+            topic=message.topic,
+            encrypted_message_base64=message.data_b64,
+            message_kind=kind,
+            recipients=tuple(
+                Recipient(encrypted_push_id=push_id, deletion_requests=tuple(tombstones[-64:]))
+                for push_id, tombstones in recipients.items()
+            ),
+            created_at=now,
+        )
+        return "queued", notification
+
+    async def handle(self, message: ChatMessage, *, traceparent: str | None = None) -> Decision:
+        decision, notification = await asyncio.to_thread(self.build, message, now=time.time())
+        self.metrics.ingested.labels(decision).inc()
+        if notification is None:
+            logger.info("message on %s: %s", message.topic[:24], decision)
+            return decision
+        headers = {"Nats-Msg-Id": notification.id, "traceparent": traceparent or new_traceparent()}
+        await self.js.publish(self.settings.subject, notification.to_bytes(), headers=headers)
+        self.metrics.queued.inc()
+        self.metrics.queued_recipients.inc(len(notification.recipients))
+        logger.info("message %s queued for %d recipients", notification.id, len(notification.recipients))
+        return decision
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume ``notify.inbox`` until ``stop``; ack each message once handled."""
+        subscription = await self.js.pull_subscribe(
+            self.settings.inbox_subject,
+            durable=self.settings.ingest_consumer,
+            stream=self.settings.inbox_stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1),
+        )
+        while not stop.is_set():
+            try:
+                batch = await subscription.fetch(64, timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # a NATS hiccup: wait and poll again
+                logger.warning("inbox fetch failed: %s", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for raw in batch:
+                try:
+                    message = ChatMessage.model_validate(json.loads(raw.data))
+                    await self.handle(message, traceparent=(raw.headers or {}).get("traceparent"))
+                except (ValueError, BadRequest) as exc:
+                    logger.warning("dropping a malformed inbox message: %s", type(exc).__name__)
+                    await raw.term()
+                    continue
+                except Exception:
+                    logger.exception("ingest failed; the message will be redelivered")
+                    await raw.nak(delay=1)
+                    continue
+                await raw.ack()
+
+
+def publish_payload(message: ChatMessage) -> bytes:
+    return message.model_dump_json().encode()
