@@ -27,15 +27,16 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from enclavekit.enclave.app import EnclaveApp
 from enclavekit.enclave.runtime import EnclaveContext
+from enclavekit.enclave.tracks import Track, lease_store
 from enclavekit.rpc import CallContext
 from enclavekit.services.notify.braze import BrazeProvider
 from enclavekit.services.notify.errors import InvalidPushId, NotInitialized
-from enclavekit.services.notify.pushid import GeneratedPushKeys, PushKeys
+from enclavekit.services.notify.pushid import GeneratedPushKeys, PushKeys, TrackPushKeys
 from enclavekit.services.notify.wire import (
     ATTESTATION_DOC,
     HEALTH_CHECK,
@@ -256,23 +257,38 @@ class NotifyEnclave:
             self.delivered.popitem(last=False)
 
 
-def build_app(name: str = "notify", state: NotifyEnclave | None = None) -> tuple[EnclaveApp, NotifyEnclave]:
-    """A notify enclave app with its state (tests build their own; ``app`` below is the one that runs)."""
+def build_app(name: str = "notify", track: Track | None = None) -> tuple[EnclaveApp, NotifyEnclave]:
+    """A notify enclave app and its state: in ``track`` (its push key derived from the track secret), or alone
+    with a push key generated in memory."""
     enclave_app = EnclaveApp(name)
-    state = state or NotifyEnclave()
+    if track is None:
+        state = NotifyEnclave()
+    else:
+        track.attach(enclave_app)  # first: its boot hook (join or genesis) runs before ours derives the key
+        state = NotifyEnclave(keys_factory=lambda context: TrackPushKeys(track), track=track.name)
     state.attach(enclave_app)
     return enclave_app, state
 
 
-def _from_environment() -> NotifyEnclave:
-    track = os.environ.get("ENCLAVEKIT_NOTIFY_TRACK")
-    if not track:
-        return NotifyEnclave()
-    return _track_state(track, os.environ.get("ENCLAVEKIT_NOTIFY_TRACK_NATS", "nats://127.0.0.1:4222"))
+def track_from_environment(environ: Mapping[str, str] | None = None) -> Track | None:
+    """The enclave's track, if ``ENCLAVEKIT_NOTIFY_TRACK`` names one.
+
+    ``ENCLAVEKIT_NOTIFY_TRACK_STORE`` is the lease store (``nats://`` or ``redis://``, default the local NATS),
+    ``ENCLAVEKIT_NOTIFY_TRACK_TTL`` the lease TTL in seconds (30), ``ENCLAVEKIT_NOTIFY_TRACK_RENEW`` the renewal
+    interval (5), ``ENCLAVEKIT_NOTIFY_TRACK_KMS_KEY`` a KMS key to persist the secret across full restarts.
+    """
+    env = os.environ if environ is None else environ
+    name = env.get("ENCLAVEKIT_NOTIFY_TRACK")
+    if not name:
+        return None
+    ttl = float(env.get("ENCLAVEKIT_NOTIFY_TRACK_TTL", "30"))
+    return Track(
+        name,
+        lease_store(env.get("ENCLAVEKIT_NOTIFY_TRACK_STORE", "nats://127.0.0.1:4222"), ttl=ttl),
+        renew_interval=float(env.get("ENCLAVEKIT_NOTIFY_TRACK_RENEW", str(min(5.0, ttl / 6)))),
+        join_timeout=float(env.get("ENCLAVEKIT_NOTIFY_TRACK_JOIN_TIMEOUT", "60")),
+        kms_key_id=env.get("ENCLAVEKIT_NOTIFY_TRACK_KMS_KEY") or None,
+    )
 
 
-def _track_state(track: str, nats_url: str) -> NotifyEnclave:  # pragma: no cover - replaced when tracks land
-    raise NotImplementedError("enclave tracks are not available in this build")
-
-
-app, state = build_app("notify", _from_environment())
+app, state = build_app("notify", track_from_environment())

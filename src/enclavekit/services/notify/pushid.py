@@ -29,6 +29,8 @@ __all__ = [
     "GeneratedPushKeys",
     "PushKeys",
     "StaticPushKeys",
+    "TrackPushKeys",
+    "TrackSecret",
     "seal_push_id",
 ]
 
@@ -116,10 +118,16 @@ class GeneratedPushKeys(StaticPushKeys):
         super().__init__(bytes(PrivateKey.generate()))
 
 
+class TrackSecret(Protocol):
+    """What :class:`TrackPushKeys` needs of an enclave track (:class:`enclavekit.enclave.tracks.Track`)."""
+
+    def derive(self, label: bytes, length: int = 32) -> bytes: ...
+
+
 class TrackPushKeys(StaticPushKeys):
-    """The push key of an enclave track: derived from the track secret, so all members share it."""
+    """The push key of an enclave track: derived from the track secret, so every member opens the same boxes."""
 
     LABEL = b"enclavekit notify push key v1"
 
-    def __init__(self, track_secret_derive: bytes) -> None:
-        super().__init__(track_secret_derive)
+    def __init__(self, track: TrackSecret) -> None:
+        super().__init__(track.derive(self.LABEL))
