@@ -1,0 +1,204 @@
+"""Faults: a dispatcher killed mid-batch, an enclave killed mid-delivery, Braze answering 429/500.
+
+No notification may be lost and the provider must never receive the same (message, device) twice: acks
+per outcome, retries that keep each batch's composition, and an ``Idempotency-Key`` per provider request
+that every enclave of the track derives the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import nats
+import pytest
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.nsm import load_root
+from enclavekit.services.notify.fake_braze import FakeBraze
+from enclavekit.services.notify.pushid import seal_push_id
+from enclavekit.services.notify.servers import ServerThread
+from enclavekit.services.notify.store import open_store
+from enclavekit.services.notify.testing import Harness
+from enclavekit.services.notify.wire import SECRET_KEY, Notification, SecretKeyRequest
+
+API_KEY = "braze-key-faults"
+FAST = {"ack_wait": 3, "backoff_base": 0.3, "backoff_max": 2, "enclave_timeout": 8, "batch_size": 20}
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeBraze, str]]:
+    braze = FakeBraze(API_KEY)
+    with ServerThread(braze.app) as url:
+        yield braze, url
+
+
+def _harness(tmp_path, fake_url: str, **dispatcher: object) -> Harness:  # type: ignore[no-untyped-def]
+    return Harness(tmp_path, f"sqlite:///{tmp_path / 'notify.db'}", fake_url, API_KEY, {**FAST, **dispatcher})
+
+
+async def _public_key(harness: Harness, relay: str) -> bytes:
+    policy = NitroPolicy(measurements=[{0: bytes.fromhex(harness.pcr0)}], roots=(load_root(harness.state),))
+    async with AttestedClient.nitro(relay, policy) as client:
+        return bytes.fromhex((await client.call(SECRET_KEY, SecretKeyRequest())).public_key)
+
+
+def _subscribe(harness: Harness, topic: str, count: int, public_key: bytes) -> list[str]:
+    """``count`` devices subscribed to ``topic`` (rows as the API writes them: sealed push IDs only)."""
+    store = open_store(harness.database_url)
+    devices = [f"dev-{i:04d}-{uuid.uuid4().hex[:6]}" for i in range(count)]
+    rows = [(topic, os.urandom(42).hex(), int(time.time()) + 86400) for _ in devices]
+    for device, row in zip(devices, rows, strict=True):
+        store.subscribe([row], seal_push_id(device, public_key))
+    store.engine.dispose()
+    return devices
+
+
+def _ingest(harness: Harness, topic: str) -> str:
+    body = {"topic": topic, "data_b64": base64.b64encode(os.urandom(24)).decode()}
+    answer = httpx.post(f"{harness.ingest_url}/v1/messages", json=body, timeout=10)
+    assert answer.status_code == 202
+    return str(answer.json()["id"])
+
+
+def _wait_all(fake: FakeBraze, message_id: str, devices: list[str], timeout: float = 60) -> collections.Counter[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
+        if set(got) >= set(devices):
+            time.sleep(1.0)  # any duplicate would arrive now
+            return collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
+        time.sleep(0.1)
+    got = collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
+    raise AssertionError(f"{len(set(devices) - set(got))} of {len(devices)} devices never got {message_id}")
+
+
+def test_killing_the_dispatcher_mid_batch_loses_nothing_and_duplicates_nothing(
+    tmp_path, fake: tuple[FakeBraze, str]
+) -> None:  # type: ignore[no-untyped-def]
+    braze, url = fake
+    harness = _harness(tmp_path, url)
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1")
+        harness.start_ingest()
+        dispatcher = harness.start_dispatcher()
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 90, asyncio.run(_public_key(harness, harness.relays[0])))
+        braze.hold_next(1)  # Braze takes the first request and keeps the dispatcher waiting
+        message_id = _ingest(harness, topic)
+        assert braze.arrived.wait(30), "no delivery started"
+        dispatcher.kill()  # SIGKILL mid-batch: nothing acked
+        braze.release()
+        harness.start_dispatcher()  # a new one gets the message again after ack_wait
+        delivered = _wait_all(braze, message_id, devices)
+        assert set(delivered) == set(devices)
+        assert max(delivered.values()) == 1, f"duplicates: {[d for d, n in delivered.items() if n > 1]}"
+    finally:
+        braze.release()
+        harness.stop()
+
+
+def test_killing_the_enclave_mid_delivery_loses_nothing_and_duplicates_nothing(
+    tmp_path, fake: tuple[FakeBraze, str]
+) -> None:  # type: ignore[no-untyped-def]
+    braze, url = fake
+    harness = _harness(tmp_path, url)
+    track = f"notify{uuid.uuid4().hex[:8]}"
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1", track=track)
+        harness.start_enclave("notify-2", track=track, relay=False)  # keeps the track (and its key) alive
+        harness.start_ingest()
+        harness.start_dispatcher()  # talks to notify-1 only
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 60, asyncio.run(_public_key(harness, harness.relays[0])))
+        braze.hold_next(1)
+        message_id = _ingest(harness, topic)
+        assert braze.arrived.wait(30), "no delivery started"
+        harness.enclaves[0].kill()  # SIGKILL while Braze holds its request: it never hears the answer
+        braze.release()
+        harness.restart_enclave(0, "notify-1", track=track)  # rejoins the track: same push key
+        delivered = _wait_all(braze, message_id, devices)
+        assert set(delivered) == set(devices)
+        assert max(delivered.values()) == 1, f"duplicates: {[d for d, n in delivered.items() if n > 1]}"
+        assert braze.replays >= 1, "the repeated request was recognised by its Idempotency-Key"
+    finally:
+        braze.release()
+        harness.stop()
+
+
+def test_two_enclaves_of_one_track_deliver_for_the_same_subscriptions(tmp_path, fake: tuple[FakeBraze, str]) -> None:  # type: ignore[no-untyped-def]
+    braze, url = fake
+    harness = _harness(tmp_path, url)
+    track = f"notify{uuid.uuid4().hex[:8]}"
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1", track=track)
+        harness.start_enclave("notify-2", track=track)
+        harness.start_ingest()
+        harness.start_dispatcher()  # round robin over both relays
+        keys = [asyncio.run(_public_key(harness, relay)) for relay in harness.relays]
+        assert keys[0] == keys[1], "both members hold the track's push key"
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 40, keys[0])  # sealed to the key of the first
+        for _ in range(4):
+            message_id = _ingest(harness, topic)
+            delivered = _wait_all(braze, message_id, devices)
+            assert set(delivered) == set(devices) and max(delivered.values()) == 1
+        logs = [(harness.logs / f"enclave-notify-{i}.log").read_text() for i in (1, 2)]
+        assert all("recipients {'delivered'" in log for log in logs), "each enclave delivered batches"
+    finally:
+        harness.stop()
+
+
+async def _dead_letters(harness: Harness) -> list[Notification]:
+    nc = await nats.connect(harness.nats_url)
+    js = nc.jetstream()
+    out = []
+    info = await js.stream_info("NOTIFY_NOTIFICATIONS_DEAD")
+    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1 if info.state.messages else 0):
+        message = await js.get_msg("NOTIFY_NOTIFICATIONS_DEAD", seq)
+        out.append(Notification.from_bytes(message.data or b""))
+    await nc.close()
+    return out
+
+
+def test_braze_429_and_500_are_retried_then_dead_lettered(tmp_path, fake: tuple[FakeBraze, str]) -> None:  # type: ignore[no-untyped-def]
+    braze, url = fake
+    harness = _harness(tmp_path, url, max_attempts=2, batch_size=50)
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1")
+        harness.start_ingest()
+        harness.start_dispatcher()
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 5, asyncio.run(_public_key(harness, harness.relays[0])))
+
+        braze.fail_next(429, 500, 503)  # transient: the enclave retries with backoff and gets through
+        message_id = _ingest(harness, topic)
+        delivered = _wait_all(braze, message_id, devices)
+        assert set(delivered) == set(devices) and max(delivered.values()) == 1
+
+        braze.fail_next(*([500] * 40))  # a Braze outage: every attempt of every retry fails
+        lost = _ingest(harness, topic)
+        deadline = time.monotonic() + 60
+        dead: list[Notification] = []
+        while time.monotonic() < deadline and not dead:
+            time.sleep(0.5)
+            dead = [n for n in asyncio.run(_dead_letters(harness)) if n.id == lost]
+        assert dead, "the notification was dead-lettered"
+        assert len(dead[0].recipients) == 5 and dead[0].attempt == 2
+        assert not [p for p in braze.delivered_pairs() if p[0] == lost]
+        metrics = httpx.get(f"{harness.dispatcher_url}/metrics", timeout=10).text
+        assert "notify_notifications_dead_lettered_total 1.0" in metrics
+        assert "notify_recipients_retried_total 5.0" in metrics
+    finally:
+        harness.stop()
