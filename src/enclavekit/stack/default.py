@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVES", "start_default"]
@@ -28,9 +30,41 @@ KMS = ServiceSpec(
 """The local KMS emulator (AWS KMS JSON protocol), trusting this stack's simulated NSM for Recipient requests."""
 
 
+def _trust_web(stack: Stack, port: int) -> list[str]:
+    """The trust service (web app, dispatcher, workers), told about every enclave and its attestation URL."""
+    enclaves = [
+        {**enclave, "attestation_url": stack.services.get(f"relay_{enclave['name']}", {}).get("attestation_url")}
+        for enclave in stack.enclaves
+    ]
+    return python_command(
+        "trust",
+        "serve",
+        "--state",
+        str(stack.state.root),
+        "--host",
+        stack.host,
+        "--port",
+        str(port),
+        "--nats",
+        stack.services["nats"]["url"],
+        "--trust-sim-root",
+        str(stack.state.root),
+        "--stack-enclaves",
+        json.dumps(enclaves),
+        "--stack-file",
+        str(stack.state.stack_file),
+    )
+
+
+TRUST_WEB = ServiceSpec("trust_web", _trust_web)
+"""The trust service's web app (with its dispatcher and workers). It registers the enclaves started before it at
+once, and every enclave of ``stack.json`` when that appears."""
+
+
 async def start_default(stack: Stack) -> None:
     await stack.start_nats()
     for spec in ENCLAVES:
         enclave = await stack.start_enclave(spec)
         await stack.start_relay(spec.name, enclave["address"])
     await stack.start_service(KMS)  # after the enclaves: the simulator's root exists by now
+    await stack.start_service(TRUST_WEB)  # after the enclaves and their relays: it registers them

@@ -1,0 +1,39 @@
+"""trust: attestation verification as a service (a Trust Center) for Nitro enclaves and dstack apps on TDX.
+
+Targets — evidence uploaded once, or endpoints polled — are verified on a schedule by workers fed from a
+JetStream queue; tasks live in SQL (SQLite or PostgreSQL), reports in object storage (a folder or S3); people
+see the results in a server-rendered web app (app list, app pages with phases, trust graph and history, badge,
+widget), programs through a JSON API and signed EAR tokens. See ``docs/trust.md``.
+
+Host-side parts, as in every service: :mod:`~enclavekit.services.trust.api` (HTTP),
+:mod:`~enclavekit.services.trust.store` (SQL), :mod:`~enclavekit.services.trust.worker` and
+:mod:`~enclavekit.services.trust.dispatcher` (work), :mod:`~enclavekit.services.trust.verification` (the
+verification itself, pure).
+"""
+
+from __future__ import annotations
+
+from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord, TaskStatus, Verdict
+from enclavekit.services.trust.registry import OsEntry, OsRegistry, load_registry
+from enclavekit.services.trust.service import Accepted, TrustService
+from enclavekit.services.trust.settings import TrustSettings
+from enclavekit.services.trust.verification import TrustReport, VerificationInput, verify_target
+
+__all__ = [
+    "Accepted",
+    "AppRecord",
+    "Kind",
+    "OsEntry",
+    "OsRegistry",
+    "Source",
+    "TargetOptions",
+    "TaskRecord",
+    "TaskStatus",
+    "TrustReport",
+    "TrustService",
+    "TrustSettings",
+    "Verdict",
+    "VerificationInput",
+    "load_registry",
+    "verify_target",
+]

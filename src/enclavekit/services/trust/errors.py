@@ -1,0 +1,78 @@
+"""Why the trust service refused a request or could not finish a task; codes are stable, as everywhere."""
+
+from __future__ import annotations
+
+from enclavekit.errors import ConfigurationError, InfrastructureError, Rejected
+
+__all__ = [
+    "EndpointUnavailable",
+    "EndpointUnsupported",
+    "NotFound",
+    "ObjectStoreError",
+    "QueueUnavailable",
+    "RegistryInvalid",
+    "TaskTimeout",
+    "TrustRejected",
+    "UploadInvalid",
+    "UploadTooLarge",
+]
+
+
+class TrustRejected(Rejected):
+    """A request to the trust service was refused (never retried)."""
+
+    code = "trust_rejected"
+
+
+class UploadTooLarge(TrustRejected):
+    """An upload is over its size limit (refused before it is read whole)."""
+
+    code = "upload_too_large"
+
+
+class UploadInvalid(TrustRejected):
+    """An upload is not usable: not attestation evidence, a missing part, a bad option."""
+
+    code = "upload_invalid"
+
+
+class NotFound(TrustRejected):
+    """No app or task has this id."""
+
+    code = "not_found"
+
+
+class EndpointUnsupported(TrustRejected):
+    """A registered endpoint cannot be polled (unknown URL scheme, answer that is not evidence)."""
+
+    code = "endpoint_unsupported"
+
+
+class EndpointUnavailable(InfrastructureError):
+    """A registered endpoint did not answer with evidence (connection refused, HTTP error, timeout)."""
+
+    code = "endpoint_unavailable"
+
+
+class TaskTimeout(InfrastructureError):
+    """A verification task ran past its time limit."""
+
+    code = "task_timeout"
+
+
+class ObjectStoreError(InfrastructureError):
+    """The object store (local folder or S3) failed."""
+
+    code = "object_store"
+
+
+class QueueUnavailable(InfrastructureError):
+    """NATS JetStream is not reachable."""
+
+    code = "queue_unavailable"
+
+
+class RegistryInvalid(ConfigurationError):
+    """The OS measurement registry file is unusable (bad TOML, bad values, or not the pinned file)."""
+
+    code = "registry_invalid"
