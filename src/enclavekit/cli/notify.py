@@ -126,6 +126,19 @@ def world_id_command(state: Path = STATE, host: str = HOST, port: int = PORT) ->
     _run(run_world_id(state, host=host, port=port))
 
 
+@notify_app.command("local-s3")
+def local_s3_command(
+    root: Path = typer.Option(..., "--root", help="Folder that holds the objects (BUCKET/KEY)."),
+    host: str = HOST,
+    port: int = PORT,
+) -> None:
+    """A local S3 stand-in for media uploads (HEAD, GET, presigned PUT with length, type and checksum)."""
+    from enclavekit.services.notify.runtime import configure_logging, run_local_s3
+
+    configure_logging()
+    _run(run_local_s3(root, host=host, port=port))
+
+
 @notify_app.command("migrate")
 def migrate_command(state: Path = STATE, sets: list[str] = SETS) -> None:
     """Create or upgrade notify's tables (SQLite in the state folder, or --set database_url=...)."""

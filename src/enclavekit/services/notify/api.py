@@ -249,6 +249,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         description="Confidential push notifications: the host side never sees a plaintext push ID.",
     )
     app.state.deps = deps
+    app.add_middleware(BodyLimit, limit=settings.max_body)
 
     # --- errors ----------------------------------------------------------------------------------------------
 
@@ -352,6 +353,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
         """The push-ID rotation rules; returns the sealed push ID the token is issued for."""
         stored: AuthProof | None = await _thread(deps.store.auth_proof, nullifier, now=now)
         if stored is None:
+            # Store only a push ID the enclave can open (the reference stored garbage, then failed every login).
+            probe = await deps.enclave.call(
+                PUSH_ID_CHALLENGE, Challenge(encrypted_push_id_1=new, encrypted_push_id_2=new)
+            )
+            if not probe.first_opens:
+                raise InvalidPushId("encrypted_push_id is not sealed to this enclave's push key")
             await _thread(deps.store.put_auth_proof, nullifier, new, now=now)
             return new
         if stored.encrypted_push_id == new:

@@ -51,6 +51,7 @@ __all__ = [
     "run_capture_server",
     "run_dispatcher",
     "run_ingest_worker",
+    "run_local_s3",
     "run_world_id",
 ]
 
@@ -244,6 +245,13 @@ async def run_capture_server(api_key: str, record: Path, *, host: str, port: int
     record.parent.mkdir(parents=True, exist_ok=True)
     fake = FakeBraze(api_key, record=record)
     await serve_forever(fake.app, host=host, port=port, ready={"name": "notify_capture", "record": str(record)})
+
+
+async def run_local_s3(root: Path, *, host: str, port: int) -> None:
+    from enclavekit.services.notify.local_s3 import LocalS3
+
+    root.mkdir(parents=True, exist_ok=True)
+    await serve_forever(LocalS3(root).app, host=host, port=port, ready={"name": "notify_s3"})
 
 
 async def run_world_id(state: Path, *, host: str, port: int) -> None:

@@ -125,6 +125,7 @@ class Harness:
     api_url: str = ""
     ingest_url: str = ""
     dispatcher_url: str = ""
+    s3_url: str = ""
 
     def __post_init__(self) -> None:
         self.running = []
@@ -241,8 +242,15 @@ class Harness:
             out += ["--set", f"{key}={value}"]
         return out
 
+    def start_s3(self) -> str:
+        self.s3_url = self._start("s3", [*CLI, "notify", "local-s3", "--root", str(self.root / "s3")]).ready["url"]
+        return self.s3_url
+
     def start_api(self) -> None:
-        self.api_url = self._start("api", [*CLI, "notify", "api", *self.settings()]).ready["url"]
+        extra = (
+            {"s3_endpoint_url": self.s3_url, "trusted_cdn_url": f"{self.s3_url}/notify-media"} if self.s3_url else {}
+        )
+        self.api_url = self._start("api", [*CLI, "notify", "api", *self.settings(**extra)]).ready["url"]
 
     def start_ingest(self) -> None:
         self.ingest_url = self._start("ingest", [*CLI, "notify", "ingest-worker", *self.settings()]).ready["url"]
