@@ -1,0 +1,225 @@
+"""The notify enclave in its own process, called over the attested RPC, delivering through the egress proxy.
+
+Each recipient gets its own outcome (one bad push ID never fails the batch), tombstones are resolved in
+plaintext, devices are deduplicated by plaintext, and Braze answers are checked: 429/5xx retried, other 4xx
+a permanent rejection, a repeated batch never a second delivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from nacl.bindings import crypto_box_seal
+
+from enclavekit.attestation import nitro
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.nsm import load_root
+from enclavekit.services.notify.errors import NotInitialized
+from enclavekit.services.notify.fake_braze import FakeBraze
+from enclavekit.services.notify.pushid import seal_push_id
+from enclavekit.services.notify.servers import ServerThread
+from enclavekit.services.notify.testing import CLI, Running, start
+from enclavekit.services.notify.wire import (
+    ATTESTATION_DOC,
+    HEALTH_CHECK,
+    INITIALIZE,
+    NOTIFICATION,
+    PUSH_ID_CHALLENGE,
+    AttestationDocRequest,
+    BrazeConfig,
+    Challenge,
+    HealthCheckRequest,
+    Initialize,
+    NotificationBatch,
+    Recipient,
+)
+
+API_KEY = "enclave-test-key"
+
+
+@dataclass
+class Env:
+    fake: FakeBraze
+    braze_url: str
+    egress: str
+    socket: Path
+    state: Path
+    pcr0: bytes
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("notify-enclave")
+    fake = FakeBraze(API_KEY)
+    running: list[Running] = []
+    with ServerThread(fake.app) as url:
+        try:
+            port = url.rsplit(":", 1)[1]
+            egress = start(
+                "egress", [*CLI, "host", "egress", "--listen", "tcp://127.0.0.1:0", "--allow", f"127.0.0.1:{port}"]
+            )
+            running.append(egress)
+            socket_path = root / "n.sock"
+            enclave = start(
+                "enclave",
+                [*CLI, "enclave", "run", "enclavekit.services.notify.enclave_app:app", "--listen", f"unix://{socket_path}",
+                 "--state", str(root / "state")],
+                log_dir=root,
+            )  # fmt: skip
+            running.append(enclave)
+            yield Env(fake, url, egress.ready["url"], socket_path, root / "state", bytes.fromhex(enclave.ready["pcr0"]))
+        finally:
+            for process in reversed(running):
+                process.stop()
+
+
+@pytest.fixture
+async def client(env: Env) -> AsyncIterator[AttestedClient]:
+    policy = NitroPolicy(measurements=[{0: env.pcr0}], roots=(load_root(env.state),))
+    async with AttestedClient.nitro(f"unix://{env.socket}", policy) as connected:
+        yield connected
+
+
+async def _initialize(client: AttestedClient, env: Env, **config: object) -> bytes:
+    braze = BrazeConfig(api_key=API_KEY, base_url=env.braze_url, egress_proxy=env.egress, backoff=0.01, **config)  # type: ignore[arg-type]
+    return bytes.fromhex((await client.call(INITIALIZE, Initialize(braze=braze))).public_key)
+
+
+def _batch(recipients: list[Recipient], message_id: str | None = None) -> NotificationBatch:
+    return NotificationBatch(
+        message_id=message_id or uuid.uuid4().hex,
+        topic="/xmtp/mls/1/g-enclave-test",
+        encrypted_message_base64=base64.b64encode(b"ciphertext").decode(),
+        recipients=tuple(recipients),
+    )
+
+
+async def test_attestation_document_binds_the_push_key(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    answer = await client.call(ATTESTATION_DOC, AttestationDocRequest(nonce="ab" * 16))
+    policy = NitroPolicy(measurements=[{0: env.pcr0}], roots=(load_root(env.state),), nonce=b"\xab" * 16)
+    verified = nitro.verify(base64.b64decode(answer.document), policy, now=datetime.now(UTC))
+    assert verified.public_key == key == bytes.fromhex(answer.public_key)
+
+
+async def test_one_bad_push_id_never_fails_the_batch(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    good = f"device-{uuid.uuid4().hex[:8]}"
+    recipients = [
+        Recipient(encrypted_push_id="zz" * 60),  # not hex
+        Recipient(encrypted_push_id=seal_push_id("elsewhere", bytes(32 * [7]))),  # sealed to another key
+        Recipient(encrypted_push_id=crypto_box_seal(b"\xff\xfe", key).hex()),  # not UTF-8
+        Recipient(encrypted_push_id=seal_push_id(good, key)),
+    ]
+    result = await client.call(NOTIFICATION, _batch(recipients))
+    assert [o.outcome for o in result.outcomes] == [
+        "invalid_push_id",
+        "invalid_push_id",
+        "invalid_push_id",
+        "delivered",
+    ]
+
+
+async def test_the_owners_tombstone_drops_the_recipient_and_strangers_tombstones_do_not(
+    client: AttestedClient, env: Env
+) -> None:
+    key = await _initialize(client, env)
+    owner, stranger = f"owner-{uuid.uuid4().hex[:8]}", f"stranger-{uuid.uuid4().hex[:8]}"
+    deleted = Recipient(
+        encrypted_push_id=seal_push_id(owner, key),
+        deletion_requests=(seal_push_id(stranger, key), seal_push_id(owner, key)),  # the owner, sealed anew
+    )
+    kept = Recipient(encrypted_push_id=seal_push_id(stranger, key), deletion_requests=(seal_push_id(owner, key), "00"))
+    message_id = uuid.uuid4().hex
+    result = await client.call(NOTIFICATION, _batch([deleted, kept], message_id))
+    assert [o.outcome for o in result.outcomes] == ["tombstoned", "delivered"]
+    assert [a for m, a in env.fake.delivered_pairs() if m == message_id] == [stranger]
+
+
+async def test_devices_are_deduplicated_by_plaintext(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    message_id = uuid.uuid4().hex
+    result = await client.call(
+        NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id(device, key)) for _ in range(3)], message_id)
+    )
+    assert [o.outcome for o in result.outcomes] == ["delivered", "duplicate", "duplicate"]
+    assert [a for m, a in env.fake.delivered_pairs() if m == message_id] == [device]
+
+
+async def test_a_repeated_batch_is_not_delivered_twice(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    devices = [f"device-{i}-{uuid.uuid4().hex[:6]}" for i in range(120)]
+    batch = _batch([Recipient(encrypted_push_id=seal_push_id(d, key)) for d in devices])
+    first = await client.call(NOTIFICATION, batch)
+    again = await client.call(NOTIFICATION, batch)
+    assert {o.outcome for o in first.outcomes} == {o.outcome for o in again.outcomes} == {"delivered"}
+    assert first.provider_requests == 3 and again.provider_requests == 0  # 50 aliases per Braze request
+    pairs = [a for m, a in env.fake.delivered_pairs() if m == batch.message_id]
+    assert sorted(pairs) == sorted(devices)
+
+
+async def test_braze_429_and_5xx_are_retried_and_other_4xx_are_permanent(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env, max_attempts=3)
+    env.fake.fail_next(429, 502)
+    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d-retry", key))]))
+    assert result.outcomes[0].outcome == "delivered" and result.provider_requests == 3
+    env.fake.fail_next(500, 500, 500)
+    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d-outage", key))]))
+    assert (result.outcomes[0].outcome, result.outcomes[0].detail) == ("retry", "HTTP 500")
+    env.fake.fail_next(400)
+    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d-bad", key))]))
+    assert (result.outcomes[0].outcome, result.provider_requests) == ("rejected", 1)
+
+
+async def test_a_wrong_api_key_is_a_permanent_rejection(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    braze = BrazeConfig(api_key="wrong", base_url=env.braze_url, egress_proxy=env.egress)
+    await client.call(INITIALIZE, Initialize(braze=braze))
+    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d", key))]))
+    assert result.outcomes[0].outcome == "rejected" and result.outcomes[0].detail == "HTTP 401"
+    await _initialize(client, env)
+
+
+async def test_the_egress_proxy_allows_only_the_provider(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    braze = BrazeConfig(api_key=API_KEY, base_url="http://127.0.0.1:9", egress_proxy=env.egress, max_attempts=1)
+    await client.call(INITIALIZE, Initialize(braze=braze))
+    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d", key))]))
+    assert result.outcomes[0].outcome == "retry" and result.outcomes[0].detail == "ConnectError"
+    await _initialize(client, env)
+
+
+async def test_push_id_challenge_compares_plaintexts(client: AttestedClient, env: Env) -> None:
+    key = await _initialize(client, env)
+    a1, a2, b = seal_push_id("a", key), seal_push_id("a", key), seal_push_id("b", key)
+    same = await client.call(PUSH_ID_CHALLENGE, Challenge(encrypted_push_id_1=a1, encrypted_push_id_2=a2))
+    differ = await client.call(PUSH_ID_CHALLENGE, Challenge(encrypted_push_id_1=a1, encrypted_push_id_2=b))
+    garbage = await client.call(PUSH_ID_CHALLENGE, Challenge(encrypted_push_id_1="zz", encrypted_push_id_2=b))
+    assert (same.same, differ.same, garbage.same) == (True, False, False)
+    assert (garbage.first_opens, garbage.second_opens) == (False, True)
+
+
+async def test_notifications_before_initialize_are_refused(env: Env, tmp_path: Path) -> None:
+    socket_path = tmp_path / "fresh.sock"
+    fresh = start(
+        "fresh",
+        [*CLI, "enclave", "run", "enclavekit.services.notify.enclave_app:app", "--listen", f"unix://{socket_path}",
+         "--state", str(env.state)],
+    )  # fmt: skip
+    try:
+        policy = NitroPolicy(measurements=[{0: env.pcr0}], roots=(load_root(env.state),))
+        async with AttestedClient.nitro(f"unix://{socket_path}", policy) as client:
+            health = await client.call(HEALTH_CHECK, HealthCheckRequest())
+            assert not health.initialized
+            with pytest.raises(NotInitialized):
+                await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id="ab" * 60)]))
+    finally:
+        fresh.stop()
