@@ -13,12 +13,12 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from enclavekit.errors import InfrastructureError
-from enclavekit.host.relay import RelayLimits, RelayStats, relay_sockets
+from enclavekit.host.relay import SocketServer, relay_sockets
 from enclavekit.rpc.address import Address, TcpAddress, parse_address
-from enclavekit.rpc.transport import bound_address, connect_socket, listening_socket
+from enclavekit.rpc.transport import connect_socket
 
 __all__ = ["EgressProxy", "parse_allowlist"]
 
@@ -64,59 +64,22 @@ async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 
 
 @dataclass
-class EgressProxy:
+class EgressProxy(SocketServer):
     """An HTTP CONNECT proxy restricted to ``allowlist`` (pairs of lower-case host and port)."""
 
     allowlist: frozenset[tuple[str, int]]
-    limits: RelayLimits = field(default_factory=RelayLimits)
     head_timeout: float = 10.0
-    stats: RelayStats = field(default_factory=RelayStats)
-    _listener: socket.socket | None = None
-    _accepting: asyncio.Task[None] | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, address: Address | str = "tcp://127.0.0.1:0") -> Address:
         """Listen on ``address`` (TCP, Unix or vsock); returns the bound address."""
-        parsed = parse_address(address)
-        self._listener = listening_socket(parsed, 128)
-        self._accepting = asyncio.create_task(self._accept_forever(self._listener))
-        return bound_address(parsed, self._listener)
-
-    async def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accepting
-        if self._listener is not None:
-            self._listener.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept_forever(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection, _ = await loop.sock_accept(listener)
-            except OSError as exc:
-                logger.warning("egress: accept failed (%s)", exc)
-                await asyncio.sleep(0.1)
-                continue
-            connection.setblocking(False)
-            if len(self._tasks) >= self.limits.max_connections:
-                self.stats.refused += 1
-                connection.close()
-                continue
-            task = asyncio.create_task(self._handle(connection))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        return await self.listen(parse_address(address))
 
     async def _answer_and_close(self, connection: socket.socket, status: str) -> None:
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().sock_sendall(connection, _response(status))
         connection.close()
 
-    async def _handle(self, connection: socket.socket) -> None:
+    async def handle(self, connection: socket.socket) -> None:
         try:
             head, rest = await asyncio.wait_for(_read_head(connection), self.head_timeout)
         except _HeadTooLarge:

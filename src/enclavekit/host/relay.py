@@ -26,7 +26,7 @@ from enclavekit.errors import InfrastructureError
 from enclavekit.rpc.address import Address, TcpAddress, parse_address
 from enclavekit.rpc.transport import bound_address, connect_socket, listening_socket
 
-__all__ = ["Relay", "RelayLimits", "RelayStats", "Tap", "relay_sockets"]
+__all__ = ["Relay", "RelayLimits", "RelayStats", "SocketServer", "Tap", "relay_sockets"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ async def _ready(sock: socket.socket, *, write: bool) -> None:
     future: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
     add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+
     def wake() -> None:
         if not future.done():
             future.set_result(None)
@@ -202,27 +203,21 @@ async def relay_sockets(
     return idle
 
 
-@dataclass
-class Relay:
-    """Listens on a TCP address and relays each connection to a new connection to ``upstream``."""
+@dataclass(kw_only=True)
+class SocketServer:
+    """Accepts connections on a raw listening socket and hands each to :meth:`handle`, within ``limits``."""
 
-    upstream: Address | str
     limits: RelayLimits = field(default_factory=RelayLimits)
-    tap: Tap | None = None
     stats: RelayStats = field(default_factory=RelayStats)
     _listener: socket.socket | None = None
     _accepting: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Start listening; returns the bound address (``port=0`` picks a free port)."""
-        self.upstream = parse_address(self.upstream)
-        address = TcpAddress(host, port)
+    async def listen(self, address: Address) -> Address:
+        """Start accepting on ``address``; returns the bound address (the real port when 0 was asked)."""
         self._listener = listening_socket(address, min(1024, self.limits.max_connections))
-        bound = bound_address(address, self._listener)
-        assert isinstance(bound, TcpAddress)
         self._accepting = asyncio.create_task(self._accept_forever(self._listener))
-        return bound.host, bound.port
+        return bound_address(address, self._listener)
 
     async def close(self) -> None:
         if self._accepting is not None:
@@ -235,11 +230,8 @@ class Relay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def __aenter__(self) -> Relay:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def handle(self, connection: socket.socket) -> None:
+        raise NotImplementedError
 
     async def _accept_forever(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -247,7 +239,7 @@ class Relay:
             try:
                 connection, _ = await loop.sock_accept(listener)
             except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                logger.warning("relay: accept failed (%s)", exc)
+                logger.warning("%s: accept failed (%s)", type(self).__name__, exc)
                 await asyncio.sleep(0.1)
                 continue
             connection.setblocking(False)
@@ -255,11 +247,32 @@ class Relay:
                 self.stats.refused += 1
                 connection.close()
                 continue
-            task = asyncio.create_task(self._relay(connection))
+            task = asyncio.create_task(self.handle(connection))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _relay(self, connection: socket.socket) -> None:
+
+@dataclass
+class Relay(SocketServer):
+    """Listens on a TCP address and relays each connection to a new connection to ``upstream``."""
+
+    upstream: Address | str
+    tap: Tap | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Start listening; returns the bound address (``port=0`` picks a free port)."""
+        self.upstream = parse_address(self.upstream)
+        bound = await self.listen(TcpAddress(host, port))
+        assert isinstance(bound, TcpAddress)
+        return bound.host, bound.port
+
+    async def __aenter__(self) -> Relay:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def handle(self, connection: socket.socket) -> None:
         self.stats.accepted += 1
         self.stats.active += 1
         try:
