@@ -188,9 +188,19 @@ async def test_egress_command_runs_as_a_process(echo_server: tuple[str, int]) ->
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "enclavekit.cli", "host", "egress", "--listen", f"tcp://127.0.0.1:{port}",
-         "--allow", f"127.0.0.1:{echo_server[1]}"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "enclavekit.cli",
+            "host",
+            "egress",
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            "--allow",
+            f"127.0.0.1:{echo_server[1]}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
