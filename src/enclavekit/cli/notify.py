@@ -149,6 +149,39 @@ def migrate_command(state: Path = STATE, sets: list[str] = SETS) -> None:
     typer.echo("notify schema is up to date")
 
 
+@notify_app.command("up")
+def up_command(state: Path = STATE, host: str = HOST) -> None:
+    """Run only the notify stack (NATS, KMS, stand-ins, enclave, API, workers) until Ctrl-C; writes stack.json.
+
+    ``enclavekit up`` runs the same pieces beside the rest of the platform.
+    """
+    from enclavekit.services.notify.stack import start_notify
+    from enclavekit.stack.state import StackAlreadyRunning
+    from enclavekit.stack.up import Stack, serve
+
+    folder = StateDir(state.resolve())
+    try:
+        lock = folder.lock()
+    except StackAlreadyRunning as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def start(stack: Stack) -> None:
+        await stack.start_nats()
+        await start_notify(stack)
+
+    def ready(data: dict[str, Any]) -> None:
+        for name, service in data["services"].items():
+            typer.echo(f"{name:18} {service['url']}")
+        typer.echo(f"stack.json: {folder.stack_file}   logs: {folder.logs}   stop: Ctrl-C")
+
+    try:
+        status = asyncio.run(serve(Stack(folder, host), start, ready))
+    finally:
+        lock.close()
+    raise typer.Exit(status)
+
+
 # --- local tools ------------------------------------------------------------------------------------------------
 
 
