@@ -315,3 +315,21 @@ def test_openapi_document_is_served_without_a_cdn_page(service: TrustProcess) ->
     assert httpx.get(f"{service.url}/api/openapi.json").status_code == 200
     assert httpx.get(f"{service.url}/docs").status_code == 404
     assert json.loads(httpx.get(f"{service.url}/api/openapi.json").text)["info"]["title"] == "enclavekit trust"
+
+
+def test_bundle_whose_event_log_lies_is_stored_whole_with_a_clear_failure(service: TrustProcess) -> None:
+    document = json.loads(tdx("trust-center", "debugData_gateway_bundle.json").read_text())
+    events = json.loads(document["event_log"])
+    for event in events:
+        if event.get("event") == "compose-hash":
+            event["event_payload"] = "00" * 32  # the log claims another compose file than the one measured
+    lying = json.dumps({**document, "event_log": json.dumps(events)}).encode()
+    answer = upload(service.url, lying)
+    assert answer.status_code == 202  # well-formed: accepted, then judged
+    task = wait_task(service.url, answer.json()["task_id"])
+    assert (task["status"], task["verdict"], task["valid"]) == ("completed", "failed", False)
+    checks = {c["name"]: c for c in task["report"]["checks"]}
+    assert checks["event_log.digests"]["code"] == "event_digest_mismatch"
+    assert "compose-hash" in checks["event_log.digests"]["detail"]
+    page = httpx.get(f"{service.url}/apps/{task['app_id']}").text
+    assert 'data-check="event_log.digests" data-check-status="failed"' in page

@@ -322,7 +322,7 @@ class FakePccs:
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -445,3 +445,35 @@ def test_two_worker_processes_share_the_queue(tmp_path: Path, nats_server: NatsS
         finally:
             for worker in workers:
                 worker.stop()
+
+
+def test_web_app_works_without_nats_and_stops_promptly(tmp_path: Path) -> None:
+    serve = TrustProcess(
+        serve_argv(tmp_path / "state", f"nats://127.0.0.1:{free_port()}"), env=fast_env(), log=tmp_path / "s.log"
+    )
+    with serve.start():
+        accepted = upload(serve.url, tdx("dstack", "quote-report.json").read_bytes())
+        assert accepted.status_code == 202  # kept in the database until a queue is there
+        assert httpx.get(f"{serve.url}/api/task/{accepted.json()['task_id']}").json()["status"] == "pending"
+        assert httpx.get(f"{serve.url}/healthz").json()["queue"] is False
+        started = time.monotonic()
+        serve.stop()
+        assert serve.process is not None and serve.process.returncode == 0
+        assert time.monotonic() - started < 15
+
+
+def test_a_task_past_its_time_limit_is_cut_off_and_reported(tmp_path: Path, nats_server: NatsServer) -> None:  # noqa: F811
+    make, _ = simulator_documents(tmp_path / "enclave")
+    state = tmp_path / "state"
+    serve = TrustProcess(
+        serve_argv(state, nats_server.url, "--trust-sim-root", str(tmp_path / "enclave")),
+        env=fast_env(ENCLAVEKIT_TRUST_TASK_TIMEOUT="1", ENCLAVEKIT_TRUST_MAX_ATTEMPTS="2"),
+        log=tmp_path / "serve.log",
+    )
+    with EndpointServer(make) as endpoint, serve.start():
+        endpoint.hold.set()  # the endpoint accepts and never answers
+        registered = register(state, endpoint.url, "--trust-sim", "--trust-sim-root", str(tmp_path / "enclave"))
+        task = wait_task(serve.url, registered["task_id"], timeout=60)
+        assert (task["status"], task["attempts"]) == ("failed", 2)
+        assert task["error"]["code"] == "task_timeout"
+        endpoint.hold.clear()

@@ -420,3 +420,11 @@ def test_a_debug_document_contraindicates_in_the_ear() -> None:
     debug = next(s for s in samples() if s.valid and s.facts["debug_mode"])
     report = verify(debug.data, at="doc")
     assert report.ear["ear_status"] == "contraindicated"
+
+
+def test_a_verdict_without_pinned_code_says_so() -> None:
+    sample = next(s for s in samples() if s.valid and not s.facts["debug_mode"])
+    unpinned = verify(sample.data, at="doc")
+    assert unpinned.verdict is Verdict.VERIFIED and unpinned.summary()["code_pinned"] is False
+    pinned = verify(sample.data, at="doc", pcrs={0: sample.facts["pcrs"]["0"]})
+    assert pinned.verdict is Verdict.VERIFIED and pinned.summary()["code_pinned"] is True

@@ -40,7 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclavekit import __version__
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
 from enclavekit.errors import Error, InfrastructureError, Rejected
 from enclavekit.services.trust.badge import badge_svg
 from enclavekit.services.trust.errors import NotFound, TrustRejected, UploadInvalid, UploadTooLarge
@@ -661,8 +661,6 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
 
 def _normalise_at(text: str) -> str:
     """``now``, ``doc``, UNIX seconds or ISO 8601 → ``now``, ``doc`` or an ISO 8601 UTC time."""
-    from enclavekit.attestation.evidence import parse_at
-
     try:
         moment = parse_at(text)
     except ValueError as exc:

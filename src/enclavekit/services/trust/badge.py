@@ -36,6 +36,8 @@ def badge_svg(app: AppRecord | None, *, label: str = "attestation") -> str:
         status, colour = _TEXT[app.verdict], _COLOURS[app.verdict]
         if app.verdict is Verdict.VERIFIED and app.summary.get("simulated"):
             status, colour = "verified (simulated)", "#0f766e"
+        elif app.verdict is Verdict.VERIFIED and app.summary.get("code_pinned") is False:
+            status = "genuine, code not pinned"
     left, right = _width(label), _width(status)
     total = left + right
     title = escape(f"{label}: {status}" + (f" — {app.name}" if app is not None else ""))

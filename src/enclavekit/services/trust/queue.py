@@ -90,15 +90,21 @@ class TaskQueue:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
                 try:
-                    self._nc = await nats.connect(
-                        self.url,
-                        name=self.name,
-                        connect_timeout=2,
-                        reconnect_time_wait=0.5,
-                        max_reconnect_attempts=-1,
-                        allow_reconnect=True,
-                        ping_interval=5,
-                        max_outstanding_pings=2,
+                    # nats-py retries a first connection forever when reconnects are unlimited: bound it here,
+                    # the caller retries later (and an established connection still reconnects on its own)
+                    self._nc = await asyncio.wait_for(
+                        nats.connect(
+                            self.url,
+                            name=self.name,
+                            connect_timeout=2,
+                            reconnect_time_wait=0.5,
+                            max_reconnect_attempts=-1,
+                            allow_reconnect=True,
+                            ping_interval=5,
+                            max_outstanding_pings=2,
+                            error_cb=_quiet,
+                        ),
+                        timeout=3,
                     )
                 except _FAILURES as exc:
                     self._nc = None
@@ -170,6 +176,10 @@ class TaskQueue:
                 await asyncio.wait_for(nc.flush(), 1.0)
             with contextlib.suppress(*_FAILURES):
                 await asyncio.wait_for(nc.close(), 2.0)
+
+
+async def _quiet(error: Exception) -> None:
+    logger.debug("nats: %s", error)
 
 
 def _task_id(data: bytes) -> str | None:

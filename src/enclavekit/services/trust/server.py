@@ -111,6 +111,35 @@ async def _watch_stack(service: TrustService, path: Path, stop: asyncio.Event, i
             await asyncio.wait_for(stop.wait(), interval)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. Its protocol is IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on such
+    sockets, and without it keep-alive responses wait ~40 ms for delayed ACKs."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(512)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+async def _finish(tasks: Sequence[asyncio.Task[Any]], *, grace: float) -> None:
+    """Stop the loops at once (the dispatcher, the stack watcher, the worker's puller: waiting for NATS is all
+    they would be doing); tasks a worker holds get ``grace`` seconds to finish, then everything is cancelled."""
+    if not tasks:
+        return
+    for task in tasks:
+        if task.get_name() in ("trust-dispatcher", "trust-stack-watch", "trust-workers"):
+            task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _no_handlers() -> None:
     return None
 
@@ -135,7 +164,7 @@ async def serve(
         remove_handlers = _stop_on_signals(stop)
     else:
         remove_handlers = _no_handlers
-    listener = socket.create_server((host, port), reuse_port=False)
+    listener = _listen(host, port)
     bound_port = listener.getsockname()[1]
     url = settings.public_url or f"http://{host}:{bound_port}"
     server = _Server(
@@ -172,7 +201,7 @@ async def serve(
     finally:
         stop.set()
         server.should_exit = True
-        await asyncio.gather(*running, return_exceptions=True)
+        await _finish(running, grace=10.0)
         await queue.close()
         await asyncio.to_thread(service.close)
         remove_handlers()
@@ -195,7 +224,11 @@ async def run_worker(
         remove_handlers = _no_handlers
     try:
         announce({"ready": True, "worker_id": worker.worker_id, "concurrency": settings.concurrency})
-        await worker.run(stop)
+        running = asyncio.create_task(worker.run(stop), name="trust-workers")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await _finish([running], grace=settings.task_timeout)
         return 0
     finally:
         await queue.close()

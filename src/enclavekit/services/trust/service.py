@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,3 @@ class TrustService:
             return None
         loaded: dict[str, Any] = json.loads(self.objects.get(task.result_key))
         return loaded
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)

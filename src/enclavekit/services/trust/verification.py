@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from enclavekit.attestation import nitro, tdx
@@ -133,6 +133,7 @@ class TrustReport:
     os_name: str | None
     simulated: bool
     graph: TrustGraph
+    code_pinned: bool = True
 
     @property
     def valid(self) -> bool:
@@ -178,6 +179,7 @@ class TrustReport:
             if first is None
             else {"name": first.name, "code": first.code, "detail": first.detail},
             "simulated": self.simulated,
+            "code_pinned": self.code_pinned,
             "evidence_time": self.evidence_time.isoformat(),
             "measurements": _headline_measurements(self.core.get("measurements") or {}),
         }
@@ -197,6 +199,7 @@ class TrustReport:
             "subject": self.subject,
             "os_name": self.os_name,
             "simulated": self.simulated,
+            "code_pinned": self.code_pinned,
             "phases": self.phases(),
             "checks": [c.to_json() for c in self.checks],
             "measurements": dict(self.core.get("measurements") or {}),
@@ -458,6 +461,7 @@ def verify_target(data: VerificationInput, *, now: datetime) -> TrustReport:
         os_name=os_name,
         simulated=simulated,
         graph=TrustGraph((), ()),
+        code_pinned=bool(data.options.pcrs) if kind is EvidenceKind.NITRO else True,
     )
     return replace(report, graph=build_graph(report.to_json(), kind=str(data.kind)))
 
@@ -500,13 +504,3 @@ def _subject(facts: Mapping[str, Any], kind: EvidenceKind) -> str:
     if "mrtd" in measurements:
         return f"mrtd {str(measurements['mrtd'])[:16]}"
     return str(kind)
-
-
-def evidence_time_of(data: bytes) -> datetime | None:
-    """The evidence's own time (Nitro documents only), for displays."""
-    if detect(data) is not EvidenceKind.NITRO:
-        return None
-    try:
-        return nitro.AttestationDocument.from_bytes(data).timestamp.astimezone(UTC)
-    except AttestationError:
-        return None

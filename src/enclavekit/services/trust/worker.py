@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from enclavekit.attestation.collateral import Collateral
 from enclavekit.attestation.evidence import parse_at
@@ -36,6 +35,7 @@ from enclavekit.services.trust.fetch import CollateralProvider, FetcherRegistry
 from enclavekit.services.trust.model import AppRecord, Source, TaskRecord
 from enclavekit.services.trust.queue import Delivery, TaskQueue
 from enclavekit.services.trust.service import TrustService
+from enclavekit.services.trust.settings import TrustSettings
 from enclavekit.services.trust.store import Outcome
 from enclavekit.services.trust.verification import (
     CollateralOutcome,
@@ -86,7 +86,7 @@ class Worker:
         self.stats = WorkerStats()
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> TrustSettings:
         return self.service.settings
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -117,8 +117,8 @@ class Worker:
                     running.add(task)
                     task.add_done_callback(running.discard)
         finally:
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            if running:  # tasks in hand are finished even when the puller is cancelled
+                await asyncio.shield(asyncio.gather(*running, return_exceptions=True))
 
     async def _run_one(self, delivery: Delivery, slots: asyncio.Semaphore) -> None:
         try:
