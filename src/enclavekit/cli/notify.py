@@ -106,7 +106,7 @@ def dispatcher_command(state: Path = STATE, host: str = HOST, port: int = PORT, 
 @notify_app.command("capture-server")
 def capture_server_command(
     api_key: str = typer.Option(..., "--api-key", help="The Braze API key it accepts."),
-    record: Path = typer.Option(..., "--record", help="Append each delivery to this JSON-lines file."),
+    record: Path | None = typer.Option(None, "--record", help="Append each delivery to this JSON-lines file."),
     host: str = HOST,
     port: int = PORT,
 ) -> None:

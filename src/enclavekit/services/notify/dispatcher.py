@@ -206,7 +206,7 @@ class Dispatcher:
                 "not_before": time.time() + self.settings.backoff(attempt),
             }
         )
-        headers = {"Nats-Msg-Id": f"{notification.id}#{attempt}", "traceparent": traceparent}
+        headers = {"Nats-Msg-Id": f"{notification.id}.{notification.part}#{attempt}", "traceparent": traceparent}
         if attempt >= self.settings.max_attempts:
             await self.js.publish(self.settings.dead_letter_subject, remainder.to_bytes(), headers=headers)
             self.metrics.dead_lettered.inc()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -145,10 +146,14 @@ class FakeBraze:
 
     api_key: str
     record: Path | None = None
+    keep_deliveries: bool = True
     deliveries: list[Delivery] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     requests: int = 0
     replays: int = 0
+    recipients: int = 0
+    first_seen: dict[str, float] = field(default_factory=dict)
+    """When the first delivery of each ``messageId`` arrived (``time.time()``), for latency measurements."""
     arrived: threading.Event = field(default_factory=threading.Event)
     _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     _failures: deque[int] = field(default_factory=deque)
@@ -210,7 +215,10 @@ class FakeBraze:
             if key is not None:
                 self._answers[key] = (201, answer)
             delivery = Delivery(key, tuple(a["alias_name"] for a in body.get("user_aliases", [])), body["messages"])
-            self.deliveries.append(delivery)
+            if self.keep_deliveries:
+                self.deliveries.append(delivery)
+            self.recipients += len(delivery.aliases)
+            self.first_seen.setdefault(str(delivery.extra.get("messageId")), time.time())
             hold = self._hold > 0
             if hold:
                 self._hold -= 1
@@ -226,11 +234,24 @@ class FakeBraze:
         with self._lock:
             return JSONResponse([d.captured() for d in self.deliveries])
 
+    async def stats(self, request: Request) -> JSONResponse:
+        with self._lock:
+            return JSONResponse(
+                {
+                    "requests": self.requests,
+                    "recipients": self.recipients,
+                    "replays": self.replays,
+                    "rejected": len(self.rejected),
+                    "first_seen": self.first_seen if request.query_params.get("arrivals") else {},
+                }
+            )
+
     @property
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/messages/send", self.send, methods=["POST"]),
                 Route("/_fake/deliveries", self.list_deliveries, methods=["GET"]),
+                Route("/_fake/stats", self.stats, methods=["GET"]),
             ]
         )

@@ -241,9 +241,10 @@ async def run_dispatcher(settings: NotifySettings, *, host: str, port: int) -> N
         store.engine.dispose()
 
 
-async def run_capture_server(api_key: str, record: Path, *, host: str, port: int) -> None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    fake = FakeBraze(api_key, record=record)
+async def run_capture_server(api_key: str, record: Path | None, *, host: str, port: int) -> None:
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+    fake = FakeBraze(api_key, record=record, keep_deliveries=record is not None)
     await serve_forever(fake.app, host=host, port=port, ready={"name": "notify_capture", "record": str(record)})
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "HEALTH_CHECK",
     "INITIALIZE",
     "MAX_BATCH",
+    "MAX_QUEUED_RECIPIENTS",
     "NOTIFICATION",
     "PUSH_ID_CHALLENGE",
     "SECRET_KEY",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 MAX_BATCH = 500
+MAX_QUEUED_RECIPIENTS = 1000
 """Most recipients in one enclave call (the dispatcher sends 50 by default)."""
 MAX_HEX = 1120
 MAX_MESSAGE_B64 = 256 * 1024
@@ -170,6 +172,9 @@ class Notification(_Strict):
 
     v: Literal[1] = 1
     id: str = Field(min_length=1, max_length=128)
+    part: int = Field(default=0, ge=0)
+    """Large topics are queued in parts of at most ``MAX_QUEUED_RECIPIENTS`` (a queue message stays well under
+    NATS's 1 MiB payload limit); every part carries the chat message's ``id``."""
     topic: str = Field(pattern=TOPIC_PATTERN)
     encrypted_message_base64: str = Field(max_length=MAX_MESSAGE_B64)
     message_kind: str = Field(default="v3-conversation", max_length=32)
