@@ -193,7 +193,7 @@ async def test_the_egress_proxy_allows_only_the_provider(client: AttestedClient,
     braze = BrazeConfig(api_key=API_KEY, base_url="http://127.0.0.1:9", egress_proxy=env.egress, max_attempts=1)
     await client.call(INITIALIZE, Initialize(braze=braze))
     result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d", key))]))
-    assert result.outcomes[0].outcome == "retry" and result.outcomes[0].detail == "ConnectError"
+    assert result.outcomes[0].outcome == "retry" and result.outcomes[0].detail == "TunnelRefused"
     await _initialize(client, env)
 
 

@@ -202,3 +202,21 @@ def test_braze_429_and_500_are_retried_then_dead_lettered(tmp_path, fake: tuple[
         assert "notify_recipients_retried_total 5.0" in metrics
     finally:
         harness.stop()
+
+
+def test_a_topic_too_large_for_one_queue_message_is_delivered_in_parts(tmp_path, fake: tuple[FakeBraze, str]) -> None:  # type: ignore[no-untyped-def]
+    braze, url = fake
+    harness = _harness(tmp_path, url, batch_size=50)
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1")
+        harness.start_ingest()
+        harness.start_dispatcher()
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 2100, asyncio.run(_public_key(harness, harness.relays[0])))
+        message_id = _ingest(harness, topic)
+        delivered = _wait_all(braze, message_id, devices)
+        assert set(delivered) == set(devices) and max(delivered.values()) == 1
+        assert "queued for 2100 recipients" in (harness.logs / "ingest.log").read_text()
+    finally:
+        harness.stop()
