@@ -7,20 +7,27 @@ a permanent rejection, a repeated batch never a second delivery.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import uvicorn
 from nacl.bindings import crypto_box_seal
 
 from enclavekit.attestation import nitro
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
+from enclavekit.host.egress import EgressProxy, parse_allowlist
+from enclavekit.host.relay import RelayStats
 from enclavekit.nsm import load_root
+from enclavekit.rpc.address import TcpAddress
+from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
 from enclavekit.services.notify.errors import NotInitialized
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.pushid import seal_push_id
@@ -223,3 +230,88 @@ async def test_notifications_before_initialize_are_refused(env: Env, tmp_path: P
                 await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id="ab" * 60)]))
     finally:
         fresh.stop()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_over_https_the_egress_proxy_relays_only_tls_ciphertext(tmp_path: Path) -> None:
+    """As against Braze: TLS from the client through the CONNECT tunnel; the proxy never sees the push ID."""
+    cert, key = _self_signed(tmp_path)
+    fake = FakeBraze(API_KEY)
+    config = uvicorn.Config(
+        fake.app, host="127.0.0.1", port=0, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    proxy = EgressProxy(parse_allowlist([f"localhost:{port}"]), stats=RelayStats())
+    proxy_address = await proxy.start("tcp://127.0.0.1:0")
+    assert isinstance(proxy_address, TcpAddress)
+    seen: list[bytes] = []
+
+    async def wiretap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """What the host's side of the enclave's link carries: record it, pass it on."""
+        up_reader, up_writer = await asyncio.open_connection(proxy_address.host, proxy_address.port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                seen.append(data)
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    tap = await asyncio.start_server(wiretap, "127.0.0.1", 0)
+    tap_address = f"tcp://127.0.0.1:{tap.sockets[0].getsockname()[1]}"
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        http = TunnelHttp(f"https://localhost:{port}", tap_address, timeout=10, ssl_context=context)
+        provider = BrazeProvider(
+            BrazeConfig(api_key=API_KEY, base_url=f"https://localhost:{port}", egress_proxy=tap_address), http=http
+        )
+        secret_alias = f"TLS-SECRET-ALIAS-{uuid.uuid4().hex}"
+        result = await provider.send([secret_alias], {"topic": "t"}, idempotency_key="k1")
+        assert result.status == "delivered"
+        assert fake.deliveries[-1].aliases == (secret_alias,)
+        await provider.close()
+        relayed = b"".join(seen)
+        assert relayed.startswith(b"CONNECT localhost:") and len(relayed) > 500
+        for secret in (secret_alias.encode(), API_KEY.encode(), b"messages/send"):
+            assert secret not in relayed, f"{secret!r} crossed the host in plaintext"
+        untrusted = TunnelHttp(f"https://localhost:{port}", tap_address, timeout=10)
+        with pytest.raises(ssl.SSLError):
+            await untrusted.request("POST", "/messages/send", b"{}", {})  # not in the system's trust store
+    finally:
+        tap.close()
+        await proxy.close()
+        server.should_exit = True
+        await task
