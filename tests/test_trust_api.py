@@ -304,6 +304,19 @@ def test_registering_endpoints_needs_the_admin_token(service: TrustProcess) -> N
     assert answer.status_code == 202 and answer.json()["app_id"].startswith("e-")
 
 
+def test_cancelling_a_task_needs_the_admin_token(service: TrustProcess) -> None:
+    answer = httpx.post(
+        f"{service.url}/api/apps",
+        json={"url": "http://127.0.0.1:9/attestation", "name": "never answers"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    task_id = answer.json()["task_id"]
+    assert httpx.post(f"{service.url}/api/task/{task_id}/cancel").status_code == 401
+    cancelled = httpx.post(f"{service.url}/api/task/{task_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] in ("cancelled", "failed", "completed")
+    assert wait_task(service.url, task_id)["status"] in ("cancelled", "failed")
+
+
 def test_health_and_metrics(service: TrustProcess) -> None:
     health = httpx.get(f"{service.url}/healthz").json()
     assert health["ok"] is True

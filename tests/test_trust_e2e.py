@@ -28,6 +28,7 @@ from tests.test_trust_helpers import (
     EndpointServer,
     NatsServer,
     TrustProcess,
+    drop_postgres,
     fast_env,
     free_port,
     nats_server,  # noqa: F401  (fixture)
@@ -413,14 +414,21 @@ def test_postgresql_backs_the_service_end_to_end(
             str(tdx("trust-center", "debugData2_kms_bundle.json")),
         )
         assert [r["verdict"] for r in results] == ["failed", "incomplete"]
-    engine = sa.create_engine(postgres_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT status, verdict FROM verification_tasks ORDER BY verdict")).all()
-            assert [tuple(r) for r in rows] == [("completed", "failed"), ("completed", "incomplete")]
-            assert conn.execute(sa.text("SELECT count(*) FROM trust_apps")).scalar_one() == 2
-    finally:
-        engine.dispose()
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT status, verdict FROM verification_tasks ORDER BY verdict")).all()
+                assert [tuple(r) for r in rows] == [("completed", "failed"), ("completed", "incomplete")]
+                assert conn.execute(sa.text("SELECT count(*) FROM trust_apps")).scalar_one() == 2
+        finally:
+            engine.dispose()
+        # the database goes away: clear 503s, not 500s, and the service keeps running
+        drop_postgres(postgres_url)
+        for path in ("/api/apps", "/", "/healthz"):
+            answer = httpx.get(serve.url + path)
+            assert answer.status_code == 503, (path, answer.text[:200])
+        assert httpx.get(f"{serve.url}/api/apps").json()["error"]["code"] == "database_unavailable"
+        assert serve.process is not None and serve.process.poll() is None
 
 
 def test_two_worker_processes_share_the_queue(tmp_path: Path, nats_server: NatsServer) -> None:  # noqa: F811
@@ -477,3 +485,65 @@ def test_a_task_past_its_time_limit_is_cut_off_and_reported(tmp_path: Path, nats
         assert (task["status"], task["attempts"]) == ("failed", 2)
         assert task["error"]["code"] == "task_timeout"
         endpoint.hold.clear()
+
+
+@pytest.mark.slow
+def test_soak_workers_killed_again_and_again_lose_no_task_and_finish_each_once(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    """Slow soak: 150 endpoint verifications (each fetch takes 1 s) while one of two workers is SIGKILLed and
+    replaced every second. Every task must end completed, verified, with exactly one report referenced."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow soak (about a minute): run with -m slow")
+    import random
+
+    make, pcr0 = simulator_documents(tmp_path / "enclave")
+    state = tmp_path / "state"
+    sim = ("--trust-sim-root", str(tmp_path / "enclave"))
+    env = fast_env(ENCLAVEKIT_TRUST_MAX_ATTEMPTS="20", ENCLAVEKIT_TRUST_ADMIN_TOKEN="t")
+    web = TrustProcess(serve_argv(state, nats_server.url, "--no-workers", *sim), env=env, log=tmp_path / "web.log")
+
+    def worker(number: int) -> TrustProcess:
+        argv = worker_argv(state, nats_server.url, "--concurrency", "3", *sim)
+        return TrustProcess(argv, env=env, log=tmp_path / f"worker-{number}.log").start()
+
+    with EndpointServer(make) as endpoint, web.start():
+        endpoint.delay = 1.0
+        workers: list[TrustProcess] = []
+        try:
+            ids = []
+            for index in range(150):
+                body = {
+                    "url": f"{endpoint.url}?target={index}",
+                    "kind": "enclave",
+                    "options": {"pcrs": {"0": pcr0}, "trust_simulator": True, "nonce": True},
+                }
+                answer = httpx.post(f"{web.url}/api/apps", json=body, headers={"Authorization": "Bearer t"})
+                assert answer.status_code == 202, answer.text
+                ids.append(answer.json()["task_id"])
+            workers = [worker(0), worker(1)]  # the backlog is queued: now work on it, and keep killing
+            rng = random.Random(1)
+            deadline = time.monotonic() + 240
+            kills = 0
+            while time.monotonic() < deadline:
+                statuses = [httpx.get(f"{web.url}/api/task/{i}").json()["status"] for i in ids]
+                if all(s in ("completed", "failed") for s in statuses):
+                    break
+                victim = rng.randrange(2)
+                workers[victim].kill()
+                kills += 1
+                workers[victim] = worker(kills + 2)
+                time.sleep(1.0)
+            tasks = [wait_task(web.url, i, timeout=120) for i in ids]
+        finally:
+            for process in workers:
+                process.stop()
+    assert kills >= 3
+    assert all((t["status"], t["verdict"]) == ("completed", "verified") for t in tasks), [
+        (t["status"], t["error"]) for t in tasks if t["status"] != "completed"
+    ]
+    referenced = {t["result"]["key"] for t in tasks}
+    assert len(referenced) == len(tasks)  # one report per task, from the attempt that completed it
+    assert any(t["attempts"] > 1 for t in tasks)  # the kills did catch tasks mid-flight

@@ -256,6 +256,7 @@ class EndpointServer:
         self.make_document = make_document
         self.hold = threading.Event()
         self.broken = False
+        self.delay = 0.0
         self.requests = 0
         self.held = threading.Event()
         outer = self
@@ -274,6 +275,8 @@ class EndpointServer:
                     outer.held.set()
                     while outer.hold.is_set():
                         time.sleep(0.05)
+                if outer.delay:
+                    time.sleep(outer.delay)
                 if outer.broken:
                     self.send_error(503)
                     return

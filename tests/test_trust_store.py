@@ -270,3 +270,15 @@ def test_a_restarted_stack_moves_its_enclaves_to_their_new_endpoints(tmp_path: P
         assert service.register_stack_file(tmp_path / "absent.json") == []
     finally:
         service.close()
+
+
+def test_a_cancelled_task_cannot_be_completed_by_the_worker_holding_it(store: TrustStore) -> None:
+    _, task = store.add_target(new_app(), job_name="upload", now=T0)
+    held = store.claim(task.id, "w", lease=30, now=T0)
+    assert held is not None
+    cancelled = store.cancel(task.id, now=T0 + timedelta(seconds=1))
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert not complete(store, held, now=T0 + timedelta(seconds=2))
+    assert store.claim(task.id, "other", lease=30, now=T0 + timedelta(minutes=5)) is None
+    assert store.get_app("u-1").verdict is Verdict.PENDING
+    assert store.cancel(task.id).status is TaskStatus.CANCELLED  # cancelling twice is harmless

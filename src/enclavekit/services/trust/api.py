@@ -33,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -253,6 +254,11 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
         else:
             status = 400
         return error_response(request, status, exc.code, exc.message)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(request: Request, exc: SQLAlchemyError) -> Response:
+        logger.error("database error on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+        return error_response(request, 503, "database_unavailable", "the database is unavailable; try again shortly")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -619,14 +625,22 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
         await wake(Accepted(record, task, False))
         return JSONResponse({"task_id": task.id, "app_id": app_id, "status": str(task.status)}, status_code=202)
 
-    @app.post("/api/apps", status_code=202)
-    async def api_register(request: Request) -> JSONResponse:
+    def require_admin(request: Request, what: str) -> None:
         token = settings.admin_token
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not token:
-            raise Unauthorized("registering endpoints over HTTP is disabled (no admin token is configured)")
+            raise Unauthorized(f"{what} over HTTP is disabled (no admin token is configured)")
         if not hmac.compare_digest(supplied.encode(), token.encode()):
-            raise Unauthorized("a valid admin token is required to register endpoints")
+            raise Unauthorized(f"a valid admin token is required for {what}")
+
+    @app.post("/api/task/{task_id}/cancel")
+    def api_cancel(request: Request, task_id: str) -> dict[str, Any]:
+        require_admin(request, "cancelling tasks")
+        return service.store.cancel(task_id).to_json()
+
+    @app.post("/api/apps", status_code=202)
+    async def api_register(request: Request) -> JSONResponse:
+        require_admin(request, "registering endpoints")
         try:
             body = json.loads(await request.body())
         except ValueError as exc:

@@ -734,6 +734,20 @@ class TrustStore:
             values["last_failure_at"] = now
         conn.execute(apps_table.update().where(apps_table.c.id == task.app_id).values(**values))
 
+    def cancel(self, task_id: str, *, now: datetime | None = None) -> TaskRecord:
+        """Cancel a task that has not finished (a worker holding it can no longer complete it)."""
+        now = now or _now()
+        with self._write() as conn:
+            conn.execute(
+                tasks_table.update()
+                .where(tasks_table.c.id == task_id, tasks_table.c.status.in_(_OPEN))
+                .values(status=TaskStatus.CANCELLED.value, finished_at=now, lease_until=None)
+            )
+            row = conn.execute(sa.select(tasks_table).where(tasks_table.c.id == task_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return _task(row)
+
     # --- the dispatcher's side ------------------------------------------------------------------------------
 
     def recover_expired(
