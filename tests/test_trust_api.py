@@ -346,3 +346,24 @@ def test_bundle_whose_event_log_lies_is_stored_whole_with_a_clear_failure(servic
     assert "compose-hash" in checks["event_log.digests"]["detail"]
     page = httpx.get(f"{service.url}/apps/{task['app_id']}").text
     assert 'data-check="event_log.digests" data-check-status="failed"' in page
+
+
+def test_python_client_submits_waits_and_checks_the_ear_against_a_pinned_key(service: TrustProcess) -> None:
+    from enclavekit.services.trust.client import TrustApiError, TrustClient
+    from enclavekit.services.trust.errors import EndpointUnavailable
+    from enclavekit.services.trust.signing import EarSigner, TokenInvalid
+
+    with TrustClient(service.url) as client:
+        pinned = client.jwks()
+        accepted = client.submit(nitro_sample("blocky_2024-09-07_nondebug.cbor").read_bytes(), at="doc")
+        task = client.wait(accepted["task_id"])
+        assert task["verdict"] == "verified"
+        assert client.app(task["app_id"])["latest"]["id"] == task["id"]
+        assert client.ear(task["id"], jwks=pinned)["ear_status"] in ("affirming", "warning")
+        with pytest.raises(TokenInvalid):  # a key the service does not hold is not fooled into passing
+            client.ear(task["id"], jwks=EarSigner.load_or_create(Path(service.state) / "other.pem").jwks())  # type: ignore[attr-defined]
+        with pytest.raises(TrustApiError) as refused:
+            client.submit(b"garbage")
+        assert refused.value.service_code == "malformed" and refused.value.status == 422
+    with TrustClient("http://127.0.0.1:9") as nowhere, pytest.raises(EndpointUnavailable):
+        nowhere.task("x")

@@ -395,6 +395,10 @@ def test_pccs_down_errors_the_hardware_phase_clearly_and_cached_collateral_still
             stale = upload(serve.url, quote, at="1767225600").json()
             late = wait_task(serve.url, stale["task_id"], timeout=60)
             assert {c["name"]: c for c in late["report"]["checks"]}["collateral.source"]["status"] == "error"
+            # retried attempts leave no report behind: exactly the completed tasks' reports are stored
+            objects = tmp_path / "state" / "trust" / "objects"
+            stored = {str(p.relative_to(objects)) for p in (objects / "reports").rglob("*.json")}
+            assert stored == {t["result"]["key"] for t in (task, fetched, reused, late)}
 
 
 def test_postgresql_backs_the_service_end_to_end(

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
 from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError, Error
+from enclavekit.services.trust.client import TERMINAL, TrustApiError, TrustClient
+from enclavekit.services.trust.errors import EndpointUnavailable
 from enclavekit.services.trust.model import Kind, TargetOptions
 from enclavekit.services.trust.settings import DEFAULT_NATS_URL, TrustSettings
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StateDir
@@ -34,8 +35,6 @@ trust_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(trust_app, name="trust")
-
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder (the local stack's, by default).")
 
@@ -254,20 +253,14 @@ def submit_command(
     base = _service_url(state, url)
     results: list[dict[str, Any]] = []
     all_good = True
-    with httpx.Client(timeout=30.0) as client:
-        pending: list[tuple[Path, dict[str, Any]]] = []
+    with TrustClient(base) as client:
         for path in files:
-            result = _submit_one(client, base, path, extras, at_text, name, kind)
-            if result.get("task_id") is None:
-                all_good = False
-                results.append(result)
-                continue
-            pending.append((path, result))
-            results.append(result)
+            results.append(_submit_one(client, path, extras, at_text, name, kind))
         if wait:
             deadline = time.monotonic() + timeout
-            for _path, result in pending:
-                result.update(_wait_for(client, base, str(result["task_id"]), deadline))
+            for result in results:
+                if result.get("task_id") is not None:
+                    result.update(_wait_for(client, str(result["task_id"]), deadline))
     out = Console(highlight=False, soft_wrap=True)
     for result in results:
         if wait or result.get("task_id") is None:
@@ -280,8 +273,7 @@ def submit_command(
 
 
 def _submit_one(
-    client: httpx.Client,
-    base: str,
+    client: TrustClient,
     path: Path,
     extras: dict[str, bytes | None],
     at: str,
@@ -306,49 +298,36 @@ def _submit_one(
             "message": f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
         }
         return result
-    files: dict[str, tuple[str, bytes, str]] = {"evidence": (path.name, evidence, "application/octet-stream")}
-    for part in ("collateral", "compose"):
-        value = extras.get(part)
-        if value is not None:
-            files[part] = (part, value, "application/json")
-    data = {"at": at}
-    if name:
-        data["name"] = name
-    if kind is not None:
-        data["kind"] = str(kind)
     try:
-        answer = client.post(f"{base}/api/tasks", files=files, data=data)
-    except httpx.HTTPError as exc:
-        result["error"] = {"code": "service_unavailable", "message": f"{base}: {exc}"}
+        accepted = client.submit(
+            evidence,
+            collateral=extras.get("collateral"),
+            compose=extras.get("compose"),
+            at=at,
+            name=name,
+            kind=None if kind is None else str(kind),
+            filename=path.name,
+        )
+    except TrustApiError as exc:
+        result["error"] = exc.to_json()
         return result
-    body = _json(answer)
-    if answer.status_code != 202:
-        error = body.get("error") if isinstance(body.get("error"), dict) else None
-        result["error"] = error or {"code": "http_error", "message": f"HTTP {answer.status_code}"}
+    except EndpointUnavailable as exc:
+        result["error"] = {"code": "service_unavailable", "message": exc.message}
         return result
-    result.update(task_id=body.get("task_id"), app_id=body.get("app_id"), status=body.get("status"), valid=None)
+    result.update(task_id=accepted.get("task_id"), app_id=accepted.get("app_id"), status=accepted.get("status"))
+    result["valid"] = None
     return result
 
 
-def _json(answer: httpx.Response) -> dict[str, Any]:
-    try:
-        body = answer.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _wait_for(client: httpx.Client, base: str, task_id: str, deadline: float) -> dict[str, Any]:
+def _wait_for(client: TrustClient, task_id: str, deadline: float) -> dict[str, Any]:
     delay = 0.1
     last: dict[str, Any] = {}
     while True:
         try:
-            answer = client.get(f"{base}/api/task/{task_id}")
-            if answer.status_code == 200:
-                last = _json(answer)
-                if last.get("status") in _TERMINAL:
-                    return _outcome(last)
-        except httpx.HTTPError:
+            last = client.task(task_id)
+            if last.get("status") in TERMINAL:
+                return _outcome(last)
+        except (TrustApiError, EndpointUnavailable):
             pass
         if time.monotonic() > deadline:
             outcome: dict[str, Any] = _outcome(last) if last else {"status": "pending", "valid": None}
@@ -401,17 +380,13 @@ def register_command(
     except Error as exc:
         raise _fail(exc.message) from exc
     if url:
-        body = {"url": endpoint, "name": name, "kind": str(kind), "options": options.to_json()}
         try:
-            answer = httpx.post(
-                f"{url.rstrip('/')}/api/apps", json=body, headers={"Authorization": f"Bearer {token or ''}"}
-            )
-        except httpx.HTTPError as exc:
-            raise _fail(f"{url}: {exc}") from exc
-        result = _json(answer)
-        if answer.status_code != 202:
-            error = result.get("error") or {}
-            raise _fail(f"{error.get('code', answer.status_code)}: {error.get('message', 'refused')}", 1)
+            with TrustClient(url, token=token) as client:
+                result = client.register(endpoint, name=name, kind=str(kind), options=options.to_json())
+        except TrustApiError as exc:
+            raise _fail(f"{exc.service_code}: {exc.message}", 1) from exc
+        except EndpointUnavailable as exc:
+            raise _fail(exc.message) from exc
         typer.echo(json.dumps(result))
         return
     from enclavekit.services.trust.service import TrustService

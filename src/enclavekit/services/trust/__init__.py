@@ -8,11 +8,13 @@ widget), programs through a JSON API and signed EAR tokens. See ``docs/trust.md`
 Host-side parts, as in every service: :mod:`~enclavekit.services.trust.api` (HTTP),
 :mod:`~enclavekit.services.trust.store` (SQL), :mod:`~enclavekit.services.trust.worker` and
 :mod:`~enclavekit.services.trust.dispatcher` (work), :mod:`~enclavekit.services.trust.verification` (the
-verification itself, pure).
+verification itself, pure), and :mod:`~enclavekit.services.trust.client` for programs. There is no enclave part:
+everything the service handles is public evidence.
 """
 
 from __future__ import annotations
 
+from enclavekit.services.trust.client import TrustApiError, TrustClient
 from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord, TaskStatus, Verdict
 from enclavekit.services.trust.registry import OsEntry, OsRegistry, load_registry
 from enclavekit.services.trust.service import Accepted, TrustService
@@ -29,6 +31,8 @@ __all__ = [
     "TargetOptions",
     "TaskRecord",
     "TaskStatus",
+    "TrustApiError",
+    "TrustClient",
     "TrustReport",
     "TrustService",
     "TrustSettings",

@@ -184,6 +184,8 @@ class Worker:
         assert result is not None
         outcome, report = result
         if _infrastructure_problem(report) and task.attempts < self.settings.max_attempts:
+            with contextlib.suppress(Exception):  # this attempt's report will not be referenced: drop it
+                await asyncio.to_thread(self.service.objects.delete, outcome.result_key)
             await self._retry(task, "collateral_unavailable", report.error["message"] if report.error else "PCCS down")
             return True
         done_ok = await asyncio.to_thread(
