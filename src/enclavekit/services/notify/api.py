@@ -54,7 +54,7 @@ from enclavekit.services.notify.settings import NotifySettings
 from enclavekit.services.notify.store import DAY, AuthProof, NotifyStore
 from enclavekit.services.notify.tokens import TokenIssuer
 from enclavekit.services.notify.wire import ATTESTATION_DOC, PUSH_ID_CHALLENGE, AttestationDocRequest, Challenge
-from enclavekit.services.notify.worldid import CREDENTIAL_TYPES, WorldIdVerifier
+from enclavekit.services.notify.worldid import WorldIdVerifier
 
 __all__ = ["ApiDeps", "create_app"]
 
@@ -442,5 +442,4 @@ def create_app(deps: ApiDeps) -> FastAPI:
             expires_in=upload.expires_in,
         )
 
-    _ = CREDENTIAL_TYPES
     return app

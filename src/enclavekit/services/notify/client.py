@@ -120,12 +120,7 @@ class NotifyClient:
         """Upload (already encrypted) media; returns its CDN URL (an existing identical object is reused)."""
         digest = hashlib.sha256(data).hexdigest()
         body = {"content_digest_sha256": digest, "content_length": len(data), "content_type": content_type}
-        try:
-            answer = self._request("POST", "/v1/media/presigned-urls", json=body).json()
-        except ApiError as exc:
-            if exc.status == 409:
-                raise
-            raise
+        answer = self._request("POST", "/v1/media/presigned-urls", json=body).json()  # 409: ApiError with the URL
         put = httpx.put(answer["presigned_url"], content=data, headers=answer["headers"], timeout=self.timeout)
         put.raise_for_status()
         return str(answer["asset_url"])

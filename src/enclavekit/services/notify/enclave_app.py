@@ -184,11 +184,8 @@ class NotifyEnclave:
         devices: dict[bytes, int] = {}
         pending: list[tuple[bytes, int, str]] = []
         for index, (recipient, push_id) in enumerate(zip(request.recipients, opened, strict=True)):
-            try:
-                if push_id is None:
-                    raise InvalidPushId("does not open")
-                alias = push_id.decode()
-            except (InvalidPushId, UnicodeDecodeError):
+            alias = _alias(push_id)
+            if push_id is None or alias is None:
                 outcomes[index] = RecipientOutcome(index=index, outcome="invalid_push_id")
                 continue
             if self._tombstoned(push_id, recipient.deletion_requests):
@@ -267,6 +264,16 @@ class NotifyEnclave:
         self.delivered_count += 1
         while len(self.delivered) > REMEMBERED_DELIVERIES:
             self.delivered.popitem(last=False)
+
+
+def _alias(push_id: bytes | None) -> str | None:
+    """The Braze alias a push ID names (UTF-8 text), or None."""
+    if push_id is None:
+        return None
+    try:
+        return push_id.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def build_app(name: str = "notify", track: Track | None = None) -> tuple[EnclaveApp, NotifyEnclave]:

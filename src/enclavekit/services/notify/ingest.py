@@ -171,7 +171,3 @@ class Ingestor:
             await raw.nak(delay=1)
             return
         await raw.ack()
-
-
-def publish_payload(message: ChatMessage) -> bytes:
-    return message.model_dump_json().encode()

@@ -11,7 +11,6 @@ All three hold only ciphertext and metadata (topics, sealed push IDs, the encryp
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -81,7 +80,3 @@ def child_traceparent(parent: str | None) -> str:
 def trace_id(traceparent: str | None) -> str:
     parts = (traceparent or "").split("-")
     return parts[1] if len(parts) == 4 else "-"
-
-
-def headers_of(message: Any) -> dict[str, str]:
-    return dict(message.headers or {})

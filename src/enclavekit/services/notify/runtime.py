@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,8 +133,6 @@ async def run_api(settings: NotifySettings, *, host: str, port: int) -> None:
 
 def _sweeper(settings: NotifySettings, store: Any, stop: asyncio.Event, interval: float = 300.0) -> Any:
     async def sweep() -> None:
-        import time
-
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 removed = await asyncio.to_thread(store.sweep_expired, now=int(time.time()))
