@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.types import TypeDecorator
 
+from enclavekit.database import WRITE, create_engine
 from enclavekit.services.trust.errors import NotFound
 from enclavekit.services.trust.model import (
     AppRecord,
@@ -48,12 +49,9 @@ __all__ = [
     "Outcome",
     "TrustStore",
     "apps_table",
-    "create_engine",
     "metadata",
     "tasks_table",
 ]
-
-_BUSY_TIMEOUT_MS = 30_000
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -142,33 +140,6 @@ tasks_table = sa.Table(
 )
 
 _OPEN = (TaskStatus.PENDING.value, TaskStatus.ACTIVE.value)
-
-
-def create_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys and IMMEDIATE write transactions."""
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    database = sa.engine.make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("trust_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,7 +301,7 @@ class TrustStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            conn.execution_options(trust_write=True)
+            conn.execution_options(**WRITE)
             with conn.begin():
                 yield conn
 
