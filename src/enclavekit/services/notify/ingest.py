@@ -119,26 +119,62 @@ class Ingestor:
         return "queued", notification
 
     async def handle(self, message: ChatMessage, *, traceparent: str | None = None) -> Decision:
+        """Filter one message and queue its notification (if any)."""
         decision, notification = await asyncio.to_thread(self.build, message, now=time.time())
+        await self._queue(message, decision, notification, traceparent)
+        return decision
+
+    async def _queue(
+        self, message: ChatMessage, decision: Decision, notification: Notification | None, traceparent: str | None
+    ) -> None:
         self.metrics.ingested.labels(decision).inc()
         if notification is None:
             logger.info("message on %s: %s", message.topic[:24], decision)
-            return decision
+            return
         traceparent = traceparent or new_traceparent()
         recipients = notification.recipients
         for part, start in enumerate(range(0, len(recipients), MAX_QUEUED_RECIPIENTS)):
-            chunk = notification.model_copy(
-                update={"recipients": recipients[start : start + MAX_QUEUED_RECIPIENTS], "part": part}
-            )
+            chunk = notification
+            if len(recipients) > MAX_QUEUED_RECIPIENTS:
+                chunk = notification.model_copy(
+                    update={"recipients": recipients[start : start + MAX_QUEUED_RECIPIENTS], "part": part}
+                )
             headers = {"Nats-Msg-Id": f"{notification.id}.{part}", "traceparent": traceparent}
             await self.js.publish(self.settings.subject, chunk.to_bytes(), headers=headers)
         self.metrics.queued.inc()
         self.metrics.queued_recipients.inc(len(notification.recipients))
         logger.info("message %s queued for %d recipients", notification.id, len(notification.recipients))
-        return decision
+
+    def _build_all(self, batch: list[Any]) -> list[tuple[Any, ChatMessage | None, Decision, Notification | None]]:
+        """Parse and filter a fetched batch in one go (one thread hop per batch; SQLite reads stay sequential)."""
+        out: list[tuple[Any, ChatMessage | None, Decision, Notification | None]] = []
+        now = time.time()
+        for raw in batch:
+            try:
+                message = ChatMessage.model_validate(json.loads(raw.data))
+                decision, notification = self.build(message, now=now)
+            except (ValueError, BadRequest) as exc:
+                logger.warning("dropping a malformed inbox message: %s", type(exc).__name__)
+                out.append((raw, None, "filtered_topic", None))
+                continue
+            out.append((raw, message, decision, notification))
+        return out
+
+    async def _finish(self, raw: Any, message: ChatMessage | None, decision: Decision, notification: Any) -> None:
+        """Queue one prepared message and ack it (term a malformed one, nak on failure: it comes back)."""
+        if message is None:
+            await raw.term()
+            return
+        try:
+            await self._queue(message, decision, notification, (raw.headers or {}).get("traceparent"))
+        except Exception:
+            logger.exception("ingest failed; the message will be redelivered")
+            await raw.nak(delay=1)
+            return
+        await raw.ack()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume ``notify.inbox`` until ``stop``; ack each message once handled."""
+        """Consume ``notify.inbox`` until ``stop``; ack each message once its notification is queued."""
         subscription = await self.js.pull_subscribe(
             self.settings.inbox_subject,
             durable=self.settings.ingest_consumer,
@@ -154,20 +190,11 @@ class Ingestor:
                 logger.warning("inbox fetch failed: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            for raw in batch:  # one at a time: concurrent handling measured slower (threads contend for SQLite)
-                await self._one(raw)
-
-    async def _one(self, raw: Any) -> None:
-        """Handle one inbox message and ack it (term a malformed one, nak on failure: it comes back)."""
-        try:
-            message = ChatMessage.model_validate(json.loads(raw.data))
-            await self.handle(message, traceparent=(raw.headers or {}).get("traceparent"))
-        except (ValueError, BadRequest) as exc:
-            logger.warning("dropping a malformed inbox message: %s", type(exc).__name__)
-            await raw.term()
-            return
-        except Exception:
-            logger.exception("ingest failed; the message will be redelivered")
-            await raw.nak(delay=1)
-            return
-        await raw.ack()
+            try:
+                prepared = await asyncio.to_thread(self._build_all, batch)
+            except Exception:
+                logger.exception("ingest failed (database?); the batch will be redelivered")
+                for raw in batch:
+                    await raw.nak(delay=1)
+                continue
+            await asyncio.gather(*(self._finish(*item) for item in prepared))  # publishes pipelined
