@@ -261,11 +261,17 @@ def test_dev_proof_contract_is_accepted_by_the_stand_in(stack: tuple[Harness, Fa
 
 
 def test_metrics_count_the_pipeline(stack: tuple[Harness, FakeBraze]) -> None:
-    harness, _ = stack
+    harness, fake = stack
+    device = Device(harness, f"device-metrics-{uuid.uuid4().hex[:6]}", "metrics")
+    device.authorize()
+    topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+    device.subscribe(topic)
+    _wait_for(fake, _ingest(harness, topic, b"counted", sender=None))
     dispatcher = httpx.get(f"{harness.dispatcher_url}/metrics", timeout=10).text
     ingest = httpx.get(f"{harness.ingest_url}/metrics", timeout=10).text
     api = httpx.get(f"{harness.api_url}/metrics", timeout=10).text
-    assert "notify_recipients_delivered_total" in dispatcher
+    delivered = next(line for line in dispatcher.splitlines() if line.startswith("notify_recipients_delivered_total"))
+    assert float(delivered.split()[1]) >= 1
     assert "notify_ingest_to_delivery_seconds_bucket" in dispatcher
     assert "notify_notifications_queued_total" in ingest
     assert 'notify_http_requests_total{route="/v1/authorize",status="200"}' in api
