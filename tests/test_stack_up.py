@@ -73,7 +73,9 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     assert services["nats"]["url"].startswith("nats://127.0.0.1:")
     assert services["kms"]["url"].startswith("http://127.0.0.1:")
     assert services["relay_demo"]["url"].startswith("tcp://127.0.0.1:")
-    assert [e["name"] for e in stack["enclaves"]] == ["demo"]  # type: ignore[attr-defined]
+    assert [e["name"] for e in stack["enclaves"]] == ["demo", "notify"]  # type: ignore[attr-defined]
+    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "trust_web"):
+        assert services[name]["url"], name
     for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
         assert set(enclave) >= {"name", "pid", "address", "pcr0"}
     status = subprocess.run(

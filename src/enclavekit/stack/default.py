@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from enclavekit.services.notify.stack import start_notify
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVES", "start_default"]
@@ -67,4 +68,5 @@ async def start_default(stack: Stack) -> None:
         enclave = await stack.start_enclave(spec)
         await stack.start_relay(spec.name, enclave["address"])
     await stack.start_service(KMS)  # after the enclaves: the simulator's root exists by now
+    await start_notify(stack)  # stand-ins, egress proxy, notify enclave and relay, API, ingest, dispatcher
     await stack.start_service(TRUST_WEB)  # after the enclaves and their relays: it registers them
