@@ -20,12 +20,13 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from enclavekit.database import WRITE, create_engine
 
 __all__ = [
     "AUTH_PROOF_TTL",
@@ -39,7 +40,6 @@ __all__ = [
     "subscriptions",
 ]
 
-_BUSY_TIMEOUT_MS = 30_000
 DAY = 86_400
 AUTH_PROOF_TTL = (180 * DAY, 240 * DAY)
 """An auth proof lives a random 6..8 months after its last use."""
@@ -88,32 +88,6 @@ class AuthProof:
     ttl: int
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE write transactions."""
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    database = sa.engine.make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get("notify_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
 def utc_midnight(now: int) -> int:
     return now - now % DAY
 
@@ -129,7 +103,7 @@ class NotifyStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as connection:
-            connection = connection.execution_options(notify_write=True)
+            connection = connection.execution_options(**WRITE)
             with connection.begin():
                 yield connection
 

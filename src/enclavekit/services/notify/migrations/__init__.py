@@ -7,27 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-__all__ = ["HEAD", "VERSION_TABLE", "alembic_config", "upgrade"]
+from enclavekit import database
+
+__all__ = ["HEAD", "VERSION_TABLE", "upgrade"]
 
 VERSION_TABLE = "notify_alembic_version"
 HEAD = "0001"
 
 
-def alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent))
-    return config
-
-
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema of ``engine``'s database to ``revision`` (idempotent)."""
-    config = alembic_config()
-    with engine.connect() as connection:
-        connection = connection.execution_options(notify_write=True)
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-        connection.commit()
+    database.upgrade(engine, Path(__file__).parent, revision)
