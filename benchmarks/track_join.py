@@ -45,7 +45,7 @@ async def _measure(folder: Path, nats_url: str, track_name: str, rounds: int) ->
     import tests.apps.tracked  # noqa: F401 - the same app module the member runs, for the same PCR0
 
     state = folder / "state"
-    simulator = NsmSimulator(state, app=image_files("tests.apps.tracked"))
+    simulator = NsmSimulator(state, app=image_files("tests.apps.tracked:app"))
     nsm = simulator.client()
     keys = SessionKeys.generate()
     context = EnclaveContext(

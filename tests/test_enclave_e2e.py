@@ -267,3 +267,29 @@ def test_enclave_run_rejects_a_bad_app_spec_clearly(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot import" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_another_app_from_the_same_code_has_its_own_pcr0(stack: dict[str, object], tmp_path: Path) -> None:
+    """The entrypoint is measured like the rest of the image: pinning the demo's PCR0 refuses any other app."""
+    socket_path = tmp_path / "other.sock"
+    repo = Path(__file__).resolve().parents[1]
+    other = _start(
+        [
+            *CLI,
+            "enclave",
+            "run",
+            "tests.apps.other:app",
+            "--listen",
+            f"unix://{socket_path}",
+            "--state",
+            str(stack["state"]),
+        ],
+        env={"PYTHONPATH": str(repo)},
+    )
+    try:
+        assert bytes.fromhex(other.ready["pcr0"]) != stack["pcr0"]
+        client = AttestedClient.nitro(f"unix://{socket_path}", _policy(stack), connect_attempts=1)
+        with pytest.raises(MeasurementMismatch):
+            await client.connect()
+    finally:
+        other.stop()

@@ -293,7 +293,7 @@ def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_ac
     from enclavekit.enclave.runtime import image_files
     from enclavekit.nsm import NsmSimulator
 
-    pcr0 = NsmSimulator(cluster.state, app=image_files("tests.apps.tracked")).pcr(0)
+    pcr0 = NsmSimulator(cluster.state, app=image_files("tests.apps.tracked:app")).pcr(0)
     kms = subprocess.Popen(
         [*CLI, "kms", "serve", "--port", "0", "--state", str(tmp_path / "kms"), "--trust-sim-root", str(cluster.state)],
         stdout=subprocess.PIPE,

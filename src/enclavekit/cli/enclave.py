@@ -34,7 +34,7 @@ def run_command(
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
-        enclave, module_name = load_app(spec)
+        enclave, _ = load_app(spec)
         if name:
             enclave.name = name
         settings = dict(item.split("=", 1) for item in setting if "=" in item)
@@ -45,7 +45,7 @@ def run_command(
         options = RuntimeOptions(
             listen=listen, state_dir=state, device=device, refresh_interval=refresh, settings=settings
         )
-        asyncio.run(serve_app(enclave, module_name, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
+        asyncio.run(serve_app(enclave, spec, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
     except ConfigurationError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

@@ -100,13 +100,16 @@ def load_app(spec: str) -> tuple[EnclaveApp, str]:
     return app, module_name
 
 
-def image_files(module_name: str) -> dict[str, bytes]:
-    """What the simulator measures into PCR0: the enclavekit package and the app's own code.
+def image_files(spec: str) -> dict[str, bytes]:
+    """What the simulator measures into PCR0: the enclavekit package, the app's own code, and its entrypoint.
 
-    On Nitro, PCR0 measures the whole enclave image; here the code that would be in that image stands in, so
-    changing the app (or enclavekit) changes PCR0 exactly as rebuilding an EIF would.
+    On Nitro, PCR0 measures the whole enclave image, including the command that starts the app (the
+    Dockerfile's ``APP``); here the code that would be in that image and the ``module:attribute`` to run stand
+    in, so changing the app, enclavekit, or which app the image starts changes PCR0 as rebuilding an EIF would.
+    The app's module must be imported already.
     """
-    files: dict[str, bytes] = {}
+    module_name = spec.partition(":")[0]
+    files: dict[str, bytes] = {"entrypoint": spec.encode()}
     roots = [("enclavekit", Path(enclavekit.__file__).parent)]
     module = sys.modules[module_name]
     source = Path(module.__file__ or "")
@@ -122,24 +125,24 @@ def image_files(module_name: str) -> dict[str, bytes]:
     return files
 
 
-def _open_nsm(module_name: str, options: RuntimeOptions) -> tuple[Nsm, str, bytes]:
+def _open_nsm(spec: str, options: RuntimeOptions) -> tuple[Nsm, str, bytes]:
     if options.device:
         nsm = open_device()
         return nsm, "nitro", nsm.describe_pcr(0).data
-    simulator = NsmSimulator(options.state_dir, app=image_files(module_name))
+    simulator = NsmSimulator(options.state_dir, app=image_files(spec))
     return simulator.client(), "nitro-simulated", simulator.pcr(0)
 
 
 async def serve_app(
     app: EnclaveApp,
-    module_name: str,
+    spec: str,
     options: RuntimeOptions,
     *,
     on_ready: Callable[[dict[str, Any]], None],
     stop: asyncio.Event | None = None,
 ) -> None:
     """Boot ``app`` and serve it until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
-    nsm, tee, pcr0 = _open_nsm(module_name, options)
+    nsm, tee, pcr0 = _open_nsm(spec, options)
     keys = SessionKeys.generate()
     responder = Responder(keys, attester=nsm)
     context = EnclaveContext(app.name, nsm, keys, responder, tee, pcr0, options.state_dir, options.settings)

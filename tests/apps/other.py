@@ -1,0 +1,5 @@
+"""A second, trivial enclave app: same package, same image, different entrypoint."""
+
+from enclavekit.enclave import EnclaveApp
+
+app = EnclaveApp("other")
