@@ -124,3 +124,23 @@ def test_killed_supervisor_takes_its_children_with_it(tmp_path: Path) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if _alive(pid)]
+
+
+async def test_a_piece_that_fails_to_start_stops_the_stack_cleanly(tmp_path: Path) -> None:
+    """A start-up bug must not leave nats-server (or anything else) running, nor a stack.json behind."""
+    from enclavekit.stack.state import StateDir
+    from enclavekit.stack.up import Stack, serve
+
+    stack = Stack(StateDir(tmp_path / "state"))
+    stack.state.create()
+
+    async def broken(stack: Stack) -> None:
+        await stack.start_nats()
+        raise TypeError("a bug in some service's start-up")
+
+    status = await serve(stack, broken, lambda data: None)
+    assert status == 1
+    assert not stack.state.stack_file.exists()
+    nats = stack.processes[0]
+    assert nats.process is not None
+    assert nats.process.returncode is not None

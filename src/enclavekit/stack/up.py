@@ -181,6 +181,13 @@ async def serve(stack: Stack, start: Callable[[Stack], Any], on_ready: Callable[
             logger.error("%s", exc.message)
             print(f"enclavekit up: {exc.message}", file=sys.stderr)
             return 1
+        except Exception as exc:  # a bug in a piece's start-up: stop what started, say what broke
+            logger.exception("starting the stack failed")
+            print(
+                f"enclavekit up: starting the stack failed: {type(exc).__name__}: {exc} (logs: {stack.state.logs})",
+                file=sys.stderr,
+            )
+            return 1
         stack.state.write_stack(stack.snapshot())
         on_ready(stack.snapshot())
         stop_task = asyncio.ensure_future(stopping.wait())
