@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from enclavekit.host import relay as relay_module
 from enclavekit.host.egress import EgressProxy, parse_allowlist
-from enclavekit.host.relay import Relay, RelayLimits
+from enclavekit.host.relay import Relay, RelayLimits, size_send_buffers
 from enclavekit.rpc import Address, TcpAddress
 from enclavekit.stack.processes import free_port
 
@@ -216,3 +220,57 @@ async def test_egress_command_runs_as_a_process(echo_server: tuple[str, int]) ->
     finally:
         process.terminate()
         assert process.wait(10) == 0
+
+
+def test_unix_sockets_get_the_send_buffer_asked_and_tcp_keeps_its_autotuning() -> None:
+    # At the default 208 KiB a Unix socket holds less than one relay chunk, and the relay spends its time
+    # sleeping and waking (benchmarks/relay.py): relayed pairs ask for more.
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    asked = min(RelayLimits().unix_send_buffer, wmem_max)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp_default = tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    with left, right, tcp:
+        size_send_buffers((left, tcp), asked)
+        assert left.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * asked  # Linux reports it doubled
+        assert right.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * asked
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == tcp_default
+
+
+def test_a_send_buffer_capped_by_the_kernel_is_reported_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    monkeypatch.setattr(relay_module, "_warned_wmem_max", False)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="enclavekit.host.relay"):
+        for left, _ in pairs:
+            size_send_buffers((left,), 4 * wmem_max)
+    for pair in pairs:
+        for sock in pair:
+            sock.close()
+    warnings = [r.getMessage() for r in caplog.records if "wmem_max" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"at {wmem_max} bytes" in warnings[0]
+
+
+async def test_relay_to_a_unix_upstream_forwards_megabytes_both_ways(tmp_path: Path) -> None:
+    # The local stack's topology: TCP from the client, a Unix socket to the enclave (vsock on Nitro).
+    path = tmp_path / "echo.sock"
+    server = await asyncio.start_unix_server(_echo, path)
+    relay = Relay(f"unix://{path}")
+    host, port = await relay.start()
+    reader, writer = await asyncio.open_connection(host, port)
+    payload = bytes(range(256)) * 16384  # 4 MiB: more than the pipe and the send buffer together
+    sending = asyncio.create_task(_send_all(writer, payload))
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 20) == payload
+    await sending
+    writer.close()
+    await relay.close()
+    server.close()
+    assert relay.stats.bytes_in == relay.stats.bytes_out == len(payload)
+
+
+async def _send_all(writer: asyncio.StreamWriter, payload: bytes) -> None:
+    writer.write(payload)
+    await writer.drain()
