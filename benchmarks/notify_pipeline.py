@@ -240,6 +240,7 @@ async def main(quick: bool) -> dict[str, Any]:
         braze,
         API_KEY,
         {"batch_size": 50, "concurrency": 16, "max_in_flight": 256, "ack_wait": 60},
+        log_level="info",  # as deployed: per-message lines are debug
     )
     try:
         harness.start_core()

@@ -106,6 +106,33 @@ def test_killing_the_dispatcher_mid_batch_loses_nothing_and_duplicates_nothing(
         harness.stop()
 
 
+def test_a_delivery_slower_than_ack_wait_is_not_redelivered_while_in_work(
+    tmp_path, fake: tuple[FakeBraze, str]
+) -> None:  # type: ignore[no-untyped-def]
+    # The dispatcher tells JetStream "in progress" while it works; without that, a provider slower than
+    # ack_wait (3 s here) would have the message redelivered and sent to the provider a second time.
+    braze, url = fake
+    harness = _harness(tmp_path, url)
+    try:
+        harness.start_core()
+        harness.start_enclave("notify-1")
+        harness.start_ingest()
+        harness.start_dispatcher()
+        topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
+        devices = _subscribe(harness, topic, 10, asyncio.run(_public_key(harness, harness.relays[0])))
+        braze.hold_next(1)
+        message_id = _ingest(harness, topic)
+        assert braze.arrived.wait(30), "no delivery started"
+        time.sleep(2.2 * FAST["ack_wait"])  # held well past ack_wait (the enclave's timeout is 8 s)
+        braze.release()
+        delivered = _wait_all(braze, message_id, devices)
+        assert set(delivered) == set(devices) and max(delivered.values()) == 1
+        assert (braze.requests, braze.replays) == (1, 0), "the message was redelivered while in work"
+    finally:
+        braze.release()
+        harness.stop()
+
+
 def test_killing_the_enclave_mid_delivery_loses_nothing_and_duplicates_nothing(
     tmp_path, fake: tuple[FakeBraze, str]
 ) -> None:  # type: ignore[no-untyped-def]

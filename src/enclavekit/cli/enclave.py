@@ -13,6 +13,7 @@ import typer
 from enclavekit.cli._app import app
 from enclavekit.enclave.runtime import RuntimeOptions, load_app, serve_app
 from enclavekit.errors import ConfigurationError, Error
+from enclavekit.log import log_level
 
 __all__ = ["run_command"]
 
@@ -32,7 +33,7 @@ def run_command(
     setting: list[str] = typer.Option([], "--set", help="KEY=VALUE handed to the app (repeatable)."),
 ) -> None:
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=log_level(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
         enclave, _ = load_app(spec)
         if name:

@@ -79,7 +79,8 @@ def _run(coroutine: Any) -> None:
 @notify_app.command("api")
 def api_command(state: Path = STATE, host: str = HOST, port: int = PORT, sets: list[str] = SETS) -> None:
     """Serve the HTTP API until SIGTERM. Prints {"ready": true, "url": ...} when listening."""
-    from enclavekit.services.notify.runtime import configure_logging, run_api
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_api
 
     configure_logging()
     _run(run_api(_settings(state, sets), host=host, port=port))
@@ -88,7 +89,8 @@ def api_command(state: Path = STATE, host: str = HOST, port: int = PORT, sets: l
 @notify_app.command("ingest-worker")
 def ingest_worker_command(state: Path = STATE, host: str = HOST, port: int = PORT, sets: list[str] = SETS) -> None:
     """Run the ingest worker (inbox stream → notifications) with its HTTP endpoint POST /v1/messages."""
-    from enclavekit.services.notify.runtime import configure_logging, run_ingest_worker
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_ingest_worker
 
     configure_logging()
     _run(run_ingest_worker(_settings(state, sets), host=host, port=port))
@@ -97,7 +99,8 @@ def ingest_worker_command(state: Path = STATE, host: str = HOST, port: int = POR
 @notify_app.command("dispatcher")
 def dispatcher_command(state: Path = STATE, host: str = HOST, port: int = PORT, sets: list[str] = SETS) -> None:
     """Run the dispatcher (notifications → the enclave), serving /metrics."""
-    from enclavekit.services.notify.runtime import configure_logging, run_dispatcher
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_dispatcher
 
     configure_logging()
     _run(run_dispatcher(_settings(state, sets), host=host, port=port))
@@ -111,7 +114,8 @@ def capture_server_command(
     port: int = PORT,
 ) -> None:
     """The capture provider: a fake Braze that validates requests and records deliveries."""
-    from enclavekit.services.notify.runtime import configure_logging, run_capture_server
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_capture_server
 
     configure_logging()
     _run(run_capture_server(api_key, record, host=host, port=port))
@@ -120,7 +124,8 @@ def capture_server_command(
 @notify_app.command("world-id")
 def world_id_command(state: Path = STATE, host: str = HOST, port: int = PORT) -> None:
     """The local World ID stand-in: POST /v2/semaphore-proof/verify for proofs from `notify dev-proof`."""
-    from enclavekit.services.notify.runtime import configure_logging, run_world_id
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_world_id
 
     configure_logging()
     _run(run_world_id(state, host=host, port=port))
@@ -133,7 +138,8 @@ def local_s3_command(
     port: int = PORT,
 ) -> None:
     """A local S3 stand-in for media uploads (HEAD, GET, presigned PUT with length, type and checksum)."""
-    from enclavekit.services.notify.runtime import configure_logging, run_local_s3
+    from enclavekit.log import configure_logging
+    from enclavekit.services.notify.runtime import run_local_s3
 
     configure_logging()
     _run(run_local_s3(root, host=host, port=port))

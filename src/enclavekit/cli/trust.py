@@ -115,7 +115,8 @@ def serve_command(
     public_url: str | None = typer.Option(None, "--public-url", help="URL people reach the web app at."),
 ) -> None:
     """Run the web app, the dispatcher and (by default) workers. Prints {"ready": true, "url": ...} when up."""
-    from enclavekit.services.trust.server import configure_logging, serve
+    from enclavekit.log import configure_logging
+    from enclavekit.services.trust.server import serve
 
     configure_logging()
     try:
@@ -158,7 +159,8 @@ def worker_command(
     concurrency: int | None = CONCURRENCY,
 ) -> None:
     """Run a worker process: pull verification tasks from JetStream until stopped."""
-    from enclavekit.services.trust.server import configure_logging, run_worker
+    from enclavekit.log import configure_logging
+    from enclavekit.services.trust.server import run_worker
 
     configure_logging()
     try:

@@ -220,7 +220,7 @@ class NotifyEnclave:
         counts: dict[str, int] = {}
         for done in outcomes.values():
             counts[done.outcome] = counts.get(done.outcome, 0) + 1
-        logger.info(
+        logger.debug(
             "notification %s: %d recipients %s in %.1f ms (trace %s)",
             request.message_id,
             len(request.recipients),

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
 from enclavekit.services.notify.errors import BadRequest
 from enclavekit.services.notify.metrics import Metrics
@@ -86,7 +87,9 @@ class Ingestor:
     metrics: Metrics
     page_size: int = 500
 
-    def build(self, message: ChatMessage, *, now: float) -> tuple[Decision, Notification | None]:
+    def build(
+        self, message: ChatMessage, *, now: float, connection: Connection | None = None
+    ) -> tuple[Decision, Notification | None]:
         """Apply the filter rules; the notification to queue, if any (reads the database: call in a thread).
 
         The notification may hold more recipients than one queue message: :meth:`handle` queues it in parts."""
@@ -97,7 +100,10 @@ class Ingestor:
         data = message.data()
         sender = message.sender_hmac.lower()
         recipients: dict[str, list[str]] = {}
-        for subscription in self.store.all_for_topic(message.topic, now=int(now), page_size=self.page_size):
+        subscribers = self.store.all_for_topic(
+            message.topic, now=int(now), page_size=self.page_size, connection=connection
+        )
+        for subscription in subscribers:
             if sender and hmac.compare_digest(sender_hmac(subscription.hmac_key, data), sender):
                 continue
             tombstones = recipients.setdefault(subscription.encrypted_push_id, [])
@@ -129,7 +135,7 @@ class Ingestor:
     ) -> None:
         self.metrics.ingested.labels(decision).inc()
         if notification is None:
-            logger.info("message on %s: %s", message.topic[:24], decision)
+            logger.debug("message on %s: %s", message.topic[:24], decision)
             return
         traceparent = traceparent or new_traceparent()
         recipients = notification.recipients
@@ -143,21 +149,22 @@ class Ingestor:
             await self.js.publish(self.settings.subject, chunk.to_bytes(), headers=headers)
         self.metrics.queued.inc()
         self.metrics.queued_recipients.inc(len(notification.recipients))
-        logger.info("message %s queued for %d recipients", notification.id, len(notification.recipients))
+        logger.debug("message %s queued for %d recipients", notification.id, len(notification.recipients))
 
     def _build_all(self, batch: list[Any]) -> list[tuple[Any, ChatMessage | None, Decision, Notification | None]]:
         """Parse and filter a fetched batch in one go (one thread hop per batch; SQLite reads stay sequential)."""
         out: list[tuple[Any, ChatMessage | None, Decision, Notification | None]] = []
         now = time.time()
-        for raw in batch:
-            try:
-                message = ChatMessage.model_validate(json.loads(raw.data))
-                decision, notification = self.build(message, now=now)
-            except (ValueError, BadRequest) as exc:
-                logger.warning("dropping a malformed inbox message: %s", type(exc).__name__)
-                out.append((raw, None, "filtered_topic", None))
-                continue
-            out.append((raw, message, decision, notification))
+        with self.store.reading() as connection:
+            for raw in batch:
+                try:
+                    message = ChatMessage.model_validate(json.loads(raw.data))
+                    decision, notification = self.build(message, now=now, connection=connection)
+                except (ValueError, BadRequest) as exc:
+                    logger.warning("dropping a malformed inbox message: %s", type(exc).__name__)
+                    out.append((raw, None, "filtered_topic", None))
+                    continue
+                out.append((raw, message, decision, notification))
         return out
 
     async def _finish(self, raw: Any, message: ChatMessage | None, decision: Decision, notification: Any) -> None:

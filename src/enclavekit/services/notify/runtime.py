@@ -12,13 +12,11 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
 
 __all__ = [
-    "configure_logging",
     "ensure_jwt_key",
     "kms_client",
     "run_api",
@@ -57,26 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """JSON log lines on stderr (structlog), one per event; never keys, tokens or plaintext."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=structlog.processors.JSONRenderer(),
-            foreign_pre_chain=[
-                structlog.processors.TimeStamper(fmt="iso"),
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-            ],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("httpx", "botocore", "boto3", "urllib3", "uvicorn.access", "nats"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def kms_client(settings: NotifySettings) -> KMSClient:

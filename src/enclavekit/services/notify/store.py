@@ -71,6 +71,18 @@ auth_proofs = sa.Table(
 )
 
 
+_PAGE = (  # built once: ingest runs it for every message, and building a select costs more than running it
+    sa.select(subscriptions)
+    .where(
+        subscriptions.c.topic == sa.bindparam("topic"),
+        subscriptions.c.hmac_key > sa.bindparam("after"),
+        subscriptions.c.ttl > sa.bindparam("now"),
+    )
+    .order_by(subscriptions.c.hmac_key)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     topic: str
@@ -135,21 +147,28 @@ class NotifyStore:
         with self._write() as connection:
             connection.execute(statement, rows)
 
-    def page(self, topic: str, *, now: int, after: str = "", limit: int = 500) -> list[Subscription]:
-        """Live subscriptions of ``topic`` with ``hmac_key > after``, in key order (paginate with the last key)."""
-        query = (
-            sa.select(subscriptions)
-            .where(subscriptions.c.topic == topic, subscriptions.c.hmac_key > after, subscriptions.c.ttl > now)
-            .order_by(subscriptions.c.hmac_key)
-            .limit(limit)
-        )
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """One connection for several reads (``page``, ``all_for_topic``): ingest reads a whole batch on it."""
         with self.engine.connect() as connection:
-            return [_subscription(row) for row in connection.execute(query).mappings()]
+            yield connection
 
-    def all_for_topic(self, topic: str, *, now: int, page_size: int = 500) -> Iterator[Subscription]:
+    def page(
+        self, topic: str, *, now: int, after: str = "", limit: int = 500, connection: Connection | None = None
+    ) -> list[Subscription]:
+        """Live subscriptions of ``topic`` with ``hmac_key > after``, in key order (paginate with the last key)."""
+        parameters = {"topic": topic, "after": after, "now": now, "limit": limit}
+        if connection is not None:
+            return [_subscription(row) for row in connection.execute(_PAGE, parameters).mappings()]
+        with self.reading() as own:
+            return [_subscription(row) for row in own.execute(_PAGE, parameters).mappings()]
+
+    def all_for_topic(
+        self, topic: str, *, now: int, page_size: int = 500, connection: Connection | None = None
+    ) -> Iterator[Subscription]:
         after = ""
         while True:
-            page = self.page(topic, now=now, after=after, limit=page_size)
+            page = self.page(topic, now=now, after=after, limit=page_size, connection=connection)
             yield from page
             if len(page) < page_size:
                 return

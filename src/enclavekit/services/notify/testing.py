@@ -114,6 +114,8 @@ class Harness:
     braze_url: str
     braze_api_key: str
     dispatcher_settings: dict[str, Any] | None = None
+    log_level: str = "debug"
+    """``ENCLAVEKIT_LOG_LEVEL`` of every process: debug by default, so the scans for secrets read every line."""
     running: list[Running] | None = None
     nats_url: str = ""
     kms_url: str = ""
@@ -142,7 +144,7 @@ class Harness:
         return self.root / "logs"
 
     def _start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Running:
-        running = start(name, argv, log_dir=self.logs, env=env)
+        running = start(name, argv, log_dir=self.logs, env={"ENCLAVEKIT_LOG_LEVEL": self.log_level, **(env or {})})
         assert self.running is not None
         self.running.append(running)
         return running

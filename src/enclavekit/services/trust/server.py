@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 import uvicorn
 
 from enclavekit.services.trust.api import create_app
@@ -28,29 +27,9 @@ from enclavekit.services.trust.service import TrustService
 from enclavekit.services.trust.settings import TrustSettings
 from enclavekit.services.trust.worker import Worker
 
-__all__ = ["configure_logging", "queue_for", "run_worker", "serve"]
+__all__ = ["queue_for", "run_worker", "serve"]
 
 logger = logging.getLogger(__name__)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """structlog rendering for every stdlib logger: JSON lines unless stderr is a terminal."""
-    renderer: Any = structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
-    formatter = structlog.stdlib.ProcessorFormatter(
-        processor=renderer,
-        foreign_pre_chain=[
-            structlog.stdlib.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso"),
-        ],
-    )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("nats", "uvicorn.error", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def queue_for(settings: TrustSettings, name: str) -> TaskQueue:
