@@ -12,6 +12,7 @@ subscriptions. Messages are published to the ingest stream (`notify.inbox`) as t
   first publish to the provider having answered for every recipient;
 * latency: 1,000 messages/s (5 subscribers each, 200 topics) for a few seconds; per message, from its
   publish to the provider receiving it (p50/p99), and whether the rate was sustained; the same at 200/s;
+  with each process's CPU time per message delivered (from /proc), the benchmark's own included;
 * breakdown, same run: one sealed-box open; one attested RPC round trip through the relay; an enclave batch
   of 50 (opens, validation, RPC; provider skipped because already delivered); one JetStream publish → pull of
   a 50-recipient notification; one Braze request of 50 aliases through the CONNECT tunnel.
@@ -114,9 +115,17 @@ async def throughput(harness: Harness, braze: str, subscribers: int, messages: i
     }
 
 
-async def latency(harness: Harness, braze: str, rate: int, seconds: float, key: bytes) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+async def latency(
+    harness: Harness, braze: str, rate: int, seconds: float, key: bytes, processes: dict[str, int]
+) -> dict[str, Any]:
     topics = [f"/xmtp/mls/1/g-{uuid.uuid4().hex}" for _ in range(200)]
     await asyncio.to_thread(_subscribe, harness, topics, 5, key)
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
     nc = await nats.connect(harness.nats_url)
     js = nc.jetstream()
     sent: dict[str, float] = {}
@@ -137,8 +146,10 @@ async def latency(harness: Harness, braze: str, rate: int, seconds: float, key: 
             break
         await asyncio.sleep(0.2)
     await nc.close()
+    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
     latencies = [(arrivals[m] - t) * 1000 for m, t in sent.items() if m in arrivals]
     last = max(arrivals[m] for m in sent if m in arrivals)
+    per_message = {name: round(used / len(latencies) * 1000, 3) for name, used in cpu.items()}
     return {
         "rate_asked": rate,
         "messages": count,
@@ -149,6 +160,7 @@ async def latency(harness: Harness, braze: str, rate: int, seconds: float, key: 
         "p50_ms": round(statistics.median(latencies), 1),
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies), 1),
+        "cpu_ms_per_message": {**per_message, "total": round(sum(per_message.values()), 3)},
     }
 
 
@@ -252,13 +264,16 @@ async def main(quick: bool) -> dict[str, Any]:
         async with AttestedClient.nitro(harness.relays[0], policy) as client:
             key = bytes.fromhex((await client.call(SECRET_KEY, SecretKeyRequest())).public_key)
         await throughput(harness, braze, 500, 2, key)  # warm-up
+        assert harness.running is not None
+        processes = {r.name: r.process.pid for r in harness.running}
+        processes |= {"fake-braze": capture.process.pid, "benchmark (publisher, polling)": os.getpid()}
         result = {
             "benchmark": "notify_pipeline",
             "quick": quick,
             "cpus": os.cpu_count(),
             "throughput": await throughput(harness, braze, 2000 if quick else 5000, 3 if quick else 6, key),
-            "latency": await latency(harness, braze, 1000, 3.0 if quick else 15.0, key),
-            "latency_at_200_per_second": await latency(harness, braze, 200, 3.0 if quick else 15.0, key),
+            "latency": await latency(harness, braze, 1000, 3.0 if quick else 15.0, key, processes),
+            "latency_at_200_per_second": await latency(harness, braze, 200, 3.0 if quick else 15.0, key, processes),
             "breakdown": await breakdown(harness, braze, key, 50 if quick else 300),
         }
     finally:
