@@ -50,8 +50,8 @@ class RelayLimits:
 
     A Unix stream socket lets a writer run only ``SO_SNDBUF`` bytes ahead of its reader, 208 KiB by default,
     which is less than one chunk in flight: the relay then sleeps and wakes for every few pages, and that
-    costs more than moving the bytes (``benchmarks/relay.py`` measured 0.22 CPU-seconds per GiB at the
-    default against 0.10 at 1 MiB). TCP sizes its own buffers and is left alone. The kernel caps the value
+    costs more than moving the bytes (``benchmarks/relay.py`` measured 0.25 CPU-seconds per GiB at the
+    default against 0.105 at 1 MiB). TCP sizes its own buffers and is left alone. The kernel caps the value
     at ``net.core.wmem_max``; the relay warns once when it does.
     """
 
