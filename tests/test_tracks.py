@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -274,12 +275,54 @@ def test_no_secret_in_the_lease_store_the_relayed_join_or_the_logs(cluster: Clus
 
 
 async def _kv_values(cluster: Cluster) -> bytes:
+    """Every message the lease bucket's stream still stores, read by sequence (no KV watcher, no key listing)."""
+    from nats.js.errors import NotFoundError
+
     nc = await nats.connect(cluster.nats_url)
     try:
-        kv = await nc.jetstream().key_value(f"enclavekit_track_{cluster.track}")
-        return b"".join([(await kv.get(key)).value or b"" for key in await kv.keys()])
+        js = nc.jetstream()
+        stream = f"KV_enclavekit_track_{cluster.track}"
+        state = (await js.stream_info(stream)).state
+        stored = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            with contextlib.suppress(NotFoundError):  # replaced by a later write to the same key
+                stored.append((await js.get_msg(stream, seq)).data or b"")
+        return b"".join(stored)
     finally:
         await nc.close()
+
+
+async def test_member_listing_is_complete_while_members_renew(nats_url: str) -> None:
+    """Listing members must not miss one because others write meanwhile: ``KeyValue.keys()`` can (nats.py#842)
+    and a joiner that sees no member would wait for the lease to expire instead of joining."""
+    from enclavekit.enclave.tracks import Member, NatsLeaseStore
+
+    track = f"t{uuid.uuid4().hex[:10]}"
+    writers = [NatsLeaseStore(nats_url, ttl=30) for _ in range(3)]
+    reader = NatsLeaseStore(nats_url, ttl=30)
+    members = [Member(f"m{index}", f"tcp://10.0.0.{index}:5000") for index in range(6)]
+    try:
+        for index, member in enumerate(members):
+            await writers[index % 3].renew(track, member)
+        stop = asyncio.Event()
+
+        async def renew_forever(store: NatsLeaseStore, mine: list[Member]) -> None:
+            while not stop.is_set():
+                for member in mine:
+                    await store.renew(track, member)
+
+        renewing = [asyncio.create_task(renew_forever(store, members[index::3])) for index, store in enumerate(writers)]
+        try:
+            for _ in range(100):
+                assert sorted(m.id for m in await reader.members(track)) == [m.id for m in members]
+        finally:
+            stop.set()
+            await asyncio.gather(*renewing)
+        await writers[0].leave(track, members[0])
+        assert sorted(m.id for m in await reader.members(track)) == [m.id for m in members[1:]]
+    finally:
+        for store in (*writers, reader):
+            await store.close()
 
 
 def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_accepts(

@@ -164,16 +164,24 @@ class NatsLeaseStore:
         await bucket.put("lease", json.dumps({"renewed_by": member.id, "at": time.time()}).encode())
         await bucket.put(f"member.{member.id}", json.dumps({"address": member.address}).encode())
 
+    async def keys(self, track: str) -> list[str]:
+        """The keys the bucket holds now (deleted ones included), from one server-side snapshot.
+
+        Not ``KeyValue.keys()``: its watcher can signal "no more keys" before the replay is done while other
+        members write (nats-io/nats.py#842), which returns a partial list or raises ``NoKeysError``.
+        """
+        await self._bucket(track)  # connects, creates the bucket
+        name = f"enclavekit_track_{track}"
+        prefix = f"$KV.{name}."
+        info = await self._nc.jetstream().stream_info(f"KV_{name}", subjects_filter=prefix + ">")
+        return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
+
     async def members(self, track: str) -> list[Member]:
-        from nats.js.errors import KeyNotFoundError, NoKeysError
+        from nats.js.errors import KeyNotFoundError
 
         bucket = await self._bucket(track)
-        try:
-            keys = await bucket.keys()
-        except NoKeysError:
-            return []
         found = []
-        for key in keys:
+        for key in await self.keys(track):
             if not key.startswith("member."):
                 continue
             with contextlib.suppress(KeyNotFoundError, ValueError, KeyError):
