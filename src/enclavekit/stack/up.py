@@ -2,7 +2,7 @@
 
 The supervisor starts each piece as its own process (a local nats-server with JetStream, the enclave apps
 with the simulated NSM, the host relay in front of each enclave, and the services' host parts), waits until
-each is ready, writes ``stack.json``, and on SIGINT or SIGTERM stops everything in reverse order and removes
+each is ready, writes ``stack.json``, and on SIGINT or SIGTERM stops everything (the NATS server last) and removes
 ``stack.json``. If any piece exits on its own, the stack stops (and says which piece and where its log is)
 rather than limp along half-started.
 """
@@ -153,7 +153,14 @@ class Stack:
         return {"pid": os.getpid(), "services": self.services, "enclaves": self.enclaves}
 
     async def stop(self) -> None:
-        for process in reversed(self.processes):
+        """Stop the pieces together, then the NATS server they may still be flushing to.
+
+        Stopping one at a time took ~0.5 s per Python process (8 s for the default stack); a piece whose
+        dependency goes first only sees its in-flight call fail, and JetStream redelivers what it did not ack.
+        """
+        last = [p for p in self.processes if p.name == "nats"]
+        await asyncio.gather(*(p.stop() for p in reversed(self.processes) if p not in last))
+        for process in last:
             await process.stop()
 
     async def first_exit(self) -> ManagedProcess:
