@@ -278,10 +278,12 @@ async def _kv_values(cluster: Cluster) -> bytes:
     """Every message the lease bucket's stream still stores, read by sequence (no KV watcher, no key listing)."""
     from nats.js.errors import NotFoundError
 
+    from enclavekit.enclave.tracks import NatsLeaseStore
+
     nc = await nats.connect(cluster.nats_url)
     try:
         js = nc.jetstream()
-        stream = f"KV_enclavekit_track_{cluster.track}"
+        stream = f"KV_{NatsLeaseStore.bucket_name(cluster.track)}"
         state = (await js.stream_info(stream)).state
         stored = []
         for seq in range(state.first_seq, state.last_seq + 1):

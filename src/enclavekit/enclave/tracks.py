@@ -130,6 +130,11 @@ class NatsLeaseStore:
     _nc: Any = None
     _buckets: dict[str, Any] = field(default_factory=dict)
 
+    @staticmethod
+    def bucket_name(track: str) -> str:
+        """The KV bucket of ``track``'s lease and members (its stream is ``KV_<bucket>``)."""
+        return f"enclavekit_track_{track}"
+
     async def _bucket(self, track: str) -> Any:
         import nats
         from nats.js.api import KeyValueConfig
@@ -142,7 +147,7 @@ class NatsLeaseStore:
             self._buckets.clear()
         if track not in self._buckets:
             js = self._nc.jetstream()
-            name = f"enclavekit_track_{track}"
+            name = self.bucket_name(track)
             try:
                 self._buckets[track] = await js.key_value(name)
             except Exception:
@@ -171,7 +176,7 @@ class NatsLeaseStore:
         members write (nats-io/nats.py#842), which returns a partial list or raises ``NoKeysError``.
         """
         await self._bucket(track)  # connects, creates the bucket
-        name = f"enclavekit_track_{track}"
+        name = self.bucket_name(track)
         prefix = f"$KV.{name}."
         info = await self._nc.jetstream().stream_info(f"KV_{name}", subjects_filter=prefix + ">")
         return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
@@ -200,7 +205,7 @@ class NatsLeaseStore:
 
         await self._bucket(track)  # connects
         js = self._nc.jetstream()
-        name = f"enclavekit_track_{track}_wrapped"
+        name = f"{self.bucket_name(track)}_wrapped"
         try:
             return await js.key_value(name)
         except Exception:
