@@ -56,7 +56,8 @@ class CallContext:
 
     ``peer`` is the caller's verified attestation when the caller attested itself (enclave to enclave);
     ``session_id`` identifies the attested session (None on a plaintext connection); ``deadline`` is in the
-    event loop's clock (``asyncio.get_running_loop().time()``).
+    event loop's clock (``asyncio.get_running_loop().time()``). ``client_key`` is the raw 32-byte Ed25519
+    public key the caller proved it holds in the handshake (None for an anonymous caller).
     """
 
     route: str
@@ -64,6 +65,7 @@ class CallContext:
     deadline: float
     peer: AttestedPeer | None = None
     session_id: bytes | None = None
+    client_key: bytes | None = None
 
 
 Handler = Callable[[Req, CallContext], Awaitable[Resp]]
