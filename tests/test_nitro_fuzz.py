@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
+import tracemalloc
 from datetime import UTC, datetime
 
 import cbor2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enclavekit.attestation import nitro
-from enclavekit.attestation.errors import AttestationError
-from enclavekit.attestation.nitro import AttestationDocument, NitroPolicy
+from enclavekit.attestation.cbor import MAX_DEPTH
+from enclavekit.attestation.errors import AttestationError, Malformed
+from enclavekit.attestation.nitro import MAX_DOCUMENT_SIZE, AttestationDocument, NitroAttestation, NitroPolicy
+from enclavekit.attestation.report import Report
 from tests.nitro_samples import sample
 
 POLICY = NitroPolicy(unsafe_any_measurements=True)
@@ -19,17 +22,27 @@ NOW = datetime(2024, 11, 30, 16, 22, 50, tzinfo=UTC)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _parse_or_reject(data: bytes) -> None:
-    with contextlib.suppress(AttestationError):
+def _parse_or_reject(data: bytes) -> Report[NitroAttestation]:
+    """Parse and report ``data``: only enclavekit's errors may come out of the parser, ``report`` never raises
+    for bad evidence, and a document the parser refuses is refused by the report too, at ``document.parse``
+    with the parser's code."""
+    try:
         AttestationDocument.from_bytes(data)
-    result = nitro.report(data, POLICY, now=NOW)  # never raises for bad evidence
-    assert result.valid or result.error is not None
+    except AttestationError as exc:
+        refused: AttestationError | None = exc
+    else:
+        refused = None
+    result = nitro.report(data, POLICY, now=NOW)
+    if refused is not None:
+        assert result.error is not None and result.error.code == refused.code
+        assert [(c.name, c.ok) for c in result.checks] == [("document.parse", False)]
+    return result
 
 
 @FUZZ
 @given(st.binary(max_size=4096))
 def test_random_bytes_raise_only_enclavekit_errors(data: bytes) -> None:
-    _parse_or_reject(data)
+    assert not _parse_or_reject(data).valid
 
 
 @FUZZ
@@ -40,7 +53,10 @@ def test_mutated_real_document_raises_only_enclavekit_errors(data: st.DataObject
         position = data.draw(st.integers(0, len(real) - 1))
         real[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(real)))
-    _parse_or_reject(bytes(real[:cut]) if data.draw(st.booleans()) else bytes(real))
+    mutated = bytes(real[:cut]) if data.draw(st.booleans()) else bytes(real)
+    # every byte of a document is signed or is the signature, save the empty unprotected header (one byte, and
+    # no other one-byte item is a map): a document that differs from the original must not verify
+    assert _parse_or_reject(mutated).valid == (mutated == sample("base_2024-11-30").data)
 
 
 cbor_values = st.recursive(
@@ -79,11 +95,16 @@ cbor_values = st.recursive(
 )
 def test_structurally_valid_cbor_with_wrong_shapes_raises_only_enclavekit_errors(payload: dict[str, object]) -> None:
     document = cbor2.dumps([bytes.fromhex("a1013822"), {}, cbor2.dumps(payload), b"\x01" * 96])
-    _parse_or_reject(document)
+    assert not _parse_or_reject(document).valid
 
 
 def test_deeply_nested_cbor_is_rejected_without_recursion_error() -> None:
-    _parse_or_reject(b"\x81" * 100_000 + b"\x00")
+    nested = b"\x81" * 10_000 + b"\x00"  # deeper than Python's recursion limit, yet under the size limit
+    assert len(nested) < MAX_DOCUMENT_SIZE
+    with pytest.raises(Malformed, match="depth"):  # refused by the nesting limit, not by a size check
+        AttestationDocument.from_bytes(nested)
+    just_too_deep = _parse_or_reject(b"\x81" * (MAX_DEPTH + 1) + b"\x00").error
+    assert just_too_deep is not None and "depth" in str(just_too_deep)
 
 
 def test_certificate_with_unknown_signature_algorithm_is_rejected() -> None:
@@ -98,5 +119,16 @@ def test_certificate_with_unknown_signature_algorithm_is_rejected() -> None:
     assert error.code == "unsupported_algorithm"
 
 
-def test_huge_declared_length_is_rejected_without_allocation() -> None:
-    _parse_or_reject(b"\x84\x5b" + (2**62).to_bytes(8, "big"))
+@pytest.mark.parametrize("declared", [2**28, 2**62])
+def test_huge_declared_length_is_rejected_without_allocation(declared: int) -> None:
+    data = b"\x84\x5b" + declared.to_bytes(8, "big")  # an array whose first item claims ``declared`` bytes
+    tracemalloc.start()
+    try:
+        with pytest.raises(Malformed):
+            AttestationDocument.from_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated for a 10-byte input"
+    refused = _parse_or_reject(data).error
+    assert refused is not None and refused.code == "malformed"

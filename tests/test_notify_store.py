@@ -51,10 +51,22 @@ NOW = 1_800_000_000
 
 
 def test_migrations_are_idempotent(store: NotifyStore) -> None:
-    from enclavekit.services.notify.migrations import upgrade
+    """Every process upgrades at start-up: a second run must keep the rows and leave the schema at head."""
+    import sqlalchemy as sa
 
+    from enclavekit.services.notify.migrations import HEAD, VERSION_TABLE, upgrade
+
+    topic, key = _topic(), _key()
+    store.subscribe([(topic, key, NOW + 3600)], "aa" * 60)
+    tables = set(sa.inspect(store.engine).get_table_names())
     upgrade(store.engine)
     upgrade(store.engine)
+    assert set(sa.inspect(store.engine).get_table_names()) == tables
+    with store.engine.connect() as connection:
+        versions = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    assert versions == [HEAD]
+    row = store.get(topic, key, now=NOW)
+    assert row is not None and row.encrypted_push_id == "aa" * 60
 
 
 def test_upsert_overwrites_and_clears_tombstones(store: NotifyStore) -> None:
