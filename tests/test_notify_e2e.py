@@ -31,8 +31,10 @@ from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import NotifyStore, create_engine
 from enclavekit.services.notify.testing import CLI, Harness
 from enclavekit.services.notify.worldid import load_stand_in_secret, mint_proof
+from tests.polling import streams_drained, wait_for
 
 API_KEY = "braze-key-" + uuid.uuid4().hex
+QUEUES = ("NOTIFY_INBOX", "NOTIFY_NOTIFICATIONS")  # notify's work queues (settings.inbox_stream, .stream)
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +100,16 @@ def _ingest(harness: Harness, topic: str, data: bytes, sender: Device | None) ->
     return str(answer.json()["id"])
 
 
-def _wait_for(fake: FakeBraze, message_id: str, timeout: float = 30) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pairs = [alias for mid, alias in fake.delivered_pairs() if mid == message_id]
-        if pairs:
-            time.sleep(0.5)  # let any (wrong) second request arrive too
-            return [alias for mid, alias in fake.delivered_pairs() if mid == message_id]
-        time.sleep(0.05)
-    raise AssertionError(f"nothing delivered for {message_id}")
+def _wait_for(harness: Harness, fake: FakeBraze, message_id: str, timeout: float = 30) -> list[str]:
+    """The aliases delivered for ``message_id``, once something was delivered and the queues are drained (every
+    message acknowledged: nothing more can arrive, so a wrong second request would be counted by now)."""
+
+    def pairs() -> list[str]:
+        return [alias for mid, alias in fake.delivered_pairs() if mid == message_id]
+
+    wait_for(pairs, timeout, what=f"a delivery for {message_id}")
+    wait_for(lambda: streams_drained(harness.nats_url, *QUEUES), timeout, interval=0.1, what="every message acked")
+    return pairs()
 
 
 def test_fake_braze_gets_exactly_the_subscribers_without_the_sender_and_the_tombstoned(
@@ -137,7 +140,7 @@ def test_fake_braze_gets_exactly_the_subscribers_without_the_sender_and_the_tomb
 
     data = os.urandom(64)
     message_id = _ingest(harness, topic, data, sender=alice)
-    delivered = _wait_for(fake, message_id)
+    delivered = _wait_for(harness, fake, message_id)
     assert sorted(delivered) == sorted([bob.push_id, dave.push_id])
     delivery = next(d for d in fake.deliveries if d.extra.get("messageId") == message_id)
     assert delivery.extra == {
@@ -154,7 +157,7 @@ def test_fake_braze_gets_exactly_the_subscribers_without_the_sender_and_the_tomb
     assert carol.hmac_key not in rows and bob.hmac_key in rows
     store.engine.dispose()
     second = _ingest(harness, topic, os.urandom(64), sender=bob)
-    assert sorted(_wait_for(fake, second)) == sorted([alice.push_id, dave.push_id])
+    assert sorted(_wait_for(harness, fake, second)) == sorted([alice.push_id, dave.push_id])
 
 
 def test_welcome_messages_are_delivered_and_should_push_false_group_messages_are_not(
@@ -178,13 +181,14 @@ def test_welcome_messages_are_delivered_and_should_push_false_group_messages_are
         timeout=10,
     ).json()["id"]
     message_id = _ingest(harness, welcome, b"welcome", sender=None)
-    assert _wait_for(fake, message_id) == [device.push_id]
+    assert _wait_for(harness, fake, message_id) == [device.push_id]
     delivery = next(d for d in fake.deliveries if d.extra.get("messageId") == message_id)
     assert delivery.extra["messageKind"] == "v3-welcome"
     assert not [p for p in fake.delivered_pairs() if p[0] in (silent, other_topic)]
 
 
-async def _queue_messages(harness: Harness, during: float) -> list[bytes]:
+async def _queue_messages(harness: Harness, subscribed: asyncio.Event, done: asyncio.Event) -> list[bytes]:
+    """Every message on notify's subjects from when ``subscribed`` is set until ``done`` is."""
     nc = await nats.connect(harness.nats_url)
     seen: list[bytes] = []
 
@@ -192,7 +196,9 @@ async def _queue_messages(harness: Harness, during: float) -> list[bytes]:
         seen.append(message.data + json.dumps(dict(message.headers or {})).encode())
 
     await nc.subscribe("notify.>", cb=keep)
-    await asyncio.sleep(during)
+    await nc.flush()  # the server has the subscription
+    subscribed.set()
+    await done.wait()
     await nc.drain()
     return seen
 
@@ -207,14 +213,17 @@ def test_the_host_never_sees_a_plaintext_push_id(stack: tuple[Harness, FakeBraze
         device.subscribe(topic)
     devices[2].client.unsubscribe(topic, devices[1].hmac_key)  # a tombstone: another sealed push ID stored
 
-    async def run() -> tuple[list[bytes], str]:
-        watcher = asyncio.create_task(_queue_messages(harness, 6.0))
-        await asyncio.sleep(0.5)
+    async def run() -> tuple[list[bytes], list[str]]:
+        subscribed, done = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(_queue_messages(harness, subscribed, done))
+        await asyncio.wait_for(subscribed.wait(), 10)
         message_id = await asyncio.to_thread(_ingest, harness, topic, os.urandom(32), None)
-        return await watcher, message_id
+        delivered = await asyncio.to_thread(_wait_for, harness, fake, message_id)  # the queues are drained too
+        done.set()
+        return await watcher, delivered
 
-    queued, message_id = asyncio.run(run())
-    assert sorted(_wait_for(fake, message_id)) == sorted(d.push_id for d in devices)  # it did reach Braze
+    queued, delivered = asyncio.run(run())
+    assert sorted(delivered) == sorted(d.push_id for d in devices)  # it did reach Braze
     assert queued, "the watcher saw the queue traffic"
 
     store = NotifyStore(create_engine(harness.database_url))
@@ -266,7 +275,7 @@ def test_metrics_count_the_pipeline(stack: tuple[Harness, FakeBraze]) -> None:
     device.authorize()
     topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
     device.subscribe(topic)
-    _wait_for(fake, _ingest(harness, topic, b"counted", sender=None))
+    _wait_for(harness, fake, _ingest(harness, topic, b"counted", sender=None))
     dispatcher = httpx.get(f"{harness.dispatcher_url}/metrics", timeout=10).text
     ingest = httpx.get(f"{harness.ingest_url}/metrics", timeout=10).text
     api = httpx.get(f"{harness.api_url}/metrics", timeout=10).text
@@ -290,7 +299,7 @@ def test_trace_context_travels_from_ingest_through_the_queue_to_the_enclave(stac
         headers={"traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"},
         timeout=10,
     )
-    _wait_for(fake, answer.json()["id"])
+    _wait_for(harness, fake, answer.json()["id"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         dispatcher_log = (harness.logs / "dispatcher.log").read_text()

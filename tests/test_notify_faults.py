@@ -28,8 +28,10 @@ from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import Harness
 from enclavekit.services.notify.wire import SECRET_KEY, Notification, SecretKeyRequest
+from tests.polling import streams_drained, wait_for
 
 API_KEY = "braze-key-faults"
+QUEUES = ("NOTIFY_INBOX", "NOTIFY_NOTIFICATIONS")  # notify's work queues (settings.inbox_stream, .stream)
 FAST = {"ack_wait": 3, "backoff_base": 0.3, "backoff_max": 2, "enclave_timeout": 8, "batch_size": 20}
 
 
@@ -68,16 +70,22 @@ def _ingest(harness: Harness, topic: str) -> str:
     return str(answer.json()["id"])
 
 
-def _wait_all(fake: FakeBraze, message_id: str, devices: list[str], timeout: float = 60) -> collections.Counter[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
-        if set(got) >= set(devices):
-            time.sleep(1.0)  # any duplicate would arrive now
-            return collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
-        time.sleep(0.1)
-    got = collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
-    raise AssertionError(f"{len(set(devices) - set(got))} of {len(devices)} devices never got {message_id}")
+def _wait_all(
+    harness: Harness, fake: FakeBraze, message_id: str, devices: list[str], timeout: float = 60
+) -> collections.Counter[str]:
+    """Every (device, count) delivered for ``message_id``, once every device has it and the queues are drained
+    (every message acknowledged: nothing can be delivered again, so a duplicate would be counted by now)."""
+
+    def got() -> collections.Counter[str]:
+        return collections.Counter(alias for mid, alias in fake.delivered_pairs() if mid == message_id)
+
+    try:
+        wait_for(lambda: set(got()) >= set(devices), timeout, interval=0.1)
+    except AssertionError:
+        missing = len(set(devices) - set(got()))
+        raise AssertionError(f"{missing} of {len(devices)} devices never got {message_id}") from None
+    wait_for(lambda: streams_drained(harness.nats_url, *QUEUES), timeout, interval=0.1, what="every message acked")
+    return got()
 
 
 def test_killing_the_dispatcher_mid_batch_loses_nothing_and_duplicates_nothing(
@@ -98,7 +106,7 @@ def test_killing_the_dispatcher_mid_batch_loses_nothing_and_duplicates_nothing(
         dispatcher.kill()  # SIGKILL mid-batch: nothing acked
         braze.release()
         harness.start_dispatcher()  # a new one gets the message again after ack_wait
-        delivered = _wait_all(braze, message_id, devices)
+        delivered = _wait_all(harness, braze, message_id, devices)
         assert set(delivered) == set(devices)
         assert max(delivered.values()) == 1, f"duplicates: {[d for d, n in delivered.items() if n > 1]}"
     finally:
@@ -123,9 +131,14 @@ def test_a_delivery_slower_than_ack_wait_is_not_redelivered_while_in_work(
         braze.hold_next(1)
         message_id = _ingest(harness, topic)
         assert braze.arrived.wait(30), "no delivery started"
-        time.sleep(2.2 * FAST["ack_wait"])  # held well past ack_wait (the enclave's timeout is 8 s)
+        # The provider stays slow well past ack_wait (JetStream's timer runs in nats-server: no clock to inject);
+        # a redelivery while it is held would reach the provider as a second request: fail at once if one does.
+        held_until = time.monotonic() + 2.2 * FAST["ack_wait"]  # the enclave's timeout is 8 s
+        while time.monotonic() < held_until:
+            assert braze.requests == 1, "the message was redelivered while in work"
+            time.sleep(0.1)
         braze.release()
-        delivered = _wait_all(braze, message_id, devices)
+        delivered = _wait_all(harness, braze, message_id, devices)
         assert set(delivered) == set(devices) and max(delivered.values()) == 1
         assert (braze.requests, braze.replays) == (1, 0), "the message was redelivered while in work"
     finally:
@@ -153,7 +166,7 @@ def test_killing_the_enclave_mid_delivery_loses_nothing_and_duplicates_nothing(
         harness.enclaves[0].kill()  # SIGKILL while Braze holds its request: it never hears the answer
         braze.release()
         harness.restart_enclave(0, "notify-1", track=track)  # rejoins the track: same push key
-        delivered = _wait_all(braze, message_id, devices)
+        delivered = _wait_all(harness, braze, message_id, devices)
         assert set(delivered) == set(devices)
         assert max(delivered.values()) == 1, f"duplicates: {[d for d, n in delivered.items() if n > 1]}"
         assert braze.replays >= 1, "the repeated request was recognised by its Idempotency-Key"
@@ -178,7 +191,7 @@ def test_two_enclaves_of_one_track_deliver_for_the_same_subscriptions(tmp_path, 
         devices = _subscribe(harness, topic, 40, keys[0])  # sealed to the key of the first
         for _ in range(4):
             message_id = _ingest(harness, topic)
-            delivered = _wait_all(braze, message_id, devices)
+            delivered = _wait_all(harness, braze, message_id, devices)
             assert set(delivered) == set(devices) and max(delivered.values()) == 1
         logs = [(harness.logs / f"enclave-notify-{i}.log").read_text() for i in (1, 2)]
         assert all("recipients {'delivered'" in log for log in logs), "each enclave delivered batches"
@@ -211,7 +224,7 @@ def test_braze_429_and_500_are_retried_then_dead_lettered(tmp_path, fake: tuple[
 
         braze.fail_next(429, 500, 503)  # transient: the enclave retries with backoff and gets through
         message_id = _ingest(harness, topic)
-        delivered = _wait_all(braze, message_id, devices)
+        delivered = _wait_all(harness, braze, message_id, devices)
         assert set(delivered) == set(devices) and max(delivered.values()) == 1
 
         braze.fail_next(*([500] * 40))  # a Braze outage: every attempt of every retry fails
@@ -242,7 +255,7 @@ def test_a_topic_too_large_for_one_queue_message_is_delivered_in_parts(tmp_path,
         topic = f"/xmtp/mls/1/g-{uuid.uuid4().hex}"
         devices = _subscribe(harness, topic, 2100, asyncio.run(_public_key(harness, harness.relays[0])))
         message_id = _ingest(harness, topic)
-        delivered = _wait_all(braze, message_id, devices)
+        delivered = _wait_all(harness, braze, message_id, devices)
         assert set(delivered) == set(devices) and max(delivered.values()) == 1
         assert "queued for 2100 recipients" in (harness.logs / "ingest.log").read_text()
     finally:

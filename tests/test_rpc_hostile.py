@@ -47,6 +47,7 @@ from enclavekit.rpc import (
 )
 from enclavekit.rpc.attested import ChannelStream
 from enclavekit.rpc.transport import open_connection
+from tests.polling import wait_for_async
 
 GOOD = b"\x01" * 32
 MARKER = "PLAINTEXT-MARKER-7f3a"
@@ -171,11 +172,7 @@ async def connect(address: str, setup: Setup, **initiator_options: object) -> Rp
 
 
 async def wait_for_code(server: RpcServer, code: str) -> None:
-    for _ in range(200):
-        if server.connection_errors[code]:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"server never recorded {code}: {dict(server.connection_errors)}")
+    await wait_for_async(lambda: server.connection_errors[code], 2, what=f"the server records {code}")
 
 
 # --- the host sees no plaintext -------------------------------------------------------------------------------
@@ -453,13 +450,12 @@ async def test_slowloris_cannot_exhaust_the_server() -> None:
             writer.close()
 
         attackers = [asyncio.ensure_future(trickle()) for _ in range(4)]
-        await asyncio.sleep(0.1)
-        assert setup.server.connection_count == 4
+        await wait_for_async(lambda: setup.server.connection_count == 4, 5, what="the 4 trickling connections are in")
         with pytest.raises(HandshakeAborted) as caught:  # full: refused at once, not queued
             await connect(setup.address, setup)
         assert caught.value.peer_code == "rpc_overloaded"
-        await asyncio.sleep(1.0)  # the trickling connections hit the timeout and are cut
-        assert setup.server.connection_count == 0
+        # the trickling connections hit the handshake timeout (0.6 s) and are cut
+        await wait_for_async(lambda: setup.server.connection_count == 0, 5, what="the trickling connections are cut")
         async with await connect(setup.address, setup) as client:
             assert (await client.call(ECHO, Echo(text="served"))).text.startswith("served")
         for attacker in attackers:
@@ -486,8 +482,7 @@ async def test_idle_connection_is_closed_after_the_idle_timeout() -> None:
         client = await connect(setup.address, setup)
         await client.call(ECHO, Echo(text="then silence"))
         await wait_for_code(setup.server, "idle_timeout")
-        await asyncio.sleep(0.05)
-        assert client.closed
+        await wait_for_async(lambda: client.closed, 5, what="the client sees the connection closed")
         await client.close()
 
 

@@ -24,6 +24,7 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from tests.apps.tracked import LEAK, STATE, Empty
+from tests.polling import wait_for
 
 CLI = [sys.executable, "-m", "enclavekit.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,6 +275,20 @@ def test_no_secret_in_the_lease_store_the_relayed_join_or_the_logs(cluster: Clus
             assert form not in enclave.log.read_bytes()
 
 
+def _track_keys(cluster: Cluster) -> list[str]:
+    """The keys the track's lease bucket still holds (the lease, members); empty once every entry expired."""
+    from enclavekit.enclave.tracks import NatsLeaseStore
+
+    async def keys() -> list[str]:
+        store = NatsLeaseStore(cluster.nats_url, ttl=2)
+        try:
+            return await store.keys(cluster.track)
+        finally:
+            await store.close()
+
+    return asyncio.run(keys())
+
+
 async def _kv_values(cluster: Cluster) -> bytes:
     """Every message the lease bucket's stream still stores, read by sequence (no KV watcher, no key listing)."""
     from nats.js.errors import NotFoundError
@@ -393,7 +408,8 @@ def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_ac
         shutil.copy(ROOT / "tests" / "apps" / "tracked.py", package / "__init__.py")
         with (package / "__init__.py").open("a") as handle:
             handle.write("\nEXFILTRATE = True\n")
-        time.sleep(2.5)  # let the lease expire, so the intruder is the one to restore
+        wait_for(lambda: not _track_keys(cluster), 30, interval=0.2, what="the killed members' lease expires")
+        # (so the intruder is the one to restore)
         intruder = cluster.start(
             "p4", app="changed:app", pythonpath=str(tmp_path), extra_env=env, extra_args=args, wait=False
         )

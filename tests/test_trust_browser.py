@@ -20,6 +20,7 @@ import pytest
 from tests.nitro_samples import samples
 from tests.test_trust_helpers import NatsServer, TrustProcess, nitro_sample, serve_argv, tdx, upload, wait_task
 
+pytestmark = pytest.mark.browser  # one set: -m browser / -m "not browser" (as -k browser / -k "not browser")
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
