@@ -12,7 +12,9 @@ Everything in one run, on the same machine state:
   Target: within 2x of HPKE setup + one warm verification (the fresh handshake also pays the attestation);
 * records: ``Session.seal`` + ``Session.open`` of 1 KiB. Target: at most 10 µs.
 
-Figures are medians (p50) over many rounds; per-record figures are medians of per-batch averages.
+Everything is timed interleaved, round by round (``benchmarks/interleave.py``), on this thread's CPU clock:
+figures are medians (p50) over all calls, ratios the median over rounds of each round's ratio (with its
+spread); per-record figures are medians of per-batch averages.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,34 +35,9 @@ from enclavekit.channel import Initiator, Mode, Responder, SessionKeys
 from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.channel.schedule import SUITE
 from enclavekit.nsm import NsmSimulator, load_root
+from interleave import CPU, interleave
 
-
-def _samples(fn: Callable[[], object], rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        fn()
-        out.append((time.perf_counter_ns() - start) / 1000)
-    return out
-
-
-def _batched(fn: Callable[[], object], batches: int, size: int) -> list[float]:
-    out = []
-    for _ in range(batches):
-        start = time.perf_counter_ns()
-        for _ in range(size):
-            fn()
-        out.append((time.perf_counter_ns() - start) / 1000 / size)
-    return out
-
-
-def _p50(values: list[float]) -> float:
-    return round(statistics.median(values), 2)
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
+PER_ROUND = 10  # handshakes of each kind per round
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -120,45 +95,54 @@ def run(quick: bool) -> dict[str, Any]:
         def seal_open() -> object:
             return server_session.open(client_session.seal(kib, now=now), now=now)
 
-        for fn in (handshake(fresh), handshake(cached), hpke_setup, verify_warm, attest):
-            _samples(fn, 10)
-        _batched(aead_only, 5, batch)
-        _batched(seal_open, 5, batch)
+        # Interleaved round by round (handshakes and their floors together; records beside the bare AEAD), on
+        # this thread's CPU clock: every ratio is taken within a round, on one machine state.
+        handshakes = interleave(
+            {
+                "fresh": handshake(fresh),
+                "cached": handshake(cached),
+                "hpke": hpke_setup,
+                "verify": verify_warm,
+                "attestation": attest,
+            },
+            rounds=rounds // PER_ROUND,
+            per_round=PER_ROUND,
+            clock=CPU,
+        )
+        records = interleave(
+            {"aead": aead_only, "record": seal_open},
+            rounds=batches,
+            per_round=1,
+            batch=batch,
+            warmup=5 * batch,
+            clock=CPU,
+        )
 
-        # Interleave the handshake modes so both see the same machine.
-        fresh_samples: list[float] = []
-        cached_samples: list[float] = []
-        for _ in range(rounds // 10):
-            fresh_samples += _samples(handshake(fresh), 10)
-            cached_samples += _samples(handshake(cached), 10)
-        hpke = _samples(hpke_setup, rounds)
-        verify = _samples(verify_warm, rounds)
-        attestation = _samples(attest, rounds)
-        aead_figures: list[float] = []
-        record_figures: list[float] = []
-        for _ in range(batches):
-            aead_figures += _batched(aead_only, 1, batch)
-            record_figures += _batched(seal_open, 1, batch)
-
-    floor = _p50(hpke) + _p50(verify)
+    floor = handshakes.p50("hpke") + handshakes.p50("verify")
+    fresh_ratio = handshakes.ratio("fresh", ("hpke", "verify"))
+    cached_ratio = handshakes.ratio("cached", ("hpke", "verify"))
     return {
         "benchmark": "channel",
-        "rounds": rounds,
+        "rounds": rounds // PER_ROUND,
+        "calls_per_case": rounds,
         "record_batches": [batches, batch],
-        "hpke_setup_p50_us": _p50(hpke),
-        "nitro_verify_warm_p50_us": _p50(verify),
-        "nsm_simulator_attestation_p50_us": _p50(attestation),
-        "handshake_fresh_p50_us": _p50(fresh_samples),
-        "handshake_fresh_p99_us": _p99(fresh_samples),
-        "handshake_cached_p50_us": _p50(cached_samples),
-        "handshake_cached_p99_us": _p99(cached_samples),
+        "hpke_setup_p50_us": round(handshakes.p50("hpke"), 2),
+        "nitro_verify_warm_p50_us": round(handshakes.p50("verify"), 2),
+        "nsm_simulator_attestation_p50_us": round(handshakes.p50("attestation"), 2),
+        "handshake_fresh_p50_us": round(handshakes.p50("fresh"), 2),
+        "handshake_fresh_p99_us": handshakes.stats("fresh")["p99_us"],
+        "handshake_cached_p50_us": round(handshakes.p50("cached"), 2),
+        "handshake_cached_p99_us": handshakes.stats("cached")["p99_us"],
         "handshake_floor_us": round(floor, 1),
-        "handshake_fresh_ratio": round(_p50(fresh_samples) / floor, 2),
-        "handshake_fresh_ratio_with_attestation": round(_p50(fresh_samples) / (floor + _p50(attestation)), 2),
-        "handshake_cached_ratio": round(_p50(cached_samples) / floor, 2),
-        "aead_1kib_seal_open_p50_us": _p50(aead_figures),
-        "record_1kib_seal_open_p50_us": _p50(record_figures),
-        "record_overhead_over_aead_us": round(_p50(record_figures) - _p50(aead_figures), 2),
+        "handshake_fresh_ratio": fresh_ratio["median"],
+        "handshake_fresh_ratio_with_attestation": handshakes.ratio("fresh", ("hpke", "verify", "attestation"))[
+            "median"
+        ],
+        "handshake_cached_ratio": cached_ratio["median"],
+        "spread_over_rounds": {"handshake_fresh_ratio": fresh_ratio, "handshake_cached_ratio": cached_ratio},
+        "aead_1kib_seal_open_p50_us": round(records.p50("aead"), 2),
+        "record_1kib_seal_open_p50_us": round(records.p50("record"), 2),
+        "record_overhead_over_aead_us": records.spread(lambda m: m["record"] - m["aead"])["median"],
     }
 
 

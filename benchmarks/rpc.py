@@ -11,7 +11,9 @@ dominated by scheduling). For each transport (TCP on 127.0.0.1, a Unix socket):
 * ``connect``: a new connection with the attested handshake (fresh and cached document), NSM simulator and
   Nitro verifier, in a worker thread as in production.
 
-Plus throughput with 64 calls in flight on one connection. Figures are medians of per-call times.
+Plus throughput with 64 calls in flight on one connection. Figures are medians of per-call times; raw,
+plaintext and attested calls are timed interleaved, round by round (``benchmarks/interleave.py``), and the
+attested call's extra cost is the median over rounds of each round's difference (with its spread).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.nsm import NsmSimulator, load_root
 from enclavekit.rpc import CallContext, Route, Router, RpcClient, RpcServer, ServerLimits
 from enclavekit.rpc.transport import listen, open_connection
+from interleave import interleave_async
 
 
 class Echo(BaseModel):
@@ -42,6 +46,7 @@ class Echo(BaseModel):
 
 ECHO = Route("echo", Echo, Echo)
 PAYLOAD = Echo(text="x" * 100)
+PER_ROUND = 100  # calls of each kind per round
 
 
 def _router() -> Router:
@@ -58,16 +63,9 @@ def _p50(values: list[float]) -> float:
     return round(statistics.median(values), 1)
 
 
-async def _timed_calls(client: RpcClient, rounds: int) -> list[float]:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        await client.call(ECHO, PAYLOAD)
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    return samples
+async def _raw_echo(address: str) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+    """A bare asyncio echo at ``address`` and one connection to it: (one round trip, close)."""
 
-
-async def _raw_round_trips(address: str, rounds: int) -> list[float]:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
@@ -79,16 +77,17 @@ async def _raw_round_trips(address: str, rounds: int) -> list[float]:
     server, bound = await listen(address, echo)
     reader, writer = await open_connection(bound)
     message = PAYLOAD.model_dump_json().encode() + bytes(20)  # about the size of a request frame
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
+
+    async def round_trip() -> None:
         writer.write(message)
         await writer.drain()
         await reader.readexactly(len(message))
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    writer.close()
-    server.close()
-    return samples
+
+    def close() -> None:
+        writer.close()
+        server.close()
+
+    return round_trip, close
 
 
 async def run(quick: bool) -> dict[str, Any]:
@@ -104,7 +103,7 @@ async def run(quick: bool) -> dict[str, Any]:
         cached = Initiator(verifier, modes=(Mode.CACHED,), max_document_age=timedelta(minutes=10))
         limits = ServerLimits(max_in_flight=256)
         for kind, address in (("tcp", "tcp://127.0.0.1:0"), ("unix", f"unix://{state}/rpc.sock")):
-            raw = await _raw_round_trips("tcp://127.0.0.1:0" if kind == "tcp" else f"unix://{state}/raw.sock", rounds)
+            raw, close_raw = await _raw_echo("tcp://127.0.0.1:0" if kind == "tcp" else f"unix://{state}/raw.sock")
             plain_address = "tcp://127.0.0.1:0" if kind == "tcp" else f"unix://{state}/plain.sock"
             async with (
                 RpcServer(_router(), unsafe_plaintext=True, limits=limits) as plain_server,
@@ -114,13 +113,18 @@ async def run(quick: bool) -> dict[str, Any]:
                 bound = await server.start(address)
                 plain_client = await RpcClient.connect(plain_bound, unsafe_plaintext=True)
                 client = await RpcClient.connect(bound, initiator=fresh)
-                await _timed_calls(plain_client, 50)
-                await _timed_calls(client, 50)
-                plain: list[float] = []
-                attested: list[float] = []
-                for _ in range(rounds // 100):  # interleaved, so both see the same machine
-                    plain += await _timed_calls(plain_client, 100)
-                    attested += await _timed_calls(client, 100)
+                # interleaved round by round (benchmarks/interleave.py), so all three see the same machine
+                timed = await interleave_async(
+                    {
+                        "raw": raw,
+                        "plaintext": lambda c=plain_client: c.call(ECHO, PAYLOAD),
+                        "attested": lambda c=client: c.call(ECHO, PAYLOAD),
+                    },
+                    rounds=rounds // PER_ROUND,
+                    per_round=PER_ROUND,
+                    warmup=50,
+                )
+                close_raw()
                 for name, each in (("plaintext", plain_client), ("attested", client)):
                     start = time.perf_counter()
                     batches = rounds * 5 // 64
@@ -137,10 +141,12 @@ async def run(quick: bool) -> dict[str, Any]:
                         connection = await RpcClient.connect(bound, initiator=initiator)
                         samples.append((time.perf_counter_ns() - start_ns) / 1000)
                         await connection.close()
-            out[f"{kind}_raw_round_trip_p50_us"] = _p50(raw)
-            out[f"{kind}_plaintext_call_p50_us"] = _p50(plain)
-            out[f"{kind}_attested_call_p50_us"] = _p50(attested)
-            out[f"{kind}_attested_over_plaintext_us"] = round(_p50(attested) - _p50(plain), 1)
+            out[f"{kind}_raw_round_trip_p50_us"] = round(timed.p50("raw"), 1)
+            out[f"{kind}_plaintext_call_p50_us"] = round(timed.p50("plaintext"), 1)
+            out[f"{kind}_attested_call_p50_us"] = round(timed.p50("attested"), 1)
+            added = timed.spread(lambda m: m["attested"] - m["plaintext"], digits=1)
+            out[f"{kind}_attested_over_plaintext_us"] = added["median"]
+            out[f"{kind}_attested_over_plaintext_us_spread_over_rounds"] = added
             out[f"{kind}_connect_fresh_p50_us"] = _p50(connect_fresh)
             out[f"{kind}_connect_cached_p50_us"] = _p50(connect_cached)
     return out

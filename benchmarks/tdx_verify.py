@@ -4,8 +4,9 @@
 
 Quote: ``tdx.verify`` (parse, collateral window, dcap-qvl, TCB/advisory/platform policy, TD checks, pinned
 MRTD/RTMR0..2, the verified result) beside ``dcap_qvl.verify`` alone on the same bytes, the same collateral
-object and the same time, interleaved round by round so both see the same machine. Target: the wrapper adds
-under 20 % at p50.
+object and the same time, interleaved round by round (``benchmarks/interleave.py``) on this thread's CPU clock,
+so both see the same machine. Target: the wrapper adds under 20 % at p50 (the median over rounds of each
+round's overhead, with its min..max).
 
 Event log: per bundle of ``../shared/fixtures/tdx``, parsing the JSON log and replaying it into RTMR0..3 (every
 runtime digest recomputed), and the whole ``dstack.report`` without collateral (replay, app identity,
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -31,12 +31,14 @@ from enclavekit.attestation import dstack, tdx
 from enclavekit.attestation.collateral import load_collateral
 from enclavekit.attestation.event_log import EventLog, replay
 from enclavekit.attestation.quote import Quote, decode_quote_text
+from interleave import CPU, interleave, percentiles
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tdx"
 QUOTES = (
     ("tdx_quote", "tdx_quote_collateral.json", 1750377600),
     ("near_quote_hex.txt", "near_quote_collateral.json", 1757462400),
 )
+PER_ROUND = 10  # calls of each case per round
 BUNDLES = (
     "dstack/quote-report.json",
     "dstack/tdx-lite-getquote.json",
@@ -54,14 +56,6 @@ def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter_ns()
     fn()
     return (time.perf_counter_ns() - start) / 1000
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_us": round(statistics.median(ordered), 1),
-        "p99_us": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1),
-    }
 
 
 def _pinned(raw: bytes) -> tdx.TdxPolicy:
@@ -87,23 +81,15 @@ def _quotes(rounds: int) -> dict[str, Any]:
         ) -> object:
             return tdx.verify(raw, policy, now=now, collateral=collateral)
 
-        for _ in range(20):  # warm up
-            plain()
-            wrapper()
-        plain_times: list[float] = []
-        wrapper_times: list[float] = []
-        for round_number in range(rounds):  # interleaved, alternating which goes first
-            if round_number % 2:
-                plain_times.append(_time(plain))
-                wrapper_times.append(_time(wrapper))
-            else:
-                wrapper_times.append(_time(wrapper))
-                plain_times.append(_time(plain))
-        plain_stats, wrapper_stats = _stats(plain_times), _stats(wrapper_times)
+        timed = interleave(  # round by round, the order rotated, on this thread's CPU clock
+            {"plain": plain, "wrapper": wrapper}, rounds=rounds // PER_ROUND, per_round=PER_ROUND, warmup=20, clock=CPU
+        )
+        overhead = timed.spread(lambda m: 100 * (m["wrapper"] / m["plain"] - 1), digits=1)
         out[quote_name] = {
-            "dcap_qvl_verify": plain_stats,
-            "enclavekit_tdx_verify": wrapper_stats,
-            "overhead_p50_percent": round(100 * (wrapper_stats["p50_us"] / plain_stats["p50_us"] - 1), 1),
+            "dcap_qvl_verify": timed.stats("plain"),
+            "enclavekit_tdx_verify": timed.stats("wrapper"),
+            "overhead_p50_percent": overhead["median"],
+            "overhead_percent_spread_over_rounds": overhead,
         }
     return out
 
@@ -130,8 +116,8 @@ def _bundles(rounds: int) -> dict[str, Any]:
             full_report()
         out[name] = {
             "events": events,
-            "parse_and_replay": _stats([_time(parse_and_replay) for _ in range(rounds)]),
-            "dstack_report_without_collateral": _stats([_time(full_report) for _ in range(rounds)]),
+            "parse_and_replay": percentiles([_time(parse_and_replay) for _ in range(rounds)]),
+            "dstack_report_without_collateral": percentiles([_time(full_report) for _ in range(rounds)]),
         }
     return out
 
@@ -163,7 +149,9 @@ def main() -> None:
         plain, ours = figures["dcap_qvl_verify"], figures["enclavekit_tdx_verify"]
         print(
             f"{name}: dcap-qvl p50 {plain['p50_us']:.0f} µs p99 {plain['p99_us']:.0f} µs | enclavekit p50 "
-            f"{ours['p50_us']:.0f} µs p99 {ours['p99_us']:.0f} µs | +{figures['overhead_p50_percent']} %"
+            f"{ours['p50_us']:.0f} µs p99 {ours['p99_us']:.0f} µs | +{figures['overhead_p50_percent']} % "
+            f"(rounds: {figures['overhead_percent_spread_over_rounds']['min']}.."
+            f"{figures['overhead_percent_spread_over_rounds']['max']} %)"
         )
     for name, figures in bundles.items():
         replayed, full = figures["parse_and_replay"], figures["dstack_report_without_collateral"]
