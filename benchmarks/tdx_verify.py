@@ -10,7 +10,7 @@ round's overhead, with its min..max).
 
 Event log: per bundle of ``../shared/fixtures/tdx``, parsing the JSON log and replaying it into RTMR0..3 (every
 runtime digest recomputed), and the whole ``dstack.report`` without collateral (replay, app identity,
-compose hash, MRCONFIGID, policy).
+compose hash, MRCONFIGID, policy), also interleaved on the CPU clock.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from enclavekit.attestation import dstack, tdx
 from enclavekit.attestation.collateral import load_collateral
 from enclavekit.attestation.event_log import EventLog, replay
 from enclavekit.attestation.quote import Quote, decode_quote_text
-from interleave import CPU, interleave, percentiles
+from interleave import CPU, interleave
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tdx"
 QUOTES = (
@@ -50,12 +48,6 @@ BUNDLES = (
     "trust-center/debugData2_kms_bundle.json",
     "trust-center/hardcoded_kms_info_bundle.json",
 )
-
-
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter_ns()
-    fn()
-    return (time.perf_counter_ns() - start) / 1000
 
 
 def _pinned(raw: bytes) -> tdx.TdxPolicy:
@@ -111,13 +103,16 @@ def _bundles(rounds: int) -> dict[str, Any]:
         def full_report(data: bytes = data) -> object:
             return dstack.report(data, policy, now=now, unsafe_no_collateral=True)
 
-        for _ in range(10):
-            parse_and_replay()
-            full_report()
+        timed = interleave(
+            {"replay": parse_and_replay, "report": full_report},
+            rounds=rounds // PER_ROUND,
+            per_round=PER_ROUND,
+            clock=CPU,
+        )
         out[name] = {
             "events": events,
-            "parse_and_replay": percentiles([_time(parse_and_replay) for _ in range(rounds)]),
-            "dstack_report_without_collateral": percentiles([_time(full_report) for _ in range(rounds)]),
+            "parse_and_replay": timed.stats("replay"),
+            "dstack_report_without_collateral": timed.stats("report"),
         }
     return out
 
