@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,54 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     live = json.loads(status.stdout)
     assert live["running"] is True
     assert all(s["alive"] for s in live["services"].values())
+
+
+def test_up_and_status_print_each_enclaves_whole_pcr0_for_pinning(
+    running_stack: tuple[subprocess.Popen[bytes], Path, dict[str, object]],
+) -> None:
+    """The README tells users to pin the PCR0 the stack printed: all 96 hex digits, on one line, never cut."""
+    process, state, stack = running_stack
+    pcr0s = {e["name"]: e["pcr0"] for e in stack["enclaves"]}  # type: ignore[attr-defined]
+    assert all(len(value) == 96 for value in pcr0s.values())
+    printed: list[str] = []
+
+    def read_until_ready() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            printed.append(raw.decode())
+            if "Ctrl-C" in printed[-1]:
+                return
+
+    reader = threading.Thread(target=read_until_ready, daemon=True)
+    reader.start()
+    reader.join(60)
+    status = subprocess.run(
+        [*CLI, "status", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "60"},
+    )
+    for output in ("".join(printed), status.stdout):
+        for name, value in pcr0s.items():
+            assert f"PCR0 of enclave {name}: {value}\n" in output, output
+
+
+def test_status_from_another_folder_says_where_it_looked_and_where_the_stack_is(
+    running_stack: tuple[subprocess.Popen[bytes], Path, dict[str, object]],
+) -> None:
+    """``--state`` is relative to the current directory: run from a sub-folder (``docs/``), say so and name
+    the running stack's folder found above it."""
+    _, state, _ = running_stack
+    elsewhere = state.parent / "docs"
+    elsewhere.mkdir()
+    status = subprocess.run([*CLI, "status", "--state", state.name], capture_output=True, text=True, cwd=elsewhere)
+    assert status.returncode == 1
+    assert f"no stack is running with state folder {elsewhere / state.name}" in status.stderr
+    assert f"a stack is running in {state}: pass --state {state}" in status.stderr
+    lost = subprocess.run([*CLI, "status", "--state", "nowhere"], capture_output=True, text=True, cwd=elsewhere)
+    assert lost.returncode == 1
+    assert f"relative to the current directory, {elsewhere}" in lost.stderr and "--state DIR" in lost.stderr
 
 
 def test_second_up_on_the_same_state_folder_refuses_clearly(

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from enclavekit.attestation.nitro import NitroPolicy
-from enclavekit.cli._app import app
+from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.demo import ECHO, GET_NOTE, PUT_NOTE, Echo, Note, NoteKey
 from enclavekit.errors import Error
@@ -26,9 +26,9 @@ STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the run
 
 def _client(state: Path) -> AttestedClient:
     folder = StateDir(state.resolve())
-    stack = folder.read_stack()
+    stack = running_stack(state)
     if stack is None:
-        typer.echo(f"no stack is running with state folder {state} (start one with `enclavekit up`)", err=True)
+        typer.echo(no_stack_message(state), err=True)
         raise typer.Exit(1)
     enclave = next((e for e in stack["enclaves"] if e["name"] == "demo"), None)
     relay = stack["services"].get("relay_demo")

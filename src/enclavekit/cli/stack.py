@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from enclavekit.cli._app import app
+from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.stack.default import start_default
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StackAlreadyRunning, StateDir
 from enclavekit.stack.up import Stack, serve
@@ -23,19 +23,19 @@ STATE_OPTION = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of 
 
 
 def _print_stack(console: Console, data: dict[str, Any], *, title: str) -> None:
+    """What runs where, then each enclave's whole PCR0 on a line of its own (the value a client pins)."""
     table = Table(title=title, title_justify="left")
     table.add_column("piece")
     table.add_column("where")
     table.add_column("pid", justify="right")
-    table.add_column("PCR0")
     for name, service in data.get("services", {}).items():
-        table.add_row(name, service["url"], str(service["pid"]), "")
+        table.add_row(name, service["url"], str(service["pid"]))
     for enclave in data.get("enclaves", []):
-        pcr0 = enclave.get("pcr0") or ""
-        table.add_row(
-            f"enclave {enclave['name']}", enclave["address"], str(enclave["pid"]), pcr0[:16] + "…" if pcr0 else ""
-        )
+        table.add_row(f"enclave {enclave['name']}", enclave["address"], str(enclave["pid"]))
     console.print(table)
+    for enclave in data.get("enclaves", []):
+        if enclave.get("pcr0"):  # never wrapped nor cut: it is copied into policies
+            console.print(f"PCR0 of enclave {enclave['name']}: {enclave['pcr0']}", soft_wrap=True, markup=False)
 
 
 @app.command("up")
@@ -82,12 +82,12 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print stack.json with a live 'alive' flag per piece."),
 ) -> None:
     """Show what the local stack runs, live. Exit 1 if it is not running."""
-    data = StateDir(state.resolve()).read_stack()
-    if data is None or not _alive(int(data.get("pid", 0))):
+    data = running_stack(state)
+    if data is None:
         if as_json:
-            typer.echo(json.dumps({"running": False}))
+            typer.echo(json.dumps({"running": False, "state": str(state.resolve())}))
         else:
-            Console(stderr=True).print(f"no stack is running with state folder {state}")
+            typer.echo(no_stack_message(state), err=True)
         raise typer.Exit(1)
     for service in data.get("services", {}).values():
         service["alive"] = _alive(int(service["pid"]))
