@@ -38,6 +38,7 @@ from enclavekit.rpc import (
     UnknownRoute,
 )
 from enclavekit.rpc.transport import listen, open_connection
+from tests.polling import wait_for_async
 
 GOOD = b"\x01" * 32
 PEER = b"\x02" * 32
@@ -230,8 +231,7 @@ async def test_timeout_raises_deadline_exceeded_and_cancels_the_handler(tmp_path
 async def test_cancelled_call_is_cancelled_on_the_server(tmp_path: Path) -> None:
     async with serving("unix", tmp_path) as (_, address, enclave, app), await connect(address, enclave) as client:
         call = asyncio.ensure_future(client.call(SLEEP, Sleep(seconds=30)))
-        while app.started == 0:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: app.started, 5, what="the server started the call")
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -334,8 +334,7 @@ async def test_server_close_ends_connections_and_fails_pending_calls(tmp_path: P
     address = await server.start("tcp://127.0.0.1:0")
     client = await connect(str(address), enclave)
     call = asyncio.ensure_future(client.call(SLEEP, Sleep(seconds=30)))
-    while app.started == 0:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: app.started, 5, what="the server started the call")
     await server.close()
     with pytest.raises(ConnectionClosed):
         await call
