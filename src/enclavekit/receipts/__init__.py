@@ -15,17 +15,31 @@ from enclavekit.receipts.air import (
     validate_claims,
 )
 from enclavekit.receipts.errors import ReceiptError
+from enclavekit.receipts.verification import (
+    AttestationBinding,
+    ReceiptPolicy,
+    ReceiptReport,
+    VerifiedReceipt,
+    report_receipt,
+    verify_receipt,
+)
 
 __all__ = [
     "AIR_V1_PROFILE",
     "MAX_RECEIPT_SIZE",
+    "AttestationBinding",
     "EnclaveMeasurements",
     "MeasurementType",
     "Receipt",
     "ReceiptClaims",
     "ReceiptError",
+    "ReceiptPolicy",
+    "ReceiptReport",
+    "VerifiedReceipt",
     "encode_claims",
     "parse_receipt",
+    "report_receipt",
     "sign_receipt",
     "validate_claims",
+    "verify_receipt",
 ]
