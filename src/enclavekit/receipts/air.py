@@ -143,6 +143,22 @@ class EnclaveMeasurements:
                 raise _malformed(f"{name} is not a {self.measurement_type} measurement")
             _check_bytes(value, name)
 
+    @classmethod
+    def nitro(cls, pcrs: Mapping[int, bytes], *, optional: tuple[int, ...] = ()) -> EnclaveMeasurements:
+        """From a Nitro PCR map (an NSM's or a verified document's): PCR0..2, plus those of 3, 4, 8 named."""
+        if not set(optional) <= {3, 4, 8}:
+            raise _malformed(f"AIR Nitro measurements have PCR0..4 and PCR8, not {sorted(optional)}")
+        extra = {f"pcr{index}": pcrs[index] for index in optional}
+        return cls(measurement_type=MeasurementType.NITRO, pcr0=pcrs[0], pcr1=pcrs[1], pcr2=pcrs[2], **extra)
+
+    @classmethod
+    def tdx(cls, mrtd: bytes, rtmrs: tuple[bytes, ...]) -> EnclaveMeasurements:
+        """From a TD's MRTD and its RTMR0..1 (at least) to RTMR3: pcr0 = MRTD, pcr1..pcr4 = RTMR0..RTMR3."""
+        if not 2 <= len(rtmrs) <= 4:
+            raise _malformed(f"TDX measurements take RTMR0..1 to RTMR0..3, got {len(rtmrs)} RTMRs")
+        extra = {f"pcr{index + 1}": value for index, value in enumerate(rtmrs)}
+        return cls(measurement_type=MeasurementType.TDX, pcr0=mrtd, **extra)
+
     def registers(self) -> dict[str, bytes]:
         """The present registers by name (``pcr0``... in key order), without ``measurement_type``."""
         out = {"pcr0": self.pcr0, "pcr1": self.pcr1, "pcr2": self.pcr2}
