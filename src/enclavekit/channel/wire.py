@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from enclavekit.channel.errors import (
+    HandshakeIdentityKeyUnsupported,
+    HandshakeIdentityMalformed,
     HandshakeMalformed,
     HandshakeVersionUnsupported,
     MessageTooLarge,
@@ -21,10 +23,13 @@ from enclavekit.channel.errors import (
 )
 
 __all__ = [
+    "ED25519_IDENTITY",
     "HEADER_SIZE",
     "HELLO_VERSION",
+    "IDENTITY_VERSION",
     "MAX_DOCUMENT_SIZE",
     "MAX_HANDSHAKE_SIZE",
+    "MAX_IDENTITY_SIZE",
     "MAX_RECORD_LIMIT",
     "NONCE_SIZE",
     "RANDOM_SIZE",
@@ -36,18 +41,25 @@ __all__ = [
     "Binding",
     "ClientFinish",
     "ClientHello",
+    "ClientIdentityProof",
     "Header",
     "MessageType",
     "Mode",
     "ServerHello",
     "encode_header",
+    "identity_key_field",
     "modes_from_mask",
     "modes_to_mask",
     "parse_header",
 ]
 
-SUPPORTED_VERSIONS: Final = (1,)
-"""Protocol versions this implementation speaks, most preferred first."""
+SUPPORTED_VERSIONS: Final = (2, 1)
+"""Protocol versions this implementation speaks, most preferred first.
+
+Version 2 is version 1 plus the client identity field in the client finish (empty for an anonymous client) and
+the client's key in the key schedule; everything else is the same bytes."""
+IDENTITY_VERSION: Final = 2
+"""The first protocol version whose client finish can carry a client identity."""
 HELLO_VERSION: Final = 1
 """The format version of the client hello, fixed so any responder can read any offer."""
 
@@ -64,6 +76,11 @@ MAX_VERSIONS: Final = 8
 MAX_DOCUMENT_SIZE: Final = 32 * 1024
 """Largest attestation document carried (Nitro documents are under 16 KiB, TDX quotes with certificates ~8)."""
 MAX_HANDSHAKE_SIZE: Final = MAX_DOCUMENT_SIZE + 1024
+ED25519_IDENTITY: Final = 1
+"""The client identity key type of a raw 32-byte Ed25519 public key (the only one today)."""
+MAX_IDENTITY_SIZE: Final = 512
+"""Largest client identity field accepted (an Ed25519 one is 97 bytes; room for a larger key type later)."""
+_ED25519_IDENTITY_SIZE: Final = 1 + 32 + SIGNATURE_SIZE
 MAX_RECORD_LIMIT: Final = 64 * 1024 * 1024
 """The most any session may allow as a record's plaintext (the default is much lower)."""
 
@@ -344,22 +361,74 @@ class ServerHello:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientIdentityProof:
+    """A client's long-term public key and its signature over the handshake transcript (version 2 and later).
+
+    ``key_type ‖ public key ‖ proof``; the only key type is :data:`ED25519_IDENTITY` (32-byte key, 64-byte
+    Ed25519 signature). Parsing checks the shape only; the handshake checks the proof.
+    """
+
+    public_key: bytes
+    proof: bytes
+    key_type: int = ED25519_IDENTITY
+
+    def __post_init__(self) -> None:
+        if self.key_type != ED25519_IDENTITY:
+            raise HandshakeIdentityKeyUnsupported(f"client identity key type {self.key_type} is not supported")
+        if len(self.public_key) != 32 or len(self.proof) != SIGNATURE_SIZE:
+            raise HandshakeIdentityMalformed("an Ed25519 client identity is a 32-byte key and a 64-byte proof")
+
+    def key_field(self) -> bytes:
+        """``key_type ‖ public key``: what the transcript and the key schedule bind."""
+        return bytes([self.key_type]) + self.public_key
+
+    def to_bytes(self) -> bytes:
+        return self.key_field() + self.proof
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientIdentityProof:
+        """Parse the identity field's content (its length already checked against :data:`MAX_IDENTITY_SIZE`)."""
+        if not data:
+            raise HandshakeIdentityMalformed("client identity: empty")
+        if data[0] != ED25519_IDENTITY:
+            raise HandshakeIdentityKeyUnsupported(f"client identity key type {data[0]} is not supported")
+        if len(data) != _ED25519_IDENTITY_SIZE:
+            raise HandshakeIdentityMalformed(
+                f"client identity: an Ed25519 identity is {_ED25519_IDENTITY_SIZE} bytes, got {len(data)}"
+            )
+        return cls(bytes(data[1:33]), bytes(data[33:]), data[0])
+
+
+def identity_key_field(public_key: bytes | None) -> bytes:
+    """What the transcript and the key schedule bind of a client identity: ``0x00`` when anonymous, else
+    ``key_type (0x01, Ed25519) ‖ public key``."""
+    return b"\x00" if public_key is None else bytes([ED25519_IDENTITY]) + public_key
+
+
+@dataclass(frozen=True, slots=True)
 class ClientFinish:
-    """The initiator's HPKE encapsulated key, its key confirmation, and (mutual mode) its signature."""
+    """The initiator's HPKE encapsulated key, its key confirmation, (mutual mode) its signature and, from
+    version 2, its client identity (None: anonymous)."""
 
     version: int
     enc: bytes
     confirm: bytes
     signature: bytes = b""
+    identity: ClientIdentityProof | None = None
 
     def __post_init__(self) -> None:
         if len(self.enc) != ENC_SIZE or len(self.confirm) != CONFIRM_SIZE:
             raise HandshakeMalformed("client finish: enc and confirmation are 32 bytes each")
         if len(self.signature) not in (0, SIGNATURE_SIZE):
             raise HandshakeMalformed(f"client finish: signature must be empty or {SIGNATURE_SIZE} bytes")
+        if self.identity is not None and self.version < IDENTITY_VERSION:
+            raise HandshakeVersionUnsupported(f"version {self.version} cannot carry a client identity")
 
     def to_bytes(self) -> bytes:
         body = self.enc + self.confirm + bytes([len(self.signature)]) + self.signature
+        if self.version >= IDENTITY_VERSION:
+            identity = b"" if self.identity is None else self.identity.to_bytes()
+            body += len(identity).to_bytes(2, "big") + identity
         return encode_header(self.version, MessageType.CLIENT_FINISH, len(body)) + body
 
     @classmethod
@@ -369,8 +438,22 @@ class ClientFinish:
         enc = reader.take(ENC_SIZE, "enc")
         confirm = reader.take(CONFIRM_SIZE, "confirmation")
         signature = reader.take(reader.u8("signature length"), "signature")
+        identity = None
+        if version >= IDENTITY_VERSION:
+            try:
+                size = reader.u16("identity length")
+                if size > MAX_IDENTITY_SIZE:
+                    raise HandshakeIdentityMalformed(
+                        f"client finish: identity of {size} bytes is over {MAX_IDENTITY_SIZE}"
+                    )
+                raw = reader.take(size, "identity")
+            except HandshakeIdentityMalformed:
+                raise
+            except HandshakeMalformed as exc:
+                raise HandshakeIdentityMalformed(exc.message) from None
+            identity = ClientIdentityProof.from_bytes(raw) if size else None
         reader.finish()
-        return cls(version, enc, confirm, signature)
+        return cls(version, enc, confirm, signature, identity)
 
 
 @dataclass(frozen=True, slots=True)
