@@ -13,9 +13,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclavekit.channel import ClientIdentityKey, Initiator, Responder, SessionKeys
-from enclavekit.channel.handshake import identity_proof_message, transcript_hash
+from enclavekit.channel.handshake import identity_proof_message, open_identity, transcript_hash
 from enclavekit.channel.keys import verify_identity_proof
-from enclavekit.channel.schedule import confirmation, hpke_info, initiator_secrets
+from enclavekit.channel.schedule import confirmation, hpke_info, initiator_secrets, sha256
 from enclavekit.channel.testing import UnsafeTestAttester, UnsafeTestVerifier
 from enclavekit.channel.wire import ClientFinish, ServerHello, identity_key_field
 from tests.test_channel_vector import INPUTS as V1_INPUTS
@@ -52,27 +52,31 @@ def compute() -> dict[str, bytes]:
     assert server_session.client_key == identity.public_key
 
     document = ServerHello.from_bytes(server_hello).document
-    key_field = identity_key_field(identity.public_key)
-    info = hpke_info(2, client_hello, server_hello, document) + key_field
+    info = hpke_info(2, client_hello, server_hello, document)
     enc, secrets = initiator_secrets(keys.bound.kem_public_key, info, INPUTS["ephemeral_seed"])
     transcript = transcript_hash(2, client_hello, server_hello, enc, identity.public_key)
     finish = ClientFinish.from_bytes(client_finish)
     assert finish.enc == enc and finish.confirm == confirmation(secrets.finished, transcript)
-    assert finish.identity is not None
-    assert verify_identity_proof(identity.public_key, finish.identity.proof, identity_proof_message(transcript))
+    aad = sha256(client_hello + server_hello + enc)
+    opened = open_identity(secrets.identity, aad, finish.sealed_identity)
+    assert opened.public_key == identity.public_key
+    assert verify_identity_proof(identity.public_key, opened.proof, identity_proof_message(transcript))
     out = {
         "client_identity_public": identity.public_key,
         "client_hello": client_hello,
         "server_hello": server_hello,
-        "identity_key_field": key_field,
         "hpke_info": info,
         "enc": enc,
         "c2s_secret": secrets.c2s,
         "s2c_secret": secrets.s2c,
         "finished_key": secrets.finished,
         "session_id": secrets.session_id,
+        "identity_key": secrets.identity,
+        "identity_key_field": identity_key_field(identity.public_key),
         "transcript_hash": transcript,
-        "identity_proof": finish.identity.proof,
+        "identity_proof": opened.proof,
+        "identity_aad": aad,
+        "sealed_identity": finish.sealed_identity,
         "client_finish": client_finish,
         "c2s_record_0": client_session.seal(b"ping", now=NOW),
         "s2c_record_0": server_session.seal(b"pong", now=NOW),

@@ -14,7 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from enclavekit.channel import ClientIdentityKey, HandshakeAborted, Initiator, Responder, SessionKeys
-from enclavekit.channel.handshake import identity_proof_message, transcript_hash
+from enclavekit.channel.handshake import identity_proof_message, seal_identity, transcript_hash
+from enclavekit.channel.schedule import sha256
 from enclavekit.channel.testing import UnsafeTestAttester, UnsafeTestVerifier
 from enclavekit.channel.wire import ClientFinish, ClientIdentityProof, MessageType, encode_header
 from enclavekit.client import AttestedClient
@@ -73,10 +74,10 @@ async def relay(target: str, **tampers: object) -> AsyncIterator[str]:
         await running.close()
 
 
-def _rewrite_identity(message: bytes, identity: bytes) -> bytes:
+def _rewrite_identity(message: bytes, sealed: bytes) -> bytes:
     finish = ClientFinish.from_bytes(message)
     body = finish.enc + finish.confirm + bytes([len(finish.signature)]) + finish.signature
-    body += len(identity).to_bytes(2, "big") + identity
+    body += len(sealed).to_bytes(2, "big") + sealed
     return encode_header(finish.version, MessageType.CLIENT_FINISH, len(body)) + body
 
 
@@ -110,21 +111,35 @@ async def test_sdk_client_proves_its_identity() -> None:
             assert (await client.call(WHOAMI, Empty())).client_key == user.public_key.hex()
 
 
+async def test_relay_sees_neither_the_client_key_nor_its_proof() -> None:
+    user = ClientIdentityKey.generate()
+    async with enclave() as setup:
+        running = Relay(setup.address)
+        address = await running.start()
+        try:
+            async with await setup.connect(address, identity=user) as client:
+                assert (await client.call(WHOAMI, Empty())).client_key == user.public_key.hex()
+        finally:
+            await running.close()
+    assert len(running.seen) > 500
+    assert user.public_key not in running.seen and user.public_key.hex().encode() not in running.seen
+
+
 async def test_relay_swapping_the_client_key_in_transit_is_refused() -> None:
-    """The host replaces the user's key with its own and signs the transcript it saw: the keys disagree."""
+    """The host replaces the user's sealed identity with its own key and a proof of the transcript it saw."""
     host_key = ClientIdentityKey.generate()
     hellos: dict[str, bytes] = {}
 
     def c2s(index: int, message: bytes) -> Action:
         if index == 0:
             hellos["client"] = message
-            return [message], False
         if index != 1:
             return [message], False
         enc = ClientFinish.from_bytes(message).enc
         transcript = transcript_hash(2, hellos["client"], hellos["server"], enc, host_key.public_key)
-        proof = host_key.sign(identity_proof_message(transcript))
-        return [_rewrite_identity(message, ClientIdentityProof(host_key.public_key, proof).to_bytes())], False
+        proof = ClientIdentityProof(host_key.public_key, host_key.sign(identity_proof_message(transcript)))
+        aad = sha256(hellos["client"] + hellos["server"] + enc)
+        return [_rewrite_identity(message, seal_identity(sha256(b"guessed"), aad, proof))], False
 
     def s2c(index: int, message: bytes) -> Action:
         if index == 0:
@@ -151,28 +166,27 @@ async def test_relay_stripping_the_client_identity_is_refused() -> None:
         await client.close()
 
 
-async def test_relay_replaying_a_recorded_identity_into_its_own_session_is_refused() -> None:
-    """The host records a user's client finish, then opens its own session claiming that identity."""
+async def test_host_replaying_a_leaked_proof_in_its_own_session_is_refused() -> None:
+    """A proof the user made in an earlier session leaked; the host connects claiming the user's key with it."""
     user = ClientIdentityKey.generate()
-    recorded: list[bytes] = []
+    proofs: list[bytes] = []
 
-    def record(index: int, message: bytes) -> Action:
-        if index == 1:
-            recorded.append(message)
-        return [message], False
+    class Recording:
+        public_key = user.public_key
+
+        def sign(self, message: bytes) -> bytes:
+            proofs.append(user.sign(message))
+            return proofs[-1]
+
+    class Replaying:
+        public_key = user.public_key
+
+        def sign(self, message: bytes) -> bytes:
+            return proofs[0]
 
     async with enclave() as setup:
-        async with relay(setup.address, c2s=record) as address, await setup.connect(address, identity=user) as c:
-            await c.call(WHOAMI, Empty())
-        stolen = ClientFinish.from_bytes(recorded[0]).identity
-        assert stolen is not None
-
-        class Replaying:
-            public_key = stolen.public_key
-
-            def sign(self, message: bytes) -> bytes:
-                return stolen.proof
-
+        async with await setup.connect(identity=Recording()) as client:
+            assert (await client.call(WHOAMI, Empty())).client_key == user.public_key.hex()
         host = await setup.connect(identity=Replaying())
         with pytest.raises(HandshakeAborted) as caught:
             await host.call(WHOAMI, Empty())

@@ -16,9 +16,9 @@ One round trip, then the initiator may send records at once::
   signature over the whole transcript by the key that document binds.
 * **client identity** (version 2): the client finish carries the client's long-term Ed25519 public key and its
   signature over the transcript hash (which covers both hellos, hence both nonces and the enclave's document,
-  ``enc`` and the client's key), as a TLS client certificate and CertificateVerify do. The key is also mixed into
-  HPKE's ``info``, so a relay that swaps it breaks the key confirmation, and a proof from another session does
-  not verify.
+  ``enc`` and the client's key), as a TLS client certificate and CertificateVerify do, sealed under a key from
+  the session's key schedule so the relay never learns who connects. The key is in the transcript hash that the
+  key confirmation covers, so it cannot be swapped, and a proof from another session does not verify.
 
 The initiator verifies the responder's evidence, then that the binding is its own handshake, before it derives
 any key. The key schedule (:mod:`enclavekit.channel.schedule`) binds both hellos, the document and the version
@@ -33,6 +33,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from enclavekit.attestation.errors import NonceMismatch, Stale
 from enclavekit.channel.errors import (
@@ -83,6 +86,8 @@ __all__ = [
     "ServerHandshake",
     "binding_user_data",
     "identity_proof_message",
+    "open_identity",
+    "seal_identity",
     "transcript_hash",
 ]
 
@@ -115,9 +120,26 @@ def identity_proof_message(transcript: bytes) -> bytes:
     return CLIENT_IDENTITY_CONTEXT + transcript
 
 
-def _info(version: int, client_hello: bytes, server_hello: bytes, document: bytes, client_key: bytes | None) -> bytes:
-    suffix = identity_key_field(client_key) if version >= IDENTITY_VERSION else b""
-    return hpke_info(version, client_hello, server_hello, document) + suffix
+_IDENTITY_NONCE = bytes(12)  # the identity key seals exactly one message
+
+
+def seal_identity(identity_key: bytes, aad: bytes, identity: ClientIdentityProof) -> bytes:
+    """The client finish's identity field: ChaCha20-Poly1305(identity_key, zero nonce, aad, identity), where
+    ``identity_key`` is the session's ``Export("enclavekit client identity", 32)`` and ``aad`` is
+    SHA-256(client hello ‖ server hello ‖ enc)."""
+    return ChaCha20Poly1305(identity_key).encrypt(_IDENTITY_NONCE, identity.to_bytes(), aad)
+
+
+def open_identity(identity_key: bytes, aad: bytes, sealed: bytes) -> ClientIdentityProof:
+    """Open and parse a sealed identity field; a field that does not open was altered in transit (or sealed for
+    another session): :class:`HandshakeConfirmationFailed`."""
+    try:
+        plaintext = ChaCha20Poly1305(identity_key).decrypt(_IDENTITY_NONCE, sealed, aad)
+    except (InvalidTag, ValueError):
+        raise HandshakeConfirmationFailed(
+            "the sealed client identity does not open: it was altered in transit or sealed for another session"
+        ) from None
+    return ClientIdentityProof.from_bytes(plaintext)
 
 
 def _cached_signature_message(binding: Binding, document: bytes) -> bytes:
@@ -275,7 +297,7 @@ class ClientHandshake:
 
         signer = initiator.identity
         client_key = None if signer is None else signer.public_key
-        info = _info(binding.version, self._client_hello, server_hello, hello.document, client_key)
+        info = hpke_info(binding.version, self._client_hello, server_hello, hello.document)
         try:
             enc, secrets = initiator_secrets(keys.kem_public_key, info, initiator.random(32))
         except ValueError as exc:
@@ -284,11 +306,12 @@ class ClientHandshake:
         signature = b""
         if self._local is not None:
             signature = self._local.keys.sign(INITIATOR_SIGNATURE_CONTEXT + transcript)
-        identity = None
+        sealed = b""
         if signer is not None and client_key is not None:
-            identity = ClientIdentityProof(client_key, signer.sign(identity_proof_message(transcript)))
+            proof = ClientIdentityProof(client_key, signer.sign(identity_proof_message(transcript)))
+            sealed = seal_identity(secrets.identity, sha256(self._client_hello + server_hello + enc), proof)
         finish = ClientFinish(
-            binding.version, enc, confirmation(secrets.finished, transcript), signature, identity=identity
+            binding.version, enc, confirmation(secrets.finished, transcript), signature, sealed_identity=sealed
         )
         session = Session(
             role="initiator",
@@ -481,13 +504,16 @@ class ServerHandshake:
         responder = self._responder
         client_hello = self._transcript[: self._server_hello_at]
         server_hello = self._transcript[self._server_hello_at :]
-        identity = finish.identity
-        client_key = None if identity is None else identity.public_key
-        info = _info(self._version, client_hello, server_hello, self._document, client_key)
+        info = hpke_info(self._version, client_hello, server_hello, self._document)
         try:
             secrets = responder_secrets(finish.enc, responder.keys.hpke_private_key(), info)
         except ValueError as exc:
             raise HandshakeConfirmationFailed("the initiator's key share is unusable") from exc
+        identity = None
+        if finish.sealed_identity:
+            aad = sha256(client_hello + server_hello + finish.enc)
+            identity = open_identity(secrets.identity, aad, finish.sealed_identity)
+        client_key = None if identity is None else identity.public_key
         transcript = transcript_hash(self._version, client_hello, server_hello, finish.enc, client_key)
         if not hmac.compare_digest(finish.confirm, confirmation(secrets.finished, transcript)):
             raise HandshakeConfirmationFailed(
