@@ -107,7 +107,7 @@ async def test_sdk_client_proves_its_identity() -> None:
     async with enclave() as setup:
         client = AttestedClient(setup.address, setup.verifier, identity=user)
         async with client:
-            assert client.identity == user.public_key
+            assert client.client_key == user.public_key
             assert (await client.call(WHOAMI, Empty())).client_key == user.public_key.hex()
 
 

@@ -111,8 +111,12 @@ def transcript_hash(
 ) -> bytes:
     """SHA-256(client hello ‖ server hello ‖ enc), and from version 2 ‖ the client identity key field
     (``0x00`` anonymous, ``key_type ‖ public key`` otherwise): what the confirmation and both signatures cover."""
+    return _transcript_hash(version, client_hello + server_hello, enc, client_key)
+
+
+def _transcript_hash(version: int, hellos: bytes, enc: bytes, client_key: bytes | None) -> bytes:
     suffix = identity_key_field(client_key) if version >= IDENTITY_VERSION else b""
-    return sha256(client_hello + server_hello + enc + suffix)
+    return sha256(hellos + enc + suffix)
 
 
 def identity_proof_message(transcript: bytes) -> bytes:
@@ -433,9 +437,8 @@ class Responder:
         handshake = ServerHandshake(
             self,
             version=version,
-            document=document,
+            info=hpke_info(version, client_hello, server_hello, document),
             transcript=client_hello + server_hello,
-            server_hello_at=len(client_hello),
             peer=peer,
             peer_keys=peer_keys,
             now=now,
@@ -455,35 +458,23 @@ class Responder:
 class ServerHandshake:
     """One responder handshake, waiting for the client finish. Use once."""
 
-    __slots__ = (
-        "_deadline",
-        "_document",
-        "_done",
-        "_peer",
-        "_peer_keys",
-        "_responder",
-        "_server_hello_at",
-        "_transcript",
-        "_version",
-    )
+    __slots__ = ("_deadline", "_done", "_info", "_peer", "_peer_keys", "_responder", "_transcript", "_version")
 
     def __init__(
         self,
         responder: Responder,
         *,
         version: int,
-        document: bytes,
+        info: bytes,
         transcript: bytes,
-        server_hello_at: int,
         peer: AttestedPeer | None,
         peer_keys: BoundKeys | None,
         now: datetime,
     ) -> None:
         self._responder = responder
         self._version = version
-        self._document = document
+        self._info = info
         self._transcript = transcript
-        self._server_hello_at = server_hello_at
         self._peer = peer
         self._peer_keys = peer_keys
         self._deadline = now + responder.limits.handshake_timeout
@@ -502,19 +493,16 @@ class ServerHandshake:
         if finish.version != self._version:
             raise HandshakeVersionUnsupported(f"client finish is version {finish.version}, not {self._version}")
         responder = self._responder
-        client_hello = self._transcript[: self._server_hello_at]
-        server_hello = self._transcript[self._server_hello_at :]
-        info = hpke_info(self._version, client_hello, server_hello, self._document)
         try:
-            secrets = responder_secrets(finish.enc, responder.keys.hpke_private_key(), info)
+            secrets = responder_secrets(finish.enc, responder.keys.hpke_private_key(), self._info)
         except ValueError as exc:
             raise HandshakeConfirmationFailed("the initiator's key share is unusable") from exc
         identity = None
         if finish.sealed_identity:
-            aad = sha256(client_hello + server_hello + finish.enc)
+            aad = sha256(self._transcript + finish.enc)
             identity = open_identity(secrets.identity, aad, finish.sealed_identity)
         client_key = None if identity is None else identity.public_key
-        transcript = transcript_hash(self._version, client_hello, server_hello, finish.enc, client_key)
+        transcript = _transcript_hash(self._version, self._transcript, finish.enc, client_key)
         if not hmac.compare_digest(finish.confirm, confirmation(secrets.finished, transcript)):
             raise HandshakeConfirmationFailed(
                 "key confirmation failed: the key share, client key or transcript was altered in transit"

@@ -93,8 +93,8 @@ class AttestedClient:
         return None if self._client is None else self._client.peer
 
     @property
-    def identity(self) -> bytes | None:
-        """The public key this client proves in its handshakes (None: anonymous)."""
+    def client_key(self) -> bytes | None:
+        """The public key this client proves in its handshakes (None: anonymous); the enclave's ``client_key``."""
         signer = self._initiator.identity
         return None if signer is None else signer.public_key
 
