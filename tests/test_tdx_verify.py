@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dcap_qvl
 import pytest
@@ -385,21 +386,117 @@ def test_naive_now_is_a_programming_error() -> None:
 # --- dcap-qvl's messages, named ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("message", "code"),
-    [
-        ("Verification failed: TCBInfo expired", "collateral_expired"),
-        ("Verification failed: TCBInfo issue date is in the future", "collateral_expired"),
-        ("Verification failed: QE Identity expired", "collateral_expired"),
-        ("certificate revocation list expired: verification time", "collateral_expired"),
-        ("Verification failed: Fmspc mismatch", "collateral_mismatch"),
-        ("Unsupported QE Identity id/version for the quote TEE type: QE version 2", "collateral_mismatch"),
-        ("Verification failed: No matching TCB level found", "tcb_status"),
-        ("certificate revoked", "tcb_status"),
-        ("Verification failed: ISV enclave report signature is invalid", "quote_signature_invalid"),
-        ("Failed to verify certificate chain: CertNotValidYet", "quote_signature_invalid"),
-        ("something new and unknown", "quote_signature_invalid"),
-    ],
-)
-def test_dcap_qvl_failures_get_stable_codes(message: str, code: str) -> None:
-    assert tdx._classify(message).code == code
+# Every refusal dcap-qvl 0.7 can give (the messages of its verifier, and of webpki underneath, as its compiled
+# module holds them), with the code that names its reason. A genuine quote refused for a policy reason must
+# never read "forged" (quote_signature_invalid): a user acts on the code.
+DCAP_QVL_REFUSALS = [
+    ("Verification failed: Debug mode is enabled", "debug_mode"),
+    ("Verification failed: TD profiling is enabled", "td_attributes_rejected"),
+    ("Verification failed: SERVTD_EXT is enabled", "td_attributes_rejected"),
+    ("Verification failed: SEPT_VE_DISABLE is not enabled", "td_attributes_rejected"),
+    ("Verification failed: TD migration is enabled", "td_attributes_rejected"),
+    ("Verification failed: Reserved bits in TD attributes are set", "td_attributes_rejected"),
+    ("Verification failed: Invalid MR service TD", "td_attributes_rejected"),
+    ("Verification failed: Dynamic platform is not allowed by policy", "platform_policy"),
+    ("Verification failed: Cached keys are not allowed by policy", "platform_policy"),
+    ("Verification failed: SMT (hyperthreading) is not allowed by policy", "platform_policy"),
+    ("Verification failed: TCB status is invalid: Revoked", "tcb_status"),
+    ("Verification failed: No matching TCB level found", "tcb_status"),
+    (
+        "Verification failed: TCB level mismatch: Platform's current TCB (cpusvn=[..], pcesvn=11) is not registered "
+        "with Intel PCS. Intel matched to a lower TCB level",
+        "tcb_status",
+    ),
+    ("Verification failed: Platform TCB too old: tcb_date_tag 1710288000 + grace 0", "tcb_status"),
+    ("Verification failed: QE TCB too old: tcb_date_tag 1710288000 + grace 0", "tcb_status"),
+    ("Verification failed: TEE_TCB_SVN[0] 5 is below minimum required from TDX module TCB levels", "tcb_status"),
+    ("Verification failed: Failed to evaluate the current TDX TCB (TEE_TCB_SVN2)", "tcb_status"),
+    ("Verification failed: TCB status OutOfDate is not acceptable by policy", "tcb_status"),
+    ("Verification failed: Advisory ID INTEL-SA-00837 is rejected by policy", "tcb_status"),
+    ("Verification failed: TCBInfo expired", "collateral_expired"),
+    ("Verification failed: TCBInfo issue date is in the future", "collateral_expired"),
+    ("Verification failed: QE Identity expired", "collateral_expired"),
+    ("Verification failed: QE Identity issue date is in the future", "collateral_expired"),
+    (
+        "certificate revocation list expired: verification time 1767225600 (UNIX), but CRL is not valid after "
+        "1752919235 (UNIX)",
+        "collateral_expired",
+    ),
+    ("Failed to verify certificate chain: CrlExpired", "collateral_expired"),
+    ("Verification failed: Collateral expired: earliest_expiration 1752919235", "collateral_expired"),
+    (
+        "certificate not valid yet: verification time 1500000000 (UNIX), but certificate is not valid before "
+        "1526899510 (UNIX)",
+        "certificate_not_yet_valid",
+    ),
+    ("Failed to verify certificate chain: CertNotValidYet", "certificate_not_yet_valid"),
+    (
+        "certificate expired: verification time 2000000000 (UNIX), but certificate is not valid after 1900000000 "
+        "(UNIX) (100 seconds ago)",
+        "certificate_expired",
+    ),
+    ("Failed to verify certificate chain: CertExpired", "certificate_expired"),
+    ("Failed to verify certificate chain: CertRevoked", "certificate_revoked"),
+    ("certificate revoked", "certificate_revoked"),
+    ("Verification failed: Fmspc mismatch", "collateral_mismatch"),
+    ("Unsupported QE Identity id/version for the quote TEE type: QE version 2", "collateral_mismatch"),
+    ("Verification failed: TDX component count mismatch: expected 16", "collateral_mismatch"),
+    ("Verification failed: SGX component count mismatch: expected 16", "collateral_mismatch"),
+    ("Verification failed: TDX module MRSIGNER mismatch: expected 00, got 11", "collateral_mismatch"),
+    ("Verification failed: QE ISVPRODID mismatch: expected 2, got 1", "collateral_mismatch"),
+    ("Verification failed: QE MISCSELECT mismatch: expected 0 (masked), got 1 (masked)", "collateral_mismatch"),
+    (
+        "Verification failed: QE ATTRIBUTES mismatch at byte 0: expected 11 (masked), got 15 (masked)",
+        "collateral_mismatch",
+    ),
+    (
+        "Verification failed: TDX module SEAMATTRIBUTES mismatch at byte 0: expected 0 (masked), got 1 (masked)",
+        "collateral_mismatch",
+    ),
+    ("Verification failed: SGX quote with non-SGX TCB info in the collateral", "collateral_mismatch"),
+    ("Verification failed: TDX quote with non-TDX TCB info in the collateral", "collateral_mismatch"),
+    ("Failed to verify certificate chain: UnknownRevocationStatus", "collateral_mismatch"),
+    ("Verification failed: No TCB levels found in QE Identity", "collateral_mismatch"),
+    ("Verification failed: Signature is invalid for tcb_info in quote_collateral", "collateral_invalid"),
+    ("Verification failed: Signature is invalid for qe_identity in quote_collateral", "collateral_invalid"),
+    ("Verification failed: Failed to decode TcbInfo", "collateral_invalid"),
+    ("Verification failed: Certificate chain is too short for TCB Info", "collateral_invalid"),
+    ("Verification failed: Failed to parse QE Identity next update", "collateral_invalid"),
+    ("Verification failed: TDX TCB Info is missing tdxModule field", "collateral_invalid"),
+    ("Verification failed: Failed to parse PCK CRL", "collateral_invalid"),
+    ("Failed to verify certificate chain: InvalidCrlSignatureForPublicKey", "collateral_invalid"),
+    ("Verification failed: Failed to extract PCK certificates from collateral", "collateral_invalid"),
+    ("Verification failed: ISV enclave report signature is invalid", "quote_signature_invalid"),
+    ("Verification failed: Signature is invalid for qe_report in quote", "quote_signature_invalid"),
+    ("Verification failed: QE report hash mismatch", "quote_signature_invalid"),
+    ("Verification failed: Invalid QE auth data length", "quote_signature_invalid"),
+    ("Failed to verify certificate chain: UnknownIssuer", "quote_signature_invalid"),
+    ("Failed to verify certificate chain: InvalidSignatureForPublicKey", "quote_signature_invalid"),
+    ("Verification failed: Failed to decode quote", "malformed"),
+    ("Verification failed: Unsupported DCAP quote version", "malformed"),
+    ("Verification failed: TDX TEE quote must have version 4 or 5", "malformed"),
+    ("Verification failed: Unsupported DCAP attestation key type", "malformed"),
+    ("Verification failed: Unknown QE vendor ID", "malformed"),
+    ("Verification failed: Unsupported certification data type: 2", "malformed"),
+    ("Verification failed: Certificate chain is too short in quote", "malformed"),
+    ("Verification failed: Failed to parse PCK certificate", "malformed"),
+]
+
+
+@pytest.mark.parametrize(("message", "code"), DCAP_QVL_REFUSALS, ids=[m[:60] for m, _ in DCAP_QVL_REFUSALS])
+def test_each_dcap_qvl_refusal_gets_the_code_of_its_reason_and_keeps_the_message(message: str, code: str) -> None:
+    error = tdx._classify(message)
+    assert error.code == code
+    assert message.removeprefix("Verification failed: ") in error.message  # dcap-qvl's own words stay
+
+
+def test_an_unknown_dcap_qvl_refusal_is_unclassified_not_a_forged_signature() -> None:
+    error = tdx._classify("Verification failed: something a later dcap-qvl says")
+    assert error.code == "quote_unclassified"
+    assert "something a later dcap-qvl says" in error.message
+
+
+def test_every_code_dcap_qvl_refusals_map_to_is_documented() -> None:
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "verdicts.md").read_text()
+    for code in {code for _, code in DCAP_QVL_REFUSALS} | {"quote_unclassified"}:
+        assert f"`{code}`" in documented, code

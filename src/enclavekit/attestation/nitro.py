@@ -34,6 +34,7 @@ from enclavekit.attestation.errors import (
     PublicKeyMismatch,
     Stale,
     TimestampInFuture,
+    UnsupportedEvidence,
     UserDataMismatch,
 )
 from enclavekit.attestation.report import CheckList, Report, VerifiedAttestation
@@ -105,11 +106,17 @@ class AttestationDocument:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AttestationDocument:
-        """Parse a tagged or untagged COSE_Sign1 Nitro document; raise :class:`Malformed` on any deviation."""
+        """Parse a tagged or untagged COSE_Sign1 Nitro document; raise :class:`Malformed` on any deviation, and
+        :class:`UnsupportedEvidence` for a NitroTPM document (``nitrotpm_pcrs``), which is another kind of evidence."""
         cose = CoseSign1.from_bytes(data, max_size=MAX_DOCUMENT_SIZE)
         payload = cbor.decode(cose.payload, max_size=MAX_DOCUMENT_SIZE, what="attestation payload")
         if not isinstance(payload, dict):
             raise Malformed("attestation payload is not a CBOR map")
+        if "nitrotpm_pcrs" in payload and "pcrs" not in payload:
+            raise UnsupportedEvidence(
+                "a NitroTPM attestation document (an EC2 instance's TPM PCRs, nitrotpm_pcrs), not a Nitro Enclaves "
+                "document: NitroTPM evidence is not supported"
+            )
         missing = [key for key in _PAYLOAD_KEYS if key not in payload and key not in _OPTIONAL_KEYS]
         if missing:
             raise Malformed(f"attestation payload lacks {', '.join(missing)}")
@@ -380,7 +387,7 @@ def _check_policy(checks: CheckList, doc: AttestationDocument, policy: NitroPoli
         checks.passed("enclave.debug", "debug mode (allowed by policy)" if doc.debug else "production mode", phase="os")
 
     if policy.unsafe_any_measurements:
-        checks.passed("policy.measurements", "not pinned: authenticity only", phase="source")
+        checks.not_checked("policy.measurements", "not pinned: authenticity only", phase="source")
     else:
         matched = _matching_set(doc.pcrs, policy.measurements)
         if matched is None:
