@@ -26,7 +26,7 @@ from enclavekit.attestation.errors import (
     TeeMismatch,
 )
 from enclavekit.attestation.nitro import UnsafePolicyWarning
-from enclavekit.attestation.quote import Quote, decode_quote_text
+from enclavekit.attestation.quote import Quote, TdReport, decode_quote_text
 from enclavekit.attestation.tdx import (
     ExactReportData,
     HashedReportData,
@@ -500,3 +500,55 @@ def test_every_code_dcap_qvl_refusals_map_to_is_documented() -> None:
     documented = (Path(__file__).resolve().parents[1] / "docs" / "verdicts.md").read_text()
     for code in {code for _, code in DCAP_QVL_REFUSALS} | {"quote_unclassified"}:
         assert f"`{code}`" in documented, code
+
+
+# --- debug TDs with collateral ----------------------------------------------------------------------------------
+
+
+def test_altered_debug_td_with_collateral_is_forged_not_debug_mode() -> None:
+    # dcap-qvl checks the signatures before the TD attributes: its "Debug mode is enabled" is only ever said of
+    # an authentic quote, and a debug bit set by a forger is a signature failure, with or without --allow-debug
+    quote, collateral = _tdx()
+    debug_quote = _flip(quote, TD_ATTRIBUTES)
+    for policy in (ANY, _allow_debug()):
+        report = tdx.report(debug_quote, policy, now=TDX_AT, collateral=collateral)
+        assert isinstance(report.error, QuoteSignatureInvalid), report.error
+
+
+def _allow_debug() -> TdxPolicy:
+    with pytest.warns(UnsafePolicyWarning):
+        return TdxPolicy(unsafe_any_measurements=True, allow_debug=True)
+
+
+def _td(raw: bytes) -> TdReport:
+    td = Quote.parse(raw).td
+    assert td is not None
+    return td
+
+
+def test_production_td_attributes_pass_the_debug_td_attribute_check() -> None:
+    assert tdx.debug_td_attribute_problem(_td(_flip(_quote("tdx_quote"), TD_ATTRIBUTES))) is None
+
+
+@pytest.mark.parametrize(
+    ("offset", "mask", "problem"),
+    [
+        (3, 0x10, "SEPT_VE_DISABLE"),  # bit 28 cleared
+        (3, 0x20, "bit(s) 29"),  # migratable
+        (0, 0x02, "bit(s) 1"),  # profiling
+        (7, 0x80, "bit(s) 63"),  # PERFMON / reserved
+    ],
+)
+def test_a_debug_td_allowed_by_policy_still_has_its_other_attributes_checked(
+    offset: int, mask: int, problem: str
+) -> None:
+    # dcap-qvl stops at "Debug mode is enabled": the attributes it would check next are enclavekit's to check
+    td = _td(_flip(_flip(_quote("tdx_quote"), TD_ATTRIBUTES), TD_ATTRIBUTES + offset, mask))
+    found = tdx.debug_td_attribute_problem(td)
+    assert found is not None and problem in found
+
+
+def test_debug_td_refused_by_dcap_qvl_with_collateral_is_debug_mode_not_forged() -> None:
+    # what dcap-qvl says of a genuine debug TD with collateral must read debug_mode, as it does without collateral
+    error = tdx._classify("Verification failed: Debug mode is enabled")
+    assert isinstance(error, DebugMode) and not isinstance(error, QuoteSignatureInvalid)

@@ -32,6 +32,7 @@ from enclavekit.attestation.errors import (
     NonceMismatch,
     PolicyInvalid,
     PublicKeyMismatch,
+    SignatureInvalid,
     Stale,
     TimestampInFuture,
     UnsupportedEvidence,
@@ -294,6 +295,10 @@ def report(
     checks = CheckList()
     try:
         doc = AttestationDocument.from_bytes(document)
+    except UnsupportedEvidence as exc:
+        _check_other_kind(checks, document, policy, now, chains)
+        checks.failed("document.kind", exc, phase="hardware")
+        return _result(checks, None)
     except AttestationError as exc:
         checks.failed("document.parse", exc, phase="hardware")
         return _result(checks, None)
@@ -340,6 +345,35 @@ def report(
         chain=chain.ders,
     )
     return _result(checks, attestation, facts)
+
+
+def _check_other_kind(
+    checks: CheckList, document: bytes, policy: NitroPolicy, now: datetime, chains: ChainVerifier | None
+) -> None:
+    """For evidence of another kind signed the Nitro way (a NitroTPM document): say whether its chain and
+    signature verify, so the report tells a genuine unsupported document from a forged one."""
+    try:
+        cose = CoseSign1.from_bytes(document, max_size=MAX_DOCUMENT_SIZE)
+        payload = cbor.decode(cose.payload, max_size=MAX_DOCUMENT_SIZE, what="attestation payload")
+        certificate = _bytes_field(payload.get("certificate"), "certificate", minimum=1)
+        bundle = payload.get("cabundle")
+        if not isinstance(bundle, list) or not 1 <= len(bundle) <= MAX_CABUNDLE:
+            return
+        cabundle = [_bytes_field(c, "cabundle entry", minimum=1) for c in bundle]
+    except AttestationError:
+        return  # nothing more to say about it than that it is another kind
+    try:
+        chain = (chains or _chain_verifier(policy.roots)).verify(cabundle[1:], certificate, now=now)
+        verify_es384(chain.leaf_key, cose.signature, cose.to_be_signed())
+    except AttestationError as exc:
+        name = "cose.signature" if isinstance(exc, SignatureInvalid) else "certificate.chain"
+        checks.failed(name, exc, phase="hardware")
+        return
+    checks.passed(
+        "certificate.chain",
+        f"{len(chain.ders)} certificates to {chain.root_subject}, valid at {now.isoformat()}; ES384 signature valid",
+        phase="hardware",
+    )
 
 
 def _result(
