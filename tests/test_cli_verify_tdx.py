@@ -175,7 +175,6 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
     cases: list[tuple[str | Path, ...]] = [
         ("--policy", _policy(tmp_path, "[tdx]\nallowed_tcb_status = []\n")),
         ("--collateral", tmp_path / "absent.json"),
-        ("--collateral", _dcap("tdx_quote")),
         ("--format", "xml"),
         ("--pccs", "ftp://pccs.example"),
         ("--compose", tmp_path / "absent.json"),
@@ -184,6 +183,13 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
         result = run("verify", _dcap("tdx_quote"), *extra)
         assert result.returncode == 2, extra
         assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_collateral_is_collateral_invalid_on_each_quotes_line() -> None:
+    result = run("verify", _dcap("tdx_quote"), "--collateral", _dcap("tdx_quote"), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = _lines(result)
+    assert line["error"]["code"] == "collateral_invalid" and "--collateral" in line["hint"]
 
 
 def test_at_doc_is_refused_for_quotes_that_carry_no_time() -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dcap_qvl
 import pytest
 
 from enclavekit.attestation import tdx
+from enclavekit.attestation._debug_td import shadow_verdict
 from enclavekit.attestation.collateral import Collateral, load_collateral
 from enclavekit.attestation.errors import (
+    CertificateNotYetValid,
+    CertificateRevoked,
     CollateralExpired,
+    CollateralInvalid,
     CollateralMismatch,
     CollateralMissing,
     ComposeHashMismatch,
@@ -23,10 +27,11 @@ from enclavekit.attestation.errors import (
     QuoteSignatureInvalid,
     ReportDataMismatch,
     TcbStatusRejected,
+    TdAttributesRejected,
     TeeMismatch,
 )
 from enclavekit.attestation.nitro import UnsafePolicyWarning
-from enclavekit.attestation.quote import Quote, TdReport, decode_quote_text
+from enclavekit.attestation.quote import Quote, decode_quote_text
 from enclavekit.attestation.tdx import (
     ExactReportData,
     HashedReportData,
@@ -36,6 +41,7 @@ from enclavekit.attestation.tdx import (
     key_nonce_report_data,
 )
 from tests.conftest import fixtures_dir
+from tests.dcap_forge import DcapPki
 
 TDX_AT = datetime.fromtimestamp(1750377600, UTC)  # 2025-06-20, inside the collateral's validity
 EXPIRED_AT = datetime.fromtimestamp(1767225600, UTC)  # 2026-01-01
@@ -520,35 +526,120 @@ def _allow_debug() -> TdxPolicy:
         return TdxPolicy(unsafe_any_measurements=True, allow_debug=True)
 
 
-def _td(raw: bytes) -> TdReport:
-    td = Quote.parse(raw).td
-    assert td is not None
-    return td
+# Genuine quotes of other kinds than the fixtures (a debug TD, other TD attributes, a PCK certificate not yet
+# valid or revoked) signed by a stand-in for Intel's PKI (tests/dcap_forge.py): dcap-qvl's refusals are its own.
 
 
-def test_production_td_attributes_pass_the_debug_td_attribute_check() -> None:
-    assert tdx.debug_td_attribute_problem(_td(_flip(_quote("tdx_quote"), TD_ATTRIBUTES))) is None
+def _pki(**options: datetime) -> DcapPki:
+    return DcapPki(TDX_AT - timedelta(days=30), TDX_AT + timedelta(days=365), **options)
+
+
+def _stand_in(pki: DcapPki, *, allow_debug: bool = False, **collateral: bool) -> tuple[TdxPolicy, Collateral]:
+    if allow_debug:
+        with pytest.warns(UnsafePolicyWarning):
+            policy = TdxPolicy(unsafe_any_measurements=True, allow_debug=True, intel_root=pki.root_der)
+    else:
+        policy = TdxPolicy(unsafe_any_measurements=True, intel_root=pki.root_der)
+    return policy, Collateral.from_json(pki.collateral_json(**collateral))
+
+
+def test_the_stand_in_pki_makes_quotes_dcap_qvl_verifies() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki)
+    attestation = tdx.verify(pki.quote(), policy, now=TDX_AT, collateral=collateral)
+    assert (attestation.tcb_status, attestation.hardware_verified, attestation.debug) == ("UpToDate", True, False)
+    with pytest.raises(CollateralInvalid):  # and only under its own root: under Intel's its CRLs do not verify
+        tdx.verify(pki.quote(), ANY, now=TDX_AT, collateral=collateral)
+
+
+def test_debug_td_with_collateral_is_debug_mode_not_forged() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki)
+    report = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, DebugMode), report.error
+    assert "Debug mode is enabled" in report.error.message
+    same_without_collateral = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, unsafe_no_collateral=True)
+    assert isinstance(same_without_collateral.error, DebugMode)
+
+
+def test_allow_debug_accepts_a_genuine_debug_td_with_collateral_and_its_tcb_status() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=True)
+    report = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, collateral=collateral)
+    attestation = report.verified()
+    assert (attestation.debug, attestation.hardware_verified, attestation.tcb_status) == (True, True, "UpToDate")
+    assert "debug TD" in _check(report, "hardware.quote").detail
+    assert _check(report, "td.debug").detail == "debug TD (allowed by policy)"
+
+
+def test_allow_debug_does_not_let_a_forged_debug_td_through() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=True)
+    forged = _flip(pki.quote(debug=True), TD_ATTRIBUTES + 16)  # XFAM changed after signing
+    report = tdx.report(forged, policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, QuoteSignatureInvalid)
 
 
 @pytest.mark.parametrize(
-    ("offset", "mask", "problem"),
+    ("attributes", "said"),
     [
-        (3, 0x10, "SEPT_VE_DISABLE"),  # bit 28 cleared
-        (3, 0x20, "bit(s) 29"),  # migratable
-        (0, 0x02, "bit(s) 1"),  # profiling
-        (7, 0x80, "bit(s) 63"),  # PERFMON / reserved
+        ("0000000000000000", "SEPT_VE_DISABLE is not enabled"),
+        ("0000003000000000", "TD migration is enabled"),
+        ("0200001000000000", "Reserved bits in TD attributes are set"),
     ],
 )
-def test_a_debug_td_allowed_by_policy_still_has_its_other_attributes_checked(
-    offset: int, mask: int, problem: str
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug-allowed"])
+def test_genuine_td_with_weakening_attributes_is_td_attributes_rejected_not_forged(
+    attributes: str, said: str, debug: bool
 ) -> None:
-    # dcap-qvl stops at "Debug mode is enabled": the attributes it would check next are enclavekit's to check
-    td = _td(_flip(_flip(_quote("tdx_quote"), TD_ATTRIBUTES), TD_ATTRIBUTES + offset, mask))
-    found = tdx.debug_td_attribute_problem(td)
-    assert found is not None and problem in found
+    # a debug TD allowed by policy gets the same attribute checks: dcap-qvl stops at "Debug mode", the shadow not
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=debug)
+    quote = pki.quote(td_attributes=bytes.fromhex(attributes), debug=debug)
+    report = tdx.report(quote, policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, TdAttributesRejected), report.error
+    assert said in report.error.message
 
 
-def test_debug_td_refused_by_dcap_qvl_with_collateral_is_debug_mode_not_forged() -> None:
-    # what dcap-qvl says of a genuine debug TD with collateral must read debug_mode, as it does without collateral
-    error = tdx._classify("Verification failed: Debug mode is enabled")
-    assert isinstance(error, DebugMode) and not isinstance(error, QuoteSignatureInvalid)
+def test_pck_certificate_not_yet_valid_is_certificate_not_yet_valid_not_forged() -> None:
+    pki = _pki(pck_not_before=TDX_AT + timedelta(days=1))
+    policy, collateral = _stand_in(pki)
+    report = tdx.report(pki.quote(), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, CertificateNotYetValid), report.error
+    assert "CertNotValidYet" in report.error.message and "\n" not in report.error.message
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug-allowed"])
+def test_revoked_pck_certificate_is_certificate_revoked_even_for_an_allowed_debug_td(debug: bool) -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=debug, revoke_pck=True)
+    report = tdx.report(pki.quote(debug=debug), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, CertificateRevoked), report.error
+
+
+@pytest.mark.parametrize(
+    ("quote", "collateral", "at"),
+    [
+        ("tdx_quote", "tdx_quote_collateral.json", TDX_AT),
+        ("near_quote_hex.txt", "near_quote_collateral.json", NEAR_AT),
+        ("tdx_quote_outdated", "tdx_quote_outdated_collateral.json", OUTDATED_AT),
+    ],
+)
+def test_the_debug_shadow_gets_dcap_qvls_own_verdict_on_real_quotes(quote: str, collateral: str, at: datetime) -> None:
+    # the shadow carries a quote's platform values through dcap-qvl under a throwaway root: on real (production)
+    # quotes under Intel's root it must say exactly what dcap-qvl says of the quote itself
+    parsed, loaded = Quote.parse(_quote(quote)), _collateral(collateral)
+    seconds = int(at.timestamp())
+    try:
+        real: object = dcap_qvl.verify(parsed.raw, loaded.qvl, seconds)
+    except ValueError as exc:
+        real = str(exc)
+    try:
+        shadow: object = shadow_verdict(parsed, loaded, at)
+    except ValueError as exc:
+        shadow = str(exc)
+    if isinstance(real, str):
+        assert shadow == real
+    else:
+        assert not isinstance(shadow, str), shadow
+        assert (shadow.status, shadow.advisory_ids) == (real.status, real.advisory_ids)  # type: ignore[attr-defined]

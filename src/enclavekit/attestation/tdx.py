@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import dcap_qvl
 
+from enclavekit.attestation._debug_td import shadow_verdict
 from enclavekit.attestation.collateral import Collateral
 from enclavekit.attestation.errors import (
     AttestationError,
@@ -78,7 +79,6 @@ __all__ = [
     "check_report_data",
     "check_td",
     "check_tee",
-    "debug_td_attribute_problem",
     "key_nonce_report_data",
     "measurements_of",
     "parse_quote",
@@ -249,6 +249,8 @@ class TdxPolicy:
     * ``compose_hashes``, ``app_ids``, ``key_providers``: dstack app pins (need an event log). A key provider is
       ``"kms"`` (any id) or ``"kms:<id hex>"``, likewise ``local-sgx``, ``tpm``, ``none``.
     * ``report_data``: a :class:`ReportDataRule`.
+    * ``intel_root``: a DER root certificate trusted *instead of* Intel's SGX root (dcap-qvl's built-in). For
+      tests with a stand-in PKI only; a policy file cannot set it.
     """
 
     measurements: Sequence[MeasurementSet] = ()
@@ -263,8 +265,11 @@ class TdxPolicy:
     app_ids: frozenset[bytes] = frozenset()
     key_providers: frozenset[str] = frozenset()
     report_data: ReportDataRule | None = None
+    intel_root: bytes | None = None
 
     def __post_init__(self) -> None:
+        if self.intel_root is not None and not (isinstance(self.intel_root, bytes) and self.intel_root):
+            raise PolicyInvalid("intel_root must be a DER certificate")
         sets = tuple(self.measurements)
         object.__setattr__(self, "measurements", sets)
         if not all(isinstance(s, MeasurementSet) for s in sets):
@@ -520,67 +525,12 @@ def _classify(message: str) -> AttestationError:
 
     A message enclavekit does not recognise is :class:`QuoteUnclassified`, never a signature failure.
     """
-    text = message.lower()
-    said = message.removeprefix("Verification failed: ")
+    said = " ".join(message.removeprefix("Verification failed: ").split())  # one line ("Caused by:" chains)
+    text = said.lower()
     for markers, error, meaning in _REFUSALS:
         if any(marker in text for marker in markers):
             return error(f"{meaning} (Intel DCAP verification refused the quote: {said})")
     return QuoteUnclassified(f"Intel DCAP verification refused the quote for a reason not classified: {said}")
-
-
-_DEBUG = 1 << 0
-_SEPT_VE_DISABLE = 1 << 28
-_PKS = 1 << 30
-_KL = 1 << 31
-_DEBUG_TD_ALLOWED_ATTRIBUTES = _DEBUG | _SEPT_VE_DISABLE | _PKS | _KL
-
-
-def debug_td_attribute_problem(td: TdReport) -> str | None:
-    """What, besides debug mode, is wrong with a debug TD's attributes (None: nothing).
-
-    dcap-qvl stops at its first refusal, and for a debug TD that is "Debug mode is enabled", so its checks of
-    the other attributes never run. enclavekit runs them instead, more strictly than dcap-qvl (fails closed):
-    SEPT_VE_DISABLE must be set, and no attribute but DEBUG, SEPT_VE_DISABLE, PKS and KL may be (no profiling,
-    no migration, no service-TD extension, no reserved bit); a TD 1.5 report must name no service TD.
-    """
-    attributes = int.from_bytes(td.td_attributes, "little")
-    if not attributes & _SEPT_VE_DISABLE:
-        return "SEPT_VE_DISABLE (TD_ATTRIBUTES bit 28) is not set"
-    extra = attributes & ~_DEBUG_TD_ALLOWED_ATTRIBUTES
-    if extra:
-        bits = ", ".join(str(bit) for bit in range(64) if extra >> bit & 1)
-        return f"TD_ATTRIBUTES has bit(s) {bits} set (profiling, migration, service-TD or reserved bits)"
-    if td.mr_servicetd is not None and any(td.mr_servicetd):
-        return "the TD is bound to a service TD (MRSERVICETD is not zero)"
-    return None
-
-
-def _debug_td_tcb(
-    td: TdReport, raw: bytes, collateral: Collateral, now: datetime
-) -> tuple[str, tuple[str, ...]] | AttestationError:
-    """The TCB status and advisories of a genuine debug TD, or why it cannot be had.
-
-    dcap-qvl's ``verify`` refuses a debug TD after checking its signatures; its claims mode
-    (``QuoteVerifier.verify_with_policy`` with ``QuotePolicy.claims_only``) checks the same signatures, chains,
-    CRLs and collateral and returns the TCB level, leaving TD attributes to the caller, who checks them here.
-    """
-    problem = debug_td_attribute_problem(td)
-    if problem is not None:
-        return TdAttributesRejected(f"the TD's attributes weaken its isolation: {problem}")
-    seconds = int(now.timestamp())
-    try:
-        claims = dcap_qvl.QuoteVerifier().verify_with_policy(
-            raw, collateral.qvl, seconds, dcap_qvl.QuotePolicy.claims_only(seconds)
-        )
-        tcb = json.loads(claims.to_json())["tcb"]
-        status, advisories = tcb["status"], tcb["advisory_ids"]
-    except ValueError as exc:
-        return _classify(str(exc))
-    except (KeyError, TypeError) as exc:
-        return QuoteUnclassified(f"dcap-qvl's claims for a debug TD lack a TCB status ({exc!r})")
-    if not isinstance(status, str) or not isinstance(advisories, list):
-        return QuoteUnclassified("dcap-qvl's claims for a debug TD have no usable TCB status")
-    return status, tuple(str(a) for a in advisories)
 
 
 def _platform_flags(quote: Quote) -> dict[str, bool]:
@@ -636,25 +586,30 @@ def check_hardware(
         )
         return None
     debug_note = ""
+    seconds = int(now.timestamp())
     try:
-        verified = dcap_qvl.verify(quote.raw, collateral.qvl, int(now.timestamp()))
+        if policy.intel_root is None:
+            verified = dcap_qvl.verify(quote.raw, collateral.qvl, seconds)
+        else:
+            verified = dcap_qvl.verify_with_root_ca(quote.raw, collateral.qvl, policy.intel_root, seconds)
     except ValueError as exc:
         error = _classify(str(exc))
         if not (isinstance(error, DebugMode) and policy.allow_debug and quote.td is not None and quote.td.debug):
             checks.failed("hardware.quote", error, phase="hardware")
             return None
-        outcome = _debug_td_tcb(quote.td, quote.raw, collateral, now)
-        if isinstance(outcome, AttestationError):
-            checks.failed("hardware.quote", outcome, phase="hardware")
+        # authentic (dcap-qvl refuses debug TDs only after every signature and chain check); its verdict on the
+        # TCB level and the other TD attributes comes from the shadow (see enclavekit.attestation._debug_td)
+        try:
+            verified = shadow_verdict(quote, collateral, now)
+        except ValueError as shadow_exc:
+            checks.failed("hardware.quote", _classify(str(shadow_exc)), phase="hardware")
             return None
-        status, advisories = outcome
         debug_note = (
-            "; a debug TD, allowed by policy: verified in dcap-qvl's claims mode (its full mode refuses debug TDs), "
-            "the other TD attributes checked by enclavekit"
+            "; a debug TD, allowed by policy: dcap-qvl refuses debug TDs after these checks, so the TCB level and "
+            "the other TD attributes are its verdict on the same values with DEBUG clear"
         )
-    else:
-        status = verified.status
-        advisories = tuple(verified.advisory_ids)
+    status: str = verified.status
+    advisories = tuple(verified.advisory_ids)
     checks.passed(
         "hardware.quote",
         f"Intel DCAP: quote signature, QE report and PCK chain verified to Intel's root with collateral for "
