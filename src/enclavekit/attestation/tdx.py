@@ -604,6 +604,13 @@ def check_hardware(
         except ValueError as shadow_exc:
             checks.failed("hardware.quote", _classify(str(shadow_exc)), phase="hardware")
             return None
+        except Malformed as shadow_exc:  # fail closed: the debug TD's TCB status cannot be had
+            checks.failed(
+                "hardware.quote",
+                DebugMode(f"debug TD allowed by policy, but its TCB status cannot be evaluated: {shadow_exc.message}"),
+                phase="hardware",
+            )
+            return None
         debug_note = (
             "; a debug TD, allowed by policy: dcap-qvl refuses debug TDs after these checks, so the TCB level and "
             "the other TD attributes are its verdict on the same values with DEBUG clear"
