@@ -62,10 +62,13 @@ UNTRUSTWORTHY_INSTANCE = 96
 UNPINNED = "not pinned"
 """How a verifier's ``policy.measurements`` check starts when its policy accepted any code (authenticity only)."""
 _CRYPTO_CODES = frozenset({"signature_invalid", "quote_signature_invalid", "chain_untrusted"})
-_UNEXPECTED_CODES = frozenset({"malformed", "unsupported_algorithm", "tee_mismatch"})
-_INSUFFICIENT_CODES = frozenset({"collateral_missing", "collateral_expired", "collateral_mismatch"})
+_UNEXPECTED_CODES = frozenset({"malformed", "unsupported_algorithm", "tee_mismatch", "unsupported_evidence"})
+_INSUFFICIENT_CODES = frozenset(
+    {"collateral_missing", "collateral_expired", "collateral_mismatch", "collateral_invalid"}
+)
 _CLAIM_BY_CODE = {
     "debug_mode": "configuration",
+    "td_attributes_rejected": "configuration",
     "platform_policy": "configuration",
     "measurement_mismatch": "executables",
     "rtmr_mismatch": "executables",
