@@ -164,3 +164,29 @@ def test_human_output_names_the_verdict_and_the_checks() -> None:
     assert "VALID" in result.stdout
     assert "certificate.chain" in result.stdout
     assert "PCR0" in result.stdout
+
+
+def test_core_messages_name_no_command_line_flag() -> None:
+    # the CLI adds flag hints; a core message naming a flag leaks into the trust service and the library API
+    import ast
+    import re
+
+    from enclavekit.attestation import nitro
+
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    root = Path(nitro.__file__).parent
+    leaks = []
+    for source in sorted(root.glob("*.py")):
+        tree = ast.parse(source.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if id(node) not in docstrings and flag.search(text):
+                leaks.append(f"{source.name}:{getattr(node, 'lineno', 0)}: {text[:60]}")
+    assert not leaks, leaks
