@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from enclavekit.attestation.errors import (
     TdAttributesRejected,
     TeeMismatch,
 )
+from enclavekit.attestation.evidence import VerifyOptions, verify_evidence
 from enclavekit.attestation.nitro import UnsafePolicyWarning
+from enclavekit.attestation.policy_file import PolicyFile
 from enclavekit.attestation.quote import Quote, decode_quote_text
 from enclavekit.attestation.tdx import (
     ExactReportData,
@@ -643,3 +646,19 @@ def test_the_debug_shadow_gets_dcap_qvls_own_verdict_on_real_quotes(quote: str, 
     else:
         assert not isinstance(shadow, str), shadow
         assert (shadow.status, shadow.advisory_ids) == (real.status, real.advisory_ids)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("with_collateral", [True, False], ids=["collateral", "unsafe-no-collateral"])
+def test_allow_debug_means_the_same_with_and_without_collateral(with_collateral: bool) -> None:
+    pki = _pki()
+    policy = PolicyFile(tdx=TdxPolicy(unsafe_any_measurements=True, intel_root=pki.root_der), source="test")
+    collateral = (Collateral.from_json(pki.collateral_json()),) if with_collateral else ()
+    options = VerifyOptions(policy=policy, at=TDX_AT, collateral=collateral, unsafe_no_collateral=not with_collateral)
+    debug_td = pki.quote(debug=True)
+    refused = verify_evidence(debug_td, options)
+    assert refused.error is not None and refused.error.code == "debug_mode"
+    with pytest.warns(UnsafePolicyWarning):
+        allowed = verify_evidence(debug_td, replace(options, allow_debug=True))
+    assert allowed.valid, allowed.error
+    assert allowed.to_json()["debug"] is True
+    assert allowed.to_json()["hardware_verified"] is with_collateral
