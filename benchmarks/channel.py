@@ -10,6 +10,8 @@ Everything in one run, on the same machine state:
 * handshake, sans-I/O, both sides in this process: initiator start, responder accept (fresh: one NSM
   attestation; cached: one Ed25519 signature), initiator verify + HPKE, responder HPKE + confirmation.
   Target: within 2x of HPKE setup + one warm verification (the fresh handshake also pays the attestation);
+* the fresh handshake again with a client identity (version 2: one Ed25519 signature by the client, one
+  verification by the enclave), interleaved with the anonymous one;
 * records: ``Session.seal`` + ``Session.open`` of 1 KiB. Target: at most 10 µs.
 
 Everything is timed interleaved, round by round (``benchmarks/interleave.py``), on this thread's CPU clock:
@@ -31,7 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from enclavekit.attestation.nitro import NitroPolicy
-from enclavekit.channel import Initiator, Mode, Responder, SessionKeys
+from enclavekit.channel import ClientIdentityKey, Initiator, Mode, Responder, SessionKeys
 from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.channel.schedule import SUITE
 from enclavekit.nsm import NsmSimulator, load_root
@@ -50,6 +52,7 @@ def run(quick: bool) -> dict[str, Any]:
         responder = Responder(keys, nsm)
         verifier = NitroVerifier(NitroPolicy(roots=(load_root(Path(state)),), measurements=[{0: simulator.pcr(0)}]))
         fresh = Initiator(verifier)
+        identified = Initiator(verifier, identity=ClientIdentityKey.generate())
         cached = Initiator(verifier, modes=(Mode.CACHED,), max_document_age=timedelta(minutes=10))
         responder.refresh_document()
 
@@ -101,6 +104,7 @@ def run(quick: bool) -> dict[str, Any]:
             {
                 "fresh": handshake(fresh),
                 "cached": handshake(cached),
+                "identity": handshake(identified),
                 "hpke": hpke_setup,
                 "verify": verify_warm,
                 "attestation": attest,
@@ -131,6 +135,9 @@ def run(quick: bool) -> dict[str, Any]:
         "nsm_simulator_attestation_p50_us": round(handshakes.p50("attestation"), 2),
         "handshake_fresh_p50_us": round(handshakes.p50("fresh"), 2),
         "handshake_fresh_p99_us": handshakes.stats("fresh")["p99_us"],
+        "handshake_fresh_identity_p50_us": round(handshakes.p50("identity"), 2),
+        "handshake_fresh_identity_p99_us": handshakes.stats("identity")["p99_us"],
+        "handshake_identity_overhead_us": handshakes.spread(lambda m: m["identity"] - m["fresh"], digits=1)["median"],
         "handshake_cached_p50_us": round(handshakes.p50("cached"), 2),
         "handshake_cached_p99_us": handshakes.stats("cached")["p99_us"],
         "handshake_floor_us": round(floor, 1),
