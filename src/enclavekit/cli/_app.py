@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 import typer
 from typer.core import TyperGroup
 
-from enclavekit import __version__
-
 if TYPE_CHECKING:  # typer vendors click; these are its types, for annotations only
     from typer._click import Command, Context, HelpFormatter
 
@@ -86,6 +84,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from enclavekit import __version__
+
         typer.echo(f"enclavekit {__version__}")
         raise typer.Exit()
 
