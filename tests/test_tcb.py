@@ -208,3 +208,51 @@ def test_garbage_lockfile_yields_no_hashes_and_an_unreadable_one_is_a_configurat
     assert lock_hashes(garbage) == {"pkg": ()}
     with pytest.raises(ConfigurationError, match="cannot read"):
         lock_hashes(tmp_path / "missing.lock")
+
+
+@pytest.mark.parametrize("spec", ["", "no-colon", "a:b:c", "os:system; rm -rf /", "x" * 300 + ":app"])
+def test_inventory_refuses_a_spec_that_is_not_module_attribute(spec: str) -> None:
+    with pytest.raises(ConfigurationError, match="module:attribute"):
+        inventory(spec)
+
+
+def test_trust_page_of_a_local_enclave_shows_what_runs_inside(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+    import threading
+    import urllib.request
+
+    import uvicorn
+
+    from enclavekit.services.trust.api import create_app
+    from enclavekit.services.trust.service import TrustService
+    from enclavekit.services.trust.settings import TrustSettings
+
+    service = TrustService(TrustSettings(state_dir=tmp_path))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listener])), daemon=True)
+    try:
+        enclave = {"name": "demo", "app": "enclavekit.enclave.demo:app", "pcr0": "ab" * 48, "address": "unix:///x"}
+        assert service.register_stack_enclaves([enclave]) == ["enclave-demo"]
+        thread.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/apps/enclave-demo"
+        for _ in range(100):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            page = response.read().decode()
+        assert 'id="tcb"' in page
+        assert "enclavekit enclave tcb enclavekit.enclave.demo:app" in page
+        assert "cryptography" in page and "sqlalchemy" not in page.split('id="tcb"')[1].split("</section>")[0]
+        bogus = {"name": "bogus", "app": "enclavekit.no_such_module:app", "address": "unix:///y"}
+        service.register_stack_enclaves([bogus])
+        assert "enclave-bogus" not in service.local_tcb, "an app that cannot be imported has no inventory"
+    finally:
+        server.should_exit = True
+        if thread.is_alive():
+            thread.join(10)
+        service.close()

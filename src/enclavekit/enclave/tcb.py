@@ -24,6 +24,7 @@ from enclavekit.errors import ConfigurationError
 __all__ = ["Distribution", "Inventory", "inventory", "lock_hashes"]
 
 MAX_LOCK_SIZE = 1 << 20
+_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 _PROBE = """
 import json, sys
@@ -105,8 +106,12 @@ def lock_hashes(lockfile: Path) -> dict[str, tuple[str, ...]]:
 def inventory(spec: str, *, lockfile: Path | None = None, timeout: float = 60.0) -> Inventory:
     """The inventory of the enclave app ``spec`` (``module:attribute``), from a fresh interpreter.
 
-    Raises :class:`ConfigurationError` when the app cannot be imported there.
+    Raises :class:`ConfigurationError` when ``spec`` is not ``module:attribute`` or the app cannot be imported.
     """
+    if len(spec) > 200 or not _SPEC.match(spec):
+        raise ConfigurationError(
+            f"enclave app {spec[:200]!r}: expected module:attribute, e.g. enclavekit.enclave.demo:app"
+        )
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _PROBE, spec], capture_output=True, text=True, timeout=timeout, check=False
