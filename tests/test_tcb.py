@@ -256,3 +256,20 @@ def test_trust_page_of_a_local_enclave_shows_what_runs_inside(tmp_path: Path) ->
         if thread.is_alive():
             thread.join(10)
         service.close()
+
+
+def test_verifying_a_nitro_document_loads_no_tdx_verifier() -> None:
+    """`enclavekit verify DOC` of a Nitro document must not pay for dcap-qvl, dstack or TDX policies."""
+    from tests.conftest import fixtures_dir
+
+    document = fixtures_dir("nitro", "samples", "evervault_2022-10-13_nondebug.cbor")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "enclavekit.cli", "verify", str(document), "--at", "doc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    imported = {m.group(1) for m in re.finditer(r"\|\s*(\S+)\n", result.stderr)}
+    assert "enclavekit.attestation.nitro" in imported
+    assert imported & {"dcap_qvl", "enclavekit.attestation.tdx", "enclavekit.attestation.dstack"} == set()

@@ -12,13 +12,12 @@ import warnings
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from enclavekit.attestation.collateral import fetch_collateral, load_collateral
-from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE, DstackBundle
 from enclavekit.attestation.errors import AttestationError, CollateralUnavailable, Malformed
 from enclavekit.attestation.evidence import (
     MAX_EVIDENCE_SIZE,
@@ -30,10 +29,12 @@ from enclavekit.attestation.evidence import (
     verify_evidence,
 )
 from enclavekit.attestation.nitro import UnsafePolicyWarning
-from enclavekit.attestation.policy_file import PolicyFile, load_policy
-from enclavekit.attestation.quote import Quote
 from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
+
+if TYPE_CHECKING:  # TDX, dstack and policy files load only when used: `verify DOC` of a Nitro document stays fast
+    from enclavekit.attestation.collateral import Collateral
+    from enclavekit.attestation.policy_file import PolicyFile
 
 __all__ = ["verify_command"]
 
@@ -54,6 +55,8 @@ def _simulator_roots(state_dirs: list[Path]) -> tuple[bytes, ...]:
 def _read_compose(path: Path | None) -> bytes | None:
     if path is None:
         return None
+    from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE
+
     with path.open("rb") as handle:
         data = handle.read(MAX_COMPOSE_SIZE + 1)
     if len(data) > MAX_COMPOSE_SIZE:
@@ -71,6 +74,10 @@ def _with_fetched_collateral(data: bytes, options: VerifyOptions, pccs: str, err
     kind = detect(data)
     if kind not in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
         return options
+    from enclavekit.attestation.collateral import fetch_collateral
+    from enclavekit.attestation.dstack import DstackBundle
+    from enclavekit.attestation.quote import Quote
+
     try:
         quote = DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
         moment = options.at if isinstance(options.at, datetime) else datetime.now(UTC)
@@ -115,9 +122,15 @@ def verify_command(
     policy_file: PolicyFile | None = None
     try:
         if policy is not None:
+            from enclavekit.attestation.policy_file import load_policy
+
             policy_file = load_policy(policy)
         roots = _simulator_roots(trust_sim_root)
-        collaterals = tuple(load_collateral(path) for path in collateral)
+        collaterals: tuple[Collateral, ...] = ()
+        if collateral:
+            from enclavekit.attestation.collateral import load_collateral
+
+            collaterals = tuple(load_collateral(path) for path in collateral)
         app_compose = _read_compose(compose)
         if output_format not in ("report", "ear"):
             raise ValueError(f"--format {output_format!r}: expected report or ear")
