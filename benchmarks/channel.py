@@ -10,6 +10,8 @@ Everything in one run, on the same machine state:
 * handshake, sans-I/O, both sides in this process: initiator start, responder accept (fresh: one NSM
   attestation; cached: one Ed25519 signature), initiator verify + HPKE, responder HPKE + confirmation.
   Target: within 2x of HPKE setup + one warm verification (the fresh handshake also pays the attestation);
+* the fresh handshake again with a client identity (version 2: one Ed25519 signature by the client, one
+  verification by the enclave), interleaved with the anonymous one;
 * records: ``Session.seal`` + ``Session.open`` of 1 KiB. Target: at most 10 µs.
 
 Figures are medians (p50) over many rounds; per-record figures are medians of per-batch averages.
@@ -31,7 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from enclavekit.attestation.nitro import NitroPolicy
-from enclavekit.channel import Initiator, Mode, Responder, SessionKeys
+from enclavekit.channel import ClientIdentityKey, Initiator, Mode, Responder, SessionKeys
 from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.channel.schedule import SUITE
 from enclavekit.nsm import NsmSimulator, load_root
@@ -75,6 +77,7 @@ def run(quick: bool) -> dict[str, Any]:
         responder = Responder(keys, nsm)
         verifier = NitroVerifier(NitroPolicy(roots=(load_root(Path(state)),), measurements=[{0: simulator.pcr(0)}]))
         fresh = Initiator(verifier)
+        identified = Initiator(verifier, identity=ClientIdentityKey.generate())
         cached = Initiator(verifier, modes=(Mode.CACHED,), max_document_age=timedelta(minutes=10))
         responder.refresh_document()
 
@@ -120,7 +123,7 @@ def run(quick: bool) -> dict[str, Any]:
         def seal_open() -> object:
             return server_session.open(client_session.seal(kib, now=now), now=now)
 
-        for fn in (handshake(fresh), handshake(cached), hpke_setup, verify_warm, attest):
+        for fn in (handshake(fresh), handshake(cached), handshake(identified), hpke_setup, verify_warm, attest):
             _samples(fn, 10)
         _batched(aead_only, 5, batch)
         _batched(seal_open, 5, batch)
@@ -128,9 +131,11 @@ def run(quick: bool) -> dict[str, Any]:
         # Interleave the handshake modes so both see the same machine.
         fresh_samples: list[float] = []
         cached_samples: list[float] = []
+        identity_samples: list[float] = []
         for _ in range(rounds // 10):
             fresh_samples += _samples(handshake(fresh), 10)
             cached_samples += _samples(handshake(cached), 10)
+            identity_samples += _samples(handshake(identified), 10)
         hpke = _samples(hpke_setup, rounds)
         verify = _samples(verify_warm, rounds)
         attestation = _samples(attest, rounds)
@@ -150,6 +155,9 @@ def run(quick: bool) -> dict[str, Any]:
         "nsm_simulator_attestation_p50_us": _p50(attestation),
         "handshake_fresh_p50_us": _p50(fresh_samples),
         "handshake_fresh_p99_us": _p99(fresh_samples),
+        "handshake_fresh_identity_p50_us": _p50(identity_samples),
+        "handshake_fresh_identity_p99_us": _p99(identity_samples),
+        "handshake_identity_overhead_us": round(_p50(identity_samples) - _p50(fresh_samples), 1),
         "handshake_cached_p50_us": _p50(cached_samples),
         "handshake_cached_p99_us": _p99(cached_samples),
         "handshake_floor_us": round(floor, 1),

@@ -134,7 +134,7 @@ def test_record_type_change_is_refused() -> None:
 def test_version_byte_change_is_refused() -> None:
     client, server = sessions()
     record = bytearray(client.seal(b"x", now=NOW))
-    record[0] = 2
+    record[0] = 1 if record[0] == 2 else 2  # another version this side speaks
     with pytest.raises(RecordTampered):
         server.open(bytes(record), now=NOW)
 

@@ -175,7 +175,6 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
     cases: list[tuple[str | Path, ...]] = [
         ("--policy", _policy(tmp_path, "[tdx]\nallowed_tcb_status = []\n")),
         ("--collateral", tmp_path / "absent.json"),
-        ("--collateral", _dcap("tdx_quote")),
         ("--format", "xml"),
         ("--pccs", "ftp://pccs.example"),
         ("--compose", tmp_path / "absent.json"),
@@ -184,6 +183,13 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
         result = run("verify", _dcap("tdx_quote"), *extra)
         assert result.returncode == 2, extra
         assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_collateral_is_collateral_invalid_on_each_quotes_line() -> None:
+    result = run("verify", _dcap("tdx_quote"), "--collateral", _dcap("tdx_quote"), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = _lines(result)
+    assert line["error"]["code"] == "collateral_invalid" and "--collateral" in line["hint"]
 
 
 def test_at_doc_is_refused_for_quotes_that_carry_no_time() -> None:
@@ -223,3 +229,36 @@ def test_unreachable_pccs_warns_and_the_quote_lacks_collateral(tmp_path: Path) -
     assert result.returncode == 1
     assert _lines(result)[0]["error"]["code"] == "collateral_missing"
     assert "no collateral from the PCCS" in result.stderr
+
+
+def test_collateral_without_crls_gives_every_input_its_json_line_not_a_usage_error(tmp_path: Path) -> None:
+    document = json.loads(_dcap("tdx_quote_collateral.json").read_text())
+    del document["pck_crl"], document["root_ca_crl"]
+    no_crls = tmp_path / "no-crls.json"
+    no_crls.write_text(json.dumps(document))
+    nitro = fixtures_dir("nitro", "samples", "base_2024-11-30_nondebug.cbor")
+    result = run("verify", _dcap("tdx_quote"), nitro, "--collateral", no_crls, "--at", TDX_AT, "--json")
+    assert result.returncode == 1, result.stderr
+    quote, document_line = _lines(result)
+    assert quote["error"]["code"] == "collateral_invalid"
+    assert "CRL" in quote["error"]["message"] and str(no_crls) in quote["error"]["message"]
+    assert document_line["tee"] == "nitro" and document_line["error"]["code"] != "collateral_invalid"
+    assert "0 verified, 2 invalid, 0 errors" in result.stderr
+
+
+def test_dstack_bundle_without_collateral_says_collateral_missing_once() -> None:
+    result = run("verify", _bundle("debugData2_gateway_bundle.json"))
+    assert result.returncode == 1
+    message = "the quote's signature and TCB status cannot be checked"
+    assert result.stdout.count(message) == 1, result.stdout
+    assert result.stdout.count("collateral_missing") == 1
+    assert "--collateral" in result.stdout  # the CLI's hint, not the core's message
+
+
+def test_at_doc_for_a_quote_names_the_flag_only_in_the_cli_hint() -> None:
+    result = run("verify", _dcap("tdx_quote"), "--at", "doc", "--json")
+    assert result.returncode == 1
+    (line,) = _lines(result)
+    assert line["error"]["code"] == "policy_invalid"
+    assert "--at" not in line["error"]["message"] and "--at" in line["hint"]
+    assert "0 verified, 0 invalid, 1 errors" not in result.stderr  # one file: no summary line

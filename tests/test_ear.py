@@ -185,3 +185,24 @@ def test_submodule_name_policy_and_nonce_are_carried() -> None:
 def test_naive_issue_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         ear_from_report(_tdx_report(), issued_at=datetime(2026, 1, 1))
+
+
+def test_refusals_that_are_not_forgery_never_read_as_cryptographic_failure() -> None:
+    for code, claim, value in [
+        ("debug_mode", "configuration", 96),
+        ("td_attributes_rejected", "configuration", 96),
+        ("quote_unclassified", "hardware", 96),
+        ("certificate_not_yet_valid", "hardware", 96),
+        ("unsupported_evidence", "hardware", 1),
+    ]:
+        check = Check("hardware.quote", False, "refused", "hardware", code)
+        report: Report[Any] = Report("tdx", (check,), None, TcbStatusRejected("refused"))
+        appraisal = ear.appraise(report)
+        assert appraisal.trust_vector[claim] == value, code
+        assert appraisal.trust_vector["hardware"] != 99, code
+
+
+def test_unusable_collateral_makes_no_hardware_claim_rather_than_a_verdict_against_it() -> None:
+    check = Check("hardware.quote", False, "collateral lacks its CRLs", "hardware", "collateral_invalid")
+    report: Report[Any] = Report("tdx", (check,), None, TcbStatusRejected("refused"))
+    assert "hardware" not in ear.appraise(report).trust_vector.to_json()

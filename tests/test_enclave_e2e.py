@@ -22,6 +22,7 @@ import pytest
 from enclavekit.attestation import nitro
 from enclavekit.attestation.errors import MeasurementMismatch
 from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.channel import ClientIdentityKey
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.demo import ECHO, GET_NOTE, PUT_NOTE, Echo, Note, NoteKey
 from enclavekit.errors import Error
@@ -125,7 +126,8 @@ async def test_client_reaches_the_enclave_through_the_relay_and_the_host_sees_no
     stack: dict[str, object],
 ) -> None:
     secret = "SECRET-REQUEST-7f3a9c"
-    async with AttestedClient.nitro(str(stack["url"]), _policy(stack)) as client:
+    user = ClientIdentityKey.generate()
+    async with AttestedClient.nitro(str(stack["url"]), _policy(stack), identity=user) as client:
         assert (await client.call(PUT_NOTE, Note(key="note-key-5d1e", text=secret))).key == "note-key-5d1e"
         assert (await client.call(GET_NOTE, NoteKey(key="note-key-5d1e"))).text == secret
         reply = await client.call(ECHO, Echo(text="SECRET-RESPONSE-" + "e" * 40))

@@ -24,6 +24,7 @@ from enclavekit.attestation.errors import (
     Stale,
     TimestampInFuture,
     UnsupportedAlgorithm,
+    UnsupportedEvidence,
     UserDataMismatch,
 )
 from enclavekit.attestation.nitro import AttestationDocument, NitroPolicy, UnsafePolicyWarning
@@ -428,3 +429,45 @@ def test_errors_carry_stable_codes() -> None:
         "public_key_mismatch",
         "user_data_mismatch",
     }
+
+
+# --- evidence of another kind -----------------------------------------------------------------------------------
+
+
+def _nitrotpm_document(chain: forge.Chain, at: datetime) -> bytes:
+    """A NitroTPM attestation document as an EC2 instance's NitroTPM gives it: signed the Nitro way, with
+    ``nitrotpm_pcrs`` (SHA-384 TPM PCRs) where an enclave document has ``pcrs``."""
+    payload = forge.payload_for(chain, at)
+    payload["nitrotpm_pcrs"] = payload.pop("pcrs")
+    return forge.sign_document(payload, chain.keys[-1])
+
+
+def test_nitrotpm_document_is_unsupported_evidence_not_malformed() -> None:
+    now = datetime(2026, 1, 3, tzinfo=UTC)
+    chain = forge.make_chain(now)
+    document = _nitrotpm_document(chain, now)
+    with pytest.raises(UnsupportedEvidence, match="NitroTPM"):
+        AttestationDocument.from_bytes(document)
+    trusted = NitroPolicy(unsafe_any_measurements=True, roots=(chain.root_der,))
+    report = nitro.report(document, trusted, now=now)
+    assert report.error is not None and report.error.code == "unsupported_evidence"
+    assert [(c.name, c.status) for c in report.checks] == [("certificate.chain", "passed"), ("document.kind", "failed")]
+
+
+def test_nitrotpm_document_under_an_untrusted_root_is_refused_as_untrusted_first() -> None:
+    now = datetime(2026, 1, 3, tzinfo=UTC)
+    document = _nitrotpm_document(forge.make_chain(now), now)
+    report = nitro.report(document, ANY, now=now)
+    assert report.error is not None and report.error.code == "chain_untrusted"
+    assert report.checks[-1].code == "unsupported_evidence"  # still said what it is
+
+
+def test_unpinned_measurements_are_not_checked_rather_than_passed() -> None:
+    s = sample(BASE)
+    report = nitro.report(s.data, ANY, now=s.at)
+    check = next(c for c in report.checks if c.name == "policy.measurements")
+    assert (check.ok, check.checked, check.status) == (True, False, "not_checked")
+    assert check.to_json()["status"] == "not_checked"
+    pinned = NitroPolicy(measurements=[{0: bytes.fromhex(s.facts["pcrs"]["0"])}])
+    check = next(c for c in nitro.report(s.data, pinned, now=s.at).checks if c.name == "policy.measurements")
+    assert check.status == "passed"

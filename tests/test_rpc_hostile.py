@@ -299,7 +299,7 @@ async def test_connection_cut_between_records_is_session_truncated() -> None:
 
 
 async def test_rewritten_record_version_is_record_tampered() -> None:
-    async with enclave() as setup, relayed(setup, s2c=on(1, lambda m: ([b"\x02" + m[1:]], False))) as relay:
+    async with enclave() as setup, relayed(setup, s2c=on(1, lambda m: ([bytes([m[0] ^ 3]) + m[1:]], False))) as relay:
         client = await connect(relay.address, setup)  # type: ignore[attr-defined]
         with pytest.raises(Error) as caught:
             await client.call(ECHO, Echo(text="x"))

@@ -17,7 +17,13 @@ import pytest
 
 from enclavekit.attestation import tdx
 from enclavekit.attestation.collateral import MAX_COLLATERAL_SIZE, Collateral, fetch_collateral, load_collateral
-from enclavekit.attestation.errors import CollateralMismatch, CollateralUnavailable, Malformed, QuoteSignatureInvalid
+from enclavekit.attestation.errors import (
+    CollateralInvalid,
+    CollateralMismatch,
+    CollateralUnavailable,
+    Malformed,
+    QuoteSignatureInvalid,
+)
 from enclavekit.attestation.quote import Quote
 from tests.conftest import fixtures_dir
 
@@ -117,13 +123,28 @@ def test_missing_collateral_file_is_reported_not_crashed(tmp_path: Path) -> None
         load_collateral(tmp_path / "absent.json")
 
 
-def test_tampered_tcb_info_is_refused_by_the_signature_check() -> None:
+def test_tampered_tcb_info_is_refused_as_collateral_not_signed_by_intel_not_as_a_forged_quote() -> None:
     document = _document()
     document["tcb_info"] = document["tcb_info"].replace('"tcbStatus":"OutOfDate"', '"tcbStatus":"UpToDate"', 1)
     assert document["tcb_info"] != _document()["tcb_info"]
     collateral = Collateral.from_json(json.dumps(document))
     report = tdx.report(_quote().raw, ANY, now=TDX_AT, collateral=collateral)
-    assert isinstance(report.error, QuoteSignatureInvalid)
+    assert isinstance(report.error, CollateralInvalid) and not isinstance(report.error, QuoteSignatureInvalid)
+    assert report.error.code == "collateral_invalid"
+    assert "Signature is invalid for tcb_info" in report.error.message
+
+
+@pytest.mark.parametrize("key", ["pck_crl", "root_ca_crl"])
+@pytest.mark.parametrize("absent", ["drop", "null", "empty"])
+def test_collateral_without_crls_is_collateral_invalid_naming_the_crl(key: str, absent: str) -> None:
+    document = _document()
+    if absent == "drop":
+        del document[key]
+    else:
+        document[key] = None if absent == "null" else ""
+    with pytest.raises(CollateralInvalid, match=f"lacks its CRL.*{key}") as caught:
+        Collateral.from_json(json.dumps(document))
+    assert caught.value.code == "collateral_invalid"
 
 
 # --- a PCCS on loopback ------------------------------------------------------------------------------------------

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dcap_qvl
 import pytest
 
 from enclavekit.attestation import tdx
+from enclavekit.attestation._debug_td import shadow_verdict
 from enclavekit.attestation.collateral import Collateral, load_collateral
 from enclavekit.attestation.errors import (
+    CertificateNotYetValid,
+    CertificateRevoked,
     CollateralExpired,
+    CollateralInvalid,
     CollateralMismatch,
     CollateralMissing,
     ComposeHashMismatch,
@@ -22,9 +28,12 @@ from enclavekit.attestation.errors import (
     QuoteSignatureInvalid,
     ReportDataMismatch,
     TcbStatusRejected,
+    TdAttributesRejected,
     TeeMismatch,
 )
+from enclavekit.attestation.evidence import VerifyOptions, verify_evidence
 from enclavekit.attestation.nitro import UnsafePolicyWarning
+from enclavekit.attestation.policy_file import PolicyFile
 from enclavekit.attestation.quote import Quote, decode_quote_text
 from enclavekit.attestation.tdx import (
     ExactReportData,
@@ -35,6 +44,7 @@ from enclavekit.attestation.tdx import (
     key_nonce_report_data,
 )
 from tests.conftest import fixtures_dir
+from tests.dcap_forge import DcapPki
 
 TDX_AT = datetime.fromtimestamp(1750377600, UTC)  # 2025-06-20, inside the collateral's validity
 EXPIRED_AT = datetime.fromtimestamp(1767225600, UTC)  # 2026-01-01
@@ -385,21 +395,270 @@ def test_naive_now_is_a_programming_error() -> None:
 # --- dcap-qvl's messages, named ---------------------------------------------------------------------------------
 
 
+# Every refusal dcap-qvl 0.7 can give (the messages of its verifier, and of webpki underneath, as its compiled
+# module holds them), with the code that names its reason. A genuine quote refused for a policy reason must
+# never read "forged" (quote_signature_invalid): a user acts on the code.
+DCAP_QVL_REFUSALS = [
+    ("Verification failed: Debug mode is enabled", "debug_mode"),
+    ("Verification failed: TD profiling is enabled", "td_attributes_rejected"),
+    ("Verification failed: SERVTD_EXT is enabled", "td_attributes_rejected"),
+    ("Verification failed: SEPT_VE_DISABLE is not enabled", "td_attributes_rejected"),
+    ("Verification failed: TD migration is enabled", "td_attributes_rejected"),
+    ("Verification failed: Reserved bits in TD attributes are set", "td_attributes_rejected"),
+    ("Verification failed: Invalid MR service TD", "td_attributes_rejected"),
+    ("Verification failed: Dynamic platform is not allowed by policy", "platform_policy"),
+    ("Verification failed: Cached keys are not allowed by policy", "platform_policy"),
+    ("Verification failed: SMT (hyperthreading) is not allowed by policy", "platform_policy"),
+    ("Verification failed: TCB status is invalid: Revoked", "tcb_status"),
+    ("Verification failed: No matching TCB level found", "tcb_status"),
+    (
+        "Verification failed: TCB level mismatch: Platform's current TCB (cpusvn=[..], pcesvn=11) is not registered "
+        "with Intel PCS. Intel matched to a lower TCB level",
+        "tcb_status",
+    ),
+    ("Verification failed: Platform TCB too old: tcb_date_tag 1710288000 + grace 0", "tcb_status"),
+    ("Verification failed: QE TCB too old: tcb_date_tag 1710288000 + grace 0", "tcb_status"),
+    ("Verification failed: TEE_TCB_SVN[0] 5 is below minimum required from TDX module TCB levels", "tcb_status"),
+    ("Verification failed: Failed to evaluate the current TDX TCB (TEE_TCB_SVN2)", "tcb_status"),
+    ("Verification failed: TCB status OutOfDate is not acceptable by policy", "tcb_status"),
+    ("Verification failed: Advisory ID INTEL-SA-00837 is rejected by policy", "tcb_status"),
+    ("Verification failed: TCBInfo expired", "collateral_expired"),
+    ("Verification failed: TCBInfo issue date is in the future", "collateral_expired"),
+    ("Verification failed: QE Identity expired", "collateral_expired"),
+    ("Verification failed: QE Identity issue date is in the future", "collateral_expired"),
+    (
+        "certificate revocation list expired: verification time 1767225600 (UNIX), but CRL is not valid after "
+        "1752919235 (UNIX)",
+        "collateral_expired",
+    ),
+    ("Failed to verify certificate chain: CrlExpired", "collateral_expired"),
+    ("Verification failed: Collateral expired: earliest_expiration 1752919235", "collateral_expired"),
+    (
+        "certificate not valid yet: verification time 1500000000 (UNIX), but certificate is not valid before "
+        "1526899510 (UNIX)",
+        "certificate_not_yet_valid",
+    ),
+    ("Failed to verify certificate chain: CertNotValidYet", "certificate_not_yet_valid"),
+    (
+        "certificate expired: verification time 2000000000 (UNIX), but certificate is not valid after 1900000000 "
+        "(UNIX) (100 seconds ago)",
+        "certificate_expired",
+    ),
+    ("Failed to verify certificate chain: CertExpired", "certificate_expired"),
+    ("Failed to verify certificate chain: CertRevoked", "certificate_revoked"),
+    ("certificate revoked", "certificate_revoked"),
+    ("Verification failed: Fmspc mismatch", "collateral_mismatch"),
+    ("Unsupported QE Identity id/version for the quote TEE type: QE version 2", "collateral_mismatch"),
+    ("Verification failed: TDX component count mismatch: expected 16", "collateral_mismatch"),
+    ("Verification failed: SGX component count mismatch: expected 16", "collateral_mismatch"),
+    ("Verification failed: TDX module MRSIGNER mismatch: expected 00, got 11", "collateral_mismatch"),
+    ("Verification failed: QE ISVPRODID mismatch: expected 2, got 1", "collateral_mismatch"),
+    ("Verification failed: QE MISCSELECT mismatch: expected 0 (masked), got 1 (masked)", "collateral_mismatch"),
+    (
+        "Verification failed: QE ATTRIBUTES mismatch at byte 0: expected 11 (masked), got 15 (masked)",
+        "collateral_mismatch",
+    ),
+    (
+        "Verification failed: TDX module SEAMATTRIBUTES mismatch at byte 0: expected 0 (masked), got 1 (masked)",
+        "collateral_mismatch",
+    ),
+    ("Verification failed: SGX quote with non-SGX TCB info in the collateral", "collateral_mismatch"),
+    ("Verification failed: TDX quote with non-TDX TCB info in the collateral", "collateral_mismatch"),
+    ("Failed to verify certificate chain: UnknownRevocationStatus", "collateral_mismatch"),
+    ("Verification failed: No TCB levels found in QE Identity", "collateral_mismatch"),
+    ("Verification failed: Signature is invalid for tcb_info in quote_collateral", "collateral_invalid"),
+    ("Verification failed: Signature is invalid for qe_identity in quote_collateral", "collateral_invalid"),
+    ("Verification failed: Failed to decode TcbInfo", "collateral_invalid"),
+    ("Verification failed: Certificate chain is too short for TCB Info", "collateral_invalid"),
+    ("Verification failed: Failed to parse QE Identity next update", "collateral_invalid"),
+    ("Verification failed: TDX TCB Info is missing tdxModule field", "collateral_invalid"),
+    ("Verification failed: Failed to parse PCK CRL", "collateral_invalid"),
+    ("Failed to verify certificate chain: InvalidCrlSignatureForPublicKey", "collateral_invalid"),
+    ("Verification failed: Failed to extract PCK certificates from collateral", "collateral_invalid"),
+    ("Verification failed: ISV enclave report signature is invalid", "quote_signature_invalid"),
+    ("Verification failed: Signature is invalid for qe_report in quote", "quote_signature_invalid"),
+    ("Verification failed: QE report hash mismatch", "quote_signature_invalid"),
+    ("Verification failed: Invalid QE auth data length", "quote_signature_invalid"),
+    ("Failed to verify certificate chain: UnknownIssuer", "quote_signature_invalid"),
+    ("Failed to verify certificate chain: InvalidSignatureForPublicKey", "quote_signature_invalid"),
+    ("Verification failed: Failed to decode quote", "malformed"),
+    ("Verification failed: Unsupported DCAP quote version", "malformed"),
+    ("Verification failed: TDX TEE quote must have version 4 or 5", "malformed"),
+    ("Verification failed: Unsupported DCAP attestation key type", "malformed"),
+    ("Verification failed: Unknown QE vendor ID", "malformed"),
+    ("Verification failed: Unsupported certification data type: 2", "malformed"),
+    ("Verification failed: Certificate chain is too short in quote", "malformed"),
+    ("Verification failed: Failed to parse PCK certificate", "malformed"),
+]
+
+
+@pytest.mark.parametrize(("message", "code"), DCAP_QVL_REFUSALS, ids=[m[:60] for m, _ in DCAP_QVL_REFUSALS])
+def test_each_dcap_qvl_refusal_gets_the_code_of_its_reason_and_keeps_the_message(message: str, code: str) -> None:
+    error = tdx._classify(message)
+    assert error.code == code
+    assert message.removeprefix("Verification failed: ") in error.message  # dcap-qvl's own words stay
+
+
+def test_an_unknown_dcap_qvl_refusal_is_unclassified_not_a_forged_signature() -> None:
+    error = tdx._classify("Verification failed: something a later dcap-qvl says")
+    assert error.code == "quote_unclassified"
+    assert "something a later dcap-qvl says" in error.message
+
+
+def test_every_code_dcap_qvl_refusals_map_to_is_documented() -> None:
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "verdicts.md").read_text()
+    for code in {code for _, code in DCAP_QVL_REFUSALS} | {"quote_unclassified"}:
+        assert f"`{code}`" in documented, code
+
+
+# --- debug TDs with collateral ----------------------------------------------------------------------------------
+
+
+def test_altered_debug_td_with_collateral_is_forged_not_debug_mode() -> None:
+    # dcap-qvl checks the signatures before the TD attributes: its "Debug mode is enabled" is only ever said of
+    # an authentic quote, and a debug bit set by a forger is a signature failure, with or without --allow-debug
+    quote, collateral = _tdx()
+    debug_quote = _flip(quote, TD_ATTRIBUTES)
+    for policy in (ANY, _allow_debug()):
+        report = tdx.report(debug_quote, policy, now=TDX_AT, collateral=collateral)
+        assert isinstance(report.error, QuoteSignatureInvalid), report.error
+
+
+def _allow_debug() -> TdxPolicy:
+    with pytest.warns(UnsafePolicyWarning):
+        return TdxPolicy(unsafe_any_measurements=True, allow_debug=True)
+
+
+# Genuine quotes of other kinds than the fixtures (a debug TD, other TD attributes, a PCK certificate not yet
+# valid or revoked) signed by a stand-in for Intel's PKI (tests/dcap_forge.py): dcap-qvl's refusals are its own.
+
+
+def _pki(**options: datetime) -> DcapPki:
+    return DcapPki(TDX_AT - timedelta(days=30), TDX_AT + timedelta(days=365), **options)
+
+
+def _stand_in(pki: DcapPki, *, allow_debug: bool = False, **collateral: bool) -> tuple[TdxPolicy, Collateral]:
+    if allow_debug:
+        with pytest.warns(UnsafePolicyWarning):
+            policy = TdxPolicy(unsafe_any_measurements=True, allow_debug=True, intel_root=pki.root_der)
+    else:
+        policy = TdxPolicy(unsafe_any_measurements=True, intel_root=pki.root_der)
+    return policy, Collateral.from_json(pki.collateral_json(**collateral))
+
+
+def test_the_stand_in_pki_makes_quotes_dcap_qvl_verifies() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki)
+    attestation = tdx.verify(pki.quote(), policy, now=TDX_AT, collateral=collateral)
+    assert (attestation.tcb_status, attestation.hardware_verified, attestation.debug) == ("UpToDate", True, False)
+    with pytest.raises(CollateralInvalid):  # and only under its own root: under Intel's its CRLs do not verify
+        tdx.verify(pki.quote(), ANY, now=TDX_AT, collateral=collateral)
+
+
+def test_debug_td_with_collateral_is_debug_mode_not_forged() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki)
+    report = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, DebugMode), report.error
+    assert "Debug mode is enabled" in report.error.message
+    same_without_collateral = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, unsafe_no_collateral=True)
+    assert isinstance(same_without_collateral.error, DebugMode)
+
+
+def test_allow_debug_accepts_a_genuine_debug_td_with_collateral_and_its_tcb_status() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=True)
+    report = tdx.report(pki.quote(debug=True), policy, now=TDX_AT, collateral=collateral)
+    attestation = report.verified()
+    assert (attestation.debug, attestation.hardware_verified, attestation.tcb_status) == (True, True, "UpToDate")
+    assert "debug TD" in _check(report, "hardware.quote").detail
+    assert _check(report, "td.debug").detail == "debug TD (allowed by policy)"
+
+
+def test_allow_debug_does_not_let_a_forged_debug_td_through() -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=True)
+    forged = _flip(pki.quote(debug=True), TD_ATTRIBUTES + 16)  # XFAM changed after signing
+    report = tdx.report(forged, policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, QuoteSignatureInvalid)
+
+
 @pytest.mark.parametrize(
-    ("message", "code"),
+    ("attributes", "said"),
     [
-        ("Verification failed: TCBInfo expired", "collateral_expired"),
-        ("Verification failed: TCBInfo issue date is in the future", "collateral_expired"),
-        ("Verification failed: QE Identity expired", "collateral_expired"),
-        ("certificate revocation list expired: verification time", "collateral_expired"),
-        ("Verification failed: Fmspc mismatch", "collateral_mismatch"),
-        ("Unsupported QE Identity id/version for the quote TEE type: QE version 2", "collateral_mismatch"),
-        ("Verification failed: No matching TCB level found", "tcb_status"),
-        ("certificate revoked", "tcb_status"),
-        ("Verification failed: ISV enclave report signature is invalid", "quote_signature_invalid"),
-        ("Failed to verify certificate chain: CertNotValidYet", "quote_signature_invalid"),
-        ("something new and unknown", "quote_signature_invalid"),
+        ("0000000000000000", "SEPT_VE_DISABLE is not enabled"),
+        ("0000003000000000", "TD migration is enabled"),
+        ("0200001000000000", "Reserved bits in TD attributes are set"),
     ],
 )
-def test_dcap_qvl_failures_get_stable_codes(message: str, code: str) -> None:
-    assert tdx._classify(message).code == code
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug-allowed"])
+def test_genuine_td_with_weakening_attributes_is_td_attributes_rejected_not_forged(
+    attributes: str, said: str, debug: bool
+) -> None:
+    # a debug TD allowed by policy gets the same attribute checks: dcap-qvl stops at "Debug mode", the shadow not
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=debug)
+    quote = pki.quote(td_attributes=bytes.fromhex(attributes), debug=debug)
+    report = tdx.report(quote, policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, TdAttributesRejected), report.error
+    assert said in report.error.message
+
+
+def test_pck_certificate_not_yet_valid_is_certificate_not_yet_valid_not_forged() -> None:
+    pki = _pki(pck_not_before=TDX_AT + timedelta(days=1))
+    policy, collateral = _stand_in(pki)
+    report = tdx.report(pki.quote(), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, CertificateNotYetValid), report.error
+    assert "CertNotValidYet" in report.error.message and "\n" not in report.error.message
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug-allowed"])
+def test_revoked_pck_certificate_is_certificate_revoked_even_for_an_allowed_debug_td(debug: bool) -> None:
+    pki = _pki()
+    policy, collateral = _stand_in(pki, allow_debug=debug, revoke_pck=True)
+    report = tdx.report(pki.quote(debug=debug), policy, now=TDX_AT, collateral=collateral)
+    assert isinstance(report.error, CertificateRevoked), report.error
+
+
+@pytest.mark.parametrize(
+    ("quote", "collateral", "at"),
+    [
+        ("tdx_quote", "tdx_quote_collateral.json", TDX_AT),
+        ("near_quote_hex.txt", "near_quote_collateral.json", NEAR_AT),
+        ("tdx_quote_outdated", "tdx_quote_outdated_collateral.json", OUTDATED_AT),
+    ],
+)
+def test_the_debug_shadow_gets_dcap_qvls_own_verdict_on_real_quotes(quote: str, collateral: str, at: datetime) -> None:
+    # the shadow carries a quote's platform values through dcap-qvl under a throwaway root: on real (production)
+    # quotes under Intel's root it must say exactly what dcap-qvl says of the quote itself
+    parsed, loaded = Quote.parse(_quote(quote)), _collateral(collateral)
+    seconds = int(at.timestamp())
+    try:
+        real: object = dcap_qvl.verify(parsed.raw, loaded.qvl, seconds)
+    except ValueError as exc:
+        real = str(exc)
+    try:
+        shadow: object = shadow_verdict(parsed, loaded, at)
+    except ValueError as exc:
+        shadow = str(exc)
+    if isinstance(real, str):
+        assert shadow == real
+    else:
+        assert not isinstance(shadow, str), shadow
+        assert (shadow.status, shadow.advisory_ids) == (real.status, real.advisory_ids)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("with_collateral", [True, False], ids=["collateral", "unsafe-no-collateral"])
+def test_allow_debug_means_the_same_with_and_without_collateral(with_collateral: bool) -> None:
+    pki = _pki()
+    policy = PolicyFile(tdx=TdxPolicy(unsafe_any_measurements=True, intel_root=pki.root_der), source="test")
+    collateral = (Collateral.from_json(pki.collateral_json()),) if with_collateral else ()
+    options = VerifyOptions(policy=policy, at=TDX_AT, collateral=collateral, unsafe_no_collateral=not with_collateral)
+    debug_td = pki.quote(debug=True)
+    refused = verify_evidence(debug_td, options)
+    assert refused.error is not None and refused.error.code == "debug_mode"
+    with pytest.warns(UnsafePolicyWarning):
+        allowed = verify_evidence(debug_td, replace(options, allow_debug=True))
+    assert allowed.valid, allowed.error
+    assert allowed.to_json()["debug"] is True
+    assert allowed.to_json()["hardware_verified"] is with_collateral

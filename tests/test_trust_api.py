@@ -212,6 +212,20 @@ def test_json_api_follows_the_reference_shape(service: TrustProcess) -> None:
     assert {"bucket", "key"} == set(task["result"])
 
 
+def test_unpinned_code_reads_not_checked_in_the_api_and_grey_on_the_page_never_passed(service: TrustProcess) -> None:
+    task = submitted(service.url, nitro_sample("base_2024-11-30_nondebug.cbor"), at="doc")
+    source = next(p for p in task["report"]["phases"] if p["id"] == "source")
+    assert source["status"] == "not_checked"
+    assert httpx.get(f"{service.url}/api/app/{task['app_id']}").json()["summary"]["phases"]["source"] == "not_checked"
+    page = httpx.get(f"{service.url}/tasks/{task['id']}").text
+    section = page[page.index('data-phase="source"') :]
+    section = section[: section.index("</section>")]
+    assert 'data-status="not_checked"' in section and "Not checked (not pinned)" in section
+    assert "Passed" not in section and "✓" not in section
+    assert 'class="node node-not_checked" data-id="nitro-app"' in page
+    assert "CODE · not pinned" in page and "CODE · verified" not in page
+
+
 def test_ear_token_verifies_against_the_published_key(service: TrustProcess) -> None:
     task = submitted(service.url, nitro_sample("blocky_2024-09-07_debug.cbor"), at="doc")
     answer = httpx.get(f"{service.url}/api/task/{task['id']}/ear")

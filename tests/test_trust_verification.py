@@ -71,7 +71,8 @@ def test_every_real_nitro_document_gets_the_verdict_its_facts_say(sample: Sample
         assert phase(report, "os") == "failed" and phase(report, "hardware") == "passed"
     else:
         assert report.verdict is Verdict.VERIFIED, report.error
-        assert all(c.status in ("passed", "skipped") for c in report.checks)
+        assert all(c.status in ("passed", "not_checked", "skipped") for c in report.checks)
+        assert phase(report, "source") == "not_checked"  # no PCRs pinned: not passed
     assert report.evidence_time == sample.at
 
 
@@ -428,3 +429,19 @@ def test_a_verdict_without_pinned_code_says_so() -> None:
     assert unpinned.verdict is Verdict.VERIFIED and unpinned.summary()["code_pinned"] is False
     pinned = verify(sample.data, at="doc", pcrs={0: sample.facts["pcrs"]["0"]})
     assert pinned.verdict is Verdict.VERIFIED and pinned.summary()["code_pinned"] is True
+
+
+def test_unpinned_code_is_not_shown_as_passed_in_the_api_or_as_verified_in_the_graph() -> None:
+    sample = next(s for s in samples() if s.valid and not s.facts["debug_mode"])
+    unpinned = verify(sample.data, at="doc").to_json()
+    source = next(p for p in unpinned["phases"] if p["id"] == "source")
+    assert source["status"] == "not_checked"
+    assert [c["status"] for c in source["checks"]] == ["not_checked"]
+    assert unpinned["verdict"] == "verified"  # authentic: not pinned is not a failure either
+    app = next(o for o in TrustGraph.from_json(unpinned["graph"]).objects if o.id == "nitro-app")
+    assert app.status == "not_checked"
+    svg = render_svg(TrustGraph((app,), ()))
+    assert "verified" not in svg and "not pinned" in svg and "#15803d" not in svg  # grey, not green
+    pinned = verify(sample.data, at="doc", pcrs={0: sample.facts["pcrs"]["0"]}).to_json()
+    assert next(p for p in pinned["phases"] if p["id"] == "source")["status"] == "passed"
+    assert next(o for o in pinned["graph"]["objects"] if o["id"] == "nitro-app")["status"] == "passed"

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import dcap_qvl
 from cryptography import x509
 
-from enclavekit.attestation.errors import CollateralMismatch, CollateralUnavailable, Malformed
+from enclavekit.attestation.errors import CollateralInvalid, CollateralMismatch, CollateralUnavailable, Malformed
 from enclavekit.attestation.quote import Quote
 
 __all__ = [
@@ -55,19 +55,20 @@ _REQUIRED = (
     "qe_identity_signature",
 )
 _OPTIONAL = frozenset({"pck_certificate_chain"})
+_CRLS = ("pck_crl", "root_ca_crl")
 _TEE_BY_TCB_ID = {"TDX": "tdx", "SGX": "sgx"}
 _QE_ID_BY_TEE = {"tdx": "TD_QE", "sgx": "QE"}
 
 
 def _time(value: Any, what: str) -> datetime:
     if not isinstance(value, str):
-        raise Malformed(f"collateral: {what} must be an RFC 3339 time string")
+        raise CollateralInvalid(f"collateral: {what} must be an RFC 3339 time string")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Malformed(f"collateral: {what} {value!r} is not an RFC 3339 time") from exc
+        raise CollateralInvalid(f"collateral: {what} {value!r} is not an RFC 3339 time") from exc
     if moment.tzinfo is None:
-        raise Malformed(f"collateral: {what} has no time zone")
+        raise CollateralInvalid(f"collateral: {what} has no time zone")
     return moment.astimezone(UTC)
 
 
@@ -76,16 +77,16 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in items:
             if key in out:
-                raise Malformed(f"collateral: {what} repeats the key {key!r}")
+                raise CollateralInvalid(f"collateral: {what} repeats the key {key!r}")
             out[key] = value
         return out
 
     try:
         value = json.loads(text, object_pairs_hook=pairs)
     except (ValueError, RecursionError) as exc:
-        raise Malformed(f"collateral: {what} is not valid JSON") from exc
+        raise CollateralInvalid(f"collateral: {what} is not valid JSON") from exc
     if not isinstance(value, dict):
-        raise Malformed(f"collateral: {what} must be a JSON object")
+        raise CollateralInvalid(f"collateral: {what} must be a JSON object")
     return value
 
 
@@ -93,7 +94,7 @@ def _crl(hex_text: str, what: str) -> x509.CertificateRevocationList:
     try:
         return x509.load_der_x509_crl(bytes.fromhex(hex_text))
     except ValueError as exc:
-        raise Malformed(f"collateral: {what} is not a hex-encoded DER CRL") from exc
+        raise CollateralInvalid(f"collateral: {what} is not a hex-encoded DER CRL") from exc
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -131,41 +132,47 @@ class Collateral:
     def from_json(cls, data: str | bytes) -> Collateral:
         """Parse a collateral document (the JSON that dcap-qvl's ``QuoteCollateralV3.to_json`` writes)."""
         if len(data) > MAX_COLLATERAL_SIZE:
-            raise Malformed(f"collateral of {len(data)} bytes is over the limit of {MAX_COLLATERAL_SIZE}")
+            raise CollateralInvalid(f"collateral of {len(data)} bytes is over the limit of {MAX_COLLATERAL_SIZE}")
         if isinstance(data, bytes):
             try:
                 data = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise Malformed("collateral is not UTF-8") from exc
+                raise CollateralInvalid("collateral is not UTF-8") from exc
         document = _json_object(data, "document")
+        crls = [key for key in _CRLS if document.get(key) in (None, "")]
+        if crls:
+            raise CollateralInvalid(
+                f"collateral lacks its CRL(s) ({', '.join(crls)}): without them the PCK certificate's revocation "
+                "cannot be checked; use complete collateral (a PCCS v4 answer has both CRLs)"
+            )
         missing = [key for key in _REQUIRED if key not in document]
         if missing:
-            raise Malformed(f"collateral lacks {', '.join(missing)}")
+            raise CollateralInvalid(f"collateral lacks {', '.join(missing)}")
         unknown = sorted(set(document) - set(_REQUIRED) - _OPTIONAL)
         if unknown:
-            raise Malformed(f"collateral has unknown field(s) {unknown}")
+            raise CollateralInvalid(f"collateral has unknown field(s) {unknown}")
         for key in _REQUIRED:
             if not isinstance(document[key], str):
-                raise Malformed(f"collateral: {key} must be a string")
+                raise CollateralInvalid(f"collateral: {key} must be a string")
         chain = document.get("pck_certificate_chain")
         if chain is not None and not isinstance(chain, str):
-            raise Malformed("collateral: pck_certificate_chain must be a string or null")
+            raise CollateralInvalid("collateral: pck_certificate_chain must be a string or null")
 
         tcb_info = _json_object(document["tcb_info"], "tcb_info")
         tcb_id = tcb_info.get("id")
         tee = _TEE_BY_TCB_ID.get(tcb_id) if isinstance(tcb_id, str) else None
         if tee is None:
-            raise Malformed(f"collateral: tcb_info id {tcb_id!r} is neither 'TDX' nor 'SGX'")
+            raise CollateralInvalid(f"collateral: tcb_info id {tcb_id!r} is neither 'TDX' nor 'SGX'")
         fmspc = tcb_info.get("fmspc")
         if not isinstance(fmspc, str) or len(fmspc) != 12:
-            raise Malformed("collateral: tcb_info fmspc must be 12 hex digits")
+            raise CollateralInvalid("collateral: tcb_info fmspc must be 12 hex digits")
         try:
             bytes.fromhex(fmspc)
         except ValueError as exc:
-            raise Malformed("collateral: tcb_info fmspc must be 12 hex digits") from exc
+            raise CollateralInvalid("collateral: tcb_info fmspc must be 12 hex digits") from exc
         number = tcb_info.get("tcbEvaluationDataNumber")
         if type(number) is not int or number < 0:
-            raise Malformed("collateral: tcb_info tcbEvaluationDataNumber must be a non-negative integer")
+            raise CollateralInvalid("collateral: tcb_info tcbEvaluationDataNumber must be a non-negative integer")
         qe_identity = _json_object(document["qe_identity"], "qe_identity")
         if qe_identity.get("id") != _QE_ID_BY_TEE[tee]:
             raise CollateralMismatch(
@@ -181,15 +188,15 @@ class Collateral:
         elif "PCK Processor CA" in issuer:
             ca = "processor"
         else:
-            raise Malformed(f"collateral: pck_crl is issued by {issuer!r}, not an Intel PCK CA")
+            raise CollateralInvalid(f"collateral: pck_crl is issued by {issuer!r}, not an Intel PCK CA")
         for crl, what in ((pck_crl, "pck_crl"), (root_crl, "root_ca_crl")):
             if crl.next_update_utc is None:
-                raise Malformed(f"collateral: {what} has no nextUpdate")
+                raise CollateralInvalid(f"collateral: {what} has no nextUpdate")
         assert pck_crl.next_update_utc is not None and root_crl.next_update_utc is not None
         try:
             qvl = dcap_qvl.QuoteCollateralV3.from_json(data)
         except ValueError as exc:
-            raise Malformed(f"collateral: dcap-qvl cannot read it ({exc})") from exc
+            raise CollateralInvalid(f"collateral: dcap-qvl cannot read it ({exc})") from exc
         times = {
             "tcb_info_issue_date": _time(tcb_info.get("issueDate"), "tcb_info issueDate"),
             "tcb_info_next_update": _time(tcb_info.get("nextUpdate"), "tcb_info nextUpdate"),
@@ -216,7 +223,8 @@ class Collateral:
 
 
 def load_collateral(path: Path) -> Collateral:
-    """Read a collateral JSON file (edge I/O). Raises :class:`Malformed` if it is unusable."""
+    """Read a collateral JSON file (edge I/O). Raises :class:`Malformed` if it cannot be read, and
+    :class:`CollateralInvalid` (a ``Malformed``) if what it holds is unusable."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_COLLATERAL_SIZE + 1)
@@ -224,8 +232,8 @@ def load_collateral(path: Path) -> Collateral:
         raise Malformed(f"{path}: cannot read the collateral file ({exc.strerror})") from exc
     try:
         return Collateral.from_json(data)
-    except Malformed as exc:
-        raise Malformed(f"{path}: {exc.message}") from exc
+    except CollateralInvalid as exc:
+        raise CollateralInvalid(f"{path}: {exc.message}") from exc
 
 
 # --- PCCS (edge I/O) ------------------------------------------------------------------------------------------

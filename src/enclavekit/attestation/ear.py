@@ -62,10 +62,13 @@ UNTRUSTWORTHY_INSTANCE = 96
 UNPINNED = "not pinned"
 """How a verifier's ``policy.measurements`` check starts when its policy accepted any code (authenticity only)."""
 _CRYPTO_CODES = frozenset({"signature_invalid", "quote_signature_invalid", "chain_untrusted"})
-_UNEXPECTED_CODES = frozenset({"malformed", "unsupported_algorithm", "tee_mismatch"})
-_INSUFFICIENT_CODES = frozenset({"collateral_missing", "collateral_expired", "collateral_mismatch"})
+_UNEXPECTED_CODES = frozenset({"malformed", "unsupported_algorithm", "tee_mismatch", "unsupported_evidence"})
+_INSUFFICIENT_CODES = frozenset(
+    {"collateral_missing", "collateral_expired", "collateral_mismatch", "collateral_invalid"}
+)
 _CLAIM_BY_CODE = {
     "debug_mode": "configuration",
+    "td_attributes_rejected": "configuration",
     "platform_policy": "configuration",
     "measurement_mismatch": "executables",
     "rtmr_mismatch": "executables",
@@ -258,7 +261,7 @@ def appraise(report: Report[Any], *, policy_id: str | None = None) -> Appraisal:
         warning = facts.get("tcb_status") not in (None, "UpToDate") or bool(facts.get("advisory_ids"))
         claims["hardware"] = UNSAFE_HARDWARE if warning else GENUINE_HARDWARE
     measurements = next((c for c in report.checks if c.name == "policy.measurements" and c.ok), None)
-    unpinned = measurements is not None and measurements.detail.startswith(UNPINNED)
+    unpinned = measurements is not None and (not measurements.checked or measurements.detail.startswith(UNPINNED))
     app_approved = bool(names_passed & {"policy.compose_hash", "policy.app_id"})
     if "executables" not in claims and measurements is not None and not unpinned:
         # Nitro PCRs cover the whole image; TDX MRTD/RTMR0..2 only the OS, the app needs its own pin

@@ -8,8 +8,10 @@ __all__ = [
     "AttestationError",
     "CertificateExpired",
     "CertificateNotYetValid",
+    "CertificateRevoked",
     "ChainUntrusted",
     "CollateralExpired",
+    "CollateralInvalid",
     "CollateralMismatch",
     "CollateralMissing",
     "CollateralUnavailable",
@@ -23,14 +25,17 @@ __all__ = [
     "PolicyInvalid",
     "PublicKeyMismatch",
     "QuoteSignatureInvalid",
+    "QuoteUnclassified",
     "ReportDataMismatch",
     "RtmrMismatch",
     "SignatureInvalid",
     "Stale",
     "TcbStatusRejected",
+    "TdAttributesRejected",
     "TeeMismatch",
     "TimestampInFuture",
     "UnsupportedAlgorithm",
+    "UnsupportedEvidence",
     "UserDataMismatch",
 ]
 
@@ -51,6 +56,13 @@ class UnsupportedAlgorithm(AttestationError):
     """The evidence uses an algorithm we do not accept (anything but ES384 for Nitro)."""
 
     code = "unsupported_algorithm"
+
+
+class UnsupportedEvidence(AttestationError):
+    """Genuine-looking evidence of a kind this verifier does not support (a NitroTPM document, for instance):
+    neither accepted nor called forged."""
+
+    code = "unsupported_evidence"
 
 
 class SignatureInvalid(AttestationError):
@@ -75,6 +87,12 @@ class CertificateNotYetValid(AttestationError):
     """A certificate of the chain was not yet valid at the verification time."""
 
     code = "certificate_not_yet_valid"
+
+
+class CertificateRevoked(AttestationError):
+    """A certificate of the chain is on its issuer's revocation list at the verification time."""
+
+    code = "certificate_revoked"
 
 
 class TimestampInFuture(AttestationError):
@@ -137,6 +155,16 @@ class CollateralExpired(AttestationError):
     code = "collateral_expired"
 
 
+class CollateralInvalid(Malformed):
+    """The collateral given cannot be used: not well-formed, or lacking a part (the CRLs, for instance).
+
+    A :class:`Malformed` (it is a bad document), with its own code so that a user knows to fix the collateral,
+    not the evidence.
+    """
+
+    code = "collateral_invalid"
+
+
 class CollateralMismatch(AttestationError):
     """The collateral does not belong to this quote's platform, or is otherwise inconsistent."""
 
@@ -165,6 +193,22 @@ class QuoteSignatureInvalid(AttestationError):
     """The quote's signature or its certification chain does not verify."""
 
     code = "quote_signature_invalid"
+
+
+class QuoteUnclassified(AttestationError):
+    """The quote verifier (dcap-qvl) refused the quote for a reason enclavekit does not recognise.
+
+    Not a verdict on the signature: the detail keeps the verifier's own message. Report it, so it gets a name.
+    """
+
+    code = "quote_unclassified"
+
+
+class TdAttributesRejected(AttestationError):
+    """The TD runs with attributes that weaken its isolation (SEPT_VE_DISABLE clear, migratable, profiling,
+    a service TD bound, reserved bits), which the quote verifier refuses."""
+
+    code = "td_attributes_rejected"
 
 
 class RtmrMismatch(AttestationError):

@@ -68,7 +68,7 @@ def parse_at(text: str) -> At:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ValueError(f"--at {text!r}: expected now, doc, UNIX seconds or an ISO 8601 time") from exc
+        raise ValueError(f"verification time {text!r}: expected now, doc, UNIX seconds or an ISO 8601 time") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -178,7 +178,9 @@ def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_cl
     else:
         policy = tdx.TdxPolicy(unsafe_any_measurements=True, allow_debug=options.allow_debug)
     if options.at == "doc":
-        error = PolicyInvalid("--at doc: a DCAP quote carries no timestamp of its own; give a time (or now)")
+        error = PolicyInvalid(
+            "verification time 'doc': a DCAP quote carries no timestamp of its own; give a time (or now)"
+        )
         return EvidenceResult(kind, None, error, wall_clock)
     now = _resolve_at(options.at, data, wall_clock)
     collateral = _collateral_for(data, kind, options.collateral)

@@ -32,8 +32,10 @@ from enclavekit.attestation.errors import (
     NonceMismatch,
     PolicyInvalid,
     PublicKeyMismatch,
+    SignatureInvalid,
     Stale,
     TimestampInFuture,
+    UnsupportedEvidence,
     UserDataMismatch,
 )
 from enclavekit.attestation.report import CheckList, Report, VerifiedAttestation
@@ -105,11 +107,17 @@ class AttestationDocument:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AttestationDocument:
-        """Parse a tagged or untagged COSE_Sign1 Nitro document; raise :class:`Malformed` on any deviation."""
+        """Parse a tagged or untagged COSE_Sign1 Nitro document; raise :class:`Malformed` on any deviation, and
+        :class:`UnsupportedEvidence` for a NitroTPM document (``nitrotpm_pcrs``), which is another kind of evidence."""
         cose = CoseSign1.from_bytes(data, max_size=MAX_DOCUMENT_SIZE)
         payload = cbor.decode(cose.payload, max_size=MAX_DOCUMENT_SIZE, what="attestation payload")
         if not isinstance(payload, dict):
             raise Malformed("attestation payload is not a CBOR map")
+        if "nitrotpm_pcrs" in payload and "pcrs" not in payload:
+            raise UnsupportedEvidence(
+                "a NitroTPM attestation document (an EC2 instance's TPM PCRs, nitrotpm_pcrs), not a Nitro Enclaves "
+                "document: NitroTPM evidence is not supported"
+            )
         missing = [key for key in _PAYLOAD_KEYS if key not in payload and key not in _OPTIONAL_KEYS]
         if missing:
             raise Malformed(f"attestation payload lacks {', '.join(missing)}")
@@ -287,6 +295,10 @@ def report(
     checks = CheckList()
     try:
         doc = AttestationDocument.from_bytes(document)
+    except UnsupportedEvidence as exc:
+        _check_other_kind(checks, document, policy, now, chains)
+        checks.failed("document.kind", exc, phase="hardware")
+        return _result(checks, None)
     except AttestationError as exc:
         checks.failed("document.parse", exc, phase="hardware")
         return _result(checks, None)
@@ -335,6 +347,35 @@ def report(
     return _result(checks, attestation, facts)
 
 
+def _check_other_kind(
+    checks: CheckList, document: bytes, policy: NitroPolicy, now: datetime, chains: ChainVerifier | None
+) -> None:
+    """For evidence of another kind signed the Nitro way (a NitroTPM document): say whether its chain and
+    signature verify, so the report tells a genuine unsupported document from a forged one."""
+    try:
+        cose = CoseSign1.from_bytes(document, max_size=MAX_DOCUMENT_SIZE)
+        payload = cbor.decode(cose.payload, max_size=MAX_DOCUMENT_SIZE, what="attestation payload")
+        certificate = _bytes_field(payload.get("certificate"), "certificate", minimum=1)
+        bundle = payload.get("cabundle")
+        if not isinstance(bundle, list) or not 1 <= len(bundle) <= MAX_CABUNDLE:
+            return
+        cabundle = [_bytes_field(c, "cabundle entry", minimum=1) for c in bundle]
+    except AttestationError:
+        return  # nothing more to say about it than that it is another kind
+    try:
+        chain = (chains or _chain_verifier(policy.roots)).verify(cabundle[1:], certificate, now=now)
+        verify_es384(chain.leaf_key, cose.signature, cose.to_be_signed())
+    except AttestationError as exc:
+        name = "cose.signature" if isinstance(exc, SignatureInvalid) else "certificate.chain"
+        checks.failed(name, exc, phase="hardware")
+        return
+    checks.passed(
+        "certificate.chain",
+        f"{len(chain.ders)} certificates to {chain.root_subject}, valid at {now.isoformat()}; ES384 signature valid",
+        phase="hardware",
+    )
+
+
 def _result(
     checks: CheckList, attestation: NitroAttestation | None, facts: Mapping[str, Any] | None = None
 ) -> Report[NitroAttestation]:
@@ -380,7 +421,7 @@ def _check_policy(checks: CheckList, doc: AttestationDocument, policy: NitroPoli
         checks.passed("enclave.debug", "debug mode (allowed by policy)" if doc.debug else "production mode", phase="os")
 
     if policy.unsafe_any_measurements:
-        checks.passed("policy.measurements", "not pinned: authenticity only", phase="source")
+        checks.not_checked("policy.measurements", "not pinned: authenticity only", phase="source")
     else:
         matched = _matching_set(doc.pcrs, policy.measurements)
         if matched is None:

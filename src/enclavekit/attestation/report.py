@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from enclavekit.attestation.errors import AttestationError
 
-__all__ = ["Check", "CheckList", "Report", "VerifiedAttestation"]
+__all__ = ["Check", "CheckList", "CheckStatus", "Report", "VerifiedAttestation"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,13 +38,19 @@ class VerifiedAttestation:
 T = TypeVar("T", bound=VerifiedAttestation)
 
 
+CheckStatus = Literal["passed", "failed", "not_checked"]
+"""A check's state: ``passed``; ``failed``; ``not_checked``: the policy chose not to check it (measurements not
+pinned, hardware not verified without collateral), which does not fail the verdict and is not a pass either."""
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """One named check and its outcome.
 
     ``name`` is stable (``cose.signature``, ``chain.validity``, ``policy.measurements``...); ``phase`` groups
     checks for people (``hardware``, ``os``, ``source``, ``binding``); ``code`` is the error code when the
-    check failed.
+    check failed. ``ok`` is False only for a failure; ``checked`` is False when the policy chose not to check
+    (then ``ok`` is True and :attr:`status` is ``not_checked``): show it as such, never as passed.
     """
 
     name: str
@@ -54,9 +60,20 @@ class Check:
     code: str | None = None
     expected: str | None = None
     actual: str | None = None
+    checked: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.ok and not self.checked:
+            raise ValueError("a check that was not performed cannot have failed")
+
+    @property
+    def status(self) -> CheckStatus:
+        if not self.ok:
+            return "failed"
+        return "passed" if self.checked else "not_checked"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "ok": self.ok, "detail": self.detail}
+        out: dict[str, Any] = {"name": self.name, "ok": self.ok, "status": self.status, "detail": self.detail}
         if self.phase:
             out["phase"] = self.phase
         if self.code is not None:
@@ -120,6 +137,10 @@ class CheckList:
         self, name: str, detail: str, *, phase: str = "", expected: str | None = None, actual: str | None = None
     ) -> None:
         self._checks.append(Check(name, True, detail, phase, None, expected, actual))
+
+    def not_checked(self, name: str, detail: str, *, phase: str = "") -> None:
+        """A check the policy chose not to make (unpinned measurements, unverified hardware): not a pass."""
+        self._checks.append(Check(name, True, detail, phase, checked=False))
 
     def failed(
         self,

@@ -10,6 +10,7 @@ Enclave side::
 Client side::
 
     initiator = Initiator(verifier)                                  # verifier pins the enclave's measurements
+    # or Initiator(verifier, identity=ClientIdentityKey.generate()): the enclave sees session.client_key
     handshake, client_hello = initiator.start(now=now)
     client_finish, session = handshake.finish(server_hello, now=now)
     record = session.seal(b"hello", now=now)                         # the peer: session.open(record, now=now)
@@ -24,6 +25,9 @@ from enclavekit.channel.errors import (
     HandshakeConfirmationFailed,
     HandshakeDowngrade,
     HandshakeError,
+    HandshakeIdentityKeyUnsupported,
+    HandshakeIdentityMalformed,
+    HandshakeIdentitySignatureInvalid,
     HandshakeKeyInvalid,
     HandshakeMalformed,
     HandshakeModeUnavailable,
@@ -52,8 +56,8 @@ from enclavekit.channel.handshake import (
     Responder,
     ServerHandshake,
 )
-from enclavekit.channel.keys import BoundKeys, SessionKeys
-from enclavekit.channel.protocols import AttestedPeer, Attester, Verifier
+from enclavekit.channel.keys import BoundKeys, ClientIdentityKey, SessionKeys
+from enclavekit.channel.protocols import AttestedPeer, Attester, IdentitySigner, Verifier
 from enclavekit.channel.record import MessageReader, Session, SessionLimits
 from enclavekit.channel.wire import HEADER_SIZE, SUPPORTED_VERSIONS, MessageType, Mode, parse_header
 
@@ -65,11 +69,15 @@ __all__ = [
     "BoundKeys",
     "ChannelError",
     "ClientHandshake",
+    "ClientIdentityKey",
     "HandshakeAborted",
     "HandshakeAttestationRequired",
     "HandshakeConfirmationFailed",
     "HandshakeDowngrade",
     "HandshakeError",
+    "HandshakeIdentityKeyUnsupported",
+    "HandshakeIdentityMalformed",
+    "HandshakeIdentitySignatureInvalid",
     "HandshakeKeyInvalid",
     "HandshakeMalformed",
     "HandshakeModeUnavailable",
@@ -78,6 +86,7 @@ __all__ = [
     "HandshakeTimeout",
     "HandshakeTranscriptMismatch",
     "HandshakeVersionUnsupported",
+    "IdentitySigner",
     "Initiator",
     "LocalAttestation",
     "MessageReader",

@@ -18,6 +18,9 @@ __all__ = [
     "HandshakeConfirmationFailed",
     "HandshakeDowngrade",
     "HandshakeError",
+    "HandshakeIdentityKeyUnsupported",
+    "HandshakeIdentityMalformed",
+    "HandshakeIdentitySignatureInvalid",
     "HandshakeKeyInvalid",
     "HandshakeMalformed",
     "HandshakeModeUnavailable",
@@ -108,6 +111,27 @@ class HandshakeConfirmationFailed(HandshakeError):
     """The initiator's key confirmation does not match: a substituted key or an altered transcript."""
 
     code = "handshake_confirmation_failed"
+
+
+class HandshakeIdentityMalformed(HandshakeMalformed):
+    """The client identity field of a client finish is truncated, oversized or of the wrong length."""
+
+    code = "handshake_identity_malformed"
+
+
+class HandshakeIdentityKeyUnsupported(HandshakeError):
+    """The client identity names a key type this side does not know (only Ed25519 is defined)."""
+
+    code = "handshake_identity_key_unsupported"
+
+
+class HandshakeIdentitySignatureInvalid(HandshakeError):
+    """The client identity's proof does not verify over this handshake's transcript.
+
+    What a proof signed in another session (a replay), over another transcript, or by another key looks like.
+    """
+
+    code = "handshake_identity_signature_invalid"
 
 
 class HandshakeAttestationRequired(HandshakeError):

@@ -14,6 +14,11 @@ One round trip, then the initiator may send records at once::
   the binding (which holds the hash of the client hello, hence its nonce) and the document's hash.
 * **mutual** (enclave to enclave): the initiator's hello carries its own document; its client finish carries a
   signature over the whole transcript by the key that document binds.
+* **client identity** (version 2): the client finish carries the client's long-term Ed25519 public key and its
+  signature over the transcript hash (which covers both hellos, hence both nonces and the enclave's document,
+  ``enc`` and the client's key), as a TLS client certificate and CertificateVerify do, sealed under a key from
+  the session's key schedule so the relay never learns who connects. The key is in the transcript hash that the
+  key confirmation covers, so it cannot be swapped, and a proof from another session does not verify.
 
 The initiator verifies the responder's evidence, then that the binding is its own handshake, before it derives
 any key. The key schedule (:mod:`enclavekit.channel.schedule`) binds both hellos, the document and the version
@@ -29,12 +34,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from enclavekit.attestation.errors import NonceMismatch, Stale
 from enclavekit.channel.errors import (
     HandshakeAborted,
     HandshakeAttestationRequired,
     HandshakeConfirmationFailed,
     HandshakeDowngrade,
+    HandshakeIdentitySignatureInvalid,
     HandshakeKeyInvalid,
     HandshakeMalformed,
     HandshakeModeUnavailable,
@@ -44,11 +53,12 @@ from enclavekit.channel.errors import (
     HandshakeTranscriptMismatch,
     HandshakeVersionUnsupported,
 )
-from enclavekit.channel.keys import BoundKeys, SessionKeys
-from enclavekit.channel.protocols import AttestedPeer, Attester, Verifier
+from enclavekit.channel.keys import BoundKeys, SessionKeys, verify_identity_proof
+from enclavekit.channel.protocols import AttestedPeer, Attester, IdentitySigner, Verifier
 from enclavekit.channel.record import Session, SessionLimits
 from enclavekit.channel.schedule import confirmation, hpke_info, initiator_secrets, responder_secrets, sha256
 from enclavekit.channel.wire import (
+    IDENTITY_VERSION,
     NONCE_SIZE,
     RANDOM_SIZE,
     SUPPORTED_VERSIONS,
@@ -56,15 +66,18 @@ from enclavekit.channel.wire import (
     Binding,
     ClientFinish,
     ClientHello,
+    ClientIdentityProof,
     MessageType,
     Mode,
     ServerHello,
+    identity_key_field,
 )
 from enclavekit.errors import ConfigurationError
 
 __all__ = [
     "BINDING_CONTEXT",
     "CACHED_SIGNATURE_CONTEXT",
+    "CLIENT_IDENTITY_CONTEXT",
     "INITIATOR_SIGNATURE_CONTEXT",
     "ClientHandshake",
     "Initiator",
@@ -72,6 +85,10 @@ __all__ = [
     "Responder",
     "ServerHandshake",
     "binding_user_data",
+    "identity_proof_message",
+    "open_identity",
+    "seal_identity",
+    "transcript_hash",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +96,7 @@ logger = logging.getLogger(__name__)
 BINDING_CONTEXT = b"enclavekit-session binding\x00"
 CACHED_SIGNATURE_CONTEXT = b"enclavekit-session cached signature\x00"
 INITIATOR_SIGNATURE_CONTEXT = b"enclavekit-session initiator signature\x00"
+CLIENT_IDENTITY_CONTEXT = b"enclavekit-session client identity\x00"
 
 RandomSource = Callable[[int], bytes]
 
@@ -86,6 +104,46 @@ RandomSource = Callable[[int], bytes]
 def binding_user_data(binding: Binding) -> bytes:
     """The ``user_data`` a fresh-mode document carries: SHA-256 of the context string and the binding."""
     return sha256(BINDING_CONTEXT + binding.to_bytes())
+
+
+def transcript_hash(
+    version: int, client_hello: bytes, server_hello: bytes, enc: bytes, client_key: bytes | None
+) -> bytes:
+    """SHA-256(client hello ‖ server hello ‖ enc), and from version 2 ‖ the client identity key field
+    (``0x00`` anonymous, ``key_type ‖ public key`` otherwise): what the confirmation and both signatures cover."""
+    return _transcript_hash(version, client_hello + server_hello, enc, client_key)
+
+
+def _transcript_hash(version: int, hellos: bytes, enc: bytes, client_key: bytes | None) -> bytes:
+    suffix = identity_key_field(client_key) if version >= IDENTITY_VERSION else b""
+    return sha256(hellos + enc + suffix)
+
+
+def identity_proof_message(transcript: bytes) -> bytes:
+    """What a client identity key signs: the context string and the transcript hash."""
+    return CLIENT_IDENTITY_CONTEXT + transcript
+
+
+_IDENTITY_NONCE = bytes(12)  # the identity key seals exactly one message
+
+
+def seal_identity(identity_key: bytes, aad: bytes, identity: ClientIdentityProof) -> bytes:
+    """The client finish's identity field: ChaCha20-Poly1305(identity_key, zero nonce, aad, identity), where
+    ``identity_key`` is the session's ``Export("enclavekit client identity", 32)`` and ``aad`` is
+    SHA-256(client hello ‖ server hello ‖ enc)."""
+    return ChaCha20Poly1305(identity_key).encrypt(_IDENTITY_NONCE, identity.to_bytes(), aad)
+
+
+def open_identity(identity_key: bytes, aad: bytes, sealed: bytes) -> ClientIdentityProof:
+    """Open and parse a sealed identity field; a field that does not open was altered in transit (or sealed for
+    another session): :class:`HandshakeConfirmationFailed`."""
+    try:
+        plaintext = ChaCha20Poly1305(identity_key).decrypt(_IDENTITY_NONCE, sealed, aad)
+    except (InvalidTag, ValueError):
+        raise HandshakeConfirmationFailed(
+            "the sealed client identity does not open: it was altered in transit or sealed for another session"
+        ) from None
+    return ClientIdentityProof.from_bytes(plaintext)
 
 
 def _cached_signature_message(binding: Binding, document: bytes) -> bytes:
@@ -131,6 +189,8 @@ class Initiator:
     * ``modes``: attestation modes accepted. Default fresh only; accepting ``Mode.CACHED`` requires
       ``max_document_age`` (how old a cached document may be at ``now``).
     * ``attestation``: returns this endpoint's :class:`LocalAttestation` to attest itself (mutual mode).
+    * ``identity``: the client's long-term key, proven in the handshake (version 2 and later; an initiator
+      with an identity offers only those versions, so it never silently falls back to an anonymous session).
     * ``random``: the randomness source (``os.urandom``); tests inject a fixed one.
     """
 
@@ -141,11 +201,13 @@ class Initiator:
         modes: Iterable[Mode] = (Mode.FRESH,),
         max_document_age: timedelta | None = None,
         attestation: Callable[[], LocalAttestation] | None = None,
+        identity: IdentitySigner | None = None,
         versions: Sequence[int] = SUPPORTED_VERSIONS,
         limits: SessionLimits | None = None,
         random: RandomSource = os.urandom,
     ) -> None:
         self.verifier = verifier
+        self.identity = identity
         self.modes = frozenset(Mode(m) for m in modes)
         if not self.modes:
             raise ConfigurationError("an initiator must accept at least one attestation mode")
@@ -154,6 +216,12 @@ class Initiator:
         self.max_document_age = max_document_age
         self.attestation = attestation
         self.versions = _check_versions(versions)
+        if identity is not None:
+            self.versions = tuple(v for v in self.versions if v >= IDENTITY_VERSION)
+            if not self.versions:
+                raise ConfigurationError(f"a client identity needs protocol version {IDENTITY_VERSION} or later")
+            if len(identity.public_key) != 32:
+                raise ConfigurationError("a client identity is a raw 32-byte Ed25519 public key")
         self.limits = limits or SessionLimits()
         self.random = random
 
@@ -231,18 +299,32 @@ class ClientHandshake:
         if not hmac.compare_digest(binding.client_hello_hash, sha256(self._client_hello)):
             raise HandshakeTranscriptMismatch("the responder saw another client hello than the one sent")
 
+        signer = initiator.identity
+        client_key = None if signer is None else signer.public_key
         info = hpke_info(binding.version, self._client_hello, server_hello, hello.document)
         try:
             enc, secrets = initiator_secrets(keys.kem_public_key, info, initiator.random(32))
         except ValueError as exc:
             raise HandshakeKeyInvalid("the attested X25519 key is unusable") from exc
-        transcript_hash = sha256(self._client_hello + server_hello + enc)
+        transcript = transcript_hash(binding.version, self._client_hello, server_hello, enc, client_key)
         signature = b""
         if self._local is not None:
-            signature = self._local.keys.sign(INITIATOR_SIGNATURE_CONTEXT + transcript_hash)
-        finish = ClientFinish(binding.version, enc, confirmation(secrets.finished, transcript_hash), signature)
+            signature = self._local.keys.sign(INITIATOR_SIGNATURE_CONTEXT + transcript)
+        sealed = b""
+        if signer is not None and client_key is not None:
+            proof = ClientIdentityProof(client_key, signer.sign(identity_proof_message(transcript)))
+            sealed = seal_identity(secrets.identity, sha256(self._client_hello + server_hello + enc), proof)
+        finish = ClientFinish(
+            binding.version, enc, confirmation(secrets.finished, transcript), signature, sealed_identity=sealed
+        )
         session = Session(
-            role="initiator", version=binding.version, secrets=secrets, peer=peer, now=now, limits=initiator.limits
+            role="initiator",
+            version=binding.version,
+            secrets=secrets,
+            peer=peer,
+            now=now,
+            limits=initiator.limits,
+            client_key=client_key,
         )
         return finish.to_bytes(), session
 
@@ -399,7 +481,8 @@ class ServerHandshake:
         self._done = False
 
     def finish(self, client_finish: bytes, *, now: datetime) -> Session:
-        """Check the initiator's key confirmation (and, mutual mode, its signature); return the session."""
+        """Check the initiator's key confirmation (and, mutual mode, its signature; with a client identity, its
+        proof over this transcript); return the session, whose ``client_key`` is the proven key or None."""
         if self._done:
             raise HandshakeStateError("this handshake already processed a client finish")
         self._done = True
@@ -414,16 +497,27 @@ class ServerHandshake:
             secrets = responder_secrets(finish.enc, responder.keys.hpke_private_key(), self._info)
         except ValueError as exc:
             raise HandshakeConfirmationFailed("the initiator's key share is unusable") from exc
-        transcript_hash = sha256(self._transcript + finish.enc)
-        if not hmac.compare_digest(finish.confirm, confirmation(secrets.finished, transcript_hash)):
+        identity = None
+        if finish.sealed_identity:
+            aad = sha256(self._transcript + finish.enc)
+            identity = open_identity(secrets.identity, aad, finish.sealed_identity)
+        client_key = None if identity is None else identity.public_key
+        transcript = _transcript_hash(self._version, self._transcript, finish.enc, client_key)
+        if not hmac.compare_digest(finish.confirm, confirmation(secrets.finished, transcript)):
             raise HandshakeConfirmationFailed(
-                "key confirmation failed: the key share or the transcript was altered in transit"
+                "key confirmation failed: the key share, client key or transcript was altered in transit"
             )
         if self._peer_keys is not None and not (
             finish.signature
-            and self._peer_keys.verify_signature(finish.signature, INITIATOR_SIGNATURE_CONTEXT + transcript_hash)
+            and self._peer_keys.verify_signature(finish.signature, INITIATOR_SIGNATURE_CONTEXT + transcript)
         ):
             raise HandshakeSignatureInvalid("the initiator's signature over the transcript does not verify")
+        if identity is not None and not verify_identity_proof(
+            identity.public_key, identity.proof, identity_proof_message(transcript)
+        ):
+            raise HandshakeIdentitySignatureInvalid(
+                "the client identity's proof does not sign this handshake (replayed, or over another transcript)"
+            )
         return Session(
             role="responder",
             version=self._version,
@@ -431,4 +525,5 @@ class ServerHandshake:
             peer=self._peer,
             now=now,
             limits=responder.limits,
+            client_key=client_key,
         )

@@ -8,6 +8,9 @@ An attesting endpoint (an enclave) holds two key pairs, in memory only:
 
 Both public keys travel in the document's ``public_key`` field as a :class:`BoundKeys` (65 bytes, versioned from
 its first byte), so whoever verifies the document learns both, and a relay can swap neither.
+
+A client may also hold a long-term :class:`ClientIdentityKey` (Ed25519) that it proves in the handshake, so the
+enclave can tell its callers apart (``enclavekit.client.identity`` keeps one in a file).
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from pyhpke import KEMKey, KEMKeyInterface
 
 from enclavekit.channel.errors import HandshakeKeyInvalid
 
-__all__ = ["BOUND_KEYS_SIZE", "BOUND_KEYS_VERSION", "BoundKeys", "SessionKeys"]
+__all__ = [
+    "BOUND_KEYS_SIZE",
+    "BOUND_KEYS_VERSION",
+    "BoundKeys",
+    "ClientIdentityKey",
+    "SessionKeys",
+    "verify_identity_proof",
+]
 
 BOUND_KEYS_VERSION: Final = 1
 BOUND_KEYS_SIZE: Final = 1 + 32 + 32
@@ -114,3 +124,49 @@ class SessionKeys:
 
     def __repr__(self) -> str:
         return f"SessionKeys(public={self._bound.to_bytes().hex()[:16]}...)"
+
+
+class ClientIdentityKey:
+    """A client's long-term Ed25519 identity key (satisfies :class:`~enclavekit.channel.protocols.IdentitySigner`).
+
+    Proven in a handshake by signing its transcript; the enclave learns only :attr:`public_key`.
+    """
+
+    __slots__ = ("_private", "_public")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private = private_key
+        self._public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @classmethod
+    def generate(cls) -> ClientIdentityKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_bytes(cls, seed: bytes) -> ClientIdentityKey:
+        """A key from its 32-byte Ed25519 seed (test vectors; the key store reads PKCS#8 files)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        return self._private
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key: what an enclave sees as ``CallContext.client_key``."""
+        return self._public
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def __repr__(self) -> str:
+        return f"ClientIdentityKey(public={self._public.hex()})"
+
+
+def verify_identity_proof(public_key: bytes, proof: bytes, message: bytes) -> bool:
+    """True when ``proof`` is the Ed25519 signature of ``message`` by ``public_key`` (callers raise their own)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(proof, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["AttestedPeer", "Attester", "Verifier"]
+__all__ = ["AttestedPeer", "Attester", "IdentitySigner", "Verifier"]
 
 
 @runtime_checkable
@@ -58,3 +58,15 @@ class Attester(Protocol):
     """
 
     def attestation(self, *, user_data: bytes | None, nonce: bytes | None, public_key: bytes) -> bytes: ...
+
+
+class IdentitySigner(Protocol):
+    """A client's long-term identity: a raw 32-byte Ed25519 public key and signatures by its private half.
+
+    :class:`enclavekit.channel.keys.ClientIdentityKey` is one; a hardware token could be another.
+    """
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...

@@ -100,7 +100,8 @@ class Session:
     """An established attested session. Only a completed handshake creates one.
 
     ``peer`` is the verified attestation of the other side (the responder's, on the initiator; the initiator's
-    on the responder when the handshake was mutual, else None).
+    on the responder when the handshake was mutual, else None). ``client_key`` is the client identity's raw
+    Ed25519 public key that the handshake proved (None for an anonymous client), the same on both sides.
     """
 
     __slots__ = (
@@ -112,6 +113,7 @@ class Session:
         "_receive_sequence",
         "_send",
         "_send_sequence",
+        "client_key",
         "established_at",
         "expires_at",
         "limits",
@@ -130,8 +132,10 @@ class Session:
         peer: AttestedPeer | None,
         now: datetime,
         limits: SessionLimits,
+        client_key: bytes | None = None,
     ) -> None:
         self.role: Role = role
+        self.client_key = client_key
         self.version = version
         self.session_id = secrets.session_id
         self.peer = peer

@@ -8,6 +8,7 @@ session secret from the HPKE exporter, never from the HPKE AEAD itself:
                   ‖ SHA-256(responder's attestation document)
     c2s secret  = Export("enclavekit c2s", 32)        s2c secret = Export("enclavekit s2c", 32)
     finished    = Export("enclavekit finished", 32)   session id = Export("enclavekit session id", 16)
+    identity    = Export("enclavekit client identity", 32)   (version 2: seals the client identity field)
 
 A traffic secret ``s`` yields the record key ``HKDF-Expand(s, "enclavekit key", 32)``, the nonce base
 ``HKDF-Expand(s, "enclavekit iv", 12)``, and, on a key update, its successor ``HKDF-Expand(s, "enclavekit key
@@ -72,6 +73,8 @@ class SessionSecrets:
     s2c: bytes
     finished: bytes
     session_id: bytes
+    identity: bytes
+    """Seals the client finish's identity field (ChaCha20-Poly1305, used for that one message only)."""
 
     def __repr__(self) -> str:
         return f"SessionSecrets(session_id={self.session_id.hex()})"
@@ -84,6 +87,7 @@ def _secrets(context: object) -> SessionSecrets:
         s2c=export(b"enclavekit s2c", 32),
         finished=export(b"enclavekit finished", 32),
         session_id=export(b"enclavekit session id", SESSION_ID_SIZE),
+        identity=export(b"enclavekit client identity", 32),
     )
 
 

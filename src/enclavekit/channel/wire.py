@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from enclavekit.channel.errors import (
+    HandshakeIdentityKeyUnsupported,
+    HandshakeIdentityMalformed,
     HandshakeMalformed,
     HandshakeVersionUnsupported,
     MessageTooLarge,
@@ -21,10 +23,13 @@ from enclavekit.channel.errors import (
 )
 
 __all__ = [
+    "ED25519_IDENTITY",
     "HEADER_SIZE",
     "HELLO_VERSION",
+    "IDENTITY_VERSION",
     "MAX_DOCUMENT_SIZE",
     "MAX_HANDSHAKE_SIZE",
+    "MAX_IDENTITY_SIZE",
     "MAX_RECORD_LIMIT",
     "NONCE_SIZE",
     "RANDOM_SIZE",
@@ -36,18 +41,25 @@ __all__ = [
     "Binding",
     "ClientFinish",
     "ClientHello",
+    "ClientIdentityProof",
     "Header",
     "MessageType",
     "Mode",
     "ServerHello",
     "encode_header",
+    "identity_key_field",
     "modes_from_mask",
     "modes_to_mask",
     "parse_header",
 ]
 
-SUPPORTED_VERSIONS: Final = (1,)
-"""Protocol versions this implementation speaks, most preferred first."""
+SUPPORTED_VERSIONS: Final = (2, 1)
+"""Protocol versions this implementation speaks, most preferred first.
+
+Version 2 is version 1 plus the sealed client identity field in the client finish (empty for an anonymous client)
+and the client's key in the transcript hash; everything else is the same bytes."""
+IDENTITY_VERSION: Final = 2
+"""The first protocol version whose client finish can carry a client identity."""
 HELLO_VERSION: Final = 1
 """The format version of the client hello, fixed so any responder can read any offer."""
 
@@ -64,6 +76,11 @@ MAX_VERSIONS: Final = 8
 MAX_DOCUMENT_SIZE: Final = 32 * 1024
 """Largest attestation document carried (Nitro documents are under 16 KiB, TDX quotes with certificates ~8)."""
 MAX_HANDSHAKE_SIZE: Final = MAX_DOCUMENT_SIZE + 1024
+ED25519_IDENTITY: Final = 1
+"""The client identity key type of a raw 32-byte Ed25519 public key (the only one today)."""
+MAX_IDENTITY_SIZE: Final = 512
+"""Largest sealed client identity accepted (an Ed25519 one is 97 + 16 bytes; room for a larger key type later)."""
+_ED25519_IDENTITY_SIZE: Final = 1 + 32 + SIGNATURE_SIZE
 MAX_RECORD_LIMIT: Final = 64 * 1024 * 1024
 """The most any session may allow as a record's plaintext (the default is much lower)."""
 
@@ -158,6 +175,10 @@ class _Reader:
         chunk = self._data[self._offset : end]
         self._offset = end
         return bytes(chunk)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._offset
 
     def u8(self, field: str) -> int:
         return self.take(1, field)[0]
@@ -344,22 +365,76 @@ class ServerHello:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientIdentityProof:
+    """A client's long-term public key and its signature over the handshake transcript (version 2 and later).
+
+    ``key_type ‖ public key ‖ proof``; the only key type is :data:`ED25519_IDENTITY` (32-byte key, 64-byte
+    Ed25519 signature). This is the *plaintext* of the client finish's sealed identity field (the relay never
+    sees it). Parsing checks the shape only; the handshake checks the proof.
+    """
+
+    public_key: bytes
+    proof: bytes
+    key_type: int = ED25519_IDENTITY
+
+    def __post_init__(self) -> None:
+        if self.key_type != ED25519_IDENTITY:
+            raise HandshakeIdentityKeyUnsupported(f"client identity key type {self.key_type} is not supported")
+        if len(self.public_key) != 32 or len(self.proof) != SIGNATURE_SIZE:
+            raise HandshakeIdentityMalformed("an Ed25519 client identity is a 32-byte key and a 64-byte proof")
+
+    def key_field(self) -> bytes:
+        """``key_type ‖ public key``: what the transcript and the key schedule bind."""
+        return bytes([self.key_type]) + self.public_key
+
+    def to_bytes(self) -> bytes:
+        return self.key_field() + self.proof
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientIdentityProof:
+        """Parse the opened identity field (its sealed length already checked against :data:`MAX_IDENTITY_SIZE`)."""
+        if not data:
+            raise HandshakeIdentityMalformed("client identity: empty")
+        if data[0] != ED25519_IDENTITY:
+            raise HandshakeIdentityKeyUnsupported(f"client identity key type {data[0]} is not supported")
+        if len(data) != _ED25519_IDENTITY_SIZE:
+            raise HandshakeIdentityMalformed(
+                f"client identity: an Ed25519 identity is {_ED25519_IDENTITY_SIZE} bytes, got {len(data)}"
+            )
+        return cls(bytes(data[1:33]), bytes(data[33:]), data[0])
+
+
+def identity_key_field(public_key: bytes | None) -> bytes:
+    """What the transcript hash binds of a client identity: ``0x00`` when anonymous, else
+    ``key_type (0x01, Ed25519) ‖ public key``."""
+    return b"\x00" if public_key is None else bytes([ED25519_IDENTITY]) + public_key
+
+
+@dataclass(frozen=True, slots=True)
 class ClientFinish:
-    """The initiator's HPKE encapsulated key, its key confirmation, and (mutual mode) its signature."""
+    """The initiator's HPKE encapsulated key, its key confirmation, (mutual mode) its signature and, from
+    version 2, its sealed client identity (empty: anonymous)."""
 
     version: int
     enc: bytes
     confirm: bytes
     signature: bytes = b""
+    sealed_identity: bytes = b""
 
     def __post_init__(self) -> None:
         if len(self.enc) != ENC_SIZE or len(self.confirm) != CONFIRM_SIZE:
             raise HandshakeMalformed("client finish: enc and confirmation are 32 bytes each")
         if len(self.signature) not in (0, SIGNATURE_SIZE):
             raise HandshakeMalformed(f"client finish: signature must be empty or {SIGNATURE_SIZE} bytes")
+        if self.sealed_identity and self.version < IDENTITY_VERSION:
+            raise HandshakeVersionUnsupported(f"version {self.version} cannot carry a client identity")
+        if len(self.sealed_identity) > MAX_IDENTITY_SIZE:
+            raise HandshakeIdentityMalformed(f"client finish: identity over {MAX_IDENTITY_SIZE} bytes")
 
     def to_bytes(self) -> bytes:
         body = self.enc + self.confirm + bytes([len(self.signature)]) + self.signature
+        if self.version >= IDENTITY_VERSION:
+            body += len(self.sealed_identity).to_bytes(2, "big") + self.sealed_identity
         return encode_header(self.version, MessageType.CLIENT_FINISH, len(body)) + body
 
     @classmethod
@@ -369,8 +444,18 @@ class ClientFinish:
         enc = reader.take(ENC_SIZE, "enc")
         confirm = reader.take(CONFIRM_SIZE, "confirmation")
         signature = reader.take(reader.u8("signature length"), "signature")
+        sealed = b""
+        if version >= IDENTITY_VERSION:
+            if reader.remaining < 2:
+                raise HandshakeIdentityMalformed("client finish: truncated in identity length")
+            size = reader.u16("identity length")
+            if size > MAX_IDENTITY_SIZE:
+                raise HandshakeIdentityMalformed(f"client finish: identity of {size} bytes is over {MAX_IDENTITY_SIZE}")
+            if reader.remaining < size:
+                raise HandshakeIdentityMalformed(f"client finish: identity truncated ({reader.remaining} of {size})")
+            sealed = reader.take(size, "identity")
         reader.finish()
-        return cls(version, enc, confirm, signature)
+        return cls(version, enc, confirm, signature, sealed)
 
 
 @dataclass(frozen=True, slots=True)

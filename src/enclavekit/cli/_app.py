@@ -33,11 +33,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Enclave apps: run one (in a Nitro Enclave, or simulated), list what runs inside one.",
     ),
     "host": ("enclavekit.cli.host", "The untrusted host side: relays and endpoints that never see plaintext."),
+    "identity": ("enclavekit.cli.identity", "Your client identity: the Ed25519 key that enclaves know you by."),
     "kms": (
         "enclavekit.cli.kms",
         "The local KMS emulator: AWS KMS's protocol, key policies with Nitro attestation conditions.",
     ),
     "notify": ("enclavekit.cli.notify", "Confidential push notifications: the notify service and its local tools."),
+    "receipt": ("enclavekit.cli.receipt", "AIR v1 inference receipts: verify them offline."),
     "nsm": ("enclavekit.cli.nsm", "The Nitro Secure Module: simulated attestation documents and NSM facts."),
     "trust": (
         "enclavekit.cli.trust",

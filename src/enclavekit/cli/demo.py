@@ -1,4 +1,8 @@
-"""``enclavekit demo``: talk to the local stack's demo enclave as a client would, through the host relay."""
+"""``enclavekit demo``: talk to the local stack's demo enclave as a client would, through the host relay.
+
+Every call proves the user's client identity (``enclavekit.client.identity``; created on first use), so the
+notes written are the user's own: another key, or the host calling anonymously, cannot read them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import typer
 
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.cli._app import app
+from enclavekit.cli.identity import IDENTITY_OPTION
 from enclavekit.client import AttestedClient
+from enclavekit.client import identity as identity_store
 from enclavekit.enclave.demo import ECHO, GET_NOTE, PUT_NOTE, Echo, Note, NoteKey
 from enclavekit.errors import Error
 from enclavekit.nsm import load_root
@@ -24,7 +30,7 @@ app.add_typer(demo_app, name="demo")
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the running stack.")
 
 
-def _client(state: Path) -> AttestedClient:
+def _client(state: Path, identity: Path | None) -> AttestedClient:
     folder = StateDir(state.resolve())
     stack = folder.read_stack()
     if stack is None:
@@ -37,12 +43,16 @@ def _client(state: Path) -> AttestedClient:
         raise typer.Exit(1)
     # Pin the code we expect (PCR0 as the stack printed it) and trust this stack's simulated NSM.
     policy = NitroPolicy(measurements=[{0: bytes.fromhex(enclave["pcr0"])}], roots=(load_root(folder.root),))
-    return AttestedClient.nitro(relay["url"], policy)
+    key, created = identity_store.load_or_create(identity)
+    if created:
+        where = identity_store.default_path() if identity is None else identity
+        typer.echo(f"created your client identity {key.public_key.hex()} in {where}", err=True)
+    return AttestedClient.nitro(relay["url"], policy, identity=key)
 
 
-def _run(state: Path, work: Any) -> None:
+def _run(state: Path, work: Any, identity: Path | None = None) -> None:
     async def main() -> Any:
-        async with _client(state) as client:
+        async with _client(state, identity) as client:
             result = await work(client)
             peer = client.peer
             assert peer is not None
@@ -57,18 +67,18 @@ def _run(state: Path, work: Any) -> None:
 
 
 @demo_app.command("put")
-def put(key: str, text: str, state: Path = STATE) -> None:
-    """Store TEXT under KEY inside the enclave (sealed end to end; the relay sees ciphertext)."""
-    _run(state, lambda c: c.call(PUT_NOTE, Note(key=key, text=text)))
+def put(key: str, text: str, state: Path = STATE, identity: Path | None = IDENTITY_OPTION) -> None:
+    """Store TEXT under KEY inside the enclave, as your note (sealed end to end; the relay sees ciphertext)."""
+    _run(state, lambda c: c.call(PUT_NOTE, Note(key=key, text=text)), identity)
 
 
 @demo_app.command("get")
-def get(key: str, state: Path = STATE) -> None:
-    """Read the note KEY back from the enclave."""
-    _run(state, lambda c: c.call(GET_NOTE, NoteKey(key=key)))
+def get(key: str, state: Path = STATE, identity: Path | None = IDENTITY_OPTION) -> None:
+    """Read your note KEY back from the enclave."""
+    _run(state, lambda c: c.call(GET_NOTE, NoteKey(key=key)), identity)
 
 
 @demo_app.command("echo")
-def echo(text: str, state: Path = STATE) -> None:
+def echo(text: str, state: Path = STATE, identity: Path | None = IDENTITY_OPTION) -> None:
     """Round-trip TEXT through the enclave."""
-    _run(state, lambda c: c.call(ECHO, Echo(text=text)))
+    _run(state, lambda c: c.call(ECHO, Echo(text=text)), identity)

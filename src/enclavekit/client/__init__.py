@@ -8,6 +8,10 @@
 
 Nothing is sent before the enclave's attestation document has verified against the policy, and every byte
 after that is sealed to keys only that enclave holds, so the relay in between learns only sizes and timing.
+
+With ``identity=`` (a :class:`~enclavekit.channel.ClientIdentityKey`, e.g. from
+:func:`enclavekit.client.identity.load_or_create`) the client proves its long-term key in every handshake, and the
+enclave's handlers see it as ``CallContext.client_key``; without it the client is anonymous.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from enclavekit.attestation.nitro import NitroPolicy
-from enclavekit.channel import AttestedPeer, Initiator, Verifier
+from enclavekit.channel import AttestedPeer, IdentitySigner, Initiator, Verifier
 from enclavekit.channel.adapters import NitroVerifier
 from enclavekit.channel.wire import Mode
 from enclavekit.rpc import ClientOptions, ConnectionClosed, ConnectionFailed, Route, RpcClient
@@ -49,10 +53,11 @@ class AttestedClient:
         options: ClientOptions | None = None,
         accept_cached_documents: timedelta | None = None,
         connect_attempts: int = 3,
+        identity: IdentitySigner | None = None,
     ) -> None:
         self.endpoint = endpoint
         modes = (Mode.FRESH,) if accept_cached_documents is None else (Mode.FRESH, Mode.CACHED)
-        self._initiator = Initiator(verifier, modes=modes, max_document_age=accept_cached_documents)
+        self._initiator = Initiator(verifier, modes=modes, max_document_age=accept_cached_documents, identity=identity)
         self._options = options or ClientOptions()
         self._connect_attempts = max(1, connect_attempts)
         self._client: RpcClient | None = None
@@ -86,6 +91,12 @@ class AttestedClient:
     def peer(self) -> AttestedPeer | None:
         """The enclave's verified attestation on the current connection."""
         return None if self._client is None else self._client.peer
+
+    @property
+    def client_key(self) -> bytes | None:
+        """The public key this client proves in its handshakes (None: anonymous); the enclave's ``client_key``."""
+        signer = self._initiator.identity
+        return None if signer is None else signer.public_key
 
     async def call(self, route: Route[Req, Resp], request: Req, *, timeout: float | None = None) -> Resp:
         client = await self.connect()

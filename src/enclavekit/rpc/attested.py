@@ -61,6 +61,11 @@ class ChannelStream:
     def peer(self) -> AttestedPeer | None:
         return self.session.peer
 
+    @property
+    def client_key(self) -> bytes | None:
+        """The client identity key the handshake proved (None: an anonymous client)."""
+        return self.session.client_key
+
     @classmethod
     async def initiate(
         cls,

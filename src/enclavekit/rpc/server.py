@@ -309,6 +309,7 @@ class _Connection:
             deadline=deadline,
             peer=self.stream.peer,
             session_id=getattr(session, "session_id", None),
+            client_key=getattr(session, "client_key", None),
         )
         try:
             async with asyncio.timeout_at(deadline) as scope:

@@ -159,6 +159,7 @@ _VERDICT_TEXT = {
     "pending": "Pending",
     "passed": "Passed",
     "skipped": "Skipped",
+    "not_checked": "Not checked",
     "active": "Running",
     "completed": "Completed",
     "cancelled": "Cancelled",
@@ -679,5 +680,5 @@ def _normalise_at(text: str) -> str:
     try:
         moment = parse_at(text)
     except ValueError as exc:
-        raise UploadInvalid(str(exc).replace("--at", "at")) from exc
+        raise UploadInvalid(f"at: {exc}") from exc
     return moment.isoformat() if isinstance(moment, datetime) else moment

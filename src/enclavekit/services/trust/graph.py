@@ -4,7 +4,8 @@ Shaped like the reference's DataObjects: each object has an ``id``, a ``name``, 
 ``gateway``, ``enclave`` for the thing verified; ``code``, ``os``, ``hardware`` for what it runs on), ``fields``
 (the measurements and facts shown), ``measured_by`` (which object's which field proves this one's) and
 ``calculations`` (how a value was derived); ``relationships`` link objects (``runs``, ``runs on``, ``gets keys
-from``). Each object also carries the status of the phase that checks it, so the drawing can colour it.
+from``). Each object also carries the status of the phase that checks it, so the drawing can colour it: a phase
+whose values were not pinned (``not_checked``) is grey, never "verified".
 
 :func:`render_svg` draws it as inline SVG (no script, escaped text) for the web app.
 """
@@ -296,9 +297,16 @@ _COLOURS = {
     "passed": ("#15803d", "#f0fdf4"),
     "failed": ("#b91c1c", "#fef2f2"),
     "error": ("#b45309", "#fffbeb"),
+    "not_checked": ("#6b7280", "#f3f4f6"),
     "skipped": ("#4b5563", "#f9fafb"),
 }
-_LABELS = {"passed": "verified", "failed": "failed", "error": "not checked", "skipped": "not checked here"}
+_LABELS = {
+    "passed": "verified",
+    "failed": "failed",
+    "error": "could not check",
+    "not_checked": "not pinned",
+    "skipped": "not checked here",
+}
 _WIDTH, _GAP_X, _LINE, _PAD = 214, 58, 17, 12
 
 

@@ -6,7 +6,8 @@ the core's (:func:`enclavekit.attestation.evidence.verify_evidence`, with a poli
 options and the OS registry); this module adds only what a service needs around them:
 
 * each check gets a **status**: ``passed``, ``failed`` (the evidence contradicts the policy), ``error`` (it
-  could not be checked: no collateral, the PCCS down) or ``skipped`` (not performed: network checks are off);
+  could not be checked: no collateral, the PCCS down), ``not_checked`` (the target pins nothing to check it
+  against, e.g. no PCRs: not a pass) or ``skipped`` (not performed: network checks are off);
 * the four **phases** — hardware, os, source, binding — each with a status and what the OS registry matched;
 * the **verdict**: ``verified`` only if no check failed and none errored (as the reference's ``success``);
 * the result as the project's JSON report, as an EAR claims set, and as a trust graph.
@@ -61,7 +62,7 @@ class TrustCheck:
     """A check as the service shows it: the core's fields, plus a status."""
 
     name: str
-    status: str  # passed | failed | error | skipped
+    status: str  # passed | failed | error | not_checked | skipped
     detail: str
     phase: str
     code: str | None = None
@@ -70,7 +71,7 @@ class TrustCheck:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("passed", "skipped")
+        return self.status in ("passed", "not_checked", "skipped")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -141,7 +142,7 @@ class TrustReport:
 
     def phase_status(self, phase: str) -> str:
         statuses = {check.status for check in self.checks if check.phase == phase}
-        for status in ("failed", "error", "passed", "skipped"):
+        for status in ("failed", "error", "not_checked", "passed", "skipped"):
             if status in statuses:
                 return status
         return "skipped"
@@ -173,7 +174,7 @@ class TrustReport:
             "phases": {ident: self.phase_status(ident) for ident, _, _ in PHASES},
             "checks": {
                 status: sum(1 for c in self.checks if c.status == status)
-                for status in ("passed", "failed", "error", "skipped")
+                for status in ("passed", "failed", "error", "not_checked", "skipped")
             },
             "first_problem": None
             if first is None
@@ -292,7 +293,7 @@ def _tdx_policy(options: TargetOptions, choice: _OsChoice) -> tdx.TdxPolicy:
 
 def _status(check: Mapping[str, Any]) -> str:
     if check["ok"]:
-        return "passed"
+        return "not_checked" if check.get("status") == "not_checked" else "passed"
     return "error" if check.get("code") in _ERROR_CODES else "failed"
 
 
