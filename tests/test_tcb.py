@@ -282,3 +282,19 @@ def test_verifying_a_nitro_document_loads_no_tdx_verifier() -> None:
     imported = {m.group(1) for m in re.finditer(r"\|\s*(\S+)\n", result.stderr)}
     assert "enclavekit.attestation.nitro" in imported
     assert imported & {"dcap_qvl", "enclavekit.attestation.tdx", "enclavekit.attestation.dstack"} == set()
+
+
+def test_enclave_lockfile_pins_the_core_and_no_host_distribution() -> None:
+    """The enclave image installs requirements-enclave.lock: it must hold every core dependency, all hashed, and
+    nothing of the host side (a host package slipping into the core would silently grow every enclave's TCB)."""
+    import tomllib
+
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in core}
+    pinned = lock_hashes(ENCLAVE_LOCK)
+    assert wanted <= set(pinned)
+    assert all(pinned.values()), "every distribution is pinned by hash"
+    host = {"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "redis", "jinja2", "markupsafe"}
+    host |= {"typer", "rich", "prometheus-client", "python-multipart", "greenlet", "boto3", "botocore", "click"}
+    assert set(pinned) & host == set()
+    assert len(pinned) <= 13
