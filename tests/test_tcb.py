@@ -149,10 +149,13 @@ def test_lazy_command_table_matches_what_the_modules_register() -> None:
         assert command.get_short_help_str(limit=500) == help_text, name
 
 
-def test_unknown_command_is_still_a_usage_error() -> None:
+def test_unknown_command_is_still_a_usage_error_with_a_suggestion() -> None:
     result = subprocess.run([sys.executable, "-m", "enclavekit.cli", "no-such-command"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "no-such-command" in result.stderr
+    typo = subprocess.run([sys.executable, "-m", "enclavekit.cli", "verfy", "x"], capture_output=True, text=True)
+    assert typo.returncode == 2
+    assert "Did you mean 'verify'?" in typo.stderr, "a command not loaded yet is still suggested"
 
 
 def test_enclave_entry_point_rejects_a_setting_without_a_value(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ checks that the table matches what the modules register).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,14 @@ class LazyGroup(TyperGroup):
                 for name, command in loaded.commands.items():
                     self.commands.setdefault(name, command)
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS and name not in self.commands:
+            matches = difflib.get_close_matches(name, [*COMMANDS, *self.commands])
+            hint = f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         # Plain click layout for the root page: rendering it with rich would import rich (~0.1 s) for one page.
