@@ -4,8 +4,8 @@
 
 Round trip, as an enclave does it with :class:`enclavekit.kms.KmsClient`: an attestation document from the
 simulated NSM binding the client's RSA-2048 public key, then KMS Decrypt with that ``Recipient`` over HTTP
-(boto3 -> the emulator on loopback: JSON, attestation verification, key policy on PCR0, AES-GCM decrypt, CMS
-seal), then opening the CMS envelope. Parts, timed on their own in the same process:
+(the stdlib endpoint with SigV4 -> the emulator on loopback: JSON, attestation verification, key policy on
+PCR0, AES-GCM decrypt, CMS seal), then opening the CMS envelope. Parts, timed on their own in the same process:
 
 * ``attestation`` — one document from the simulated NSM (CBOR, ES384 signature);
 * ``kms_decrypt_http`` — boto3 Decrypt with a ready-made Recipient, over HTTP;
@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclavekit.attestation import nitro
 from enclavekit.kms import EmulatorThread, KmsClient, open_envelope, open_service, seal_envelope
+from enclavekit.kms.endpoint import Credentials, KmsEndpoint
 from enclavekit.nsm import NsmSimulator, load_root
 from interleave import interleave
 
@@ -104,7 +105,8 @@ def main() -> None:
 
             keygen = _time(lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), keygen_rounds)
             private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            client = KmsClient(kms, nsm.attestation, recipient_key=private_key)
+            endpoint = KmsEndpoint(running.url, region="us-east-1", credentials=Credentials("bench", "bench"))
+            client = KmsClient(endpoint, nsm.attestation, recipient_key=private_key)
             public_der = client.public_key_der
 
             def round_trip() -> None:

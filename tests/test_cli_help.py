@@ -21,9 +21,14 @@ TYPE_PLACEHOLDER = re.compile(r"<(bool|str|int|float|path|list\[[^\]]*\])>", re.
 
 
 def _command_paths(command: Any, path: list[str]) -> Iterator[list[str]]:
+    """Every command's path, sub-commands loaded as the root group loads them (lazily, by name)."""
     yield path
-    for name, sub in (getattr(command, "commands", None) or {}).items():
-        yield from _command_paths(sub, [*path, name])
+    if hasattr(command, "list_commands"):
+        ctx = command.context_class(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            if sub is not None:
+                yield from _command_paths(sub, [*path, name])
 
 
 def _every_help_page() -> Iterator[tuple[str, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from enclavekit.kms import KmsClient
-from tests.test_kms_fixtures import boto3_kms, enclave_only_policy, simulated_enclave
+from tests.test_kms_fixtures import boto3_kms, enclave_only_policy, kms_endpoint, simulated_enclave
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -54,7 +54,7 @@ def test_prints_exactly_one_ready_line_then_serves_boto3(
     enclave = simulated_enclave(sim_state)
     key_id = kms.create_key(Policy=enclave_only_policy(enclave.pcr(0).hex()))["KeyMetadata"]["KeyId"]
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"served")["CiphertextBlob"]
-    assert KmsClient(kms, enclave.client().attestation).decrypt(blob) == b"served"
+    assert KmsClient(kms_endpoint(url), enclave.client().attestation).decrypt(blob) == b"served"
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr

@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 
 from enclavekit.kms import EmulatorThread, KmsService, RunningEmulator, open_service
+from enclavekit.kms.endpoint import Credentials, KmsEndpoint
 from enclavekit.nsm import NsmSimulator, load_root
 
 REGION = "us-east-1"
@@ -35,6 +36,11 @@ def boto3_kms(url: str) -> Any:
         aws_secret_access_key="local-secret",
         config=Config(retries={"max_attempts": 1, "mode": "standard"}),
     )
+
+
+def kms_endpoint(url: str) -> KmsEndpoint:
+    """The enclave's stdlib KMS endpoint pointed at ``url``, one attempt only, so tests see errors."""
+    return KmsEndpoint(url, region=REGION, credentials=Credentials("AKIDLOCALTEST", "local-secret"), attempts=1)
 
 
 @contextlib.contextmanager

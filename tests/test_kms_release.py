@@ -32,6 +32,7 @@ from tests.test_kms_fixtures import (
     boto3_kms,
     emulator_for,
     enclave_only_policy,
+    kms_endpoint,
     policy,
     simulated_enclave,
     statement,
@@ -269,7 +270,7 @@ def test_client_refuses_when_the_policy_refuses(
     host = boto3_kms(emulator.url)
     _, blob = _protected_key(host, enclave)
     impostor = simulated_enclave(sim_state, app=OTHER_APP)
-    client = KmsClient(boto3_kms(emulator.url), impostor.client().attestation)
+    client = KmsClient(kms_endpoint(emulator.url), impostor.client().attestation)
     with pytest.raises(AccessDenied) as caught:
         client.decrypt(blob, encryption_context={"track": "t1"})
     assert caught.value.code == "kms_access_denied"
@@ -277,7 +278,7 @@ def test_client_refuses_when_the_policy_refuses(
 
 
 def test_client_validation_errors_are_typed(emulator: RunningEmulator, enclave: NsmSimulator) -> None:
-    client = KmsClient(boto3_kms(emulator.url), lambda **_: b"\x84not a document")
+    client = KmsClient(kms_endpoint(emulator.url), lambda **_: b"\x84not a document")
     with pytest.raises(ValidationError):
         client.generate_random(16)
 
@@ -297,7 +298,7 @@ def _leaky(service: KmsService) -> KmsService:
 
 def test_client_fails_closed_when_plaintext_comes_back(tmp_path: Path, sim_state: Path, enclave: NsmSimulator) -> None:
     with emulator_for(tmp_path / "leaky", trust=[sim_state], service_factory=_leaky) as running:
-        client = KmsClient(boto3_kms(running.url), enclave.client().attestation)
+        client = KmsClient(kms_endpoint(running.url), enclave.client().attestation)
         with pytest.raises(PlaintextReturned) as caught:
             client.generate_random(32)
     assert caught.value.code == "kms_plaintext_returned"
@@ -307,7 +308,7 @@ def test_client_reports_an_unreachable_kms_as_retryable(enclave: NsmSimulator) -
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = KmsClient(boto3_kms(f"http://127.0.0.1:{port}"), enclave.client().attestation)
+    client = KmsClient(kms_endpoint(f"http://127.0.0.1:{port}"), enclave.client().attestation)
     with pytest.raises(KmsUnavailable) as caught:
         client.generate_random(8)
     assert caught.value.retryable

@@ -78,7 +78,9 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     for name in ("notify_api", "notify_ingest", "notify_dispatcher", "trust_web"):
         assert services[name]["url"], name
     for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
-        assert set(enclave) >= {"name", "pid", "address", "pcr0"}
+        assert set(enclave) >= {"name", "app", "pid", "address", "pcr0"}
+        argv = Path(f"/proc/{enclave['pid']}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:4] == [b"-m", b"enclavekit.enclave", enclave["app"].encode()], "not the minimal entry point"
     status = subprocess.run(
         [*CLI, "status", "--state", str(state), "--json"], capture_output=True, text=True, check=True
     )

@@ -12,8 +12,6 @@ import os
 import sys
 from typing import Any
 
-import structlog
-
 from enclavekit.errors import ConfigurationError
 
 __all__ = ["ENV", "configure_logging", "log_level"]
@@ -39,8 +37,11 @@ def configure_logging(level: int | None = None) -> None:
     """structlog lines on stderr for every stdlib logger: JSON, or readable when stderr is a terminal.
 
     ``level`` defaults to :func:`log_level`. Libraries that log every request stay at warning. Never log keys,
-    tokens or plaintext: tests scan these lines for them.
+    tokens or plaintext: tests scan these lines for them. structlog is imported here, not at module level, so
+    that enclave processes (which only call :func:`log_level`) never load it.
     """
+    import structlog
+
     renderer: Any = structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

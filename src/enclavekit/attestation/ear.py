@@ -20,7 +20,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from enclavekit import __version__
+import enclavekit
 from enclavekit.attestation.report import Check, Report
 from enclavekit.errors import Error
 
@@ -191,7 +191,7 @@ class AttestationResult:
     issued_at: int
     submods: Mapping[str, Appraisal]
     nonce: str | None = None
-    verifier_build: str = f"enclavekit {__version__}"
+    verifier_build: str = field(default_factory=lambda: f"enclavekit {enclavekit.__version__}")
 
     @property
     def status(self) -> TrustTier:

@@ -10,16 +10,16 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dcap_qvl
-
-from enclavekit.attestation import dstack, ear, nitro, tdx
-from enclavekit.attestation.collateral import Collateral
+from enclavekit.attestation import ear, nitro
 from enclavekit.attestation.errors import AttestationError, Malformed, PolicyInvalid
-from enclavekit.attestation.policy_file import PolicyFile
-from enclavekit.attestation.quote import Quote
 from enclavekit.attestation.report import Report, VerifiedAttestation
+
+if TYPE_CHECKING:  # TDX and dstack (and dcap-qvl) load only for TDX evidence: a Nitro check never pays for them
+    from enclavekit.attestation import tdx
+    from enclavekit.attestation.collateral import Collateral
+    from enclavekit.attestation.policy_file import PolicyFile
 
 __all__ = ["EvidenceKind", "EvidenceResult", "VerifyOptions", "detect", "parse_at", "verify_evidence"]
 
@@ -43,6 +43,8 @@ def detect(data: bytes) -> EvidenceKind:
         return EvidenceKind.NITRO
     if data[:2] in (b"\x03\x00", b"\x04\x00", b"\x05\x00"):  # DCAP quote versions 3, 4, 5
         return EvidenceKind.QUOTE
+    from enclavekit.attestation import dstack
+
     if dstack.is_bundle(data):
         return EvidenceKind.DSTACK
     text = data.strip().removeprefix(b"0x").removeprefix(b"0X")
@@ -149,6 +151,11 @@ def _collateral_for(data: bytes, kind: EvidenceKind, candidates: tuple[Collatera
     """The collateral given for this quote's platform (the only one given, or the one with its FMSPC)."""
     if len(candidates) <= 1:
         return candidates[0] if candidates else None
+    import dcap_qvl
+
+    from enclavekit.attestation import dstack
+    from enclavekit.attestation.quote import Quote
+
     try:
         quote = dstack.DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
         fmspc = dcap_qvl.parse_quote(quote.raw).fmspc().upper()
@@ -158,6 +165,8 @@ def _collateral_for(data: bytes, kind: EvidenceKind, candidates: tuple[Collatera
 
 
 def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
+    from enclavekit.attestation import dstack, tdx
+
     policy: tdx.TdxPolicy
     if options.policy is not None:
         if options.policy.tdx is None:

@@ -1,20 +1,10 @@
-"""The ``enclavekit`` command."""
+"""The ``enclavekit`` command. Importing this package loads only the root group; each sub-command's module
+(and what it needs: a web framework, the ORM, the AWS SDK) is imported only when that command runs."""
 
 from __future__ import annotations
 
 import sys
 
-from enclavekit.cli import demo as _demo  # noqa: F401  (registers the commands)
-from enclavekit.cli import enclave as _enclave  # noqa: F401  (registers the commands)
-from enclavekit.cli import host as _host  # noqa: F401  (registers the commands)
-from enclavekit.cli import identity as _identity  # noqa: F401  (registers the commands)
-from enclavekit.cli import kms as _kms  # noqa: F401  (registers the commands)
-from enclavekit.cli import notify as _notify  # noqa: F401  (registers the commands)
-from enclavekit.cli import nsm as _nsm  # noqa: F401  (registers the command)
-from enclavekit.cli import receipt as _receipt  # noqa: F401  (registers the commands)
-from enclavekit.cli import stack as _stack  # noqa: F401  (registers the commands)
-from enclavekit.cli import trust as _trust  # noqa: F401  (registers the commands)
-from enclavekit.cli import verify as _verify  # noqa: F401  (registers the command)
 from enclavekit.cli._app import app
 from enclavekit.errors import Error
 

@@ -1,30 +1,34 @@
-"""``enclavekit enclave run APP``: boot an enclave app and serve it."""
+"""``enclavekit enclave run APP`` and ``enclavekit enclave tcb APP``.
+
+``run`` is a thin wrapper around the minimal entry point (:mod:`enclavekit.enclave.launch`, also
+``python -m enclavekit.enclave``), which is how ``enclavekit up`` and the enclave image start enclaves: an enclave
+process never loads the CLI. ``tcb`` prints the inventory of what runs inside an app (``docs/tcb.md``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import sys
 from pathlib import Path
 
 import typer
 
 from enclavekit.cli._app import app
-from enclavekit.enclave.runtime import RuntimeOptions, load_app, serve_app
-from enclavekit.errors import ConfigurationError, Error
-from enclavekit.log import log_level
+from enclavekit.enclave.launch import DEFAULT_LISTEN, parse_settings, run
+from enclavekit.errors import ConfigurationError
 
-__all__ = ["run_command"]
+__all__ = ["DEFAULT_LOCKFILE", "run_command", "tcb_command"]
 
-enclave_app = typer.Typer(help="Enclave apps: run one (in a Nitro Enclave, or simulated).")
+DEFAULT_LOCKFILE = Path(__file__).resolve().parents[3] / "requirements-enclave.lock"
+"""The enclave image's lockfile in a source checkout (absent from an installed wheel)."""
+
+enclave_app = typer.Typer(help="Enclave apps: run one (in a Nitro Enclave, or simulated), list what runs inside one.")
 app.add_typer(enclave_app, name="enclave")
 
 
 @enclave_app.command("run")
 def run_command(
     spec: str = typer.Argument(..., help="The app as module:attribute, e.g. enclavekit.enclave.demo:app"),
-    listen: str = typer.Option("vsock://any:5000", "--listen", help="vsock://any:PORT, unix:///PATH, tcp://H:P"),
+    listen: str = typer.Option(DEFAULT_LISTEN, "--listen", help="vsock://any:PORT, unix:///PATH, tcp://H:P"),
     state: Path = typer.Option(Path(".enclavekit"), "--state", help="State folder (the simulator's CA)."),
     name: str | None = typer.Option(None, "--name", help="Name in logs (default: the app's)."),
     device: bool = typer.Option(False, "--device", help="Use /dev/nsm (inside a real Nitro Enclave)."),
@@ -33,23 +37,49 @@ def run_command(
     setting: list[str] = typer.Option([], "--set", help="KEY=VALUE handed to the app (repeatable)."),
 ) -> None:
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
-    logging.basicConfig(level=log_level(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
-        enclave, _ = load_app(spec)
-        if name:
-            enclave.name = name
-        settings = dict(item.split("=", 1) for item in setting if "=" in item)
-        if len(settings) != len(setting):
-            raise ConfigurationError("--set takes KEY=VALUE")
-        if advertise:
-            settings["advertise"] = advertise
-        options = RuntimeOptions(
-            listen=listen, state_dir=state, device=device, refresh_interval=refresh, settings=settings
-        )
-        asyncio.run(serve_app(enclave, spec, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
+        settings = parse_settings(setting)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    except Error as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    status = run(
+        spec,
+        listen=listen,
+        state=state,
+        name=name,
+        device=device,
+        refresh=refresh,
+        advertise=advertise,
+        settings=settings,
+    )
+    if status:
+        raise typer.Exit(status)
+
+
+@enclave_app.command("tcb")
+def tcb_command(
+    spec: str = typer.Argument(..., help="The app as module:attribute, e.g. enclavekit.enclave.demo:app"),
+    as_json: bool = typer.Option(False, "--json", help="Print the inventory as one JSON object."),
+    lockfile: Path | None = typer.Option(
+        None, "--lock", help="The enclave lockfile whose hashes to show (default: requirements-enclave.lock)."
+    ),
+) -> None:
+    """List what runs inside the enclave of APP: third-party distributions, enclavekit modules, line count."""
+    from enclavekit.enclave.tcb import inventory
+
+    lock = lockfile if lockfile is not None else (DEFAULT_LOCKFILE if DEFAULT_LOCKFILE.is_file() else None)
+    try:
+        found = inventory(spec, lockfile=lock)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(found.to_json(), indent=2))
+        return
+    typer.echo(f"{found.app}: {len(found.distributions)} distributions, {len(found.modules)} enclavekit modules")
+    typer.echo(f"{found.lines} lines of enclavekit code")
+    for dist in found.distributions:
+        pinned = f"  ({len(dist.hashes)} hashes pinned)" if dist.hashes else ""
+        typer.echo(f"  {dist.name}=={dist.version}{pinned}")
+    for module in found.modules:
+        typer.echo(f"  {module}")

@@ -15,14 +15,13 @@ import warnings
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from enclavekit.attestation.collateral import Collateral, fetch_collateral, load_collateral
-from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE, DstackBundle
 from enclavekit.attestation.errors import AttestationError, CollateralInvalid, CollateralUnavailable, Malformed
 from enclavekit.attestation.evidence import (
     MAX_EVIDENCE_SIZE,
@@ -34,11 +33,13 @@ from enclavekit.attestation.evidence import (
     verify_evidence,
 )
 from enclavekit.attestation.nitro import AttestationDocument, UnsafePolicyWarning
-from enclavekit.attestation.policy_file import PolicyFile, load_policy
-from enclavekit.attestation.quote import Quote
 from enclavekit.cli._app import app
 from enclavekit.cli._roots import simulator_roots
 from enclavekit.errors import ConfigurationError
+
+if TYPE_CHECKING:  # TDX, dstack and policy files load only when used: `verify DOC` of a Nitro document stays fast
+    from enclavekit.attestation.collateral import Collateral
+    from enclavekit.attestation.policy_file import PolicyFile
 
 __all__ = ["verify_command"]
 
@@ -51,6 +52,8 @@ def _read(path: Path) -> bytes:
 def _read_compose(path: Path | None) -> bytes | None:
     if path is None:
         return None
+    from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE
+
     with path.open("rb") as handle:
         data = handle.read(MAX_COMPOSE_SIZE + 1)
     if len(data) > MAX_COMPOSE_SIZE:
@@ -68,6 +71,10 @@ def _with_fetched_collateral(data: bytes, options: VerifyOptions, pccs: str, err
     kind = detect(data)
     if kind not in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
         return options
+    from enclavekit.attestation.collateral import fetch_collateral
+    from enclavekit.attestation.dstack import DstackBundle
+    from enclavekit.attestation.quote import Quote
+
     try:
         quote = DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
         moment = options.at if isinstance(options.at, datetime) else datetime.now(UTC)
@@ -117,10 +124,14 @@ def verify_command(
     policy_file: PolicyFile | None = None
     try:
         if policy is not None:
+            from enclavekit.attestation.policy_file import load_policy
+
             policy_file = load_policy(policy)
         roots = simulator_roots(trust_sim_root)
         collaterals: list[Collateral] = []
         collateral_error: CollateralInvalid | None = None
+        if collateral:
+            from enclavekit.attestation.collateral import load_collateral
         for path in collateral:
             try:
                 collaterals.append(load_collateral(path))

@@ -3,7 +3,8 @@
 Inside an enclave, secrets come from KMS as ``CiphertextForRecipient``: the client makes a fresh RSA-2048 key
 in memory (it never leaves the process), puts its public key in an attestation document made by the
 injected *attester* (the NSM's ``attestation`` call: ``attest(*, public_key, nonce, user_data) -> bytes``), sends
-the document as the ``Recipient`` of Decrypt, GenerateDataKey or GenerateRandom, and opens the CMS envelope
+the document as the ``Recipient`` of Decrypt, GenerateDataKey or GenerateRandom (through a :class:`KmsEndpoint`: the
+standard library and a SigV4 signature, no AWS SDK inside the enclave — ADR 0014), and opens the CMS envelope
 that comes back. If KMS answers such a request with plaintext, the client refuses it (:class:`PlaintextReturned`):
 a secret that crossed the host in the clear must not be used as if it had not.
 
@@ -19,22 +20,18 @@ the document), so against AWS the TLS session to KMS must terminate inside the e
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import boto3
-import botocore.exceptions
-from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclavekit.kms.cms import KEY_ENCRYPTION, open_envelope
-from enclavekit.kms.errors import KmsRejected, KmsUnavailable, PlaintextReturned, aws_error_class
-
-if TYPE_CHECKING:
-    from mypy_boto3_kms import KMSClient
-    from mypy_boto3_kms.type_defs import RecipientInfoTypeDef
+from enclavekit.kms.endpoint import Credentials, KmsEndpoint
+from enclavekit.kms.errors import KmsRejected, PlaintextReturned
 
 __all__ = ["Attester", "DataKey", "KmsClient"]
 
@@ -58,14 +55,16 @@ class DataKey:
 
 
 class KmsClient:
-    """Attested Decrypt, GenerateDataKey and GenerateRandom over a boto3 KMS client.
+    """Attested Decrypt, GenerateDataKey and GenerateRandom over a :class:`KmsEndpoint`.
 
     ``recipient_key`` is the enclave's RSA key for this client (default: a fresh RSA-2048 key, generated here,
     kept in memory only). Each call makes a new attestation document, so documents are always fresh.
     """
 
-    def __init__(self, kms: KMSClient, attester: Attester, *, recipient_key: rsa.RSAPrivateKey | None = None) -> None:
-        self._kms = kms
+    def __init__(
+        self, endpoint: KmsEndpoint, attester: Attester, *, recipient_key: rsa.RSAPrivateKey | None = None
+    ) -> None:
+        self.endpoint = endpoint
         self._attester = attester
         self._key = recipient_key or rsa.generate_private_key(public_exponent=65537, key_size=RECIPIENT_KEY_BITS)
         self.public_key_der = self._key.public_key().public_bytes(
@@ -82,30 +81,25 @@ class KmsClient:
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
-        config: Config | None = None,
+        timeout: float = 10.0,
         recipient_key: rsa.RSAPrivateKey | None = None,
     ) -> KmsClient:
-        """A client for AWS KMS in ``region_name``, or for ``endpoint_url`` (the emulator, a vsock proxy...)."""
-        kms = boto3.client(
-            "kms",
-            region_name=region_name,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-            aws_session_token=aws_session_token,
-            config=config or Config(retries={"mode": "standard", "max_attempts": 3}),
-        )
-        return cls(kms, attester, recipient_key=recipient_key)
+        """A client for AWS KMS in ``region_name``, or for ``endpoint_url`` (the emulator, a vsock proxy...).
 
-    @property
-    def boto3(self) -> KMSClient:
-        """The underlying boto3 client (for operations that release nothing: Encrypt, CreateKey...)."""
-        return self._kms
+        Credentials default to ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``.
+        """
+        if aws_access_key_id and aws_secret_access_key:
+            credentials = Credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
+        else:
+            credentials = Credentials.from_environment()
+        url = endpoint_url or f"https://kms.{region_name}.amazonaws.com"
+        endpoint = KmsEndpoint(url, region=region_name, credentials=credentials, timeout=timeout)
+        return cls(endpoint, attester, recipient_key=recipient_key)
 
-    def recipient(self) -> RecipientInfoTypeDef:
-        """A fresh ``Recipient``: an attestation document binding this client's public key."""
+    def recipient(self) -> dict[str, str]:
+        """A fresh ``Recipient`` (JSON-ready): an attestation document binding this client's public key."""
         document = self._attester(public_key=self.public_key_der, nonce=None, user_data=None)
-        return {"KeyEncryptionAlgorithm": KEY_ENCRYPTION, "AttestationDocument": document}
+        return {"KeyEncryptionAlgorithm": KEY_ENCRYPTION, "AttestationDocument": _b64(document)}
 
     def decrypt(
         self,
@@ -115,12 +109,12 @@ class KmsClient:
         key_id: str | None = None,
     ) -> bytes:
         """Decrypt a KMS ciphertext; the plaintext travels only inside the envelope to this enclave."""
-        kwargs: dict[str, Any] = {"CiphertextBlob": ciphertext_blob, "Recipient": self.recipient()}
+        request: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext_blob), "Recipient": self.recipient()}
         if encryption_context:
-            kwargs["EncryptionContext"] = dict(encryption_context)
+            request["EncryptionContext"] = dict(encryption_context)
         if key_id is not None:
-            kwargs["KeyId"] = key_id
-        response = self._call("decrypt", kwargs)
+            request["KeyId"] = key_id
+        response = self.endpoint.call("Decrypt", request)
         return self._open(response, "Decrypt")
 
     def generate_data_key(
@@ -132,46 +126,48 @@ class KmsClient:
         encryption_context: Mapping[str, str] | None = None,
     ) -> DataKey:
         """A new data key under ``key_id``: its plaintext (opened here) and its ciphertext blob (for storage)."""
-        kwargs: dict[str, Any] = {"KeyId": key_id, "Recipient": self.recipient()}
+        request: dict[str, Any] = {"KeyId": key_id, "Recipient": self.recipient()}
         if number_of_bytes is not None:
-            kwargs["NumberOfBytes"] = number_of_bytes
+            request["NumberOfBytes"] = number_of_bytes
         elif key_spec is not None:
-            kwargs["KeySpec"] = key_spec
+            request["KeySpec"] = key_spec
         if encryption_context:
-            kwargs["EncryptionContext"] = dict(encryption_context)
-        response = self._call("generate_data_key", kwargs)
+            request["EncryptionContext"] = dict(encryption_context)
+        response = self.endpoint.call("GenerateDataKey", request)
         plaintext = self._open(response, "GenerateDataKey")
         expected = number_of_bytes if number_of_bytes is not None else _DATA_KEY_SIZES.get(key_spec or "")
         if expected is not None and len(plaintext) != expected:
             raise KmsRejected(f"GenerateDataKey released {len(plaintext)} bytes, not the {expected} asked for")
-        return DataKey(plaintext, bytes(response["CiphertextBlob"]), str(response["KeyId"]))
+        blob = _unb64(response.get("CiphertextBlob"), "GenerateDataKey", "CiphertextBlob")
+        return DataKey(plaintext, blob, str(response.get("KeyId") or key_id))
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """``number_of_bytes`` random bytes from KMS, released only to this enclave."""
-        response = self._call("generate_random", {"NumberOfBytes": number_of_bytes, "Recipient": self.recipient()})
+        response = self.endpoint.call(
+            "GenerateRandom", {"NumberOfBytes": number_of_bytes, "Recipient": self.recipient()}
+        )
         random = self._open(response, "GenerateRandom")
         if len(random) != number_of_bytes:
             raise KmsRejected(f"GenerateRandom released {len(random)} bytes, not the {number_of_bytes} asked for")
         return random
-
-    def _call(self, operation: str, kwargs: dict[str, Any]) -> Mapping[str, Any]:
-        try:
-            response: Mapping[str, Any] = getattr(self._kms, operation)(**kwargs)
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            aws_type = str(error.get("Code") or "UnknownError")
-            message = str(error.get("Message") or "")
-            raise aws_error_class(aws_type)(f"{aws_type}: {message}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise KmsUnavailable(f"KMS is unreachable or failed: {exc}") from exc
-        return response
 
     def _open(self, response: Mapping[str, Any], operation: str) -> bytes:
         if response.get("Plaintext") is not None:
             raise PlaintextReturned(
                 f"KMS answered {operation} with plaintext although a Recipient was given: refused and discarded"
             )
-        envelope = response.get("CiphertextForRecipient")
-        if not isinstance(envelope, bytes | bytearray) or not envelope:
-            raise KmsRejected(f"KMS answered {operation} without CiphertextForRecipient")
-        return open_envelope(bytes(envelope), self._key)
+        envelope = _unb64(response.get("CiphertextForRecipient"), operation, "CiphertextForRecipient")
+        return open_envelope(envelope, self._key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: object, operation: str, name: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise KmsRejected(f"KMS answered {operation} without {name}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KmsRejected(f"KMS answered {operation} with {name} that is not base64") from exc

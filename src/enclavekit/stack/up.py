@@ -89,9 +89,10 @@ class Stack:
         socket_path = self.state.run / f"{spec.name}.sock"
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
-        argv = python_command(
-            "enclave",
-            "run",
+        argv = [  # the minimal entry point: an enclave process never loads the CLI (docs/tcb.md)
+            sys.executable,
+            "-m",
+            "enclavekit.enclave",
             spec.app,
             "--name",
             spec.name,
@@ -100,11 +101,12 @@ class Stack:
             "--state",
             str(self.state.root),
             *spec.extra_args,
-        )
+        ]
         process = self._process(f"enclave-{spec.name}", argv)
         ready = await process.start()
         entry = {
             "name": spec.name,
+            "app": spec.app,
             "pid": process.pid,
             "address": ready.get("address", f"unix://{socket_path}"),
             "pcr0": ready.get("pcr0"),

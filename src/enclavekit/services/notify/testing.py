@@ -181,10 +181,10 @@ class Harness:
             )
         enclave = self._start(
             f"enclave-{name}",
-            [
-                *CLI,
-                "enclave",
-                "run",
+            [  # the minimal entry point, as `enclavekit up` starts enclaves (docs/tcb.md)
+                sys.executable,
+                "-m",
+                "enclavekit.enclave",
                 "enclavekit.services.notify.enclave_app:app",
                 "--name",
                 name,

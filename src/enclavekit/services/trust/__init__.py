@@ -14,12 +14,38 @@ everything the service handles is public evidence.
 
 from __future__ import annotations
 
-from enclavekit.services.trust.client import TrustApiError, TrustClient
-from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord, TaskStatus, Verdict
-from enclavekit.services.trust.registry import OsEntry, OsRegistry, load_registry
-from enclavekit.services.trust.service import Accepted, TrustService
-from enclavekit.services.trust.settings import TrustSettings
-from enclavekit.services.trust.verification import TrustReport, VerificationInput, verify_target
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enclavekit.services.trust.client import TrustApiError, TrustClient
+    from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord, TaskStatus, Verdict
+    from enclavekit.services.trust.registry import OsEntry, OsRegistry, load_registry
+    from enclavekit.services.trust.service import Accepted, TrustService
+    from enclavekit.services.trust.settings import TrustSettings
+    from enclavekit.services.trust.verification import TrustReport, VerificationInput, verify_target
+
+_LAZY: dict[str, str] = {
+    "Accepted": "enclavekit.services.trust.service",
+    "AppRecord": "enclavekit.services.trust.model",
+    "Kind": "enclavekit.services.trust.model",
+    "OsEntry": "enclavekit.services.trust.registry",
+    "OsRegistry": "enclavekit.services.trust.registry",
+    "Source": "enclavekit.services.trust.model",
+    "TargetOptions": "enclavekit.services.trust.model",
+    "TaskRecord": "enclavekit.services.trust.model",
+    "TaskStatus": "enclavekit.services.trust.model",
+    "TrustApiError": "enclavekit.services.trust.client",
+    "TrustClient": "enclavekit.services.trust.client",
+    "TrustReport": "enclavekit.services.trust.verification",
+    "TrustService": "enclavekit.services.trust.service",
+    "TrustSettings": "enclavekit.services.trust.settings",
+    "Verdict": "enclavekit.services.trust.model",
+    "VerificationInput": "enclavekit.services.trust.verification",
+    "load_registry": "enclavekit.services.trust.registry",
+    "verify_target": "enclavekit.services.trust.verification",
+}
+"""Where each public name lives; imported on first use, so importing this package loads nothing heavy."""
 
 __all__ = [
     "Accepted",
@@ -41,3 +67,12 @@ __all__ = [
     "load_registry",
     "verify_target",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -465,6 +465,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
             badge_url=f"{base}/badge/{record.id}.svg",
             widget_url=f"{base}/widget/{record.id}",
             page_url=f"{base}/apps/{record.id}",
+            tcb=service.local_tcb.get(record.id),
         )
 
     @app.get("/tasks/{task_id}", response_class=HTMLResponse)

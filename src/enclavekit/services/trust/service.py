@@ -23,6 +23,7 @@ from enclavekit.attestation.errors import AttestationError, Malformed
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, detect
 from enclavekit.attestation.nitro import AttestationDocument
 from enclavekit.attestation.quote import Quote
+from enclavekit.errors import ConfigurationError
 from enclavekit.services.trust.errors import EndpointUnsupported, NotFound, UploadInvalid, UploadTooLarge
 from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord
 from enclavekit.services.trust.objects import ObjectStore, open_object_store
@@ -110,6 +111,8 @@ class TrustService:
         self.registry = registry or load_registry(settings.registry_path, sha256=settings.registry_sha256)
         self.signer = signer or EarSigner.load_or_create(settings.signing_key_path)
         self.simulator_roots = self._simulator_roots(settings.simulator_roots)
+        self.local_tcb: dict[str, dict[str, Any]] = {}
+        """The TCB inventory (``enclavekit enclave tcb --json``) of each local stack enclave, by app id."""
 
     @staticmethod
     def _simulator_roots(state_dirs: Iterable[Path]) -> tuple[bytes, ...]:
@@ -275,6 +278,7 @@ class TrustService:
                 nonce=bool(enclave.get("attestation_url")),  # the host's endpoint puts our nonce in the document
             )
             ident = "enclave-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())[:50]
+            self._record_tcb(ident, enclave.get("app"))
             try:
                 if self._exists(ident):
                     if self.store.update_endpoint(ident, endpoint_url=url, options=options):
@@ -292,6 +296,17 @@ class TrustService:
             except (EndpointUnsupported, UploadInvalid) as exc:
                 logger.warning("not registering enclave %s: %s", name, exc.message)
         return touched
+
+    def _record_tcb(self, ident: str, spec: object) -> None:
+        """Inventory the enclave app ``spec`` (``module:attribute`` from ``stack.json``) once, for its page."""
+        if not isinstance(spec, str) or self.local_tcb.get(ident, {}).get("app") == spec:
+            return
+        from enclavekit.enclave.tcb import inventory  # a host-side helper, loaded only for local stacks
+
+        try:
+            self.local_tcb[ident] = inventory(spec).to_json()
+        except ConfigurationError as exc:
+            logger.warning("no TCB inventory for %s: %s", ident, exc.message)
 
     def register_stack_file(self, path: Path) -> list[str]:
         """:meth:`register_stack_enclaves` for the enclaves of a ``stack.json`` (with each relay's
