@@ -1,0 +1,399 @@
+"""AIR v1 receipts (Attested Inference Receipts): the claims, their encoding, signing and parsing.
+
+A receipt is a tagged COSE_Sign1 (tag 18) with the protected header ``{1: -8 (EdDSA), 3: 61
+(application/cwt)}``, an empty unprotected map, a CWT claims map as payload (deterministic CBOR, RFC 8949
+§4.2) and a 64-byte Ed25519 signature. ``air-v1.cddl`` (EphemeralML, frozen 2026-02-25) is authoritative for
+keys and types; ``docs/receipts.md`` has the format and a test vector.
+
+This module is pure: no I/O, no clock. :func:`sign_receipt` is what an enclave calls per request;
+:func:`parse_receipt` is layer 1 of verification (see :mod:`enclavekit.receipts.verify` for layers 2-4).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from enclavekit.attestation import cbor
+from enclavekit.attestation.cose import COSE_SIGN1_TAG, sig_structure
+from enclavekit.attestation.errors import Malformed
+from enclavekit.receipts.errors import BadMeasurementLength, ReceiptMalformed, UnsupportedAlgorithm, ZeroModelHash
+
+__all__ = [
+    "AIR_V1_PROFILE",
+    "CONTENT_TYPE_CWT",
+    "EDDSA",
+    "MAX_RECEIPT_SIZE",
+    "MODEL_HASH_SCHEMES",
+    "PROTECTED_HEADER",
+    "EnclaveMeasurements",
+    "MeasurementType",
+    "Receipt",
+    "ReceiptClaims",
+    "encode_claims",
+    "parse_receipt",
+    "sign_receipt",
+    "validate_claims",
+]
+
+MAX_RECEIPT_SIZE = 64 * 1024
+"""Largest receipt accepted or produced, in bytes (AIR v1)."""
+EDDSA = -8
+CONTENT_TYPE_CWT = 61
+PROTECTED_HEADER = bytes.fromhex("a2012703183d")
+"""The serialized protected header of every AIR v1 receipt: ``{1: -8, 3: 61}``."""
+AIR_V1_PROFILE = "https://spec.cyntrisec.com/air/v1"
+MODEL_HASH_SCHEMES = frozenset({"sha256-single", "sha256-concat", "sha256-manifest"})
+"""The defined values of the optional ``model_hash_scheme`` claim; any other is rejected (fail closed)."""
+
+_SHA256 = 32
+_SHA384 = 48
+_CTI = 16
+_NONCE_MIN, _NONCE_MAX = 8, 64  # RFC 9711 §4.1: an eat_nonce has 8 to 64 bytes
+_UINT_MAX = 2**64 - 1
+_SIGNATURE = 64
+
+# CWT claim keys (air-v1.cddl)
+_ISS, _IAT, _CTI_KEY, _NONCE, _PROFILE = 1, 6, 7, 10, 265
+_MODEL_ID, _MODEL_VERSION, _MODEL_HASH = -65537, -65538, -65539
+_REQUEST_HASH, _RESPONSE_HASH, _ATTESTATION_HASH = -65540, -65541, -65542
+_MEASUREMENTS, _POLICY_VERSION, _SEQUENCE = -65543, -65544, -65545
+_EXECUTION_TIME, _MEMORY_PEAK, _SECURITY_MODE, _HASH_SCHEME = -65546, -65547, -65548, -65549
+_REQUIRED_KEYS = frozenset(
+    {_ISS, _IAT, _CTI_KEY, _PROFILE, *range(_SECURITY_MODE, _MODEL_ID + 1)}  # -65548..-65537
+)
+_OPTIONAL_KEYS = frozenset({_NONCE, _HASH_SCHEME})
+_KNOWN_KEYS = _REQUIRED_KEYS | _OPTIONAL_KEYS
+
+
+class MeasurementType(enum.StrEnum):
+    """Which TEE measured the enclave: the ``measurement_type`` of ``enclave_measurements``."""
+
+    NITRO = "nitro-pcr"
+    TDX = "tdx-mrtd-rtmr"
+
+
+_OPTIONAL_PCRS: Mapping[MeasurementType, tuple[str, ...]] = {
+    MeasurementType.NITRO: ("pcr3", "pcr4", "pcr8"),
+    MeasurementType.TDX: ("pcr3", "pcr4"),  # TDX: pcr0 MRTD, pcr1..pcr4 RTMR0..RTMR3
+}
+
+
+def _malformed(message: str) -> ReceiptMalformed:
+    return ReceiptMalformed(f"AIR receipt: {message}")
+
+
+def _check_text(value: Any, name: str) -> None:
+    if type(value) is not str:
+        raise _malformed(f"{name} must be a text string, got {type(value).__name__}")
+
+
+def _check_uint(value: Any, name: str) -> None:
+    if type(value) is not int or not 0 <= value <= _UINT_MAX:
+        raise _malformed(f"{name} must be an unsigned 64-bit integer, got {value!r:.40}")
+
+
+def _check_bytes(value: Any, name: str, size: int | None = None) -> None:
+    if type(value) is not bytes:
+        raise _malformed(f"{name} must be a byte string, got {type(value).__name__}")
+    if size is not None and len(value) != size:
+        raise _malformed(f"{name} must be {size} bytes, got {len(value)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnclaveMeasurements:
+    """The measured enclave: Nitro PCR0..2 (+3, 4, 8), or TDX MRTD and RTMR0..3 under the names pcr0..pcr4.
+
+    Construction checks types and which registers the platform allows; the 48-byte length of each value is a
+    claim check (layer 3, :func:`validate_claims`), so that a receipt with a short value is reported as
+    ``bad_measurement_length`` rather than ``malformed``.
+    """
+
+    measurement_type: MeasurementType
+    pcr0: bytes
+    pcr1: bytes
+    pcr2: bytes
+    pcr3: bytes | None = None
+    pcr4: bytes | None = None
+    pcr8: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.measurement_type, MeasurementType):
+            raise _malformed(f"measurement_type {self.measurement_type!r:.40} is not nitro-pcr or tdx-mrtd-rtmr")
+        for name in ("pcr0", "pcr1", "pcr2"):
+            _check_bytes(getattr(self, name), name)
+        allowed = _OPTIONAL_PCRS[self.measurement_type]
+        for name in ("pcr3", "pcr4", "pcr8"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in allowed:
+                raise _malformed(f"{name} is not a {self.measurement_type} measurement")
+            _check_bytes(value, name)
+
+    def registers(self) -> dict[str, bytes]:
+        """The present registers by name (``pcr0``... in key order), without ``measurement_type``."""
+        out = {"pcr0": self.pcr0, "pcr1": self.pcr1, "pcr2": self.pcr2}
+        for name in ("pcr3", "pcr4", "pcr8"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def to_cbor_map(self) -> dict[str, Any]:
+        # deterministic order (RFC 8949 §4.2.1, bytewise on encoded keys): the 4-letter pcr names, then
+        # "measurement_type" (text of 16 letters: head byte 0x70 > 0x64)
+        return {**self.registers(), "measurement_type": str(self.measurement_type)}
+
+    @classmethod
+    def from_cbor_map(cls, value: Any) -> EnclaveMeasurements:
+        if type(value) is not dict:
+            raise _malformed(f"enclave_measurements must be a map, got {type(value).__name__}")
+        kind = value.get("measurement_type")
+        try:
+            measurement_type = MeasurementType(kind) if type(kind) is str else None
+        except ValueError:
+            measurement_type = None
+        if measurement_type is None:
+            raise _malformed(f"enclave_measurements: measurement_type {kind!r:.40} is not nitro-pcr or tdx-mrtd-rtmr")
+        allowed = {"measurement_type", "pcr0", "pcr1", "pcr2", *_OPTIONAL_PCRS[measurement_type]}
+        for key in value:
+            if type(key) is not str or key not in allowed:
+                raise _malformed(f"enclave_measurements: unknown key {key!r:.40} for {measurement_type}")
+        for name in ("pcr0", "pcr1", "pcr2"):
+            if name not in value:
+                raise _malformed(f"enclave_measurements: {name} is missing")
+        return cls(
+            measurement_type=measurement_type,
+            pcr0=value["pcr0"],
+            pcr1=value["pcr1"],
+            pcr2=value["pcr2"],
+            pcr3=value.get("pcr3"),
+            pcr4=value.get("pcr4"),
+            pcr8=value.get("pcr8"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiptClaims:
+    """The claims of one AIR v1 receipt. Construction checks every type and fixed length of air-v1.cddl.
+
+    Hashes are SHA-256 (32 bytes): ``model_hash`` of the model artifacts, ``request_hash`` and
+    ``response_hash`` of the request and response bytes, ``attestation_doc_hash`` of the attestation document
+    that binds the signing key. ``iat`` is UNIX seconds; ``cti`` a 16-byte receipt id (UUID v4).
+    """
+
+    iss: str
+    iat: int
+    cti: bytes
+    model_id: str
+    model_version: str
+    model_hash: bytes
+    request_hash: bytes
+    response_hash: bytes
+    attestation_doc_hash: bytes
+    enclave_measurements: EnclaveMeasurements
+    policy_version: str
+    sequence_number: int
+    execution_time_ms: int
+    memory_peak_mb: int
+    security_mode: str
+    eat_nonce: bytes | None = None
+    model_hash_scheme: str | None = None
+    eat_profile: str = AIR_V1_PROFILE
+
+    def __post_init__(self) -> None:
+        for name in ("iss", "model_id", "model_version", "policy_version", "security_mode"):
+            _check_text(getattr(self, name), name)
+        for name in ("iat", "sequence_number", "execution_time_ms", "memory_peak_mb"):
+            _check_uint(getattr(self, name), name)
+        _check_bytes(self.cti, "cti", _CTI)
+        for name in ("model_hash", "request_hash", "response_hash", "attestation_doc_hash"):
+            _check_bytes(getattr(self, name), name, _SHA256)
+        if not isinstance(self.enclave_measurements, EnclaveMeasurements):
+            raise _malformed("enclave_measurements must be EnclaveMeasurements")
+        if self.eat_nonce is not None:
+            _check_bytes(self.eat_nonce, "eat_nonce")
+            if not _NONCE_MIN <= len(self.eat_nonce) <= _NONCE_MAX:
+                raise _malformed(f"eat_nonce must have {_NONCE_MIN} to {_NONCE_MAX} bytes, got {len(self.eat_nonce)}")
+        if self.model_hash_scheme is not None:
+            _check_text(self.model_hash_scheme, "model_hash_scheme")
+            if self.model_hash_scheme not in MODEL_HASH_SCHEMES:
+                raise _malformed(f"model_hash_scheme {self.model_hash_scheme!r:.40} is not a defined scheme")
+        if self.eat_profile != AIR_V1_PROFILE:
+            raise _malformed(f"eat_profile {self.eat_profile!r:.60} is not {AIR_V1_PROFILE}")
+
+    def to_cbor_map(self) -> dict[int, Any]:
+        """The CWT claims map, keys in deterministic order (RFC 8949 §4.2.1)."""
+        out: dict[int, Any] = {_ISS: self.iss, _IAT: self.iat, _CTI_KEY: self.cti}
+        if self.eat_nonce is not None:
+            out[_NONCE] = self.eat_nonce
+        out[_PROFILE] = self.eat_profile
+        out[_MODEL_ID] = self.model_id
+        out[_MODEL_VERSION] = self.model_version
+        out[_MODEL_HASH] = self.model_hash
+        out[_REQUEST_HASH] = self.request_hash
+        out[_RESPONSE_HASH] = self.response_hash
+        out[_ATTESTATION_HASH] = self.attestation_doc_hash
+        out[_MEASUREMENTS] = self.enclave_measurements.to_cbor_map()
+        out[_POLICY_VERSION] = self.policy_version
+        out[_SEQUENCE] = self.sequence_number
+        out[_EXECUTION_TIME] = self.execution_time_ms
+        out[_MEMORY_PEAK] = self.memory_peak_mb
+        out[_SECURITY_MODE] = self.security_mode
+        if self.model_hash_scheme is not None:
+            out[_HASH_SCHEME] = self.model_hash_scheme
+        return out
+
+    @classmethod
+    def from_cbor_map(cls, value: Any) -> ReceiptClaims:
+        """Read a decoded claims map; unknown, missing and mistyped claims are :class:`ReceiptMalformed`."""
+        if type(value) is not dict:
+            raise _malformed(f"the payload must be a claims map, got {type(value).__name__}")
+        for key in value:
+            if type(key) is not int or key not in _KNOWN_KEYS:
+                raise _malformed(f"unknown claim key {key!r:.40}")
+        missing = _REQUIRED_KEYS - value.keys()
+        if missing:
+            raise _malformed(f"required claim(s) missing: {sorted(missing)}")
+        return cls(
+            iss=value[_ISS],
+            iat=value[_IAT],
+            cti=value[_CTI_KEY],
+            eat_nonce=value.get(_NONCE),
+            eat_profile=value[_PROFILE],
+            model_id=value[_MODEL_ID],
+            model_version=value[_MODEL_VERSION],
+            model_hash=value[_MODEL_HASH],
+            request_hash=value[_REQUEST_HASH],
+            response_hash=value[_RESPONSE_HASH],
+            attestation_doc_hash=value[_ATTESTATION_HASH],
+            enclave_measurements=EnclaveMeasurements.from_cbor_map(value[_MEASUREMENTS]),
+            policy_version=value[_POLICY_VERSION],
+            sequence_number=value[_SEQUENCE],
+            execution_time_ms=value[_EXECUTION_TIME],
+            memory_peak_mb=value[_MEMORY_PEAK],
+            security_mode=value[_SECURITY_MODE],
+            model_hash_scheme=value.get(_HASH_SCHEME),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The claims for JSON output: byte strings as hex, absent optional claims as ``null``."""
+        measurements: dict[str, Any] = {"measurement_type": str(self.enclave_measurements.measurement_type)}
+        measurements.update({name: v.hex() for name, v in self.enclave_measurements.registers().items()})
+        return {
+            "iss": self.iss,
+            "iat": self.iat,
+            "cti": self.cti.hex(),
+            "eat_nonce": None if self.eat_nonce is None else self.eat_nonce.hex(),
+            "eat_profile": self.eat_profile,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "model_hash": self.model_hash.hex(),
+            "model_hash_scheme": self.model_hash_scheme,
+            "request_hash": self.request_hash.hex(),
+            "response_hash": self.response_hash.hex(),
+            "attestation_doc_hash": self.attestation_doc_hash.hex(),
+            "enclave_measurements": measurements,
+            "policy_version": self.policy_version,
+            "sequence_number": self.sequence_number,
+            "execution_time_ms": self.execution_time_ms,
+            "memory_peak_mb": self.memory_peak_mb,
+            "security_mode": self.security_mode,
+        }
+
+
+def validate_claims(claims: ReceiptClaims) -> None:
+    """Layer 3, the claim checks: a model hash that is not all zeros, 48-byte measurements. Raises."""
+    if not any(claims.model_hash):
+        raise ZeroModelHash("AIR receipt: model_hash is all zeros")
+    for name, value in claims.enclave_measurements.registers().items():
+        if len(value) != _SHA384:
+            raise BadMeasurementLength(f"AIR receipt: measurement {name} has {len(value)} bytes, expected 48")
+
+
+def encode_claims(claims: ReceiptClaims) -> bytes:
+    """The receipt payload: the claims as deterministic CBOR (the bytes the signature covers)."""
+    return cbor2.dumps(claims.to_cbor_map())
+
+
+def sign_receipt(claims: ReceiptClaims, private_key: Ed25519PrivateKey) -> bytes:
+    """Sign ``claims`` into an AIR v1 receipt (tagged COSE_Sign1, EdDSA). Deterministic: same input, same bytes.
+
+    Refuses (raises :class:`ZeroModelHash`, :class:`BadMeasurementLength`, :class:`ReceiptMalformed`) claims
+    that a verifier would reject, so an enclave never hands out a receipt that cannot verify.
+    """
+    validate_claims(claims)
+    payload = encode_claims(claims)
+    signature = private_key.sign(sig_structure(PROTECTED_HEADER, payload))
+    receipt = cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [PROTECTED_HEADER, {}, payload, signature]))
+    if len(receipt) > MAX_RECEIPT_SIZE:
+        raise _malformed(f"{len(receipt)} bytes is over the limit of {MAX_RECEIPT_SIZE}")
+    return receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """An AIR v1 receipt that passed layer 1 (parse): well-formed, EdDSA, claims typed. NOT yet verified."""
+
+    claims: ReceiptClaims
+    payload: bytes
+    signature: bytes
+    raw: bytes
+
+    def to_be_signed(self) -> bytes:
+        """The COSE Sig_structure the signature must cover."""
+        return sig_structure(PROTECTED_HEADER, self.payload)
+
+
+def _decode(data: bytes, what: str) -> Any:
+    try:
+        return cbor.decode(data, max_size=MAX_RECEIPT_SIZE, what=what)
+    except Malformed as exc:
+        raise _malformed(exc.message) from exc
+
+
+def parse_receipt(data: bytes) -> Receipt:
+    """Layer 1: parse untrusted bytes into a :class:`Receipt`, or raise a :class:`ReceiptError`.
+
+    Rejects (``malformed``) input over :data:`MAX_RECEIPT_SIZE`, bad or trailing CBOR, an untagged or
+    otherwise tagged envelope, a protected header other than ``{1: -8, 3: 61}``, a non-empty unprotected map,
+    a signature that is not 64 bytes, unknown/duplicate/missing/mistyped claims, and a payload that is not
+    deterministically encoded; an algorithm other than EdDSA is ``unsupported_algorithm``.
+    """
+    if not isinstance(data, bytes):
+        raise _malformed(f"expected bytes, got {type(data).__name__}")
+    item = _decode(data, "COSE_Sign1")
+    if not isinstance(item, cbor2.CBORTag) or item.tag != COSE_SIGN1_TAG:
+        tag = item.tag if isinstance(item, cbor2.CBORTag) else None
+        raise _malformed(f"expected a COSE_Sign1 under CBOR tag 18, got tag {tag}")
+    body = item.value
+    if not isinstance(body, list | tuple) or len(body) != 4:
+        raise _malformed("COSE_Sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = body
+    if type(protected) is not bytes:
+        raise _malformed("protected header is not a byte string")
+    header = _decode(protected, "protected header") if protected else {}
+    if type(header) is not dict:
+        raise _malformed("protected header is not a map")
+    alg = header.get(1)
+    if type(alg) is not int or alg != EDDSA:
+        raise UnsupportedAlgorithm(f"AIR receipt: algorithm {alg!r:.40} is not EdDSA (-8)")
+    if protected != PROTECTED_HEADER:
+        raise _malformed(f"protected header must be {{1: -8, 3: 61}} ({PROTECTED_HEADER.hex()}), got {protected.hex()}")
+    if not isinstance(unprotected, Mapping) or unprotected:  # cbor2 freezes maps under a tag
+        raise _malformed("the unprotected header must be an empty map")
+    if type(payload) is not bytes:
+        raise _malformed("payload is not a byte string (detached payloads are not AIR v1)")
+    if type(signature) is not bytes or len(signature) != _SIGNATURE:
+        size = len(signature) if isinstance(signature, bytes) else type(signature).__name__
+        raise _malformed(f"signature must be a 64-byte string, got {size}")
+    claims = ReceiptClaims.from_cbor_map(_decode(payload, "claims"))
+    if encode_claims(claims) != payload:
+        raise _malformed("payload is not deterministic CBOR (RFC 8949 §4.2): key order or integer/length form")
+    return Receipt(claims, payload, signature, data)
