@@ -7,6 +7,7 @@ import sys
 from enclavekit.cli import demo as _demo  # noqa: F401  (registers the commands)
 from enclavekit.cli import enclave as _enclave  # noqa: F401  (registers the commands)
 from enclavekit.cli import host as _host  # noqa: F401  (registers the commands)
+from enclavekit.cli import inference as _inference  # noqa: F401  (registers the commands)
 from enclavekit.cli import kms as _kms  # noqa: F401  (registers the commands)
 from enclavekit.cli import notify as _notify  # noqa: F401  (registers the commands)
 from enclavekit.cli import nsm as _nsm  # noqa: F401  (registers the command)
