@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enclavekit.attestation.cose import sig_structure
+from enclavekit.cli.receipt import read_receipt
 from enclavekit.receipts import ReceiptPolicy, parse_receipt, report_receipt
 from enclavekit.receipts.air import PROTECTED_HEADER
 from enclavekit.receipts.errors import ReceiptError
@@ -93,3 +95,15 @@ def test_signed_garbage_claims_raise_only_receipt_errors(claims: dict[int, objec
 @given(cbor_values, cbor_values)
 def test_garbage_envelope_fields_raise_only_receipt_errors(unprotected: object, payload: object) -> None:
     _only_receipt_errors(cbor2.dumps(cbor2.CBORTag(18, [PROTECTED_HEADER, unprotected, payload, b"\x00" * 64])))
+
+
+@FUZZ
+@given(st.binary(max_size=512) | st.text(alphabet="0123456789abcdefABCDEF+/=_- \n", max_size=512).map(str.encode))
+def test_receipt_file_decoding_never_crashes(data: bytes) -> None:
+    _only_receipt_errors(read_receipt(data))
+
+
+def test_receipt_file_forms_decode_to_the_same_bytes() -> None:
+    for form in (GOLDEN, GOLDEN.hex().encode(), GOLDEN.hex().upper().encode() + b"\n", base64.b64encode(GOLDEN)):
+        assert read_receipt(form) == GOLDEN
+    assert read_receipt(base64.urlsafe_b64encode(GOLDEN).rstrip(b"=")) == GOLDEN

@@ -151,3 +151,16 @@ def test_signed_receipt_round_trips_with_every_optional_claim(claims: ReceiptCla
     receipt = sign_receipt(full, key)
     assert parse_receipt(receipt).claims == full
     assert sign_receipt(full, key) == receipt  # deterministic
+
+
+def test_measurements_from_an_nsm_pcr_map_and_a_td() -> None:
+    pcrs = {i: bytes([i]) * 48 for i in range(16)}
+    nitro = EnclaveMeasurements.nitro(pcrs, optional=(8,))
+    assert nitro.registers() == {"pcr0": pcrs[0], "pcr1": pcrs[1], "pcr2": pcrs[2], "pcr8": pcrs[8]}
+    with pytest.raises(ReceiptMalformed):
+        EnclaveMeasurements.nitro(pcrs, optional=(5,))  # not an AIR register
+    tdx = EnclaveMeasurements.tdx(b"\x0a" * 48, (b"\x00" * 48, b"\x01" * 48, b"\x02" * 48, b"\x03" * 48))
+    assert tdx.measurement_type is MeasurementType.TDX
+    assert tdx.pcr4 == b"\x03" * 48
+    with pytest.raises(ReceiptMalformed):
+        EnclaveMeasurements.tdx(b"\x0a" * 48, (b"\x00" * 48,))

@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from enclavekit.attestation import nitro
 from enclavekit.attestation.cose import sig_structure
@@ -30,6 +30,7 @@ from enclavekit.receipts import (
 )
 from enclavekit.receipts.air import PROTECTED_HEADER
 from enclavekit.receipts.errors import AIR_CODES, ReceiptError
+from enclavekit.receipts.verification import _SMALL_ORDER_Y
 from tests.conftest import fixtures_dir
 
 SEED = bytes([0x2A] * 32)
@@ -408,3 +409,51 @@ def test_document_without_a_raw_ed25519_key_binds_nothing(simulator: NsmSimulato
     receipt = sign_receipt(_claims(attestation_doc_hash=binding.document_hash), KEY)
     report = report_receipt(receipt, public_key=PUBLIC, now=NOW, attestation=binding)
     assert report.error is not None and report.error.code == "key_not_bound"
+
+
+# --- weak keys ---------------------------------------------------------------------------------------------
+
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def _decompress(encoded: bytes) -> tuple[int, int]:
+    """An Edwards25519 point from its 32-byte encoding (non-canonical y reduced), in plain Python."""
+    y = int.from_bytes(encoded, "little") & ((1 << 255) - 1)
+    sign = encoded[31] >> 7
+    y %= _P
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = pow(u * pow(v, -1, _P), (_P + 3) // 8, _P)
+    if (v * x * x - u) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    assert (v * x * x - u) % _P == 0, "not on the curve"
+    if x & 1 != sign:
+        x = _P - x if x else 0
+    return x, y
+
+
+def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    return (x1 * y2 + y1 * x2) * pow(1 + t, -1, _P) % _P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, _P) % _P
+
+
+def test_small_order_list_holds_exactly_the_points_of_order_dividing_8() -> None:
+    for encoded in _SMALL_ORDER_Y:
+        for sign in (0, 0x80):
+            point = _decompress(encoded[:31] + bytes([encoded[31] | sign]))
+            multiple = point
+            for _ in range(3):
+                multiple = _add(multiple, multiple)
+            assert multiple == (0, 1), encoded.hex()
+    assert PUBLIC[:31] + bytes([PUBLIC[31] & 0x7F]) not in _SMALL_ORDER_Y
+
+
+def test_weak_public_key_cannot_forge_every_receipt() -> None:
+    identity = bytes([1]) + bytes(31)
+    forged = forge(signature=identity + bytes(32))  # R = identity, S = 0: "valid" for any message under the identity
+    tbs = sig_structure(PROTECTED_HEADER, encode_claims(_claims()))
+    Ed25519PublicKey.from_public_bytes(identity).verify(identity + bytes(32), tbs)  # OpenSSL alone accepts it
+    report = report_receipt(forged, public_key=identity, now=NOW)
+    assert report.error is not None and report.error.code == "signature_invalid"
+    assert "small order" in report.error.message

@@ -11,6 +11,7 @@ from enclavekit.cli import inference as _inference  # noqa: F401  (registers the
 from enclavekit.cli import kms as _kms  # noqa: F401  (registers the commands)
 from enclavekit.cli import notify as _notify  # noqa: F401  (registers the commands)
 from enclavekit.cli import nsm as _nsm  # noqa: F401  (registers the command)
+from enclavekit.cli import receipt as _receipt  # noqa: F401  (registers the commands)
 from enclavekit.cli import stack as _stack  # noqa: F401  (registers the commands)
 from enclavekit.cli import trust as _trust  # noqa: F401  (registers the commands)
 from enclavekit.cli import verify as _verify  # noqa: F401  (registers the command)

@@ -33,6 +33,7 @@ from enclavekit.attestation.nitro import UnsafePolicyWarning
 from enclavekit.attestation.policy_file import PolicyFile, load_policy
 from enclavekit.attestation.quote import Quote
 from enclavekit.cli._app import app
+from enclavekit.cli._roots import simulator_roots
 from enclavekit.errors import ConfigurationError
 
 __all__ = ["verify_command"]
@@ -41,14 +42,6 @@ __all__ = ["verify_command"]
 def _read(path: Path) -> bytes:
     with path.open("rb") as handle:
         return handle.read(MAX_EVIDENCE_SIZE + 1)
-
-
-def _simulator_roots(state_dirs: list[Path]) -> tuple[bytes, ...]:
-    if not state_dirs:
-        return ()
-    from enclavekit.nsm.simulator import load_root
-
-    return tuple(load_root(directory) for directory in state_dirs)
 
 
 def _read_compose(path: Path | None) -> bytes | None:
@@ -116,7 +109,7 @@ def verify_command(
     try:
         if policy is not None:
             policy_file = load_policy(policy)
-        roots = _simulator_roots(trust_sim_root)
+        roots = simulator_roots(trust_sim_root)
         collaterals = tuple(load_collateral(path) for path in collateral)
         app_compose = _read_compose(compose)
         if output_format not in ("report", "ear"):

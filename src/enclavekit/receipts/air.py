@@ -84,6 +84,13 @@ _OPTIONAL_PCRS: Mapping[MeasurementType, tuple[str, ...]] = {
 }
 
 
+_MEASUREMENT_TYPES = {str(kind): kind for kind in MeasurementType}
+_MEASUREMENT_KEYS = {
+    kind: frozenset({"measurement_type", "pcr0", "pcr1", "pcr2", *optional})
+    for kind, optional in _OPTIONAL_PCRS.items()
+}
+
+
 def _malformed(message: str) -> ReceiptMalformed:
     return ReceiptMalformed(f"AIR receipt: {message}")
 
@@ -136,6 +143,22 @@ class EnclaveMeasurements:
                 raise _malformed(f"{name} is not a {self.measurement_type} measurement")
             _check_bytes(value, name)
 
+    @classmethod
+    def nitro(cls, pcrs: Mapping[int, bytes], *, optional: tuple[int, ...] = ()) -> EnclaveMeasurements:
+        """From a Nitro PCR map (an NSM's or a verified document's): PCR0..2, plus those of 3, 4, 8 named."""
+        if not set(optional) <= {3, 4, 8}:
+            raise _malformed(f"AIR Nitro measurements have PCR0..4 and PCR8, not {sorted(optional)}")
+        extra = {f"pcr{index}": pcrs[index] for index in optional}
+        return cls(measurement_type=MeasurementType.NITRO, pcr0=pcrs[0], pcr1=pcrs[1], pcr2=pcrs[2], **extra)
+
+    @classmethod
+    def tdx(cls, mrtd: bytes, rtmrs: tuple[bytes, ...]) -> EnclaveMeasurements:
+        """From a TD's MRTD and its RTMR0..1 (at least) to RTMR3: pcr0 = MRTD, pcr1..pcr4 = RTMR0..RTMR3."""
+        if not 2 <= len(rtmrs) <= 4:
+            raise _malformed(f"TDX measurements take RTMR0..1 to RTMR0..3, got {len(rtmrs)} RTMRs")
+        extra = {f"pcr{index + 1}": value for index, value in enumerate(rtmrs)}
+        return cls(measurement_type=MeasurementType.TDX, pcr0=mrtd, **extra)
+
     def registers(self) -> dict[str, bytes]:
         """The present registers by name (``pcr0``... in key order), without ``measurement_type``."""
         out = {"pcr0": self.pcr0, "pcr1": self.pcr1, "pcr2": self.pcr2}
@@ -155,13 +178,10 @@ class EnclaveMeasurements:
         if type(value) is not dict:
             raise _malformed(f"enclave_measurements must be a map, got {type(value).__name__}")
         kind = value.get("measurement_type")
-        try:
-            measurement_type = MeasurementType(kind) if type(kind) is str else None
-        except ValueError:
-            measurement_type = None
+        measurement_type = _MEASUREMENT_TYPES.get(kind) if type(kind) is str else None
         if measurement_type is None:
             raise _malformed(f"enclave_measurements: measurement_type {kind!r:.40} is not nitro-pcr or tdx-mrtd-rtmr")
-        allowed = {"measurement_type", "pcr0", "pcr1", "pcr2", *_OPTIONAL_PCRS[measurement_type]}
+        allowed = _MEASUREMENT_KEYS[measurement_type]
         for key in value:
             if type(key) is not str or key not in allowed:
                 raise _malformed(f"enclave_measurements: unknown key {key!r:.40} for {measurement_type}")
@@ -208,13 +228,20 @@ class ReceiptClaims:
     eat_profile: str = AIR_V1_PROFILE
 
     def __post_init__(self) -> None:
-        for name in ("iss", "model_id", "model_version", "policy_version", "security_mode"):
-            _check_text(getattr(self, name), name)
-        for name in ("iat", "sequence_number", "execution_time_ms", "memory_peak_mb"):
-            _check_uint(getattr(self, name), name)
+        _check_text(self.iss, "iss")
+        _check_text(self.model_id, "model_id")
+        _check_text(self.model_version, "model_version")
+        _check_text(self.policy_version, "policy_version")
+        _check_text(self.security_mode, "security_mode")
+        _check_uint(self.iat, "iat")
+        _check_uint(self.sequence_number, "sequence_number")
+        _check_uint(self.execution_time_ms, "execution_time_ms")
+        _check_uint(self.memory_peak_mb, "memory_peak_mb")
         _check_bytes(self.cti, "cti", _CTI)
-        for name in ("model_hash", "request_hash", "response_hash", "attestation_doc_hash"):
-            _check_bytes(getattr(self, name), name, _SHA256)
+        _check_bytes(self.model_hash, "model_hash", _SHA256)
+        _check_bytes(self.request_hash, "request_hash", _SHA256)
+        _check_bytes(self.response_hash, "response_hash", _SHA256)
+        _check_bytes(self.attestation_doc_hash, "attestation_doc_hash", _SHA256)
         if not isinstance(self.enclave_measurements, EnclaveMeasurements):
             raise _malformed("enclave_measurements must be EnclaveMeasurements")
         if self.eat_nonce is not None:
@@ -358,6 +385,19 @@ def _decode(data: bytes, what: str) -> Any:
         raise _malformed(exc.message) from exc
 
 
+def _reject_protected_header(protected: Any) -> None:
+    """Say why a protected header that is not exactly ``PROTECTED_HEADER`` is refused (always raises)."""
+    if type(protected) is not bytes:
+        raise _malformed("protected header is not a byte string")
+    header = _decode(protected, "protected header") if protected else {}
+    if type(header) is not dict:
+        raise _malformed("protected header is not a map")
+    alg = header.get(1)
+    if type(alg) is not int or alg != EDDSA:
+        raise UnsupportedAlgorithm(f"AIR receipt: algorithm {alg!r:.40} is not EdDSA (-8)")
+    raise _malformed(f"protected header must be {{1: -8, 3: 61}} ({PROTECTED_HEADER.hex()}), got {protected.hex()}")
+
+
 def parse_receipt(data: bytes) -> Receipt:
     """Layer 1: parse untrusted bytes into a :class:`Receipt`, or raise a :class:`ReceiptError`.
 
@@ -376,16 +416,8 @@ def parse_receipt(data: bytes) -> Receipt:
     if not isinstance(body, list | tuple) or len(body) != 4:
         raise _malformed("COSE_Sign1 must be an array of 4 items")
     protected, unprotected, payload, signature = body
-    if type(protected) is not bytes:
-        raise _malformed("protected header is not a byte string")
-    header = _decode(protected, "protected header") if protected else {}
-    if type(header) is not dict:
-        raise _malformed("protected header is not a map")
-    alg = header.get(1)
-    if type(alg) is not int or alg != EDDSA:
-        raise UnsupportedAlgorithm(f"AIR receipt: algorithm {alg!r:.40} is not EdDSA (-8)")
     if protected != PROTECTED_HEADER:
-        raise _malformed(f"protected header must be {{1: -8, 3: 61}} ({PROTECTED_HEADER.hex()}), got {protected.hex()}")
+        _reject_protected_header(protected)
     if not isinstance(unprotected, Mapping) or unprotected:  # cbor2 freezes maps under a tag
         raise _malformed("the unprotected header must be an empty map")
     if type(payload) is not bytes:

@@ -48,6 +48,21 @@ __all__ = [
     "verify_receipt",
 ]
 
+_SMALL_ORDER_Y = frozenset(
+    bytes.fromhex(value)
+    for value in (
+        "0000000000000000000000000000000000000000000000000000000000000000",  # y = 0 (order 4)
+        "0100000000000000000000000000000000000000000000000000000000000000",  # y = 1, the identity
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p - 1 (order 2)
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p, a non-canonical 0
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p + 1, a non-canonical 1
+    )
+)
+"""Ed25519 public keys of small order, by their y coordinate (sign bit cleared): with one of them a signature
+R = identity, S = 0 verifies for every message under OpenSSL. Refused, as ``verify_strict`` refuses them."""
+
 DEFAULT_CLOCK_SKEW = 60
 """Seconds a receipt's ``iat`` may lie after the verification time (clocks differ) before it is refused."""
 _ED25519_KEY = 32
@@ -216,6 +231,8 @@ def report_receipt(
     assert key is not None
 
     def signature() -> str:
+        if key[:31] + bytes([key[31] & 0x7F]) in _SMALL_ORDER_Y:
+            raise SignatureInvalid(f"AIR receipt: key {key.hex()} has small order: it would accept forged signatures")
         try:
             Ed25519PublicKey.from_public_bytes(key).verify(receipt.signature, receipt.to_be_signed())
         except (InvalidSignature, ValueError) as exc:
