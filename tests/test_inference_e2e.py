@@ -207,3 +207,52 @@ def test_cli_embed_prints_verified_json_and_the_receipt_verifies_offline(stack: 
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["valid"] is True
+
+
+def test_enclave_with_a_tampered_model_refuses_to_serve_anything(stack: _Stack, tmp_path: Path) -> None:
+    """The enclave boots, says why it refuses, and answers every embed with model_refused."""
+    import shutil
+
+    from enclavekit.services.inference.chunks import HEADER_SIZE
+    from enclavekit.services.inference.loader import WEIGHTS_FILE
+
+    package = tmp_path / "package"
+    shutil.copytree(stack.state / "inference" / "package", package)
+    weights = bytearray((package / WEIGHTS_FILE).read_bytes())
+    weights[HEADER_SIZE + 3 * ((1 << 20) + 16) + 5] ^= 0x01  # inside chunk 3 (1 MiB + a 16-byte tag each)
+    (package / WEIGHTS_FILE).write_bytes(bytes(weights))
+    kms_url = json.loads((stack.state / "stack.json").read_text())["services"]["kms"]["url"]
+    socket_path = tmp_path / "bad.sock"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "enclavekit.cli", "enclave", "run"),
+            "enclavekit.services.inference.enclave_app:app",
+            *("--name", "inference", "--listen", f"unix://{socket_path}", "--state", str(stack.state)),
+            *("--set", f"config={stack.state / 'inference' / 'config.json'}", "--set", f"package={package}"),
+            *("--set", f"kms_url={kms_url}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline() or b"{}")
+        assert ready.get("ready"), process.stderr.read().decode()[-2000:] if process.stderr else ""
+
+        async def run() -> tuple[Any, str]:
+            async with AttestedClient.nitro(f"unix://{socket_path}", _policy(stack.local)) as raw:
+                info = await raw.call(INFO, InfoRequest())
+                try:
+                    await raw.call(EMBED, EmbedRequest(texts=["hello"]))
+                except Error as exc:
+                    return info, exc.code
+                return info, "served"
+
+        info, code = asyncio.run(run())
+        assert not info.ready and info.model_hash is None
+        assert info.error is not None and info.error["code"] == "model_refused"
+        assert "chunk 3 does not authenticate" in info.error["message"]
+        assert code == "model_refused"
+    finally:
+        process.terminate()
+        process.wait(30)
