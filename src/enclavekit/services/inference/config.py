@@ -18,9 +18,10 @@ from typing import Any, Final
 
 from enclavekit.errors import ConfigurationError
 
-__all__ = ["MAX_CONFIG_SIZE", "InferenceConfig", "Limits"]
+__all__ = ["ENGINES", "MAX_CONFIG_SIZE", "InferenceConfig", "Limits"]
 
 MAX_CONFIG_SIZE: Final = 16 * 1024
+ENGINES: Final = ("numpy", "torch-cpu", "torch-cuda", "torch-cuda-fp16")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +55,8 @@ class InferenceConfig:
     limits: Limits = Limits()
     workers: int = 1
     """Request workers (threads running the engine, one BLAS thread each)."""
+    engine: str = "numpy"
+    """``numpy`` (fp32, CPU), or ``torch-cpu``, ``torch-cuda`` (fp32) or ``torch-cuda-fp16`` (a GPU engine)."""
 
     def __post_init__(self) -> None:
         if len(self.publisher_key) != 32:
@@ -62,6 +65,8 @@ class InferenceConfig:
             raise ConfigurationError("model_id, version and kms_key_id are required")
         if not 1 <= self.workers <= 64:
             raise ConfigurationError(f"workers must be 1..64, not {self.workers}")
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from enclavekit.errors import Error
 from enclavekit.services.inference.chunks import open_stream
 from enclavekit.services.inference.config import InferenceConfig
-from enclavekit.services.inference.engine import BertConfig, Embedder, NumpyEngine, Tokenizer
+from enclavekit.services.inference.engine import BertConfig, Embedder, Engine, NumpyEngine, Tokenizer
 from enclavekit.services.inference.errors import ModelRefused
 from enclavekit.services.inference.manifest import MAX_MANIFEST_SIZE, Manifest, encryption_context
 from enclavekit.services.inference.tensors import load_tensors
@@ -34,6 +34,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "KeyRelease",
     "LoadedModel",
+    "build_engine",
     "load_package",
 ]
 
@@ -71,6 +72,17 @@ def _read(path: Path, limit: int) -> bytes:
 def _same(actual: bytes, expected: bytes, what: str) -> None:
     if not hmac.compare_digest(actual, expected):
         raise ModelRefused(f"the {what} hash {actual.hex()} is not the manifest's {expected.hex()}")
+
+
+def build_engine(name: str, tensors: Mapping[str, Any], config_json: bytes) -> Engine:
+    """The engine ``name`` (see :data:`~enclavekit.services.inference.config.ENGINES`) over ``tensors``."""
+    bert = BertConfig.from_json(config_json)
+    if name == "numpy":
+        return NumpyEngine(tensors, bert)
+    from enclavekit.services.inference.torch_engine import TorchEngine
+
+    device, _, precision = name.removeprefix("torch-").partition("-")
+    return TorchEngine(tensors, bert, device=device, dtype="float16" if precision == "fp16" else "float32")
 
 
 def load_package(folder: Path, config: InferenceConfig, release: KeyRelease) -> LoadedModel:
@@ -122,8 +134,9 @@ def load_package(folder: Path, config: InferenceConfig, release: KeyRelease) -> 
 
     mark = time.perf_counter()
     try:
-        engine = NumpyEngine(load_tensors(opened.plaintext), BertConfig.from_json(config_json))
-        embedder = Embedder(Tokenizer(tokenizer_json), engine)
+        embedder = Embedder(
+            Tokenizer(tokenizer_json), build_engine(config.engine, load_tensors(opened.plaintext), config_json)
+        )
     except Error as exc:
         raise ModelRefused(f"load: {exc.message}") from exc
     timings["load"] = time.perf_counter() - mark
