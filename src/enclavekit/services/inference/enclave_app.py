@@ -1,6 +1,7 @@
 """The inference enclave: the only code that sees the client's text and the model's plaintext weights.
 
-Boot: read the trust-deciding configuration (``--set config=PATH``), make the receipt key (Ed25519, memory only)
+Boot: read the trust-deciding configuration (the runtime's measured configuration file where the runtime has
+one, else ``--set config=PATH``), make the receipt key (Ed25519, memory only)
 and an attestation document whose ``user_data`` is its raw public key, then load the model package
 (``--set package=DIR``; :func:`~enclavekit.services.inference.loader.load_package`: signature, KMS key release to
 an attested Recipient, chunk-by-chunk authenticated decryption, hashes). A model that does not verify is
@@ -114,8 +115,12 @@ class InferenceEnclave:
     async def _boot(self, context: EnclaveContext) -> None:
         started = time.perf_counter()
         self._context = context
+        measured: bytes | None = getattr(context, "config", None)  # the runtime's measured config, where it has one
         try:
-            self.config = InferenceConfig.load(Path(context.settings["config"]))
+            if measured is not None:
+                self.config = InferenceConfig.from_bytes(measured)
+            else:
+                self.config = InferenceConfig.load(Path(context.settings["config"]))
             package = Path(context.settings["package"])
         except KeyError as exc:
             raise ConfigurationError(f"the inference enclave needs --set {exc.args[0]}=...") from exc
