@@ -15,11 +15,12 @@ Everything in one run, same machine state, same text and thread count (``ENCLAVE
 * **cold start** — from the encrypted package to the first embedding (KMS key release, chunked decryption,
   hash checks, load, one warm-up embed) against the bare engine's load of the plaintext files;
 * **peak RSS** — a process that boots the enclave and embeds, against one that loads the bare engine and
-  embeds (``ru_maxrss`` of child processes);
+  embeds (``VmHWM`` of each child process);
 * **throughput** — embeddings/s of the enclave handler at batch 1 and 32 with 1 and 2 request workers.
 
-Baseline and subject alternate round by round; figures are medians. ``--device cuda`` runs the torch engine on
-the GPU (torch needed only then) and reports batch 64 and 1024 instead of 1 and 32.
+Baseline and subject alternate round by round; figures are medians (batch 1 gets three times the rounds).
+``--device cuda`` runs the torch engine on the GPU (torch needed only then) and reports batch 64 and 1024
+instead of 1 and 32.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ async def end_to_end(
                 async def subject(texts: list[str] = texts) -> None:
                     await client.embed(texts)
 
-                b, s = await interleave(rounds, base, subject)
+                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
                 out[f"batch_{batch}"] = {
                     "bare_ms": round(b * 1000, 3),
                     "end_to_end_ms": round(s * 1000, 3),
@@ -330,7 +331,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 async def subject(texts: list[str] = texts) -> None:
                     await enclave.embed(EmbedRequest(texts=texts), _call())
 
-                b, s = await interleave(rounds, base, subject)
+                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
                 inside[f"batch_{batch}"] = {
                     "bare_ms": round(b * 1000, 3),
                     "enclave_ms": round(s * 1000, 3),
