@@ -133,3 +133,22 @@ def test_pickle_file_is_refused_as_weights() -> None:
 def test_config_of_another_architecture_is_refused() -> None:
     with pytest.raises(TensorFileInvalid, match="BERT"):
         BertConfig.from_json(b'{"model_type": "gpt2", "hidden_act": "gelu"}')
+
+
+def test_gpu_engine_path_is_importable_without_torch() -> None:
+    """CI has no torch: the torch engine's module must import, and only building one may need torch."""
+    import importlib.util
+
+    module = importlib.import_module("enclavekit.services.inference.torch_engine")
+    assert hasattr(module, "TorchEngine")
+    if importlib.util.find_spec("torch") is None:
+        with pytest.raises(ModuleNotFoundError):
+            module.TorchEngine({}, BertConfig(384, 6, 12, 1536, 512, 1e-12), device="cpu")
+
+
+def test_unknown_engine_in_the_configuration_is_refused() -> None:
+    from enclavekit.errors import ConfigurationError
+    from enclavekit.services.inference.config import InferenceConfig
+
+    with pytest.raises(ConfigurationError, match="engine"):
+        InferenceConfig(model_id="m", version="1", publisher_key=bytes(32), kms_key_id="k", engine="pickle")

@@ -21,7 +21,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -37,6 +37,7 @@ __all__ = [
     "TAG_SIZE",
     "ChunkHeader",
     "OpenedStream",
+    "Reader",
     "open_stream",
     "seal_stream",
 ]
@@ -52,6 +53,12 @@ DEFAULT_CHUNK_SIZE: Final = 1 << 20
 MAX_PLAINTEXT: Final = 1 << 34
 """16 GiB: larger models are refused before any allocation."""
 _HEADER = struct.Struct(">4sBBI7sQ")
+
+
+class Reader(Protocol):
+    """Where chunks come from: a file opened ``rb``, ``io.BytesIO``, a socket's reader..."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,7 @@ class ChunkHeader:
 
 def seal_stream(
     key: bytes,
-    source: BinaryIO,
+    source: Reader,
     plaintext_length: int,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -132,7 +139,7 @@ class OpenedStream:
     sha256: bytes
 
 
-def open_stream(key: bytes, source: BinaryIO, *, max_plaintext: int = MAX_PLAINTEXT) -> OpenedStream:
+def open_stream(key: bytes, source: Reader, *, max_plaintext: int = MAX_PLAINTEXT) -> OpenedStream:
     """Authenticate and decrypt every chunk of ``source`` into one preallocated buffer, hashing as it goes.
 
     Raises :class:`ChunkInvalid` at the first chunk that does not authenticate at its place, when the stream is

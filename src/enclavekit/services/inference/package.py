@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,6 +39,19 @@ __all__ = ["PackageResult", "enclave_key_policy", "load_publisher_key", "package
 class PackageResult:
     manifest: Manifest
     folder: Path
+
+
+class _Hashing:
+    """A reader that hashes what it reads (one pass over the weights: encrypt and hash together)."""
+
+    def __init__(self, source: BinaryIO, digest: hashlib._Hash) -> None:
+        self._source = source
+        self._digest = digest
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        self._digest.update(data)
+        return data
 
 
 def _sha256_file(path: Path) -> bytes:
@@ -68,9 +81,10 @@ def package_model(
     key = bytes(response["Plaintext"])
     size = files.weights.stat().st_size
     partial = out / (WEIGHTS_FILE + ".partial")
+    weights_digest = hashlib.sha256()
     try:
         with files.weights.open("rb") as source, partial.open("wb") as sink:
-            for piece in seal_stream(key, source, size, chunk_size=chunk_size):
+            for piece in seal_stream(key, _Hashing(source, weights_digest), size, chunk_size=chunk_size):
                 sink.write(piece)
     finally:
         del key
@@ -80,7 +94,7 @@ def package_model(
     manifest = Manifest(
         model_id=model_id,
         version=version,
-        weights_sha256=_sha256_file(files.weights),
+        weights_sha256=weights_digest.digest(),
         weights_size=size,
         tokenizer_sha256=_sha256_file(files.tokenizer),
         config_sha256=_sha256_file(files.config),
