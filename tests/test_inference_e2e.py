@@ -149,6 +149,22 @@ def test_host_sees_no_input_text_in_relay_bytes_logs_or_files(stack: _Stack) -> 
             assert not any(n in data for n in needles), path
 
 
+def test_gateway_counts_requests_in_its_metrics(stack: _Stack) -> None:
+    import httpx
+
+    async def run() -> None:
+        async with _client(stack) as client:
+            await client.embed(["counted"])
+
+    asyncio.run(run())
+    text = httpx.get(stack.local["gateway_metrics"], timeout=10).text
+    answered = next(
+        line for line in text.splitlines() if line.startswith("enclavekit_inference_gateway_answered_total")
+    )
+    assert int(answered.split()[1]) >= 2  # info + embed
+    assert "enclavekit_inference_gateway_in_flight 0" in text
+
+
 def test_info_names_the_model_and_binds_the_receipt_key(stack: _Stack) -> None:
     async def run() -> Any:
         async with AttestedClient.nitro(stack.local["gateway"], _policy(stack.local)) as raw:

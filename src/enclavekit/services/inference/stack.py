@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enclavekit.stack.processes import free_port
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVE_APP", "Prepared", "expected_pcr0", "load_local", "prepare_model", "start_inference"]
@@ -175,11 +176,14 @@ async def start_inference(stack: Stack) -> None:
     prepared = prepare_model(state, kms_url, pcr0=pcr0)
     enclave = await stack.start_enclave(enclave_spec(prepared, kms_url))
     relay = await stack.start_relay("inference", enclave["address"])
+    metrics_port = free_port(host)
     gateway = await stack.start_service(
         ServiceSpec(
             "inference_gateway",
             lambda s, port: python_command(
-                "inference", "gateway", "--upstream", relay, "--host", host, "--port", str(port)
+                "inference",
+                "gateway",
+                *("--upstream", relay, "--host", host, "--port", str(port), "--metrics-port", str(metrics_port)),
             ),
             url=lambda h, p: f"tcp://{h}:{p}",
         )
@@ -189,6 +193,7 @@ async def start_inference(stack: Stack) -> None:
         "relay": relay,
         "enclave_pcr0": enclave["pcr0"],
         "model_hash": prepared.model_hash,
+        "gateway_metrics": f"http://{host}:{metrics_port}/metrics",
         "simulator_root": str(state),
     }
     _write_private(state / "inference" / "local.json", json.dumps(local, indent=2).encode())
