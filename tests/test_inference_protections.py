@@ -182,3 +182,33 @@ async def test_garbage_from_a_client_closes_only_its_connection() -> None:
     finally:
         await gateway.close()
         server.close()
+
+
+async def test_clients_hanging_up_cannot_open_the_breaker_for_everyone() -> None:
+    """A request whose client leaves before the answer is not a failure of the enclave link."""
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    upstream = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    gateway = Gateway(upstream, ProtectionSettings(min_requests=1, error_ratio=0.5))
+    _, port = await gateway.start()
+    try:
+        async with asyncio.timeout(10):  # with the breaker open, later requests would never be forwarded
+            for sent in range(1, 4):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(_record(b"then gone"))
+                await writer.drain()
+                while gateway.metrics.requests < sent:  # forwarded, unanswered
+                    await asyncio.sleep(0.01)
+                writer.close()
+                while gateway.metrics.in_flight:
+                    await asyncio.sleep(0.01)
+        assert gateway.metrics.requests == 3
+        assert gateway.metrics.link_failures == 0
+        assert gateway.breaker.state is BreakerState.CLOSED
+    finally:
+        await gateway.close()
+        server.close()

@@ -222,7 +222,7 @@ class InferenceEnclave:
             policy_version=f"enclavekit-inference/1 config-sha256:{config.digest().hex()}",
             sequence_number=next(self._sequence),
             execution_time_ms=elapsed_ms,
-            memory_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            memory_peak_mb=_peak_rss_mb(),
             security_mode=self._context.tee if self._context is not None else "unknown",
             eat_nonce=nonce,
         )
@@ -239,6 +239,17 @@ class InferenceEnclave:
             tokens=result.tokens,
             receipt=base64.b64encode(receipt).decode(),
         )
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak RSS in MiB: ``VmHWM`` (``ru_maxrss`` would include the parent's, carried over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def build_app(name: str = "inference") -> tuple[EnclaveApp, InferenceEnclave]:

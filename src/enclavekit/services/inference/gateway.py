@@ -166,12 +166,17 @@ class Gateway:
             self.metrics.in_flight += 1
             self.metrics.requests += 1
 
-    async def _release(self, *, ok: bool, started: float) -> None:
-        self.breaker.record(self.clock(), ok=ok)
+    async def _release(self, *, ok: bool | None, started: float) -> None:
+        """``ok`` None: the client went away first — neither a success nor the enclave link's failure (a client
+        that hangs up must not be able to open the breaker for everyone)."""
+        if ok is not None:
+            self.breaker.record(self.clock(), ok=ok)
+        elif self.breaker.state == "half_open":
+            self.breaker.trial_running = False
         if ok:
             self.metrics.answered += 1
             self.metrics.latency_seconds_sum += self.clock() - started
-        else:
+        elif ok is False:
             self.metrics.link_failures += 1
         assert self._slot_freed is not None
         async with self._slot_freed:
@@ -241,8 +246,10 @@ class Gateway:
                     await asyncio.sleep(min(1.0, self.settings.response_timeout))
 
         tasks = [asyncio.create_task(c()) for c in (client_to_enclave, enclave_to_client, watchdog)]
+        client_left = False
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            client_left = tasks[0] in done and not isinstance(tasks[0].exception(), _Refused)
             for task in done:
                 failure = task.exception()
                 if isinstance(failure, _Refused):
@@ -257,8 +264,8 @@ class Gateway:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            if pending:  # the request never got its answer: the link failed it
-                await self._release(ok=False, started=pending.pop())
+            if pending:  # the request never got its answer: the link failed it, unless the client left first
+                await self._release(ok=None if client_left else False, started=pending.pop())
             for w in (writer, up_writer):
                 w.close()
             self.metrics.active -= 1
