@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "The local KMS emulator: AWS KMS's protocol, key policies with Nitro attestation conditions.",
     ),
     "notify": ("enclavekit.cli.notify", "Confidential push notifications: the notify service and its local tools."),
+    "inference": (
+        "enclavekit.cli.inference",
+        "Confidential embeddings with signed receipts: the inference service's tools.",
+    ),
     "receipt": ("enclavekit.cli.receipt", "AIR v1 inference receipts: verify them offline."),
     "nsm": ("enclavekit.cli.nsm", "The Nitro Secure Module: simulated attestation documents and NSM facts."),
     "trust": (

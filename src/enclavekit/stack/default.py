@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from enclavekit.services.inference.stack import start_inference
 from enclavekit.services.notify.stack import start_notify
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
@@ -69,4 +70,5 @@ async def start_default(stack: Stack) -> None:
         await stack.start_relay(spec.name, enclave["address"])
     await stack.start_service(KMS)  # after the enclaves: the simulator's root exists by now
     await start_notify(stack)  # stand-ins, egress proxy, notify enclave and relay, API, ingest, dispatcher
+    await start_inference(stack)  # model packaged once into the state folder, enclave, relay, gateway
     await stack.start_service(TRUST_WEB)  # after the enclaves and their relays: it registers them

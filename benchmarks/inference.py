@@ -1,0 +1,391 @@
+"""Confidential embeddings against the bare engine: overhead, crypto, cold start, memory, throughput.
+
+    python3 dev.py run python benchmarks/inference.py [--quick] [--json] [--device cpu|cuda] [--dtype fp32|fp16]
+
+Everything in one run, same machine state, same text and thread count (``ENCLAVEKIT_ENGINE_THREADS``, default 1):
+
+* **in the enclave process** — the bare engine (tokenize + forward + pool) against the enclave's ``embed``
+  handler on a booted :class:`InferenceEnclave` (real simulated NSM, receipt key, model loaded from the encrypted
+  package through the KMS emulator): checks, the engine on its worker thread, request/response hashes, the
+  base64 encoding and the AIR receipt;
+* **end to end** — the bare engine against :class:`InferenceClient` through the host gateway, the relay and the
+  attested session to the enclave *process*, with the client verifying the receipt and both hashes;
+* **per-request crypto** — receipt signing, both hashes, receipt verification with the attestation binding,
+  and a record's ChaCha20-Poly1305 seal+open of the request and the response, in µs;
+* **cold start** — from the encrypted package to the first embedding (KMS key release, chunked decryption,
+  hash checks, load, one warm-up embed) against the bare engine's load of the plaintext files;
+* **peak RSS** — a process that boots the enclave and embeds, against one that loads the bare engine and
+  embeds (``VmHWM`` of each child process);
+* **throughput** — embeddings/s of the enclave handler at batch 1 and 32 with 1 and 2 request workers.
+
+Baseline and subject alternate round by round; figures are medians (batch 1 gets three times the rounds).
+``--device cuda`` runs the torch engine on the GPU (torch needed only then) and reports batch 64 and 1024
+instead of 1 and 32.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ENCLAVEKIT_ENGINE_THREADS", "1")
+
+
+import argparse
+import asyncio
+import base64
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.channel import Responder, SessionKeys
+from enclavekit.enclave.runtime import EnclaveContext, image_files
+from enclavekit.kms import EmulatorThread, open_service
+from enclavekit.nsm import NsmSimulator, load_root
+from enclavekit.receipts import AttestationBinding, ReceiptPolicy, parse_receipt, sign_receipt, verify_receipt
+from enclavekit.rpc import CallContext
+from enclavekit.services.inference.config import InferenceConfig
+from enclavekit.services.inference.engine import Embedder, Tokenizer
+from enclavekit.services.inference.loader import build_engine
+from enclavekit.services.inference.model_files import ModelFiles, bundled_model_dir
+from enclavekit.services.inference.stack import ENCLAVE_APP, Prepared, enclave_spec, prepare_model
+from enclavekit.services.inference.tensors import load_tensors
+from enclavekit.services.inference.wire import (
+    EmbedRequest,
+    decode_embeddings,
+    request_hash,
+    response_hash,
+    utf8_texts,
+)
+
+TEXT = "The patient's blood pressure was 142/91 mmHg on 3 March; review the dosage at the follow-up in two weeks."
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _engine_name(device: str, dtype: str) -> str:
+    if device == "cpu":
+        return "numpy"
+    return "torch-cuda-fp16" if dtype == "fp16" else "torch-cuda"
+
+
+def bare_embedder(engine_name: str) -> tuple[Embedder, float]:
+    """The bare engine from the plaintext files, and its load time to the first embedding (s)."""
+    started = time.perf_counter()
+    files = ModelFiles.in_folder(bundled_model_dir())
+    tensors = load_tensors(bytearray(files.weights.read_bytes()))
+    embedder = Embedder(
+        Tokenizer(files.tokenizer.read_bytes()), build_engine(engine_name, tensors, files.config.read_bytes())
+    )
+    embedder.embed(["warm up"])
+    return embedder, time.perf_counter() - started
+
+
+def write_config(prepared: Prepared, folder: Path, **changes: Any) -> Path:
+    config = replace(InferenceConfig.load(prepared.config), **changes)
+    path = folder / f"config-{config.engine}-{config.workers}.json"
+    path.write_bytes(json.dumps(config.to_json()).encode())
+    return path
+
+
+async def boot_enclave(state: Path, config: Path, prepared: Prepared, kms_url: str) -> Any:
+    """An :class:`InferenceEnclave` booted in this process exactly as the runtime boots it (simulated NSM)."""
+    from enclavekit.services.inference.enclave_app import InferenceEnclave
+
+    nsm = NsmSimulator(state, app=image_files(ENCLAVE_APP)).client()
+    keys = SessionKeys.generate()
+    settings = {"config": str(config), "package": str(prepared.package), "kms_url": kms_url}
+    context = EnclaveContext(
+        "inference", nsm, keys, Responder(keys, attester=nsm), "nitro-simulated", b"", state, settings
+    )
+    await context.refresh()
+    enclave = InferenceEnclave()
+    await enclave._boot(context)
+    if enclave.error is not None:
+        raise RuntimeError(f"the enclave refused its model: {enclave.error}")
+    return enclave
+
+
+def _call() -> CallContext:
+    return CallContext(route="inference.embed", request_id=1, deadline=time.monotonic() + 600)
+
+
+async def interleave(
+    rounds: int, baseline: Callable[[], Awaitable[object]], subject: Callable[[], Awaitable[object]]
+) -> tuple[float, float]:
+    """Median seconds of baseline and subject, alternating which goes first each round."""
+    base: list[float] = []
+    subj: list[float] = []
+    for _ in range(2):
+        await baseline()
+        await subject()
+    for round_ in range(rounds):
+        pair = [(base, baseline), (subj, subject)]
+        for sink, fn in pair if round_ % 2 == 0 else reversed(pair):
+            start = time.perf_counter()
+            await fn()
+            sink.append(time.perf_counter() - start)
+    return _median(base), _median(subj)
+
+
+def _micro(fn: Callable[[], object], rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return round(_median(samples), 1)
+
+
+async def crypto_costs(enclave: Any, texts: list[str], rounds: int) -> dict[str, float]:
+    """µs per request of the crypto around the engine, at the batch of ``texts``."""
+    response = await enclave.embed(EmbedRequest(texts=texts), _call())
+    raw = base64.b64decode(response.receipt)
+    vectors = decode_embeddings(response.embeddings, response.count, response.dimensions)
+    claims = parse_receipt(raw).claims
+    document = enclave._document[1]
+    from enclavekit.attestation import nitro
+
+    policy = NitroPolicy(unsafe_any_measurements=True, roots=(load_root(enclave._context.state_dir),))
+    binding = AttestationBinding(document, nitro.verify(document, policy, now=datetime.now(UTC)))
+    now = datetime.now(UTC)
+    encoded = utf8_texts(texts)
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce = os.urandom(12)
+    request_bytes = EmbedRequest(texts=texts).model_dump_json().encode()
+    response_bytes = response.model_dump_json().encode()
+    return {
+        "receipt_sign_us": _micro(lambda: sign_receipt(claims, enclave._receipt_key), rounds),
+        "request_hash_us": _micro(lambda: request_hash(encoded), rounds),
+        "response_hash_us": _micro(lambda: response_hash(vectors, response.truncated), rounds),
+        "receipt_verify_us": _micro(
+            lambda: verify_receipt(raw, policy=ReceiptPolicy(), now=now, attestation=binding), rounds
+        ),
+        "record_aead_us": _micro(
+            lambda: (
+                aead.decrypt(nonce, aead.encrypt(nonce, request_bytes, b""), b""),
+                aead.decrypt(nonce, aead.encrypt(nonce, response_bytes, b""), b""),
+            ),
+            rounds,
+        ),
+        "response_bytes": len(response_bytes),
+    }
+
+
+async def throughput(enclave: Any, batch: int, seconds: float, concurrency: int) -> float:
+    """Embeddings per second through the enclave handler with ``concurrency`` requests outstanding."""
+    texts = [TEXT] * batch
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await enclave.embed(EmbedRequest(texts=texts), _call())
+            done += batch
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return round(done / (time.perf_counter() - started), 1)
+
+
+async def end_to_end(
+    state: Path, prepared: Prepared, config: Path, kms_url: str, bare: Embedder, batches: list[int], rounds: int
+) -> dict[str, Any]:
+    from enclavekit.services.inference.client import InferenceClient
+    from enclavekit.stack.state import StateDir
+    from enclavekit.stack.up import ServiceSpec, Stack, python_command
+
+    stack = Stack(StateDir(state))
+    stack.state.create()
+    try:
+        enclave = await stack.start_enclave(enclave_spec(replace(prepared, config=config), kms_url))
+        relay = await stack.start_relay("inference", enclave["address"])
+        gateway = await stack.start_service(
+            ServiceSpec(
+                "inference_gateway",
+                lambda s, port: python_command("inference", "gateway", "--upstream", relay, "--port", str(port)),
+                url=lambda h, p: f"tcp://{h}:{p}",
+            )
+        )
+        policy = NitroPolicy(measurements=[{0: bytes.fromhex(enclave["pcr0"])}], roots=(load_root(state),))
+        out: dict[str, Any] = {}
+        async with InferenceClient(gateway, policy, model_hash=bytes.fromhex(prepared.model_hash)) as client:
+            for batch in batches:
+                texts = [TEXT] * batch
+
+                async def base(texts: list[str] = texts) -> None:
+                    bare.embed(texts)
+
+                async def subject(texts: list[str] = texts) -> None:
+                    await client.embed(texts)
+
+                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
+                out[f"batch_{batch}"] = {
+                    "bare_ms": round(b * 1000, 3),
+                    "end_to_end_ms": round(s * 1000, 3),
+                    "overhead_pct": round((s / b - 1) * 100, 1),
+                }
+        return out
+    finally:
+        await stack.stop()
+
+
+def child(kind: str, state: Path, config: Path, package: Path, kms_url: str, engine_name: str) -> None:
+    """Peak RSS of one process that loads (bare, or the enclave from the package) and embeds 20 times."""
+    texts = [TEXT] * 32
+    if kind == "bare":
+        embedder, _ = bare_embedder(engine_name)
+        for _ in range(20):
+            embedder.embed(texts)
+    else:
+        prepared = Prepared(config=config, package=package, key_id="", pcr0="", model_hash="")
+
+        async def run() -> None:
+            enclave = await boot_enclave(state, config, prepared, kms_url)
+            for _ in range(20):
+                await enclave.embed(EmbedRequest(texts=texts), _call())
+
+        asyncio.run(run())
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``: unlike ``ru_maxrss``, not carried over from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reference_cosine(embedder: Embedder) -> float | None:
+    """The lowest cosine between ``embedder`` and sentence-transformers' fp32 reference vectors (when present)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "data" / "inference" / "minilm_reference.json"
+    if not path.exists():
+        return None
+    cases = json.loads(path.read_text())["cases"]
+    vectors = embedder.embed([case["text"] for case in cases]).vectors
+    cosines = []
+    for case, vector in zip(cases, vectors, strict=True):
+        expected = [float(x) for x in case["embedding"]]
+        norm = sum(x * x for x in expected) ** 0.5
+        cosines.append(sum(float(a) * b for a, b in zip(vector, expected, strict=True)) / norm)
+    return round(min(cosines), 7)
+
+
+def _child_rss(args: list[str]) -> float:
+    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    engine_name = _engine_name(args.device, args.dtype)
+    batches = [1, 32] if args.device == "cpu" else [64, 1024]
+    rounds = args.rounds or (15 if args.quick else 60)
+    result: dict[str, Any] = {
+        "device": args.device,
+        "engine": engine_name,
+        "threads": os.environ.get("ENCLAVEKIT_ENGINE_THREADS"),
+        "rounds": rounds,
+        "text_tokens": 0,
+    }
+    with tempfile.TemporaryDirectory(prefix="enclavekit-inference-bench-") as tmp:
+        state = Path(tmp)
+        from enclavekit.services.inference.stack import expected_pcr0
+
+        pcr0 = expected_pcr0(state)
+        service = open_service(state / "kms", trusted_roots=[load_root(state)])
+        with EmulatorThread(service) as emulator:
+            prepared = prepare_model(state, emulator.url, pcr0=pcr0, max_batch=max(batches))
+            config1 = write_config(prepared, state, engine=engine_name, workers=1)
+            config2 = write_config(prepared, state, engine=engine_name, workers=2)
+            bare, bare_load = bare_embedder(engine_name)
+            result["text_tokens"] = int(bare.tokenizer.encode([TEXT]).mask.sum())
+            result["reference_min_cosine"] = reference_cosine(bare)
+            enclave = await boot_enclave(state, config1, prepared, emulator.url)
+            result["cold_start"] = {
+                "enclave_s": round(enclave.cold_start_seconds, 3),
+                "steps_s": {k: round(v, 3) for k, v in enclave.model.timings.items()},
+                "bare_load_s": round(bare_load, 3),
+            }
+            inside: dict[str, Any] = {}
+            for batch in batches:
+                texts = [TEXT] * batch
+
+                async def base(texts: list[str] = texts) -> None:
+                    bare.embed(texts)
+
+                async def subject(texts: list[str] = texts) -> None:
+                    await enclave.embed(EmbedRequest(texts=texts), _call())
+
+                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
+                inside[f"batch_{batch}"] = {
+                    "bare_ms": round(b * 1000, 3),
+                    "enclave_ms": round(s * 1000, 3),
+                    "overhead_pct": round((s / b - 1) * 100, 1),
+                }
+            result["inside_enclave"] = inside
+            result["crypto"] = {
+                f"batch_{batch}": await crypto_costs(enclave, [TEXT] * batch, 200 if args.quick else 1000)
+                for batch in batches
+            }
+            seconds = 2.0 if args.quick else 6.0
+            enclave2 = await boot_enclave(state, config2, prepared, emulator.url)
+            result["throughput_per_s"] = {
+                f"batch_{batch}_workers_{workers}": await throughput(e, batch, seconds, 2 * workers)
+                for batch in batches
+                for workers, e in ((1, enclave), (2, enclave2))
+            }
+            if not args.skip_e2e:
+                result["end_to_end"] = await end_to_end(
+                    state, prepared, config1, emulator.url, bare, batches, max(5, rounds // 2)
+                )
+            if not args.skip_rss:
+                common = [str(state), str(config1), str(prepared.package), emulator.url, engine_name]
+                bare_rss = _child_rss(["bare", *common])
+                enclave_rss = _child_rss(["enclave", *common])
+                result["peak_rss_mb"] = {
+                    "bare": bare_rss,
+                    "enclave": enclave_rss,
+                    "ratio": round(enclave_rss / bare_rss, 2),
+                }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Fewer rounds (CI, busy machines).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="With --device cuda.")
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--skip-e2e", action="store_true", help="Skip the end-to-end part (processes, relay).")
+    parser.add_argument("--skip-rss", action="store_true", help="Skip the peak-RSS child processes.")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, state, config, package, kms_url, engine_name = args.child
+        child(kind, Path(state), Path(config), Path(package), kms_url, engine_name)
+        return
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

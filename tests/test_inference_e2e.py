@@ -1,0 +1,274 @@
+"""The inference service end to end with real processes: KMS emulator, the enclave (simulated NSM) behind its
+relay, the host gateway; a client that verifies attestation and every receipt; the CLI; host blindness."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.errors import Error
+from enclavekit.nsm import load_root
+from enclavekit.services.inference.client import InferenceClient
+from enclavekit.services.inference.gateway import Gateway
+from enclavekit.services.inference.wire import EMBED, INFO, EmbedRequest, InfoRequest
+
+SECRET_SENTENCE = "zebra-quartz-7f3a91 my confidential diagnosis is benign paroxysmal vertigo"
+
+
+@dataclass
+class _Stack:
+    state: Path
+    local: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Stack]:
+    """KMS emulator, enclave, relay and gateway, started by the stack supervisor in its own process."""
+    from enclavekit.services.inference.stack import load_local
+
+    state = tmp_path_factory.mktemp("inference-stack")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.apps.inference_stack", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the supervisor prints once everything is ready, or exits
+        if not line:
+            raise RuntimeError(f"the inference stack did not start: {process.stderr.read().decode()[-2000:]}")
+        yield _Stack(state, load_local(state))
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def _policy(local: dict[str, Any]) -> NitroPolicy:
+    return NitroPolicy(
+        measurements=[{0: bytes.fromhex(local["enclave_pcr0"])}], roots=(load_root(local["simulator_root"]),)
+    )
+
+
+def _client(stack: _Stack, endpoint: str | None = None) -> InferenceClient:
+    local = stack.local
+    return InferenceClient(endpoint or local["gateway"], _policy(local), model_hash=bytes.fromhex(local["model_hash"]))
+
+
+def test_embeddings_come_back_with_a_verified_receipt_through_relay_and_gateway(stack: _Stack) -> None:
+    nonce = os.urandom(16)
+
+    async def run() -> Any:
+        async with _client(stack) as client:
+            first = await client.embed(["This is an example sentence", "word " * 400], nonce)
+            second = await client.embed(["again"])
+            return first, second, client.last_truncated
+
+    (vectors, receipt), (_, later), truncated = asyncio.run(run())
+    assert vectors.shape == (2, 384)
+    assert abs(float(vectors[0, 0]) - 0.0676569) < 1e-5
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert receipt.claims.eat_nonce == nonce
+    assert receipt.claims.model_hash.hex() == stack.local["model_hash"]
+    assert receipt.claims.enclave_measurements.pcr0.hex() == stack.local["enclave_pcr0"]
+    assert later.claims.sequence_number == receipt.claims.sequence_number + 1
+    assert later.claims.eat_nonce is None
+    assert truncated == (False,)
+
+
+class _RawJson(EmbedRequest):
+    """An embed request whose JSON body is given verbatim (what a hostile client can send)."""
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        return str(self.texts[0])
+
+
+def test_bad_input_gets_a_specific_error_and_the_enclave_keeps_serving(stack: _Stack) -> None:
+    async def attempt(texts: list[str], raw_json: str | None = None) -> str:
+        request = EmbedRequest(texts=texts) if raw_json is None else _RawJson(texts=[raw_json])
+        async with AttestedClient.nitro(stack.local["gateway"], _policy(stack.local)) as raw:
+            try:
+                await raw.call(EMBED, request)
+            except Error as exc:
+                return exc.code
+        return "accepted"
+
+    assert asyncio.run(attempt([])) == "bad_input"
+    assert asyncio.run(attempt(["x"] * 257)) == "bad_input"
+    assert asyncio.run(attempt(["x" * (16 * 1024 + 1)])) == "bad_input"
+    assert asyncio.run(attempt([""])) == "bad_input"
+    lone_surrogate = '{"texts": ["ok", "\\ud800 is not a character"]}'
+    assert asyncio.run(attempt([], lone_surrogate)) in {"bad_input", "rpc_invalid_request"}
+    assert asyncio.run(attempt([], '{"texts": "not a list"}')) == "rpc_invalid_request"
+    assert asyncio.run(attempt(["still serving"])) == "accepted"
+
+
+def test_invalid_utf8_is_refused_by_the_client_before_sending(stack: _Stack) -> None:
+    async def run() -> None:
+        async with _client(stack) as client:
+            await client.embed(["fine", "bad \udcff byte"])
+
+    with pytest.raises(Error, match="not valid UTF-8"):
+        asyncio.run(run())
+
+
+def test_host_sees_no_input_text_in_relay_bytes_logs_or_files(stack: _Stack) -> None:
+    """The reference's Nitro host could read the input; ours relays ciphertext only."""
+    seen: list[bytes] = []
+
+    async def run() -> None:
+        gateway = Gateway(stack.local["relay"], tap=lambda direction, data: seen.append(data))
+        host, port = await gateway.start()
+        try:
+            async with _client(stack, f"tcp://{host}:{port}") as client:
+                await client.embed([SECRET_SENTENCE])
+        finally:
+            await gateway.close()
+
+    asyncio.run(run())
+    wire = b"".join(seen)
+    assert len(wire) > 1000  # the request and the response did cross this tap
+    needles = [SECRET_SENTENCE.encode(), b"zebra-quartz-7f3a91", SECRET_SENTENCE.encode("utf-16-le")]
+    assert not any(n in wire for n in needles)
+    for path in stack.state.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            data = path.read_bytes()
+            assert not any(n in data for n in needles), path
+
+
+def test_gateway_counts_requests_in_its_metrics(stack: _Stack) -> None:
+    import httpx
+
+    async def run() -> None:
+        async with _client(stack) as client:
+            await client.embed(["counted"])
+
+    asyncio.run(run())
+    text = httpx.get(stack.local["gateway_metrics"], timeout=10).text
+    answered = next(
+        line for line in text.splitlines() if line.startswith("enclavekit_inference_gateway_answered_total")
+    )
+    assert int(answered.split()[1]) >= 2  # info + embed
+    assert "enclavekit_inference_gateway_in_flight 0" in text
+
+
+def test_info_names_the_model_and_binds_the_receipt_key(stack: _Stack) -> None:
+    async def run() -> Any:
+        async with AttestedClient.nitro(stack.local["gateway"], _policy(stack.local)) as raw:
+            return await raw.call(INFO, InfoRequest())
+
+    info = asyncio.run(run())
+    assert info.ready and info.error is None
+    assert info.model_hash == stack.local["model_hash"]
+    from enclavekit.attestation import nitro
+
+    attestation = nitro.verify(base64.b64decode(info.receipt_document), _policy(stack.local), now=_now())
+    assert attestation.user_data == bytes.fromhex(info.receipt_public_key)
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_cli_embed_prints_verified_json_and_the_receipt_verifies_offline(stack: _Stack, tmp_path: Path) -> None:
+    nonce = os.urandom(16).hex()
+    command = [sys.executable, "-m", "enclavekit.cli", "inference", "embed", "A man is playing a guitar.", "hi"]
+    done = subprocess.run(
+        [*command, "--nonce", nonce, "--state", str(stack.state), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert set(out) >= {"model_id", "embeddings", "receipt", "attestation_document"}
+    assert len(out["embeddings"]) == 2 and len(out["embeddings"][0]) == 384
+    (tmp_path / "receipt.b64").write_text(out["receipt"])
+    (tmp_path / "doc.bin").write_bytes(base64.b64decode(out["attestation_document"]))
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enclavekit.cli",
+            "receipt",
+            "verify",
+            str(tmp_path / "receipt.b64"),
+            "--attestation",
+            str(tmp_path / "doc.bin"),
+            "--nonce",
+            nonce,
+            "--model-hash",
+            stack.local["model_hash"],
+            "--platform",
+            "nitro",
+            "--trust-sim-root",
+            str(stack.state),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout)["valid"] is True
+
+
+def test_enclave_with_a_tampered_model_refuses_to_serve_anything(stack: _Stack, tmp_path: Path) -> None:
+    """The enclave boots, says why it refuses, and answers every embed with model_refused."""
+    import shutil
+
+    from enclavekit.services.inference.chunks import HEADER_SIZE
+    from enclavekit.services.inference.loader import WEIGHTS_FILE
+
+    package = tmp_path / "package"
+    shutil.copytree(stack.state / "inference" / "package", package)
+    weights = bytearray((package / WEIGHTS_FILE).read_bytes())
+    weights[HEADER_SIZE + 3 * ((1 << 20) + 16) + 5] ^= 0x01  # inside chunk 3 (1 MiB + a 16-byte tag each)
+    (package / WEIGHTS_FILE).write_bytes(bytes(weights))
+    kms_url = json.loads((stack.state / "stack.json").read_text())["services"]["kms"]["url"]
+    socket_path = tmp_path / "bad.sock"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "enclavekit.cli", "enclave", "run"),
+            "enclavekit.services.inference.enclave_app:app",
+            *("--name", "inference", "--listen", f"unix://{socket_path}", "--state", str(stack.state)),
+            *("--set", f"config={stack.state / 'inference' / 'config.json'}", "--set", f"package={package}"),
+            *("--set", f"kms_url={kms_url}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline() or b"{}")
+        assert ready.get("ready"), process.stderr.read().decode()[-2000:] if process.stderr else ""
+
+        async def run() -> tuple[Any, str]:
+            async with AttestedClient.nitro(f"unix://{socket_path}", _policy(stack.local)) as raw:
+                info = await raw.call(INFO, InfoRequest())
+                try:
+                    await raw.call(EMBED, EmbedRequest(texts=["hello"]))
+                except Error as exc:
+                    return info, exc.code
+                return info, "served"
+
+        info, code = asyncio.run(run())
+        assert not info.ready and info.model_hash is None
+        assert info.error is not None and info.error["code"] == "model_refused"
+        assert "chunk 3 does not authenticate" in info.error["message"]
+        assert code == "model_refused"
+    finally:
+        process.terminate()
+        process.wait(30)
