@@ -229,6 +229,9 @@ class Stack:
             except ChildFailed as exc:
                 print(f"enclavekit up: {exc.message}", file=sys.stderr, flush=True)
                 continue  # it has exited again: the next round waits longer
+            except OSError as exc:  # could not even spawn it (EMFILE, ENOMEM, a vanished binary): same
+                print(f"enclavekit up: cannot start {process.name}: {exc}", file=sys.stderr, flush=True)
+                continue
             tracker.started(time.monotonic())
             process.restarts += 1
             self._restarted(process, ready, how)
