@@ -91,6 +91,11 @@ def one_run(*, parent_only: bool, timeout: float = 120.0) -> dict[str, Any]:
             "processes": len(pids),
             "exit_status": up.returncode,
             "sigterm_warnings": stderr.count("ignored SIGTERM"),
+            "slow": [
+                line.split(" ignored SIGTERM")[0].split()[-1]
+                for line in stderr.splitlines()
+                if "ignored SIGTERM" in line
+            ],
         }
 
 
