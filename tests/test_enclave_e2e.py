@@ -242,6 +242,28 @@ def test_attestation_endpoint_answers_bad_queries_with_4xx(stack: dict[str, obje
     assert 400 <= caught.value.code < 500
 
 
+@pytest.mark.parametrize(
+    ("query", "code", "parameter"),
+    [
+        ("nonce=abc", "invalid_nonce", "nonce"),  # odd-length hex: was passed on and came back as a 502
+        ("nonce=a", "invalid_nonce", "nonce"),
+        ("nonce=", "invalid_nonce", "nonce"),
+        ("nonce=" + "ab" * 65, "invalid_nonce", "nonce"),
+        ("nonce=" + "a" * 20_000, "invalid_nonce", "nonce"),
+        ("nonce=%D9%A3%D9%A3", "invalid_nonce", "nonce"),  # Arabic-Indic digits
+        ("format=xml", "invalid_format", "format"),
+    ],
+)
+def test_attestation_endpoint_rejects_a_malformed_nonce_with_400_naming_it(
+    stack: dict[str, object], query: str, code: str, parameter: str
+) -> None:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"{stack['http']}/attestation?{query}", timeout=10)
+    assert caught.value.code == 400
+    error = json.load(caught.value)["error"]
+    assert error["code"] == code and f"'{parameter}'" in error["message"]
+
+
 def test_enclave_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     enclave = _start(
         [

@@ -194,6 +194,45 @@ def test_no_request_makes_it_answer_500(
     assert answer.status_code < 500, (method, url, query, answer.text[:300])
 
 
+@pytest.mark.parametrize("path", ["/", "/api/apps"])
+@pytest.mark.parametrize(
+    "page", ["99999999999999999999", "100001", "0", "-1", "abc", "1.5", "4796\u00b9", "\u0663", "9" * 5000]
+)
+def test_page_number_out_of_range_is_a_400_not_an_overflow_500(service: TrustProcess, path: str, page: str) -> None:
+    """``?page=99999999999999999999`` overflowed SQLite's 64-bit OFFSET and answered 500."""
+    answer = httpx.get(service.url + path, params={"page": page})
+    assert answer.status_code == 400, answer.text[:300]
+    if path.startswith("/api/"):
+        error = answer.json()["error"]
+        assert error["code"] == "bad_request" and "page" in error["message"]
+    else:
+        assert "page must be a whole number" in answer.text
+
+
+@pytest.mark.parametrize("path", ["/", "/api/apps"])
+def test_a_nul_in_a_query_parameter_is_a_400(service: TrustProcess, path: str) -> None:
+    answer = httpx.get(service.url + path, params={"q": "a\x00b"})
+    assert answer.status_code == 400
+
+
+def test_valid_page_numbers_still_list(service: TrustProcess) -> None:
+    for page in ("", "1", "100000"):
+        answer = httpx.get(f"{service.url}/api/apps", params={"page": page})
+        assert answer.status_code == 200, (page, answer.text[:300])
+    assert httpx.get(f"{service.url}/api/apps", params={"page": "100000"}).json()["offset"] == 99_999 * 50
+
+
+def test_embed_snippets_do_not_copy_the_request_host_header(service: TrustProcess) -> None:
+    """With no PUBLIC_URL the app page's badge/widget snippets used whatever ``Host`` the request named."""
+    task = submitted(service.url, nitro_sample("base_2026-01-03_nondebug_indefinite_repaired.cbor"), at="doc")
+    hostile = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    for path in (f"/apps/{task['app_id']}", f"/widget/{task['app_id']}"):
+        page = httpx.get(service.url + path, headers=hostile)
+        assert page.status_code == 200, page.text[:300]
+        assert "evil.example" not in page.text
+        assert f"{service.url}/apps/{task['app_id']}" in page.text
+
+
 # --- the API and the pages on real evidence ---------------------------------------------------------------------
 
 

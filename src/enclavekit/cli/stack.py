@@ -22,16 +22,23 @@ __all__ = ["status_command", "up_command"]
 STATE_OPTION = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
 
 
+def _restarts(piece: dict[str, Any]) -> str:
+    """How often the supervisor restarted a piece, and how it ended last (``2 (killed by SIGKILL)``)."""
+    count = int(piece.get("restarts", 0))
+    return f"{count} ({piece['last_exit']})" if count and piece.get("last_exit") else str(count)
+
+
 def _print_stack(console: Console, data: dict[str, Any], *, title: str) -> None:
     """What runs where, then each enclave's whole PCR0 on a line of its own (the value a client pins)."""
     table = Table(title=title, title_justify="left")
     table.add_column("piece")
     table.add_column("where")
     table.add_column("pid", justify="right")
+    table.add_column("restarts", justify="right")
     for name, service in data.get("services", {}).items():
-        table.add_row(name, service["url"], str(service["pid"]))
+        table.add_row(name, service["url"], str(service["pid"]), _restarts(service))
     for enclave in data.get("enclaves", []):
-        table.add_row(f"enclave {enclave['name']}", enclave["address"], str(enclave["pid"]))
+        table.add_row(f"enclave {enclave['name']}", enclave["address"], str(enclave["pid"]), _restarts(enclave))
     console.print(table)
     for enclave in data.get("enclaves", []):
         if enclave.get("pcr0"):  # never wrapped nor cut: it is copied into policies

@@ -4,6 +4,9 @@ An enclave has no network of its own. It opens an HTTP ``CONNECT host:port`` tun
 the host (over vsock on Nitro; TCP or a Unix socket in simulation) and runs TLS through it, so the host
 relays only ciphertext and cannot read or alter what the enclave sends to, say, Braze. The proxy allows
 only ``CONNECT`` to the listed ``host:port`` pairs, with a bounded request head and a deadline for it.
+
+Every malformed head is answered (400, 405 or 431) and the connection closed; a head that never ends is cut
+off at ``head_timeout``. :func:`parse_connect_head` is the pure parser, fuzzed in the tests.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,11 +24,50 @@ from enclavekit.host.relay import SocketServer, relay_sockets
 from enclavekit.rpc.address import Address, TcpAddress, parse_address
 from enclavekit.rpc.transport import connect_socket
 
-__all__ = ["EgressProxy", "parse_allowlist"]
+__all__ = ["BadHead", "EgressProxy", "parse_allowlist", "parse_connect_head"]
 
 logger = logging.getLogger(__name__)
 
 MAX_HEAD = 8 * 1024
+_LINGER = 0.5  # seconds to drain a refused request before closing
+_LINGER_BYTES = 64 * 1024
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() is true for '¹' and '٣', which int() refuses
+_HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
+
+
+class BadHead(ValueError):
+    """A request head the proxy will not serve; ``status`` is the HTTP status line to answer with."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def parse_connect_head(head: bytes) -> tuple[str, int]:
+    """The ``(host, port)`` of a ``CONNECT host:port HTTP/1.x`` head (without its final blank line).
+
+    Strict on purpose (RFC 9112 request line, RFC 9110 authority-form): exactly three fields separated by one
+    space, version ``HTTP/1.0`` or ``HTTP/1.1``, a DNS name or bracketed IPv6 literal, a port of ASCII digits
+    from 1 to 65535, and header lines of the form ``name: value`` (ignored otherwise). The host is lower-cased
+    and unbracketed. Raises :class:`BadHead` (400, 405 or 431), never anything else.
+    """
+    if len(head) > MAX_HEAD:
+        raise BadHead("431 Request Header Fields Too Large", "request head over the limit")
+    request_line, *header_lines = head.split(b"\r\n")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+        raise BadHead("400 Bad Request", "not an HTTP/1.x request line")
+    method, target, _ = parts
+    if method != b"CONNECT":
+        raise BadHead("405 Method Not Allowed", "only CONNECT is served")
+    for line in header_lines:
+        if not _HEADER_LINE.fullmatch(line):
+            raise BadHead("400 Bad Request", "malformed header line")
+    host, colon, port = target.decode("latin-1").rpartition(":")
+    if not colon or not _HOST.fullmatch(host) or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        raise BadHead("400 Bad Request", "CONNECT target is not host:port")
+    return host.strip("[]").lower(), int(port)
 
 
 def parse_allowlist(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
@@ -75,8 +118,16 @@ class EgressProxy(SocketServer):
         return await self.listen(parse_address(address))
 
     async def _answer_and_close(self, connection: socket.socket, status: str) -> None:
-        with contextlib.suppress(OSError):
-            await asyncio.get_running_loop().sock_sendall(connection, _response(status))
+        """Answer, then close gently: closing with unread bytes sends a reset that can destroy the answer before
+        the client reads it, so the rest of the request is drained (at most ``_LINGER_BYTES``, ``_LINGER`` s)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError, TimeoutError):
+            await loop.sock_sendall(connection, _response(status))
+            connection.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(_LINGER):
+                drained = 0
+                while drained < _LINGER_BYTES and (data := await loop.sock_recv(connection, 16 * 1024)):
+                    drained += len(data)
         connection.close()
 
     async def handle(self, connection: socket.socket) -> None:
@@ -88,23 +139,19 @@ class EgressProxy(SocketServer):
         except (TimeoutError, ConnectionError, OSError):
             connection.close()
             return
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await self._answer_and_close(connection, "400 Bad Request")
+        try:
+            host, port = parse_connect_head(head)
+        except BadHead as exc:
+            logger.info("egress: refused a request head: %s", exc)
+            await self._answer_and_close(connection, exc.status)
             return
-        method, target, _ = parts
-        if method != "CONNECT":
-            await self._answer_and_close(connection, "405 Method Not Allowed")
-            return
-        host, _, port = target.rpartition(":")
-        host = host.strip("[]").lower()
-        if not port.isdigit() or (host, int(port)) not in self.allowlist:
-            logger.warning("egress: refused CONNECT to %s", target)
+        if (host, port) not in self.allowlist:
+            logger.warning("egress: refused CONNECT to %s:%d", host, port)
             self.stats.refused += 1
             await self._answer_and_close(connection, "403 Forbidden")
             return
         try:
-            upstream = await connect_socket(TcpAddress(host, int(port)), timeout=self.limits.connect_timeout)
+            upstream = await connect_socket(TcpAddress(host, port), timeout=self.limits.connect_timeout)
         except (OSError, InfrastructureError):
             self.stats.upstream_failures += 1
             await self._answer_and_close(connection, "502 Bad Gateway")

@@ -3,8 +3,14 @@
 The supervisor starts each piece as its own process (a local nats-server with JetStream, the enclave apps
 with the simulated NSM, the host relay in front of each enclave, and the services' host parts), waits until
 each is ready, writes ``stack.json``, and on SIGINT or SIGTERM stops everything (the NATS server last) and removes
-``stack.json``. If any piece exits on its own, the stack stops (and says which piece and where its log is)
-rather than limp along half-started.
+``stack.json``.
+
+Once the stack is up it supervises: a piece that exits on its own is started again with the same argv (the same
+listening addresses and ports, so relays, workers and clients reconnect; the same enclave image, so the same
+PCR0), after an exponential backoff with jitter (:class:`~enclavekit.stack.processes.RestartPolicy`), and
+``stack.json`` is rewritten with its new pid and its restart count. A piece that keeps dying is reported (name,
+exit status, log) and retried at the capped delay; the rest of the stack keeps running. During start-up any
+failure still stops the whole stack: a stack that never came up is not supervised half-started.
 """
 
 from __future__ import annotations
@@ -16,12 +22,20 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclavekit.stack.processes import ChildFailed, ManagedProcess, free_port
+from enclavekit.stack.processes import (
+    ChildFailed,
+    ManagedProcess,
+    RestartPolicy,
+    RestartTracker,
+    describe_status,
+    free_port,
+)
 from enclavekit.stack.state import StateDir
 
 __all__ = ["EnclaveSpec", "ServiceSpec", "Stack", "nats_server_binary", "python_command"]
@@ -70,6 +84,9 @@ class Stack:
     processes: list[ManagedProcess] = field(default_factory=list)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     enclaves: list[dict[str, Any]] = field(default_factory=list)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each process's entry in ``stack.json`` (by process name), updated in place when it restarts."""
 
     def _process(self, name: str, argv: Sequence[str], **kwargs: Any) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.state.logs, **kwargs)
@@ -82,13 +99,16 @@ class Stack:
         process = self._process("nats", argv, ready_port=(self.host, port))
         await process.start()
         url = f"nats://{self.host}:{port}"
-        self.services["nats"] = {"url": url, "pid": process.pid}
+        self.services["nats"] = self.entries[process.name] = {"url": url, "pid": process.pid}
         return url
 
     async def start_enclave(self, spec: EnclaveSpec) -> dict[str, Any]:
         socket_path = self.state.run / f"{spec.name}.sock"
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
+
+        def remove_stale_socket() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+
         argv = [  # the minimal entry point: an enclave process never loads the CLI (docs/tcb.md)
             sys.executable,
             "-m",
@@ -102,7 +122,7 @@ class Stack:
             str(self.state.root),
             *spec.extra_args,
         ]
-        process = self._process(f"enclave-{spec.name}", argv)
+        process = self._process(f"enclave-{spec.name}", argv, before_start=remove_stale_socket)
         ready = await process.start()
         entry = {
             "name": spec.name,
@@ -112,6 +132,7 @@ class Stack:
             "pcr0": ready.get("pcr0"),
         }
         self.enclaves.append(entry)
+        self.entries[process.name] = entry
         return entry
 
     async def start_relay(self, name: str, upstream: str) -> str:
@@ -132,7 +153,7 @@ class Stack:
         process = self._process(f"relay-{name}", argv)
         ready = await process.start()
         url = f"tcp://{self.host}:{port}"
-        self.services[f"relay_{name}"] = {
+        self.services[f"relay_{name}"] = self.entries[process.name] = {
             "url": url,
             "pid": process.pid,
             "attestation_url": ready.get("attestation_url"),
@@ -144,13 +165,14 @@ class Stack:
         process = self._process(spec.name, list(spec.argv(self, port)))
         ready = await process.start()
         url = str(ready.get("url") or spec.url(self.host, port))
-        self.services[spec.name] = {"url": url, "pid": process.pid}
+        self.services[spec.name] = self.entries[process.name] = {"url": url, "pid": process.pid}
         return url
 
     def snapshot(self) -> dict[str, Any]:
         """The ``stack.json`` contract.
 
-        ``{pid, services: {NAME: {url, pid}}, enclaves: [{name, pid, address, pcr0}]}``.
+        ``{pid, services: {NAME: {url, pid}}, enclaves: [{name, pid, address, pcr0}]}``; a piece that was
+        restarted also has ``restarts`` (how many times) and ``last_exit`` (how it ended last).
         """
         return {"pid": os.getpid(), "services": self.services, "enclaves": self.enclaves}
 
@@ -165,27 +187,92 @@ class Stack:
         for process in last:
             await process.stop()
 
-    async def first_exit(self) -> ManagedProcess:
-        """Wait until any child exits on its own; returns it."""
-        waiters = {asyncio.ensure_future(p.wait()): p for p in self.processes}
+    async def supervise(self, stopping: asyncio.Event, on_change: Callable[[], None]) -> None:
+        """Restart every piece that exits while ``stopping`` is not set; returns once it is set.
+
+        ``on_change`` is called after each restart (``serve`` rewrites ``stack.json`` there)."""
+        watchers = [asyncio.ensure_future(self._watch(process, stopping, on_change)) for process in self.processes]
         try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            return waiters[next(iter(done))]
+            await stopping.wait()
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _watch(self, process: ManagedProcess, stopping: asyncio.Event, on_change: Callable[[], None]) -> None:
+        tracker = RestartTracker(self.restart_policy)
+        tracker.started(time.monotonic())
+        while True:
+            status = await process.wait()
+            if stopping.is_set():
+                return
+            decision = tracker.exited(time.monotonic())
+            how = describe_status(status)
+            if decision.flapping:
+                message = (
+                    f"{process.name} keeps dying ({decision.recent_exits} exits within "
+                    f"{self.restart_policy.window:.0f} s, last: {how}); restarting it in {decision.delay:.1f} s and "
+                    f"retrying at most every {self.restart_policy.cap:.0f} s. Its log: {process.log_path}"
+                )
+                logger.error("%s", message)
+            else:
+                message = (
+                    f"{process.name} exited ({how}); restarting it in {decision.delay:.1f} s. "
+                    f"Its log: {process.log_path}"
+                )
+                logger.warning("%s", message)
+            print(f"enclavekit up: {message}", file=sys.stderr, flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), decision.delay)
+            if stopping.is_set():
+                return
+            try:
+                ready = await process.start()
+            except ChildFailed as exc:
+                print(f"enclavekit up: {exc.message}", file=sys.stderr, flush=True)
+                continue  # it has exited again: the next round waits longer
+            except OSError as exc:  # could not even spawn it (EMFILE, ENOMEM, a vanished binary): same
+                print(f"enclavekit up: cannot start {process.name}: {exc}", file=sys.stderr, flush=True)
+                continue
+            tracker.started(time.monotonic())
+            process.restarts += 1
+            self._restarted(process, ready, how)
+            print(
+                f"enclavekit up: {process.name} is back (pid {process.pid}, restart {process.restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
+            on_change()
+
+    def _restarted(self, process: ManagedProcess, ready: dict[str, Any], last_exit: str) -> None:
+        entry = self.entries.get(process.name)
+        if entry is None:
+            return
+        entry.update(pid=process.pid, restarts=process.restarts, last_exit=last_exit)
+        pcr0 = ready.get("pcr0")
+        if "pcr0" in entry and pcr0 is not None and pcr0 != entry["pcr0"]:
+            logger.error("%s came back with another PCR0 (%s, was %s)", process.name, pcr0, entry["pcr0"])
+            entry["pcr0"] = pcr0
 
 
 async def serve(stack: Stack, start: Callable[[Stack], Any], on_ready: Callable[[dict[str, Any]], None]) -> int:
-    """Start the stack with ``start``, publish stack.json, and run until a signal or a child's exit."""
+    """Start the stack with ``start``, publish stack.json, and supervise it until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    status = 0
     try:
+        starting = asyncio.ensure_future(start(stack))
+        interrupted = asyncio.ensure_future(stopping.wait())
         try:
-            await start(stack)
+            await asyncio.wait({starting, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            interrupted.cancel()
+            if not starting.done():  # Ctrl-C while starting: stop what started, at once
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                return 0
+            starting.result()
         except ChildFailed as exc:
             logger.error("%s", exc.message)
             print(f"enclavekit up: {exc.message}", file=sys.stderr)
@@ -199,20 +286,8 @@ async def serve(stack: Stack, start: Callable[[Stack], Any], on_ready: Callable[
             return 1
         stack.state.write_stack(stack.snapshot())
         on_ready(stack.snapshot())
-        stop_task = asyncio.ensure_future(stopping.wait())
-        exit_task = asyncio.ensure_future(stack.first_exit())
-        done, _ = await asyncio.wait({stop_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
-        if exit_task in done:
-            dead = exit_task.result()
-            print(
-                f"enclavekit up: {dead.name} exited (status {dead.process.returncode if dead.process else '?'}); "
-                f"stopping the stack. Its log: {dead.log_path}",
-                file=sys.stderr,
-            )
-            status = 1
-        stop_task.cancel()
-        exit_task.cancel()
-        return status
+        await stack.supervise(stopping, lambda: stack.state.write_stack(stack.snapshot()))
+        return 0
     finally:
         stack.state.remove_stack()
         await stack.stop()

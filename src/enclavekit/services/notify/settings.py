@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from enclavekit.backoff import exponential_backoff
+
 __all__ = ["NotifySettings"]
 
 _ENV_PREFIX = "ENCLAVEKIT_NOTIFY_"
@@ -89,7 +91,7 @@ class NotifySettings(BaseModel):
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``."""
-        return float(min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1)))
+        return exponential_backoff(attempt, base=self.backoff_base, cap=self.backoff_max, factor=2)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> NotifySettings:

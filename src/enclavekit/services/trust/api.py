@@ -44,7 +44,7 @@ from enclavekit import __version__
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
 from enclavekit.errors import Error, InfrastructureError, Rejected
 from enclavekit.services.trust.badge import badge_svg
-from enclavekit.services.trust.errors import NotFound, TrustRejected, UploadInvalid, UploadTooLarge
+from enclavekit.services.trust.errors import BadQuery, NotFound, TrustRejected, UploadInvalid, UploadTooLarge
 from enclavekit.services.trust.graph import TrustGraph, render_svg
 from enclavekit.services.trust.model import AppRecord, Kind, TargetOptions, TaskRecord, TaskStatus, Verdict
 from enclavekit.services.trust.queue import TaskQueue
@@ -57,6 +57,8 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
+MAX_PAGE = 100_000
+"""The last page number a list answers (50 apps a page: five million apps); beyond it, 400."""
 _KINDS = [str(k) for k in Kind]
 _VERDICTS = [str(v) for v in Verdict]
 _SORTS = {"recent": "Recently verified", "status": "Problems first", "name": "Name", "created": "Newest"}
@@ -205,8 +207,12 @@ class _TaskGauge(Collector):
 # --- the application ----------------------------------------------------------------------------------------
 
 
-def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> FastAPI:
-    """The web app over ``service``; ``queue`` (optional) lets uploads wake a worker at once."""
+def create_app(service: TrustService, *, queue: TaskQueue | None = None, listen_url: str | None = None) -> FastAPI:
+    """The web app over ``service``; ``queue`` (optional) lets uploads wake a worker at once.
+
+    Absolute links (embed snippets, badge and widget URLs) use ``settings.public_url``, else ``listen_url`` (the
+    address the server listens on), else stay relative — never the request's ``Host`` header, which whoever
+    sends the request chooses."""
     settings = service.settings
     env = _environment()
     app = FastAPI(
@@ -246,7 +252,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
             status = 413
         elif isinstance(exc, Unauthorized):
             status = 401
-        elif isinstance(exc, UploadInvalid):
+        elif isinstance(exc, UploadInvalid | BadQuery):
             status = 400
         elif isinstance(exc, Rejected):
             status = 422
@@ -312,8 +318,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
             return ""
         return render_svg(TrustGraph.from_json(report["graph"]))
 
-    def public_base(request: Request) -> str:
-        return (settings.public_url or str(request.base_url)).rstrip("/")
+    base_url = (settings.public_url or listen_url or "").rstrip("/")
 
     async def wake(accepted: Accepted) -> None:
         if queue is None or accepted.task.status is not TaskStatus.PENDING:
@@ -348,10 +353,10 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
                 return None
             return value[:100]
 
-        try:
-            page_number = max(1, int(params.get("page", "1")))
-        except ValueError:
-            page_number = 1
+        for name, value in params.multi_items():
+            if "\x00" in name or "\x00" in value:
+                raise BadQuery(f"query parameter {name!r} contains a NUL character")
+        page_number = _page_number(params.get("page"))
         sort = params.get("sort", "recent")
         return AppFilter(
             q=params.get("q", "")[:200],
@@ -451,7 +456,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
         history = service.store.history(app_id, limit=50)
         latest_task = next((t for t in history if t.id == record.last_task_id), None)
         report = load_report(latest_task)
-        base = public_base(request)
+        base = base_url
         return page(
             "app.html",
             request,
@@ -506,7 +511,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
     @app.get("/widget/{app_id}", response_class=HTMLResponse)
     def widget(request: Request, app_id: str) -> HTMLResponse:
         record = service.store.get_app(app_id)
-        response = page("widget.html", request, app=record, page_url=f"{public_base(request)}/apps/{record.id}")
+        response = page("widget.html", request, app=record, page_url=f"{base_url}/apps/{record.id}")
         ancestors = " ".join(settings.frame_ancestors) or "'none'"
         response.headers["Content-Security-Policy"] = f"{_BASE_CSP}; frame-ancestors {ancestors}"
         return response
@@ -673,6 +678,18 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None) -> Fast
     )
     app.add_middleware(BodyLimit, limit=settings.max_request)
     return app
+
+
+def _page_number(text: str | None) -> int:
+    """``?page=``: absent or empty means 1; else ASCII digits from 1 to :data:`MAX_PAGE`, or :class:`BadQuery`.
+
+    Checked before ``int()`` and before SQL: a 20-digit page overflowed SQLite's 64-bit OFFSET (a 500), and
+    ``int()`` takes non-ASCII digits and refuses over 4300 digits."""
+    if text is None or text == "":
+        return 1
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_PAGE))) or not 1 <= int(text) <= MAX_PAGE:
+        raise BadQuery(f"page must be a whole number from 1 to {MAX_PAGE}")
+    return int(text)
 
 
 def _normalise_at(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enclavekit.errors import ConfigurationError, InfrastructureError, Rejected
 
 __all__ = [
+    "BadQuery",
     "EndpointUnavailable",
     "EndpointUnsupported",
     "NotFound",
@@ -22,6 +23,12 @@ class TrustRejected(Rejected):
     """A request to the trust service was refused (never retried)."""
 
     code = "trust_rejected"
+
+
+class BadQuery(TrustRejected):
+    """A query parameter is malformed or out of range (answered 400, naming the parameter)."""
+
+    code = "bad_request"
 
 
 class UploadTooLarge(TrustRejected):

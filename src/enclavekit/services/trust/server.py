@@ -148,7 +148,7 @@ async def serve(
     url = settings.public_url or f"http://{host}:{bound_port}"
     server = _Server(
         uvicorn.Config(
-            create_app(service, queue=queue),
+            create_app(service, queue=queue, listen_url=url),
             log_level="warning",
             access_log=False,
             lifespan="off",

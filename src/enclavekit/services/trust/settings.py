@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from enclavekit.backoff import exponential_backoff
+
 __all__ = ["DEFAULT_NATS_URL", "TrustSettings"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -90,7 +92,7 @@ class TrustSettings(BaseModel):
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``."""
-        return float(min(self.backoff_max, self.backoff_base * 4 ** max(0, attempt - 1)))
+        return exponential_backoff(attempt, base=self.backoff_base, cap=self.backoff_max, factor=4)
 
     @classmethod
     def from_env(cls, state_dir: Path, environ: dict[str, str] | None = None, **overrides: Any) -> TrustSettings:
