@@ -31,6 +31,9 @@ def run_command(
     refresh: float = typer.Option(600.0, "--refresh-interval", help="Seconds between attestation refreshes."),
     advertise: str | None = typer.Option(None, "--advertise", help="Address other enclaves reach this one at."),
     setting: list[str] = typer.Option([], "--set", help="KEY=VALUE handed to the app (repeatable)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="The app's configuration file; measured into PCR0 (baked into the EIF on Nitro)."
+    ),
 ) -> None:
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
     logging.basicConfig(level=log_level(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -44,7 +47,12 @@ def run_command(
         if advertise:
             settings["advertise"] = advertise
         options = RuntimeOptions(
-            listen=listen, state_dir=state, device=device, refresh_interval=refresh, settings=settings
+            listen=listen,
+            state_dir=state,
+            device=device,
+            refresh_interval=refresh,
+            settings=settings,
+            config=config,
         )
         asyncio.run(serve_app(enclave, spec, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
     except ConfigurationError as exc:
