@@ -504,3 +504,27 @@ async def test_enclave_routes_called_in_any_order_never_reach_the_host(hostile: 
         await c.call(NOTIFICATION, batch)
     assert _delivered(hostile.fake, batch.message_id) == ["order-device"]  # once, to the provider
     assert hostile.listener.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "enclave configuration"),  # no such file
+        (b"x" * (256 * 1024 + 1), "larger than"),
+        (b'{"format": "enclavekit-notify-config", "version": 1}', "provider must be an object"),
+        (b"\x00\xff garbage", "not JSON"),
+    ],
+)
+def test_an_unreadable_or_malformed_config_stops_the_boot(tmp_path: Path, content: bytes | None, expected: str) -> None:
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RuntimeError) as caught:
+        start(
+            "bad-config",
+            [*CLI, "enclave", "run", APP, "--listen", f"unix://{tmp_path / 'e.sock'}", "--state",
+             str(tmp_path / "state"), "--config", str(path)],
+            log_dir=tmp_path,
+        )  # fmt: skip
+    assert "exited (2)" in str(caught.value) and expected in str(caught.value)
+    assert not (tmp_path / "e.sock").exists(), "it never served"
