@@ -1,7 +1,7 @@
 """Exactly once despite ``kill -9``: 300 messages to two recipients through the real pipeline (ingest HTTP →
 inbox stream → ingest worker → notifications stream → dispatcher → notify enclave → provider over TLS), one
-piece killed with SIGKILL in the middle and restarted by the test; then a restart of the whole ``enclavekit
-notify up`` on the same state folder.
+piece killed with SIGKILL in the middle and restarted by the test; then a restart of the whole ``enclavekit up``
+on the same state folder.
 
 Every message that ingest answered 202 must reach each recipient exactly once: 0 lost, 0 duplicated. The
 notify enclave is alone (no track): after its restart only the KMS-persisted push key (same PCR0) can open the
@@ -178,6 +178,7 @@ def _named(harness: Harness, name: str) -> Running:
     return next(r for r in reversed(harness.running) if r.name == name and r.process.poll() is None)
 
 
+@pytest.mark.timeout(400)
 def test_kill_9_of_the_notify_enclave_mid_run_loses_and_duplicates_nothing(
     tmp_path: Path, braze: tuple[FakeBraze, str]
 ) -> None:
@@ -194,22 +195,24 @@ def test_kill_9_of_the_notify_enclave_mid_run_loses_and_duplicates_nothing(
     _run_with_a_kill(tmp_path, braze, kill, restart)
 
 
+@pytest.mark.timeout(400)
 def test_kill_9_of_ingest_mid_run_loses_and_duplicates_nothing(tmp_path: Path, braze: tuple[FakeBraze, str]) -> None:
     _run_with_a_kill(tmp_path, braze, lambda h: _named(h, "ingest"), lambda h: h.start_ingest())
 
 
+@pytest.mark.timeout(400)
 def test_kill_9_of_the_dispatcher_mid_run_loses_and_duplicates_nothing(
     tmp_path: Path, braze: tuple[FakeBraze, str]
 ) -> None:
     _run_with_a_kill(tmp_path, braze, lambda h: _named(h, "dispatcher"), lambda h: h.start_dispatcher())
 
 
-# --- the whole `enclavekit notify up`, stopped and started again on the same state folder ---------------------------
+# --- the whole `enclavekit up`, stopped and started again on the same state folder ---------------------------------
 
 
 def _up(state: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     (state / "stack.json").unlink(missing_ok=True)
-    process = subprocess.Popen([*CLI, "notify", "up", "--state", str(state)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([*CLI, "up", "--state", str(state)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not (state / "stack.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, "the notify stack did not start"
@@ -255,6 +258,7 @@ def _send_and_count(state: Path, stack: dict[str, Any], topic: str, devices: lis
     assert max(got.values()) == 1
 
 
+@pytest.mark.timeout(600)  # two starts of the whole stack on a shared 2-core machine
 def test_subscriptions_survive_a_restart_of_the_whole_stack(tmp_path: Path) -> None:
     state = tmp_path / "state"
     process, stack = _up(state)
