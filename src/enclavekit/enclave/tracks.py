@@ -302,13 +302,14 @@ def lease_store(url: str, *, ttl: float = 30.0) -> NatsLeaseStore | RedisLeaseSt
     raise ConfigurationError(f"lease store {url!r}: expected nats://... or redis://...")
 
 
-def enclave_kms_client(context: EnclaveContext) -> KmsClient:
-    """The enclave's attested KMS client: the endpoint in the ``kms_url`` setting (the emulator), or AWS."""
+def enclave_kms_client(context: EnclaveContext, *, region: str | None = None) -> KmsClient:
+    """The enclave's attested KMS client: the endpoint in the ``kms_url`` setting (the emulator), or AWS in
+    ``region`` (default: the ``kms_region`` setting, else us-east-1)."""
     from enclavekit.kms.client import KmsClient
 
     return KmsClient.connect(
         context.nsm.attestation,
-        region_name=context.settings.get("kms_region", "us-east-1"),
+        region_name=region or context.settings.get("kms_region", "us-east-1"),
         endpoint_url=context.settings.get("kms_url"),
         aws_access_key_id=context.settings.get("kms_access_key_id", "enclavekit")
         if "kms_url" in context.settings

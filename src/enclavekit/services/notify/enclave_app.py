@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -46,7 +47,12 @@ from enclavekit.enclave.runtime import EnclaveContext
 from enclavekit.enclave.tracks import Track, enclave_kms_client, kms_persisted_secret, lease_store
 from enclavekit.rpc import CallContext
 from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
-from enclavekit.services.notify.enclave_config import API_KEY_CONTEXT, PUSH_KEY_CONTEXT, NotifyEnclaveConfig
+from enclavekit.services.notify.enclave_config import (
+    API_KEY_CONTEXT,
+    PUSH_KEY_CONTEXT,
+    InvalidEnclaveConfig,
+    NotifyEnclaveConfig,
+)
 from enclavekit.services.notify.errors import InvalidPushId, NotInitialized
 from enclavekit.services.notify.pushid import GeneratedPushKeys, PushKeys, StaticPushKeys, TrackPushKeys
 from enclavekit.services.notify.wire import (
@@ -108,8 +114,9 @@ class NotifyEnclave:
     keys: PushKeys | None = None
     provider: BrazeProvider | None = None
     config: NotifyEnclaveConfig | None = None
-    kms: Callable[[EnclaveContext], KmsClient] = enclave_kms_client
-    """Makes the attested KMS client (default: the ``kms_url`` setting's endpoint, or AWS)."""
+    kms: Callable[[EnclaveContext], KmsClient] | None = None
+    """Makes the attested KMS client (default: the ``kms_url`` setting's endpoint, or AWS in the configuration's
+    region)."""
     restored: bool = False
     """True if the push key was recovered from its KMS-wrapped copy (a restart with the same PCR0)."""
     delivered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
@@ -138,7 +145,7 @@ class NotifyEnclave:
         self._context = context
         await self.load_config(context)
         config = self.config
-        client = None if config is None else self.kms(context)
+        client = None if config is None else self._kms_client(context, config)
         if self.keys_factory is not None:
             self.keys = self.keys_factory(context)
         elif config is not None and client is not None:
@@ -163,6 +170,11 @@ class NotifyEnclave:
             self.track or "none",
             "none (no measured configuration)" if config is None else config.provider.url,
         )
+
+    def _kms_client(self, context: EnclaveContext, config: NotifyEnclaveConfig) -> KmsClient:
+        if self.kms is not None:
+            return self.kms(context)
+        return enclave_kms_client(context, region=config.kms.region)
 
     async def _persisted_keys(
         self, context: EnclaveContext, client: KmsClient, config: NotifyEnclaveConfig
@@ -355,8 +367,10 @@ class NotifyEnclave:
 def _provider(config: NotifyEnclaveConfig, api_key: bytes, egress_proxy: str | None) -> BrazeProvider:
     """The provider of the measured configuration; ``egress_proxy`` (a host setting) is only a TCP path."""
     endpoint = config.provider
+    if not re.fullmatch(rb"[\x21-\x7e]{1,256}", api_key):
+        raise InvalidEnclaveConfig("the decrypted provider API key must be 1..256 printable ASCII characters")
     braze = BrazeConfig(
-        api_key=api_key.decode("utf-8"),
+        api_key=api_key.decode("ascii"),
         base_url=endpoint.url,
         egress_proxy=egress_proxy,
         timeout=endpoint.timeout,
@@ -391,7 +405,10 @@ def build_app(name: str = "notify", track: Track | None = None) -> tuple[Enclave
         async def measured_kms_key(context: EnclaveContext) -> None:
             await state.load_config(context)
             # The track secret is persisted only under the measured KMS key (never one the host names).
-            track.kms_key_id = None if state.config is None else state.config.kms.key_id
+            config = state.config
+            track.kms_key_id = None if config is None else config.kms.key_id
+            if config is not None and track.kms is None:
+                track.kms = lambda context: enclave_kms_client(context, region=config.kms.region)
 
         enclave_app.on_boot(measured_kms_key)
         track.attach(enclave_app)  # then its boot hook (join or genesis) runs before ours derives the key
