@@ -25,6 +25,7 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.braze import TunnelHttp, braze_payload
 from enclavekit.services.notify.ingest import ChatMessage
+from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.pushid import StaticPushKeys, seal_push_id
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import CLI, Harness, start
@@ -63,8 +65,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+_PROVIDER_CA: list[str] = []
+"""The capture provider's local CA (PEM file), set by :func:`main`: it serves HTTPS as Braze does."""
+
+
 async def _stats(url: str, arrivals: bool = False) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, verify=ssl.create_default_context(cafile=_PROVIDER_CA[0])) as client:
         answer = await client.get(f"{url}/_fake/stats", params={"arrivals": "1"} if arrivals else {})
         result: dict[str, Any] = answer.json()
         return result
@@ -212,7 +218,8 @@ async def breakdown(harness: Harness, braze: str, key: bytes, rounds: int) -> di
 
     extra = {"topic": "t", "encryptedMessageBase64": "QUFB", "messageKind": "v3-conversation", "messageId": "b"}
     body = json.dumps(braze_payload([f"alias-{i}" for i in range(50)], extra)).encode()
-    http = TunnelHttp(braze, harness.egress, timeout=30)
+    context = ssl.create_default_context(cafile=_PROVIDER_CA[0])
+    http = TunnelHttp(braze, harness.egress, timeout=30, ssl_context=context)
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     await http.request("POST", "/messages/send", body, {**headers, "Idempotency-Key": uuid.uuid4().hex})
     started = time.perf_counter()
@@ -244,7 +251,13 @@ async def breakdown(harness: Harness, braze: str, key: bytes, rounds: int) -> di
 
 async def main(quick: bool) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-    capture = start("braze", [*CLI, "notify", "capture-server", "--api-key", API_KEY])
+    tls = ensure_provider_tls(root / "provider", "127.0.0.1")
+    _PROVIDER_CA[:] = [str(root / "provider" / "ca.pem")]
+    capture = start(
+        "braze",
+        [*CLI, "notify", "capture-server", "--api-key", API_KEY, "--tls-cert", str(tls.cert_file),
+         "--tls-key", str(tls.key_file)],
+    )  # fmt: skip
     braze = capture.ready["url"]
     harness = Harness(
         root,
@@ -253,6 +266,7 @@ async def main(quick: bool) -> dict[str, Any]:
         API_KEY,
         {"batch_size": 50, "concurrency": 16, "max_in_flight": 256, "ack_wait": 60},
         log_level="info",  # as deployed: per-message lines are debug
+        provider_tls=tls,
     )
     try:
         harness.start_core()

@@ -27,6 +27,7 @@ from enclavekit.nsm import load_root
 from enclavekit.services.notify.client import ApiError, NotifyClient
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.ingest import sender_hmac
+from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import NotifyStore, create_engine
 from enclavekit.services.notify.testing import CLI, Harness
@@ -53,8 +54,9 @@ def postgres_url() -> Iterator[str]:
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[tuple[Harness, FakeBraze]]:
     root = tmp_path_factory.mktemp("notify-e2e")
     fake = FakeBraze(API_KEY)
-    with ServerThread(fake.app) as braze_url:
-        harness = Harness(root, postgres_url, braze_url, API_KEY)
+    tls = ensure_provider_tls(root / "provider", "127.0.0.1")
+    with ServerThread(fake.app, tls=(str(tls.cert_file), str(tls.key_file))) as braze_url:
+        harness = Harness(root, postgres_url, braze_url, API_KEY, provider_tls=tls)
         try:
             harness.start_core()
             harness.start_enclave("notify-1")

@@ -1,5 +1,8 @@
 """The notify enclave in its own process, called over the attested RPC, delivering through the egress proxy.
 
+The enclave starts with a measured configuration (provider over HTTPS with a pinned local CA, the API key as KMS
+ciphertext under a key bound to its PCR0), provisioned by the harness as ``enclavekit up`` does.
+
 Each recipient gets its own outcome (one bad push ID never fails the batch), tombstones are resolved in
 plaintext, devices are deduplicated by plaintext, and Braze answers are checked: 429/5xx retried, other 4xx
 a permanent rejection, a repeated batch never a second delivery.
@@ -30,9 +33,10 @@ from enclavekit.rpc.address import TcpAddress
 from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
 from enclavekit.services.notify.errors import NotInitialized
 from enclavekit.services.notify.fake_braze import FakeBraze
+from enclavekit.services.notify.provision import ProviderTls, ensure_provider_tls
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
-from enclavekit.services.notify.testing import CLI, Running, start
+from enclavekit.services.notify.testing import CLI, Harness, start
 from enclavekit.services.notify.wire import (
     ATTESTATION_DOC,
     HEALTH_CHECK,
@@ -59,32 +63,24 @@ class Env:
     socket: Path
     state: Path
     pcr0: bytes
+    tls: ProviderTls
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("notify-enclave")
     fake = FakeBraze(API_KEY)
-    running: list[Running] = []
-    with ServerThread(fake.app) as url:
+    tls = ensure_provider_tls(root / "provider", "127.0.0.1")
+    with ServerThread(fake.app, tls=(str(tls.cert_file), str(tls.key_file))) as url:
+        harness = Harness(root, "sqlite://", url, API_KEY, provider_tls=tls)
         try:
-            port = url.rsplit(":", 1)[1]
-            egress = start(
-                "egress", [*CLI, "host", "egress", "--listen", "tcp://127.0.0.1:0", "--allow", f"127.0.0.1:{port}"]
-            )
-            running.append(egress)
-            socket_path = root / "n.sock"
-            enclave = start(
-                "enclave",
-                [*CLI, "enclave", "run", "enclavekit.services.notify.enclave_app:app", "--listen", f"unix://{socket_path}",
-                 "--state", str(root / "state")],
-                log_dir=root,
-            )  # fmt: skip
-            running.append(enclave)
-            yield Env(fake, url, egress.ready["url"], socket_path, root / "state", bytes.fromhex(enclave.ready["pcr0"]))
+            harness.start_kms()
+            harness.start_egress()
+            harness.start_enclave("n", relay=False)
+            pcr0 = bytes.fromhex(harness.pcr0)
+            yield Env(fake, url, harness.egress, root / "n.sock", harness.state, pcr0, tls)
         finally:
-            for process in reversed(running):
-                process.stop()
+            harness.stop()
 
 
 @pytest.fixture
@@ -94,9 +90,19 @@ async def client(env: Env) -> AsyncIterator[AttestedClient]:
         yield connected
 
 
-async def _initialize(client: AttestedClient, env: Env, **config: object) -> bytes:
-    braze = BrazeConfig(api_key=API_KEY, base_url=env.braze_url, egress_proxy=env.egress, backoff=0.01, **config)  # type: ignore[arg-type]
-    return bytes.fromhex((await client.call(INITIALIZE, Initialize(braze=braze))).public_key)
+async def _initialize(client: AttestedClient, env: Env) -> bytes:
+    """The push key; ``initialize`` only reports that the measured configuration is loaded."""
+    answer = await client.call(INITIALIZE, Initialize())
+    assert answer.initialized
+    return bytes.fromhex(answer.public_key)
+
+
+def _provider(env: Env, *, api_key: str = API_KEY, url: str | None = None, **config: object) -> BrazeProvider:
+    """The enclave's provider client, in this process (for behaviour that no host call can select)."""
+    base = url or env.braze_url
+    braze = BrazeConfig(api_key=api_key, base_url=base, egress_proxy=env.egress, backoff=0.01, **config)  # type: ignore[arg-type]
+    context = ssl.create_default_context(cadata=env.tls.ca_pem)
+    return BrazeProvider(braze, http=TunnelHttp(base, env.egress, timeout=10, ssl_context=context))
 
 
 def _batch(recipients: list[Recipient], message_id: str | None = None) -> NotificationBatch:
@@ -174,11 +180,11 @@ async def test_a_repeated_batch_is_not_delivered_twice(client: AttestedClient, e
 
 
 async def test_braze_429_and_5xx_are_retried_and_other_4xx_are_permanent(client: AttestedClient, env: Env) -> None:
-    key = await _initialize(client, env, max_attempts=3)
+    key = await _initialize(client, env)  # the measured configuration allows 4 attempts
     env.fake.fail_next(429, 502)
     result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d-retry", key))]))
     assert result.outcomes[0].outcome == "delivered" and result.provider_requests == 3
-    env.fake.fail_next(500, 500, 500)
+    env.fake.fail_next(500, 500, 500, 500)
     result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d-outage", key))]))
     assert (result.outcomes[0].outcome, result.outcomes[0].detail) == ("retry", "HTTP 500")
     env.fake.fail_next(400)
@@ -186,22 +192,22 @@ async def test_braze_429_and_5xx_are_retried_and_other_4xx_are_permanent(client:
     assert (result.outcomes[0].outcome, result.provider_requests) == ("rejected", 1)
 
 
-async def test_a_wrong_api_key_is_a_permanent_rejection(client: AttestedClient, env: Env) -> None:
-    key = await _initialize(client, env)
-    braze = BrazeConfig(api_key="wrong", base_url=env.braze_url, egress_proxy=env.egress)
-    await client.call(INITIALIZE, Initialize(braze=braze))
-    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d", key))]))
-    assert result.outcomes[0].outcome == "rejected" and result.outcomes[0].detail == "HTTP 401"
-    await _initialize(client, env)
+async def test_a_wrong_api_key_is_a_permanent_rejection(env: Env) -> None:
+    provider = _provider(env, api_key="wrong")
+    try:
+        result = await provider.send(["d"], {"topic": "t"}, idempotency_key=uuid.uuid4().hex)
+    finally:
+        await provider.close()
+    assert (result.status, result.detail) == ("rejected", "HTTP 401")
 
 
-async def test_the_egress_proxy_allows_only_the_provider(client: AttestedClient, env: Env) -> None:
-    key = await _initialize(client, env)
-    braze = BrazeConfig(api_key=API_KEY, base_url="http://127.0.0.1:9", egress_proxy=env.egress, max_attempts=1)
-    await client.call(INITIALIZE, Initialize(braze=braze))
-    result = await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id=seal_push_id("d", key))]))
-    assert result.outcomes[0].outcome == "retry" and result.outcomes[0].detail == "TunnelRefused"
-    await _initialize(client, env)
+async def test_the_egress_proxy_allows_only_the_provider(env: Env) -> None:
+    provider = _provider(env, url="https://127.0.0.1:9", max_attempts=1)
+    try:
+        result = await provider.send(["d"], {"topic": "t"}, idempotency_key=uuid.uuid4().hex)
+    finally:
+        await provider.close()
+    assert (result.status, result.detail) == ("retry", "TunnelRefused")
 
 
 async def test_push_id_challenge_compares_plaintexts(client: AttestedClient, env: Env) -> None:
@@ -214,7 +220,7 @@ async def test_push_id_challenge_compares_plaintexts(client: AttestedClient, env
     assert (garbage.first_opens, garbage.second_opens) == (False, True)
 
 
-async def test_notifications_before_initialize_are_refused(env: Env, tmp_path: Path) -> None:
+async def test_an_enclave_without_a_measured_configuration_refuses_notifications(env: Env, tmp_path: Path) -> None:
     socket_path = tmp_path / "fresh.sock"
     fresh = start(
         "fresh",
@@ -222,10 +228,12 @@ async def test_notifications_before_initialize_are_refused(env: Env, tmp_path: P
          "--state", str(env.state)],
     )  # fmt: skip
     try:
-        policy = NitroPolicy(measurements=[{0: env.pcr0}], roots=(load_root(env.state),))
+        assert fresh.ready["pcr0"] != env.pcr0.hex(), "the configuration is part of PCR0"
+        policy = NitroPolicy(measurements=[{0: bytes.fromhex(fresh.ready["pcr0"])}], roots=(load_root(env.state),))
         async with AttestedClient.nitro(f"unix://{socket_path}", policy) as client:
             health = await client.call(HEALTH_CHECK, HealthCheckRequest())
             assert not health.initialized
+            assert not (await client.call(INITIALIZE, Initialize())).initialized
             with pytest.raises(NotInitialized):
                 await client.call(NOTIFICATION, _batch([Recipient(encrypted_push_id="ab" * 60)]))
     finally:

@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import nats
@@ -23,6 +24,7 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
+from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import open_store
@@ -36,14 +38,18 @@ FAST = {"ack_wait": 3, "backoff_base": 0.3, "backoff_max": 2, "enclave_timeout":
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeBraze, str]]:
+def fake(tmp_path: Path) -> Iterator[tuple[FakeBraze, str]]:
+    """The fake Braze over HTTPS, its certificate from a local CA (pinned by the enclave's measured config)."""
     braze = FakeBraze(API_KEY)
-    with ServerThread(braze.app) as url:
+    tls = ensure_provider_tls(tmp_path / "provider", "127.0.0.1")
+    with ServerThread(braze.app, tls=(str(tls.cert_file), str(tls.key_file))) as url:
         yield braze, url
 
 
 def _harness(tmp_path, fake_url: str, **dispatcher: object) -> Harness:  # type: ignore[no-untyped-def]
-    return Harness(tmp_path, f"sqlite:///{tmp_path / 'notify.db'}", fake_url, API_KEY, {**FAST, **dispatcher})
+    tls = ensure_provider_tls(tmp_path / "provider", "127.0.0.1")
+    database = f"sqlite:///{tmp_path / 'notify.db'}"
+    return Harness(tmp_path, database, fake_url, API_KEY, {**FAST, **dispatcher}, provider_tls=tls)
 
 
 async def _public_key(harness: Harness, relay: str) -> bytes:

@@ -35,6 +35,9 @@ def run_command(
     refresh: float = typer.Option(600.0, "--refresh-interval", help="Seconds between attestation refreshes."),
     advertise: str | None = typer.Option(None, "--advertise", help="Address other enclaves reach this one at."),
     setting: list[str] = typer.Option([], "--set", help="KEY=VALUE handed to the app (repeatable)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="The app's configuration file; measured into PCR0 (baked into the EIF on Nitro)."
+    ),
 ) -> None:
     """Run an enclave app until SIGTERM/SIGINT. Prints one JSON line {"ready": true, ...} when serving."""
     try:
@@ -51,6 +54,7 @@ def run_command(
         refresh=refresh,
         advertise=advertise,
         settings=settings,
+        config=config,
     )
     if status:
         raise typer.Exit(status)

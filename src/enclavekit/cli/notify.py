@@ -108,8 +108,11 @@ def dispatcher_command(state: Path = STATE, host: str = HOST, port: int = PORT, 
 
 @notify_app.command("capture-server")
 def capture_server_command(
-    api_key: str = typer.Option(..., "--api-key", help="The Braze API key it accepts."),
+    api_key: str | None = typer.Option(None, "--api-key", help="The Braze API key it accepts."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="A file holding that key (off argv)."),
     record: Path | None = typer.Option(None, "--record", help="Append each delivery to this JSON-lines file."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate chain (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="... and this private key (PEM)."),
     host: str = HOST,
     port: int = PORT,
 ) -> None:
@@ -118,7 +121,13 @@ def capture_server_command(
     from enclavekit.services.notify.runtime import run_capture_server
 
     configure_logging()
-    _run(run_capture_server(api_key, record, host=host, port=port))
+    key = api_key if api_key is not None else (api_key_file.read_text().strip() if api_key_file else "")
+    if not key:
+        raise typer.BadParameter("give --api-key or --api-key-file")
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    tls = (str(tls_cert), str(tls_key)) if tls_cert is not None and tls_key is not None else None
+    _run(run_capture_server(key, record, host=host, port=port, tls=tls))
 
 
 @notify_app.command("world-id")
@@ -336,9 +345,6 @@ async def _send_test(local: dict[str, Any], push_id: str, interval: float | None
                 "enclave",
                 "enclave_pcr0",
                 "simulator_roots",
-                "braze_url",
-                "braze_api_key",
-                "egress_proxy",
             )
         }
     )

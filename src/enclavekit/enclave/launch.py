@@ -44,6 +44,7 @@ def run(
     refresh: float = 600.0,
     advertise: str | None = None,
     settings: Mapping[str, str] | None = None,
+    config: Path | None = None,
 ) -> int:
     """Boot the app ``spec`` (``module:attribute``) and serve it until SIGTERM/SIGINT; returns the exit status."""
     try:
@@ -55,7 +56,12 @@ def run(
         if advertise:
             app_settings["advertise"] = advertise
         options = RuntimeOptions(
-            listen=listen, state_dir=state, device=device, refresh_interval=refresh, settings=app_settings
+            listen=listen,
+            state_dir=state,
+            device=device,
+            refresh_interval=refresh,
+            settings=app_settings,
+            config=config,
         )
         asyncio.run(serve_app(enclave, spec, options, on_ready=lambda r: print(json.dumps(r), flush=True)))
     except ConfigurationError as exc:
@@ -80,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh-interval", type=float, default=600.0, help="seconds between attestation refreshes")
     parser.add_argument("--advertise", default=None, help="address other enclaves reach this one at")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="handed to the app")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="the app's configuration file; measured into PCR0 (in the EIF)"
+    )
     return parser
 
 
@@ -100,4 +109,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         refresh=args.refresh_interval,
         advertise=args.advertise,
         settings=settings,
+        config=args.config,
     )

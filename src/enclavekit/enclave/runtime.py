@@ -27,7 +27,22 @@ from enclavekit.errors import ConfigurationError
 from enclavekit.nsm import Nsm, NsmSimulator, open_device
 from enclavekit.rpc import RpcServer, ServerLimits
 
-__all__ = ["EnclaveContext", "RuntimeOptions", "image_files", "load_app", "serve_app"]
+__all__ = [
+    "CONFIG_ENTRY",
+    "MAX_CONFIG_SIZE",
+    "EnclaveContext",
+    "RuntimeOptions",
+    "expected_pcr0",
+    "image_files",
+    "load_app",
+    "read_config",
+    "serve_app",
+]
+
+CONFIG_ENTRY = "config"
+"""The name under which the measured configuration file is part of the simulated image (see :func:`image_files`)."""
+MAX_CONFIG_SIZE = 256 * 1024
+"""Largest enclave configuration file accepted (bytes)."""
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +59,8 @@ class EnclaveContext:
     pcr0: bytes
     state_dir: Path
     settings: Mapping[str, str] = field(default_factory=dict)
+    config: bytes | None = None
+    """The enclave's measured configuration file (its bytes are part of PCR0), or None when it has none."""
     address: str = ""
     """Where the enclave serves (set once it listens)."""
     _document_time: float = 0.0
@@ -83,6 +100,8 @@ class RuntimeOptions:
     refresh_interval: float = 600.0
     limits: ServerLimits | None = None
     settings: Mapping[str, str] = field(default_factory=dict)
+    config: Path | None = None
+    """The app's configuration file: read once at boot and measured with the image (PCR0), see ``image_files``."""
 
 
 def load_app(spec: str) -> tuple[EnclaveApp, str]:
@@ -100,16 +119,33 @@ def load_app(spec: str) -> tuple[EnclaveApp, str]:
     return app, module_name
 
 
-def image_files(spec: str) -> dict[str, bytes]:
-    """What the simulator measures into PCR0: the enclavekit package, the app's own code, and its entrypoint.
+def read_config(path: Path) -> bytes:
+    """The bytes of an enclave configuration file, read once (what is measured is what the app parses)."""
+    try:
+        with path.open("rb") as source:
+            data = source.read(MAX_CONFIG_SIZE + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"enclave configuration {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigurationError(f"enclave configuration {path}: larger than {MAX_CONFIG_SIZE} bytes")
+    return data
+
+
+def image_files(spec: str, config: bytes | None = None) -> dict[str, bytes]:
+    """What the simulator measures into PCR0: the enclavekit package, the app's own code, its entrypoint and,
+    when the app has one, its configuration file (entry ``config``).
 
     On Nitro, PCR0 measures the whole enclave image, including the command that starts the app (the
     Dockerfile's ``APP``); here the code that would be in that image and the ``module:attribute`` to run stand
     in, so changing the app, enclavekit, or which app the image starts changes PCR0 as rebuilding an EIF would.
+    The configuration is measured like a file baked into the EIF: changing one byte of it changes PCR0, so
+    whatever it fixes (where plaintext may go, which keys to use) is pinned by the PCR0 clients and KMS check.
     The app's module must be imported already.
     """
     module_name = spec.partition(":")[0]
     files: dict[str, bytes] = {"entrypoint": spec.encode()}
+    if config is not None:
+        files[CONFIG_ENTRY] = config
     roots = [("enclavekit", Path(enclavekit.__file__).parent)]
     module = sys.modules[module_name]
     source = Path(module.__file__ or "")
@@ -125,11 +161,18 @@ def image_files(spec: str) -> dict[str, bytes]:
     return files
 
 
-def _open_nsm(spec: str, options: RuntimeOptions) -> tuple[Nsm, str, bytes]:
+def expected_pcr0(spec: str, config: bytes | None = None) -> bytes:
+    """The PCR0 the simulator gives ``spec`` with ``config``, computed without booting (for key policies)."""
+    from enclavekit.nsm.measure import measure_code, measure_enclave
+
+    return measure_enclave(measure_code(image_files(spec, config)), instance_id="-")[0]
+
+
+def _open_nsm(spec: str, options: RuntimeOptions, config: bytes | None) -> tuple[Nsm, str, bytes]:
     if options.device:
         nsm = open_device()
         return nsm, "nitro", nsm.describe_pcr(0).data
-    simulator = NsmSimulator(options.state_dir, app=image_files(spec))
+    simulator = NsmSimulator(options.state_dir, app=image_files(spec, config))
     return simulator.client(), "nitro-simulated", simulator.pcr(0)
 
 
@@ -142,10 +185,13 @@ async def serve_app(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Boot ``app`` and serve it until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
-    nsm, tee, pcr0 = _open_nsm(spec, options)
+    config = None if options.config is None else read_config(options.config)
+    nsm, tee, pcr0 = _open_nsm(spec, options, config)
     keys = SessionKeys.generate()
     responder = Responder(keys, attester=nsm)
-    context = EnclaveContext(app.name, nsm, keys, responder, tee, pcr0, options.state_dir, options.settings)
+    context = EnclaveContext(
+        app.name, nsm, keys, responder, tee, pcr0, options.state_dir, options.settings, config=config
+    )
     await context.refresh()
     app.bind(context)
     for hook in app.boot_hooks:

@@ -60,6 +60,8 @@ __all__ = [
     "RedisLeaseStore",
     "Track",
     "TrackUnavailable",
+    "enclave_kms_client",
+    "kms_persisted_secret",
     "lease_store",
 ]
 
@@ -300,12 +302,14 @@ def lease_store(url: str, *, ttl: float = 30.0) -> NatsLeaseStore | RedisLeaseSt
     raise ConfigurationError(f"lease store {url!r}: expected nats://... or redis://...")
 
 
-def _default_kms(context: EnclaveContext) -> KmsClient:
+def enclave_kms_client(context: EnclaveContext, *, region: str | None = None) -> KmsClient:
+    """The enclave's attested KMS client: the endpoint in the ``kms_url`` setting (the emulator), or AWS in
+    ``region`` (default: the ``kms_region`` setting, else us-east-1)."""
     from enclavekit.kms.client import KmsClient
 
     return KmsClient.connect(
         context.nsm.attestation,
-        region_name=context.settings.get("kms_region", "us-east-1"),
+        region_name=region or context.settings.get("kms_region", "us-east-1"),
         endpoint_url=context.settings.get("kms_url"),
         aws_access_key_id=context.settings.get("kms_access_key_id", "enclavekit")
         if "kms_url" in context.settings
@@ -314,6 +318,32 @@ def _default_kms(context: EnclaveContext) -> KmsClient:
         if "kms_url" in context.settings
         else None,
     )
+
+
+async def kms_persisted_secret(
+    client: KmsClient,
+    key_id: str,
+    *,
+    encryption_context: dict[str, str],
+    load: Callable[[], Awaitable[bytes | None]],
+    save: Callable[[bytes], Awaitable[None]],
+) -> tuple[bytes, bool]:
+    """A 32-byte secret that outlives the process: ``(secret, restored)``.
+
+    If ``load`` finds a wrapped copy, KMS decrypts it for this enclave's attestation (the Recipient) — which fails
+    closed (``AccessDenied``) unless the key policy accepts this enclave's measurement; nothing is generated or
+    overwritten then. Otherwise KMS generates a data key under ``key_id`` for this enclave and ``save`` keeps its
+    wrapped copy (ciphertext: the host may store it). The plaintext never leaves the enclave.
+    """
+    wrapped = await load()
+    if wrapped is not None:
+        secret = await asyncio.to_thread(client.decrypt, wrapped, encryption_context=encryption_context)
+        if len(secret) != SECRET_SIZE:
+            raise JoinRefused("the persisted secret has the wrong size")
+        return secret, True
+    data_key = await asyncio.to_thread(client.generate_data_key, key_id, encryption_context=encryption_context)
+    await save(data_key.ciphertext_blob)
+    return data_key.plaintext, False
 
 
 @dataclass
@@ -419,21 +449,15 @@ class Track:
     async def _genesis_secret(self, context: EnclaveContext) -> bytes:
         if self.kms_key_id is None:
             return os.urandom(SECRET_SIZE)
-        client = (self.kms or _default_kms)(context)
-        encryption_context = {"enclavekit:track": self.name}
-        wrapped = await self.store.load_wrapped(self.name)
-        if wrapped is not None:
-            # Fails closed (AccessDenied) unless the key policy accepts this enclave's attestation.
-            secret = await asyncio.to_thread(client.decrypt, wrapped, encryption_context=encryption_context)
-            if len(secret) != SECRET_SIZE:
-                raise JoinRefused("the persisted track secret has the wrong size")
-            self.restored = True
-            return secret
-        data_key = await asyncio.to_thread(
-            client.generate_data_key, self.kms_key_id, encryption_context=encryption_context
+        client = (self.kms or enclave_kms_client)(context)
+        secret, self.restored = await kms_persisted_secret(
+            client,
+            self.kms_key_id,
+            encryption_context={"enclavekit:track": self.name},
+            load=lambda: self.store.load_wrapped(self.name),
+            save=lambda blob: self.store.save_wrapped(self.name, blob),
         )
-        await self.store.save_wrapped(self.name, data_key.ciphertext_blob)
-        return data_key.plaintext
+        return secret
 
     async def join_from(self, context: EnclaveContext, member: Member, policy: NitroPolicy) -> bytes:
         """Ask ``member`` for the secret: attest a fresh ephemeral key, verify the member, open its answer."""

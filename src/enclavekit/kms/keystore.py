@@ -209,17 +209,31 @@ class KeyStore:
         with self._mutex:
             if key.key_id in self._keys:
                 raise ValueError(f"key {key.key_id} exists")
-            nonce = self._random(12)
-            sealed = nonce + self._master.encrypt(nonce, key.material, _aad(key.metadata, key.policy.text))
-            document = {
-                "format": FORMAT,
-                "version": VERSION,
-                "metadata": key.metadata.to_json(),
-                "policy": key.policy.text,
-                "material": base64.b64encode(sealed).decode(),
-            }
-            _write_private(self.keys_dir / f"{key.key_id}.json", json.dumps(document, indent=2).encode())
-            self._keys[key.key_id] = key
+            self._write(key)
+
+    def replace_policy(self, key_id: str, policy: KeyPolicy) -> StoredKey:
+        """Persist ``policy`` as the policy of the existing key ``key_id`` (material unchanged), then use it."""
+        with self._mutex:
+            current = self._keys.get(key_id)
+            if current is None:
+                raise KeyError(key_id)
+            updated = StoredKey(current.metadata, policy, current.material, current.signing_key)
+            self._write(updated)
+            return updated
+
+    def _write(self, key: StoredKey) -> None:
+        """Seal and write ``key`` (the caller holds the mutex), then make it current."""
+        nonce = self._random(12)
+        sealed = nonce + self._master.encrypt(nonce, key.material, _aad(key.metadata, key.policy.text))
+        document = {
+            "format": FORMAT,
+            "version": VERSION,
+            "metadata": key.metadata.to_json(),
+            "policy": key.policy.text,
+            "material": base64.b64encode(sealed).decode(),
+        }
+        _write_private(self.keys_dir / f"{key.key_id}.json", json.dumps(document, indent=2).encode())
+        self._keys[key.key_id] = key
 
     # --- files --------------------------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The KMS operations, sans I/O: a JSON-shaped request in, a JSON-shaped answer (or a KMS error) out.
 
 :class:`KmsService` implements CreateKey, DescribeKey, ListKeys, Encrypt, Decrypt, GenerateDataKey,
-GenerateRandom, Sign, GetPublicKey and GetKeyPolicy as AWS KMS documents them, over a :class:`KeyStore`. The
-HTTP server (:mod:`enclavekit.kms.emulator`) only moves bytes; the clock (``now``) and randomness are injected.
+GenerateRandom, Sign, GetPublicKey, GetKeyPolicy and PutKeyPolicy as AWS KMS documents them, over a
+:class:`KeyStore`. The HTTP server (:mod:`enclavekit.kms.emulator`) only moves bytes; the clock (``now``) and
+randomness are injected.
 
 Attested release: Decrypt, GenerateDataKey and GenerateRandom accept a ``Recipient``. Its attestation document is
 verified first (:mod:`enclavekit.kms.recipient`); the key policy is then evaluated with the document's verified
@@ -125,6 +126,7 @@ class KmsService:
             "Sign": self._sign,
             "GetPublicKey": self._get_public_key,
             "GetKeyPolicy": self._get_key_policy,
+            "PutKeyPolicy": self._put_key_policy,
         }
 
     @property
@@ -373,3 +375,15 @@ class KmsService:
             raise NotFound(f"policy {str(name)[:64]!r} does not exist (a key has only the policy named 'default')")
         self._authorize(key, "kms:GetKeyPolicy", RequestContext.build())
         return {"Policy": key.policy.text, "PolicyName": "default"}
+
+    def _put_key_policy(self, fields: Fields, now: datetime) -> dict[str, Any]:
+        """Replace a key's policy, if its current policy allows ``kms:PutKeyPolicy`` (no lockout check)."""
+        key = self._key(fields)
+        name = fields.string("PolicyName", default="default", max_length=128)
+        if name != "default":
+            raise ValidationError(f"PolicyName {str(name)[:64]!r}: a key has only the policy named 'default'")
+        text = fields.required_string("Policy", max_length=MAX_POLICY_SIZE)
+        policy = KeyPolicy.from_json(text)
+        self._authorize(key, "kms:PutKeyPolicy", RequestContext.build())
+        self.keystore.replace_policy(key.key_id, policy)
+        return {}

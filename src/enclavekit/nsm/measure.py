@@ -4,7 +4,9 @@ A real Nitro Enclave's PCRs are measured by the Nitro Hypervisor from the enclav
 whole image, PCR1 the kernel and bootstrap, PCR2 the application, PCR3 the parent's IAM role, PCR4 the parent
 instance id, PCR8 the image's signing certificate. The simulator has no EIF, so it measures what it runs:
 
-* ``app``   = :func:`measure_code` of the enclave application (its files, or bytes),
+* ``app``   = :func:`measure_code` of the enclave application (its files, or bytes) — for an app started by
+  the enclave runtime, also its measured configuration file as the entry ``config``
+  (:func:`enclavekit.enclave.runtime.image_files`), the way a file baked into an EIF is part of PCR0 and PCR2,
 * ``boot``  = SHA-384 of :data:`BOOT_IMAGE` (a constant naming the simulated kernel and bootstrap),
 * PCR1 = extend(0, boot), PCR2 = extend(0, app), PCR0 = extend(PCR1, app) — the image is the bootstrap
   followed by the application, so changing either changes PCR0;

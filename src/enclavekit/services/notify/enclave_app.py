@@ -1,7 +1,15 @@
 """The notify enclave: the only code that sees plaintext push IDs (and the Braze API key).
 
-Routes (the reference's names under ``notify.``): ``initialize`` (the Braze configuration, over the attested
-session), ``health-check``, ``attestation-doc`` (a document whose ``public_key`` is the X25519 push key),
+Where it delivers is fixed by its **measured configuration** (:mod:`enclavekit.services.notify.enclave_config`,
+part of PCR0): one https provider whose certificate must chain to the pinned CA, the KMS key, and the provider
+API key as KMS ciphertext that the enclave decrypts itself with an attested Recipient. No route, launch
+argument or environment variable changes it. The push key is persisted through KMS (a data key under the
+configured key, released only to this measurement), so a restarted enclave with the same PCR0 opens every
+stored push ID; one with another PCR0 cannot.
+
+Routes (the reference's names under ``notify.``): ``initialize`` (kept for compatibility: it takes no fields,
+changes nothing and reports whether the measured configuration is loaded), ``health-check``,
+``attestation-doc`` (a document whose ``public_key`` is the X25519 push key),
 ``push-id-challenge`` (do two sealed boxes hold the same push ID?), ``notification`` (deliver one batch) and
 ``secret-key`` (which push key this enclave holds; the key itself moves only by the track's attested join).
 
@@ -12,9 +20,10 @@ the row), devices are deduplicated by plaintext, and the rest is delivered in re
 grouped by a per-(message, device) key so that a retried batch produces the same requests with the same
 ``Idempotency-Key``. Deliveries already made by this enclave are remembered (bounded) and not repeated.
 
-The push key comes from one seam, :class:`~enclavekit.services.notify.pushid.PushKeys`: a key generated in
-memory by default, or the enclave track's key when ``ENCLAVEKIT_NOTIFY_TRACK`` names a track (then every
-member opens the same push IDs).
+The push key comes from one seam, :class:`~enclavekit.services.notify.pushid.PushKeys`: the KMS-persisted key
+when the enclave has a measured configuration, or the enclave track's key when ``ENCLAVEKIT_NOTIFY_TRACK`` names
+a track (then every member opens the same push IDs, and the track secret is persisted under the configured KMS
+key); without a configuration, a key generated in memory and no provider (``notification`` is refused).
 """
 
 from __future__ import annotations
@@ -25,18 +34,27 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enclavekit.enclave.app import EnclaveApp
 from enclavekit.enclave.runtime import EnclaveContext
-from enclavekit.enclave.tracks import Track, lease_store
+from enclavekit.enclave.tracks import Track, enclave_kms_client, kms_persisted_secret, lease_store
 from enclavekit.rpc import CallContext
-from enclavekit.services.notify.braze import BrazeProvider
+from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
+from enclavekit.services.notify.enclave_config import (
+    API_KEY_CONTEXT,
+    PUSH_KEY_CONTEXT,
+    InvalidEnclaveConfig,
+    NotifyEnclaveConfig,
+)
 from enclavekit.services.notify.errors import InvalidPushId, NotInitialized
-from enclavekit.services.notify.pushid import GeneratedPushKeys, PushKeys, TrackPushKeys
+from enclavekit.services.notify.pushid import GeneratedPushKeys, PushKeys, StaticPushKeys, TrackPushKeys
 from enclavekit.services.notify.wire import (
     ATTESTATION_DOC,
     HEALTH_CHECK,
@@ -46,6 +64,7 @@ from enclavekit.services.notify.wire import (
     SECRET_KEY,
     AttestationDoc,
     AttestationDocRequest,
+    BrazeConfig,
     Challenge,
     ChallengeResult,
     EnclaveHealth,
@@ -61,14 +80,24 @@ from enclavekit.services.notify.wire import (
     SecretKeyRequest,
 )
 
-__all__ = ["NotifyEnclave", "app", "build_app", "idempotency_key"]
+if TYPE_CHECKING:
+    from enclavekit.kms.client import KmsClient
+
+__all__ = ["NotifyEnclave", "app", "build_app", "idempotency_key", "push_key_file"]
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines are not ours to decide
+for _name in ("botocore", "boto3", "urllib3"):  # their debug lines dump KMS requests and answers
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 DOCUMENT_MAX_AGE = 600.0
 REMEMBERED_DELIVERIES = 200_000
 PROVIDER_CONCURRENCY = 16
+
+
+def push_key_file(state_dir: Path, app_name: str) -> Path:
+    """Where the KMS-wrapped push key of app ``app_name`` is kept (host-visible: it is ciphertext)."""
+    return state_dir / "notify" / f"{app_name}.push-key.kms"
 
 
 def idempotency_key(secret: bytes, message_id: str, push_id: bytes) -> bytes:
@@ -78,12 +107,18 @@ def idempotency_key(secret: bytes, message_id: str, push_id: bytes) -> bytes:
 
 @dataclass
 class NotifyEnclave:
-    """The state of one notify enclave: its push key, its provider, what it delivered."""
+    """The state of one notify enclave: its measured configuration, push key, provider, what it delivered."""
 
-    keys_factory: Callable[[EnclaveContext], PushKeys] = lambda context: GeneratedPushKeys()
+    keys_factory: Callable[[EnclaveContext], PushKeys] | None = None
     track: str | None = None
     keys: PushKeys | None = None
     provider: BrazeProvider | None = None
+    config: NotifyEnclaveConfig | None = None
+    kms: Callable[[EnclaveContext], KmsClient] | None = None
+    """Makes the attested KMS client (default: the ``kms_url`` setting's endpoint, or AWS in the configuration's
+    region)."""
+    restored: bool = False
+    """True if the push key was recovered from its KMS-wrapped copy (a restart with the same PCR0)."""
     delivered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     delivered_count: int = 0
     _context: EnclaveContext | None = None
@@ -101,12 +136,74 @@ class NotifyEnclave:
         app.route(NOTIFICATION)(self.notification)
         app.route(SECRET_KEY)(self.secret_key)
 
+    async def load_config(self, context: EnclaveContext) -> None:
+        """Parse the measured configuration (boot fails on a malformed one); none: no provider."""
+        if self.config is None and context.config is not None:
+            self.config = NotifyEnclaveConfig.from_bytes(context.config)
+
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
-        self.keys = self.keys_factory(context)
+        await self.load_config(context)
+        config = self.config
+        client = None if config is None else self._kms_client(context, config)
+        if self.keys_factory is not None:
+            self.keys = self.keys_factory(context)
+        elif config is not None and client is not None:
+            self.keys = await self._persisted_keys(context, client, config)
+        else:
+            self.keys = GeneratedPushKeys()
         self._idempotency_secret = self.keys.derive(b"notify idempotency v1")
         self._slots = asyncio.Semaphore(PROVIDER_CONCURRENCY)
-        logger.info("notify enclave ready: push key %s, track %s", self.fingerprint(), self.track or "none")
+        if config is not None and client is not None:
+            # Fails closed (AccessDenied) unless the key policy accepts this enclave's measurement.
+            api_key = await asyncio.to_thread(
+                client.decrypt,
+                config.kms.api_key_ciphertext,
+                encryption_context=API_KEY_CONTEXT,
+                key_id=config.kms.key_id,
+            )
+            self.provider = _provider(config, api_key, context.settings.get("egress_proxy") or None)
+        logger.info(
+            "notify enclave ready: push key %s (%s), track %s, provider %s",
+            self.fingerprint(),
+            "restored" if self.restored else "new",
+            self.track or "none",
+            "none (no measured configuration)" if config is None else config.provider.url,
+        )
+
+    def _kms_client(self, context: EnclaveContext, config: NotifyEnclaveConfig) -> KmsClient:
+        if self.kms is not None:
+            return self.kms(context)
+        return enclave_kms_client(context, region=config.kms.region)
+
+    async def _persisted_keys(
+        self, context: EnclaveContext, client: KmsClient, config: NotifyEnclaveConfig
+    ) -> PushKeys:
+        path = push_key_file(context.state_dir, context.app_name)
+
+        async def load() -> bytes | None:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        async def save(blob: bytes) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite a key
+            with os.fdopen(descriptor, "wb") as sink:
+                sink.write(blob)
+                sink.flush()
+                os.fsync(sink.fileno())
+
+        for _ in range(2):
+            try:
+                secret, self.restored = await kms_persisted_secret(
+                    client, config.kms.key_id, encryption_context=dict(PUSH_KEY_CONTEXT), load=load, save=save
+                )
+            except FileExistsError:  # another enclave of this measurement saved one first: use that one
+                continue
+            return StaticPushKeys(secret)
+        raise NotInitialized("the persisted push key appeared and vanished while booting")
 
     async def _shutdown(self, context: EnclaveContext) -> None:
         if self.provider is not None:
@@ -123,12 +220,13 @@ class NotifyEnclave:
     # --- routes ----------------------------------------------------------------------------------------------
 
     async def initialize(self, request: Initialize, call: CallContext) -> Initialized:
-        old = self.provider
-        self.provider = BrazeProvider(request.braze)
-        if old is not None:
-            await old.close()
-        logger.info("notify enclave initialised: provider %s", request.braze.base_url)
-        return Initialized(initialized=True, public_key=self._keys().public_key().hex(), track=self.track)
+        """Changes nothing: the provider comes from the measured configuration. Reports whether it is loaded."""
+        return Initialized(
+            initialized=self.provider is not None,
+            public_key=self._keys().public_key().hex(),
+            track=self.track,
+            config_sha256=None if self.config is None else hashlib.sha256(self.config.raw).hexdigest(),
+        )
 
     async def health_check(self, request: HealthCheckRequest, call: CallContext) -> EnclaveHealth:
         return EnclaveHealth(
@@ -177,7 +275,7 @@ class NotifyEnclave:
     async def notification(self, request: NotificationBatch, call: CallContext) -> NotificationResult:
         provider = self.provider
         if provider is None:
-            raise NotInitialized("initialize the enclave (notify.initialize) before sending notifications")
+            raise NotInitialized("this enclave has no measured provider configuration (enclave run --config)")
         started = time.perf_counter()
         opened = self._open_all(request.recipients)  # ~50 µs each; a thread costs more than it saves (measured)
         outcomes: dict[int, RecipientOutcome] = {}
@@ -266,6 +364,25 @@ class NotifyEnclave:
             self.delivered.popitem(last=False)
 
 
+def _provider(config: NotifyEnclaveConfig, api_key: bytes, egress_proxy: str | None) -> BrazeProvider:
+    """The provider of the measured configuration; ``egress_proxy`` (a host setting) is only a TCP path."""
+    endpoint = config.provider
+    if not re.fullmatch(rb"[\x21-\x7e]{1,256}", api_key):
+        raise InvalidEnclaveConfig("the decrypted provider API key must be 1..256 printable ASCII characters")
+    braze = BrazeConfig(
+        api_key=api_key.decode("ascii"),
+        base_url=endpoint.url,
+        egress_proxy=egress_proxy,
+        timeout=endpoint.timeout,
+        max_attempts=endpoint.max_attempts,
+        backoff=endpoint.backoff,
+        aliases_per_request=endpoint.aliases_per_request,
+        alias_label=endpoint.alias_label,
+    )
+    http = TunnelHttp(endpoint.url, egress_proxy, timeout=endpoint.timeout, ssl_context=endpoint.ssl_context())
+    return BrazeProvider(braze, http=http)
+
+
 def _alias(push_id: bytes | None) -> str | None:
     """The Braze alias a push ID names (UTF-8 text), or None."""
     if push_id is None:
@@ -283,8 +400,18 @@ def build_app(name: str = "notify", track: Track | None = None) -> tuple[Enclave
     if track is None:
         state = NotifyEnclave()
     else:
-        track.attach(enclave_app)  # first: its boot hook (join or genesis) runs before ours derives the key
         state = NotifyEnclave(keys_factory=lambda context: TrackPushKeys(track), track=track.name)
+
+        async def measured_kms_key(context: EnclaveContext) -> None:
+            await state.load_config(context)
+            # The track secret is persisted only under the measured KMS key (never one the host names).
+            config = state.config
+            track.kms_key_id = None if config is None else config.kms.key_id
+            if config is not None and track.kms is None:
+                track.kms = lambda context: enclave_kms_client(context, region=config.kms.region)
+
+        enclave_app.on_boot(measured_kms_key)
+        track.attach(enclave_app)  # then its boot hook (join or genesis) runs before ours derives the key
     state.attach(enclave_app)
     return enclave_app, state
 
@@ -294,7 +421,9 @@ def track_from_environment(environ: Mapping[str, str] | None = None) -> Track | 
 
     ``ENCLAVEKIT_NOTIFY_TRACK_STORE`` is the lease store (``nats://`` or ``redis://``, default the local NATS),
     ``ENCLAVEKIT_NOTIFY_TRACK_TTL`` the lease TTL in seconds (30), ``ENCLAVEKIT_NOTIFY_TRACK_RENEW`` the renewal
-    interval (5), ``ENCLAVEKIT_NOTIFY_TRACK_KMS_KEY`` a KMS key to persist the secret across full restarts.
+    interval (5). The KMS key that persists the track secret across full restarts is the measured
+    configuration's (``kms.key_id``), never a host setting: a key the host chose could let it decrypt the wrapped
+    secret itself.
     """
     env = os.environ if environ is None else environ
     name = env.get("ENCLAVEKIT_NOTIFY_TRACK")
@@ -306,7 +435,6 @@ def track_from_environment(environ: Mapping[str, str] | None = None) -> Track | 
         lease_store(env.get("ENCLAVEKIT_NOTIFY_TRACK_STORE", "nats://127.0.0.1:4222"), ttl=ttl),
         renew_interval=float(env.get("ENCLAVEKIT_NOTIFY_TRACK_RENEW", str(min(5.0, ttl / 6)))),
         join_timeout=float(env.get("ENCLAVEKIT_NOTIFY_TRACK_JOIN_TIMEOUT", "60")),
-        kms_key_id=env.get("ENCLAVEKIT_NOTIFY_TRACK_KMS_KEY") or None,
     )
 
 

@@ -1,8 +1,9 @@
 """How the host parts reach the notify enclave: the attested client, pinned to the enclave's PCR0.
 
 The host holds no key: every call runs over a session whose handshake verified the enclave's attestation
-document against this policy, so the Braze key sent by ``initialize`` and the batches sent by the dispatcher
-are readable only inside an enclave running exactly the pinned code.
+document against this policy, so the batches sent by the dispatcher are readable only inside an enclave running
+exactly the pinned code (and so the pinned, measured provider configuration). The host sends no provider
+configuration and no API key: ``initialize`` only asks whether the enclave loaded its measured one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from enclavekit.attestation.roots import aws_nitro_root
 from enclavekit.client import AttestedClient
 from enclavekit.errors import ConfigurationError
 from enclavekit.rpc import ClientOptions
+from enclavekit.services.notify.errors import NotInitialized
 from enclavekit.services.notify.settings import NotifySettings
-from enclavekit.services.notify.wire import INITIALIZE, BrazeConfig, Initialize, Initialized
+from enclavekit.services.notify.wire import INITIALIZE, Initialize, Initialized
 
 __all__ = ["enclave_client", "enclave_policy", "initialize_enclave"]
 
@@ -40,8 +42,8 @@ def enclave_client(
 
 
 async def initialize_enclave(client: AttestedClient, settings: NotifySettings) -> Initialized:
-    """Send the provider configuration (with the Braze API key) over the attested session."""
-    braze = BrazeConfig(
-        api_key=settings.effective_braze_api_key(), base_url=settings.braze_url, egress_proxy=settings.egress_proxy
-    )
-    return await client.call(INITIALIZE, Initialize(braze=braze), timeout=30)
+    """Check that the enclave loaded its measured provider configuration; raise :class:`NotInitialized` if not."""
+    answer = await client.call(INITIALIZE, Initialize(), timeout=30)
+    if not answer.initialized:
+        raise NotInitialized(f"the notify enclave at {client.endpoint} has no measured provider configuration")
+    return answer

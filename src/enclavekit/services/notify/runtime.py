@@ -217,11 +217,15 @@ async def run_dispatcher(settings: NotifySettings, *, host: str, port: int) -> N
         store.engine.dispose()
 
 
-async def run_capture_server(api_key: str, record: Path | None, *, host: str, port: int) -> None:
+async def run_capture_server(
+    api_key: str, record: Path | None, *, host: str, port: int, tls: tuple[str, str] | None = None
+) -> None:
+    """The capture provider (a fake Braze), over HTTPS when ``tls=(certfile, keyfile)`` is given."""
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
     fake = FakeBraze(api_key, record=record, keep_deliveries=record is not None)
-    await serve_forever(fake.app, host=host, port=port, ready={"name": "notify_capture", "record": str(record)})
+    ready = {"name": "notify_capture", "record": str(record)}
+    await serve_forever(fake.app, host=host, port=port, ready=ready, tls=tls)
 
 
 async def run_local_s3(root: Path, *, host: str, port: int) -> None:

@@ -33,17 +33,27 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: Any, log_level: str = "warning") -> uvicorn.Config:
-    return uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=3)
+def _config(app: Any, log_level: str = "warning", tls: tuple[str, str] | None = None) -> uvicorn.Config:
+    certfile, keyfile = tls if tls is not None else (None, None)
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
 
 
 class ServerThread:
-    """``with ServerThread(app) as url:`` — the app served on ``http://127.0.0.1:PORT`` from a thread."""
+    """``with ServerThread(app) as url:`` — the app served on ``http://127.0.0.1:PORT`` from a thread
+    (``https://`` with ``tls=(certfile, keyfile)``)."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None) -> None:
         self._sock = bind(host, port)
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self._server = _Server(_config(app))
+        self.url = f"{'https' if tls else 'http'}://{host}:{self._sock.getsockname()[1]}"
+        self._server = _Server(_config(app, tls=tls))
         self._thread = threading.Thread(target=self._run, daemon=True, name="notify-server")
 
     def _run(self) -> None:
@@ -78,11 +88,13 @@ async def serve_forever(
     port: int,
     ready: dict[str, Any] | None = None,
     on_start: Callable[[], Any] | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; print the ``{"ready": true, "url": ...}`` line when listening."""
+    """Serve until SIGTERM/SIGINT; print the ``{"ready": true, "url": ...}`` line when listening (``https`` with
+    ``tls=(certfile, keyfile)``)."""
     sock = bind(host, port)
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    server = _Server(_config(app))
+    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
+    server = _Server(_config(app, tls=tls))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

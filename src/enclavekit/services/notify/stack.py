@@ -1,21 +1,31 @@
 """The notify stack under ``enclavekit up``: World ID stand-in, capture provider, egress proxy, enclave (behind
 its relay), API, ingest worker and dispatcher — each its own process, listed in ``stack.json``.
 
+The enclave's provider is fixed by its measured configuration (``STATE/notify/enclave-config.json``, part of
+PCR0), provisioned once (:mod:`enclavekit.services.notify.provision`): the capture provider serves HTTPS with a
+certificate from a local CA made once in ``STATE/notify/provider/`` (the stand-in provider's own files: its TLS
+key and its API key), on a port chosen once and kept in ``STATE/notify/ports.json``; the API key reaches the
+enclave only as KMS ciphertext. So the configuration, PCR0 and the KMS-persisted push key survive a restart of
+the whole stack on the same state folder.
+
 ``STATE/notify/local.json`` records what the local commands (``send-test``, ``ingest``, ``captured``) need
-to find: the enclave's relay and PCR0, the capture provider and its key, the egress proxy.
+to find: the enclave's relay and PCR0, the capture provider, the egress proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import os
-import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
+from enclavekit.errors import ConfigurationError
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
-__all__ = ["ENCLAVE_APP", "load_local", "start_notify"]
+__all__ = ["ENCLAVE_APP", "load_local", "stable_port", "start_notify"]
 
 ENCLAVE_APP = "enclavekit.services.notify.enclave_app:app"
 
@@ -27,6 +37,26 @@ def _sets(values: dict[str, Any]) -> list[str]:
             continue
         out += ["--set", f"{key}={','.join(map(str, value)) if isinstance(value, list | tuple) else value}"]
     return out
+
+
+def stable_port(record: Path, name: str, host: str) -> int:
+    """A port for ``name`` chosen once and kept in ``record`` (it is part of the measured configuration)."""
+    ports: dict[str, int] = json.loads(record.read_text()) if record.exists() else {}
+    port = ports.get(name)
+    if not isinstance(port, int):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        ports[name] = port
+        record.write_text(json.dumps(ports, indent=2) + "\n")
+    return port
+
+
+def _measured_pcr0(config: bytes) -> bytes:
+    from enclavekit.enclave.runtime import expected_pcr0
+
+    importlib.import_module(ENCLAVE_APP.partition(":")[0])
+    return expected_pcr0(ENCLAVE_APP, config)
 
 
 def load_local(state: Path) -> dict[str, Any]:
@@ -42,16 +72,40 @@ async def start_notify(stack: Stack) -> None:
     notify_dir.mkdir(parents=True, exist_ok=True)
     host = stack.host
     nats_url = stack.services["nats"]["url"]
-    api_key = secrets.token_hex(16)
     record = notify_dir / "captured.jsonl"
+    from enclavekit.services.notify.provision import (
+        bind_key,
+        ensure_api_key,
+        ensure_provider_tls,
+        provision_config,
+    )
+
+    provider_dir = notify_dir / "provider"
+    tls = ensure_provider_tls(provider_dir, host)
+    api_key_file = ensure_api_key(provider_dir / "api-key")
+    capture_port = stable_port(notify_dir / "ports.json", "capture", host)
 
     kms_url = stack.services.get("kms", {}).get("url")
     if kms_url is None:
+        from datetime import UTC, datetime
+
+        from enclavekit.nsm.ca import SimulatorCA
+
+        SimulatorCA(state).root(now=datetime.now(UTC))  # the emulator trusts this simulator's root: make it first
         kms_url = await stack.start_service(
             ServiceSpec(
                 "kms",
                 lambda s, port: python_command(
-                    "kms", "serve", "--host", host, "--port", str(port), "--state", str(state)
+                    "kms",
+                    "serve",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--state",
+                    str(state),
+                    "--trust-sim-root",
+                    str(state),
                 ),
             )
         )
@@ -69,18 +123,22 @@ async def start_notify(stack: Stack) -> None:
             lambda s, port: python_command(
                 "notify",
                 "capture-server",
-                "--api-key",
-                api_key,
+                "--api-key-file",
+                str(api_key_file),
                 "--record",
                 str(record),
+                "--tls-cert",
+                str(tls.cert_file),
+                "--tls-key",
+                str(tls.key_file),
                 "--host",
                 host,
                 "--port",
-                str(port),
+                str(capture_port),
             ),
+            url=lambda h, p: f"https://{h}:{capture_port}",
         )
     )
-    capture_port = capture.rsplit(":", 1)[1]
     egress = await stack.start_service(
         ServiceSpec(
             "notify_egress",
@@ -90,7 +148,32 @@ async def start_notify(stack: Stack) -> None:
             url=lambda h, p: f"tcp://{h}:{p}",
         )
     )
-    enclave = await stack.start_enclave(EnclaveSpec("notify", ENCLAVE_APP))
+    import boto3
+
+    kms = boto3.client(  # the emulator takes any credentials; these name no secret
+        "kms",
+        endpoint_url=kms_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106
+    )
+    config_path = notify_dir / "enclave-config.json"
+    config = await asyncio.to_thread(
+        provision_config,
+        config_path,
+        kms=kms,
+        provider_url=f"https://{host}:{capture_port}",
+        ca_pem=tls.ca_pem,
+        api_key=api_key_file.read_bytes().strip(),
+    )
+    pcr0 = await asyncio.to_thread(_measured_pcr0, config.raw)
+    await asyncio.to_thread(bind_key, kms, config.kms.key_id, [pcr0])
+    enclave_args = ("--config", str(config_path), "--set", f"kms_url={kms_url}", "--set", f"egress_proxy={egress}")
+    enclave = await stack.start_enclave(EnclaveSpec("notify", ENCLAVE_APP, extra_args=enclave_args))
+    if enclave["pcr0"] != pcr0.hex():
+        raise ConfigurationError(
+            f"the notify enclave booted with PCR0 {enclave['pcr0']}, not the {pcr0.hex()} its KMS key is bound to"
+        )
     relay = await stack.start_relay("notify", enclave["address"])
     common = {
         "state_dir": state,
@@ -104,15 +187,14 @@ async def start_notify(stack: Stack) -> None:
     local = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in common.items()},
         "braze_url": capture,
-        "braze_api_key": api_key,
         "egress_proxy": egress,
+        "enclave_config": str(config_path),
         "capture_record": str(record),
     }
     path = notify_dir / "local.json"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as sink:
         json.dump(local, sink, indent=2, default=str)
-    delivery = {"braze_url": capture, "braze_api_key_file": path, "egress_proxy": egress}
     await stack.start_service(
         ServiceSpec(
             "notify_api",
@@ -132,8 +214,6 @@ async def start_notify(stack: Stack) -> None:
     await stack.start_service(
         ServiceSpec(
             "notify_dispatcher",
-            lambda s, port: python_command(
-                "notify", "dispatcher", "--host", host, "--port", str(port), *_sets({**common, **delivery})
-            ),
+            lambda s, port: python_command("notify", "dispatcher", "--host", host, "--port", str(port), *_sets(common)),
         )
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enclavekit.services.notify.provision import ProviderTls
 from enclavekit.stack.up import nats_server_binary
 
 __all__ = ["CLI", "Harness", "Running", "free_port", "start", "start_nats"]
@@ -107,6 +108,10 @@ class Harness:
     ``start_core`` starts NATS, the KMS emulator, the World ID stand-in and the egress proxy;
     ``start_enclave`` an enclave (optionally in a track) behind a capturing relay; ``start_host`` the API,
     the ingest worker and the dispatcher, pointed at every enclave started so far.
+
+    With ``provider_tls`` (the fake Braze serving HTTPS with that CA's certificate), enclaves start with a
+    measured configuration provisioned like ``enclavekit up`` does (:meth:`provision`): the API key encrypted
+    under a KMS key bound to the enclave's PCR0, the push key persisted in the state folder.
     """
 
     root: Path
@@ -128,6 +133,9 @@ class Harness:
     ingest_url: str = ""
     dispatcher_url: str = ""
     s3_url: str = ""
+    provider_tls: ProviderTls | None = None
+    config_path: Path | None = None
+    bound_pcr0s: list[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.running = []
@@ -153,22 +161,96 @@ class Harness:
         nats_process, self.nats_url = start_nats(self.root / "nats", log_dir=self.logs)
         assert self.running is not None
         self.running.append(nats_process)
-        self.kms_url = self._start("kms", [*CLI, "kms", "serve", "--port", "0", "--state", str(self.state)]).ready[
-            "url"
-        ]
+        self.start_kms()
         self.world_id_url = self._start("world-id", [*CLI, "notify", "world-id", "--state", str(self.state)]).ready[
             "url"
         ]
+        self.start_egress()
+
+    def start_kms(self) -> str:
+        """The KMS emulator, trusting this harness's simulated NSM root (made here if it does not exist yet)."""
+        from datetime import UTC, datetime
+
+        from enclavekit.nsm.ca import SimulatorCA
+
+        SimulatorCA(self.state).root(now=datetime.now(UTC))
+        state = str(self.state)
+        kms_argv = [*CLI, "kms", "serve", "--port", "0", "--state", state, "--trust-sim-root", state]
+        self.kms_url = self._start("kms", kms_argv).ready["url"]
+        return self.kms_url
+
+    def start_egress(self) -> str:
+        """The host's CONNECT proxy, allowing only the provider's host and port."""
         braze_port = self.braze_url.rsplit(":", 1)[1]
         self.egress = self._start(
             "egress", [*CLI, "host", "egress", "--listen", "tcp://127.0.0.1:0", "--allow", f"127.0.0.1:{braze_port}"]
         ).ready["url"]
+        return self.egress
+
+    def kms(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "kms",
+            endpoint_url=self.kms_url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",  # noqa: S106 - the emulator takes any credentials
+        )
+
+    def provision(self, path: Path | None = None, *, alias_label: str | None = None, bind: bool = True) -> Path:
+        """Write a measured configuration (once per path) and bind its KMS key to the PCR0 it gives."""
+        from enclavekit.enclave.runtime import expected_pcr0
+        from enclavekit.services.notify.enclave_config import NotifyEnclaveConfig, canonical
+        from enclavekit.services.notify.provision import bind_key, provision_config
+
+        assert self.provider_tls is not None, "give the harness provider_tls"
+        target = path or self.root / "enclave-config.json"
+        if alias_label is None:
+            config = provision_config(
+                target,
+                kms=self.kms(),
+                provider_url=self.braze_url,
+                ca_pem=self.provider_tls.ca_pem,
+                api_key=self.braze_api_key.encode(),
+            )
+        else:  # a variant of the harness's configuration: same key and provider, another PCR0
+            if self.config_path is None:
+                self.config_path = self.provision()
+            document = NotifyEnclaveConfig.from_bytes(self.config_path.read_bytes()).to_document()
+            document["provider"]["alias_label"] = alias_label
+            config = NotifyEnclaveConfig.from_bytes(canonical(document))
+            target.write_bytes(config.raw)
+        if bind:
+            import importlib
+
+            importlib.import_module("enclavekit.services.notify.enclave_app")
+            pcr0 = expected_pcr0("enclavekit.services.notify.enclave_app:app", config.raw)
+            if self.bound_pcr0s is None:
+                self.bound_pcr0s = []
+            if pcr0 not in self.bound_pcr0s:
+                self.bound_pcr0s.append(pcr0)
+            bind_key(self.kms(), config.kms.key_id, self.bound_pcr0s)
+        return target
 
     def start_enclave(
-        self, name: str, *, track: str | None = None, env: dict[str, str] | None = None, relay: bool = True
+        self,
+        name: str,
+        *,
+        track: str | None = None,
+        env: dict[str, str] | None = None,
+        relay: bool = True,
+        config: Path | None = None,
     ) -> Running:
+        """Start enclave ``name`` (with ``config``, or the harness's configuration when it has provider TLS)."""
         socket_path = self.root / f"{name}.sock"
         extra = dict(env or {})
+        if config is None and self.provider_tls is not None:
+            if self.config_path is None:
+                self.config_path = self.provision()
+            config = self.config_path
+        measured = [] if config is None else ["--config", str(config)]
+        measured += ["--set", f"kms_url={self.kms_url}", "--set", f"egress_proxy={self.egress}"]
         if track is not None:
             extra.update(
                 {
@@ -192,6 +274,7 @@ class Harness:
                 f"unix://{socket_path}",
                 "--state",
                 str(self.state),
+                *measured,
             ],
             env=extra,
         )
@@ -216,12 +299,14 @@ class Harness:
             self.relays.append(relayed.ready["url"])
         return enclave
 
-    def restart_enclave(self, index: int, name: str, *, track: str | None = None) -> Running:
+    def restart_enclave(
+        self, index: int, name: str, *, track: str | None = None, config: Path | None = None
+    ) -> Running:
         """Start enclave ``name`` again on the same socket (its relay stays)."""
         assert self.enclaves is not None
         socket_path = self.root / f"{name}.sock"
         socket_path.unlink(missing_ok=True)
-        enclave = self.start_enclave(name, track=track, relay=False)
+        enclave = self.start_enclave(name, track=track, relay=False, config=config)
         self.enclaves.pop()
         self.enclaves[index] = enclave
         return enclave
@@ -259,9 +344,6 @@ class Harness:
 
     def start_dispatcher(self, **extra: Any) -> Running:
         options = {
-            "braze_url": self.braze_url,
-            "braze_api_key": self.braze_api_key,
-            "egress_proxy": self.egress,
             **(self.dispatcher_settings or {}),
             **extra,
         }

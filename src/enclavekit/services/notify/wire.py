@@ -56,7 +56,8 @@ class _Strict(BaseModel):
 
 
 class BrazeConfig(_Strict):
-    """Where and how the enclave delivers. ``api_key`` arrives over the attested session and stays inside."""
+    """How the enclave's provider client delivers; built inside the enclave from its measured configuration and
+    the API key it decrypted (never received from the host)."""
 
     api_key: str = Field(min_length=1, max_length=256, repr=False)
     base_url: str = Field(default="https://rest.iad-01.braze.com", max_length=512, pattern=r"^https?://")
@@ -70,13 +71,17 @@ class BrazeConfig(_Strict):
 
 
 class Initialize(_Strict):
-    braze: BrazeConfig
+    """No fields: the provider is fixed by the enclave's measured configuration. A request that carries one (the
+    old ``{"braze": {...}}``, or a replay of it) is refused as an unknown field."""
 
 
 class Initialized(_Strict):
     initialized: bool
+    """True when the measured configuration is loaded (the API key decrypted, the provider ready)."""
     public_key: str
     track: str | None
+    config_sha256: str | None = None
+    """SHA-256 of the measured configuration file, None when the enclave has none."""
 
 
 class HealthCheckRequest(_Strict):
