@@ -41,6 +41,7 @@ from enclavekit.services.vault.keys import (
 )
 from enclavekit.services.vault.objects import ObjectStore, check_user
 from enclavekit.services.vault.sealing import Sealer
+from enclavekit.services.vault.state import VaultStore
 
 __all__ = ["HEADER_FORMAT", "Header", "Unlocked", "VaultCore", "header_key"]
 
@@ -202,14 +203,25 @@ class VaultCore:
             del self._warm[warm]
         logger.warning("vault of %s locked: guess limit reached, sealed material destroyed", user)
 
+    def store(self, unlocked: Unlocked) -> VaultStore:
+        """The state of an unlocked vault (objects under its ``state`` key, versions checked by the ledger)."""
+        return VaultStore(self.objects, self.ledger, unlocked.user, unlocked.keys.state, unlocked.entry)
+
     async def change_pin(self, user: str, pin: str, new_pin: str) -> Unlocked:
-        """Unlock with ``pin``, then switch to ``new_pin`` crash-safely: the new generation's header is written
-        before the ledger moves to it, and the old header is deleted only after."""
+        """Unlock with ``pin``, then switch to ``new_pin`` crash-safely: new material, header and re-encrypted state
+        of the next generation are written first; one ledger write makes them current; the old ones are deleted
+        after. A crash before the switch leaves the old PIN working and the new objects unused."""
         check_pin_format(new_pin)
         old = await self.unlock(user, pin)
         async with self.ledger.lock(user):
+            store = self.store(old)
+            old_index = await store.load()
             generation = old.entry.generation + 1
             keys = await self._write_header(user, new_pin, generation)
-            entry = await self.ledger.bump_generation(user, old.entry, generation=generation)
+            new_index, _ = await store.rekey(keys.state, generation)
+            entry = await self.ledger.switch_generation(
+                user, store.entry, generation=generation, version=new_index.version
+            )
             await self.objects.delete(header_key(user, old.entry.generation))
+            await store.forget_generation(old_index)
             return Unlocked(user, keys, entry)

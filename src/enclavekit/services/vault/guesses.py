@@ -262,9 +262,10 @@ class GuessLedger:
             user, known.merge(GuessEntry(generation=known.generation, version=version, limit=known.limit))
         )
 
-    async def bump_generation(self, user: str, known: GuessEntry, *, generation: int) -> GuessEntry:
-        """The PIN changed: ``generation`` is current (its header is already stored)."""
-        return await self._quorum(user, known.merge(GuessEntry(generation=generation, limit=known.limit)))
+    async def switch_generation(self, user: str, known: GuessEntry, *, generation: int, version: int) -> GuessEntry:
+        """The PIN changed: ``generation`` (its header and state already stored) and ``version`` are current."""
+        update = GuessEntry(generation=generation, version=version, limit=known.limit)
+        return await self._quorum(user, known.merge(update))
 
     async def lock_out(self, user: str, known: GuessEntry) -> GuessEntry:
         """The limit is reached: lock for good."""
