@@ -12,6 +12,7 @@ from enclavekit.cli import notify as _notify  # noqa: F401  (registers the comma
 from enclavekit.cli import nsm as _nsm  # noqa: F401  (registers the command)
 from enclavekit.cli import stack as _stack  # noqa: F401  (registers the commands)
 from enclavekit.cli import trust as _trust  # noqa: F401  (registers the commands)
+from enclavekit.cli import vault as _vault  # noqa: F401  (registers the commands)
 from enclavekit.cli import verify as _verify  # noqa: F401  (registers the command)
 from enclavekit.cli._app import app
 from enclavekit.errors import Error
