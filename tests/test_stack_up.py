@@ -28,7 +28,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, object]:
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 150) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -73,8 +73,8 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     assert services["nats"]["url"].startswith("nats://127.0.0.1:")
     assert services["kms"]["url"].startswith("http://127.0.0.1:")
     assert services["relay_demo"]["url"].startswith("tcp://127.0.0.1:")
-    assert [e["name"] for e in stack["enclaves"]] == ["demo", "notify"]  # type: ignore[attr-defined]
-    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "trust_web"):
+    assert [e["name"] for e in stack["enclaves"]] == ["demo", "vault", "notify"]  # type: ignore[attr-defined]
+    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "trust_web", "vault_bridge"):
         assert services[name]["url"], name
     for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
         assert set(enclave) >= {"name", "pid", "address", "pcr0"}

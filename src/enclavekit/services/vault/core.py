@@ -13,6 +13,7 @@ the ledger's: a header put back from before a PIN change is refused (:class:`Sta
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -48,6 +49,9 @@ __all__ = ["HEADER_FORMAT", "Header", "Unlocked", "VaultCore", "header_key"]
 logger = logging.getLogger(__name__)
 
 HEADER_FORMAT: Final = "enclavekit-vault-header"
+STRETCH_CONCURRENCY: Final = 2
+"""Argon2id runs at most this many at once (each holds its memory cost: 64 MiB), in threads, so the event loop
+— and the ledger's quorum calls — stay responsive under a burst of unlocks."""
 WARM_MATERIAL: Final = 1024
 """Unsealed materials kept in memory (saves a KMS round trip per unlock; never skips the PIN check)."""
 
@@ -125,6 +129,12 @@ class VaultCore:
     objects: ObjectStore
     argon2: Argon2Params = ARGON2
     _warm: OrderedDict[tuple[str, int, bytes], bytes] = field(default_factory=OrderedDict)
+    _stretch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STRETCH_CONCURRENCY))
+
+    async def _keys(self, pin: str, user: str, material: bytes, generation: int, params: Argon2Params) -> VaultKeys:
+        async with self._stretch_slots:
+            stretched = await asyncio.to_thread(stretch_pin, pin, user, material, params)
+        return derive_keys(stretched, material, user, generation)
 
     async def enroll(self, user: str, pin: str, limit: int = DEFAULT_GUESS_LIMIT) -> Unlocked:
         """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked)."""
@@ -142,7 +152,7 @@ class VaultCore:
 
     async def _write_header(self, user: str, pin: str, generation: int) -> VaultKeys:
         material, sealed = await self.sealer.seal(user, generation)
-        keys = derive_keys(stretch_pin(pin, user, material, self.argon2), material, user, generation)
+        keys = await self._keys(pin, user, material, generation, self.argon2)
         header = Header(user, generation, sealed, keys.pin_verifier(user, generation), self.argon2)
         await self.objects.put(header_key(user, generation), header.to_bytes())
         self._remember(user, generation, sealed, material)
@@ -184,7 +194,7 @@ class VaultCore:
             if material is None:
                 material = await self.sealer.unseal(user, header.generation, header.sealed)
                 self._remember(user, header.generation, header.sealed, material)
-            keys = derive_keys(stretch_pin(pin, user, material, header.argon2), material, user, header.generation)
+            keys = await self._keys(pin, user, material, header.generation, header.argon2)
             if keys.pin_matches(user, header.generation, header.verifier):
                 entry = await self.ledger.clear(user, attempt)
                 return Unlocked(user, keys, entry)

@@ -6,9 +6,9 @@
     root      = HKDF-SHA256(ikm = stretched ‖ material, salt = "enclavekit vault root v1", info = user ‖ generation)
     subkey(p) = HKDF-SHA256(ikm = root, salt = "enclavekit vault subkey v1", info = p)
 
-Purposes (:data:`PURPOSES`): ``state`` (XChaCha20-Poly1305 over stored objects), ``pin-check`` (HMAC-SHA256
-verifier of the PIN), ``audit`` (HMAC-SHA256 of the audit chain). One key per algorithm and purpose, never one
-key for several (the reference reused its DEK for AES-GCM, XChaCha20 and HMAC).
+Purposes (:data:`PURPOSES`): ``state`` (XChaCha20-Poly1305 over stored objects) and ``pin-check`` (HMAC-SHA256
+verifier of the PIN). One key per algorithm and purpose, never one key for several (the reference reused its DEK
+for AES-GCM, XChaCha20 and HMAC); a new purpose gets a new label.
 
 Neither input alone opens anything: the material is random (32 bytes), unsealed only inside the attested
 enclave, so the host holding every stored object cannot test PIN guesses offline; the PIN is only ever tried
@@ -46,7 +46,7 @@ __all__ = [
 
 MATERIAL_SIZE: Final = 32
 KEY_SIZE: Final = 32
-PURPOSES: Final = ("state", "pin-check", "audit")
+PURPOSES: Final = ("state", "pin-check")
 _PIN = re.compile(r"[0-9]{4,8}")
 
 
@@ -104,7 +104,6 @@ class VaultKeys:
 
     state: bytes = field(repr=False)
     pin_check: bytes = field(repr=False)
-    audit: bytes = field(repr=False)
 
     def pin_verifier(self, user: str, generation: int) -> bytes:
         """What the vault stores to recognise the right PIN: an HMAC, useless without the sealed material."""
@@ -121,4 +120,4 @@ def derive_keys(stretched: bytes, material: bytes, user: str, generation: int) -
         raise ValueError("stretched PIN and material must be 32 bytes each")
     root = _hkdf(stretched + material, b"enclavekit vault root v1", user.encode() + b"\x00" + str(generation).encode())
     subkeys = {purpose: _hkdf(root, b"enclavekit vault subkey v1", purpose.encode()) for purpose in PURPOSES}
-    return VaultKeys(state=subkeys["state"], pin_check=subkeys["pin-check"], audit=subkeys["audit"])
+    return VaultKeys(state=subkeys["state"], pin_check=subkeys["pin-check"])
