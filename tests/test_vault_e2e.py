@@ -28,6 +28,7 @@ from enclavekit.errors import Error
 from enclavekit.nsm import load_root
 from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.envelope import seal_request
+from enclavekit.services.vault.host import enclave_index
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_vault
 from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_vault, start_vault
 from enclavekit.services.vault.wire import MESSAGE, Message
@@ -63,17 +64,33 @@ class World:
         client._on_message = tap  # type: ignore[method-assign]
         return client
 
-    def enclave(self) -> AttestedClient:
-        """The host's own attested connection to the vault enclave (what the bridge holds)."""
+    def vault_names(self) -> list[str]:
+        return sorted(e["name"] for e in self.stack.enclaves if e["name"].startswith("vault"))
+
+    def serving(self, user: str) -> str:
+        """The name of the vault enclave the bridge sends ``user``'s messages to."""
+        names = self.vault_names()
+        return names[enclave_index(user, len(names))]
+
+    def enclave(self, user: str) -> AttestedClient:
+        """The host's own attested connection to ``user``'s vault enclave (what the bridge holds)."""
         policy = NitroPolicy(measurements=[{0: bytes.fromhex(self.local["pcr0"][0])}], roots=(load_root(self.state),))
-        return AttestedClient.nitro(self.stack.enclaves[0]["address"], policy)
+        address = next(e["address"] for e in self.stack.enclaves if e["name"] == self.serving(user))
+        return AttestedClient.nitro(address, policy)
+
+    async def restart(self, name: str) -> None:
+        """The host restarts one vault enclave process (its memory — keys, ledger replica — is gone)."""
+        old = next(p for p in self.stack.processes if p.name == f"enclave-{name}")
+        await old.stop()
+        self.stack.processes.remove(old)
+        await self.stack._process(old.name, old.argv).start()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
@@ -151,7 +168,7 @@ async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> No
         assert error.attempts_left == 9
         wrong = [data for subject, data in world.captured if subject == for_vault("carol", "secret.list")]
         good = [data for subject, data in world.captured if subject == for_vault("carol", "enroll")]
-        async with world.enclave() as enclave:  # the host replays straight to the enclave
+        async with world.enclave("carol") as enclave:  # the host replays straight to the enclave
             for data in wrong + good:
                 request = Message(user="carol", op=data and "secret.list", envelope=base64.b64encode(data).decode())
                 if data in good:
@@ -174,6 +191,45 @@ async def test_restoring_a_snapshot_of_the_objects_gets_no_extra_guess(world: Wo
         shutil.rmtree(objects / "vaults" / "dave")
         shutil.copytree(tmp_path / "dave", objects / "vaults" / "dave")  # sealed material back on disk
         assert (await _code(dave.list_secrets(pin="2580"))).remote_code == "vault_locked"
+
+
+async def _fresh_call(world: World, user: str, call: Any) -> Any:
+    """A new app connection after an enclave restart: the first attempts may meet the bridge's broken session."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        client = world.client(user)
+        client.timeout = 10
+        try:
+            async with client:
+                return await call(client)
+        except VaultError:
+            raise
+        except Error:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def test_restarting_vault_enclaves_grants_no_extra_guess(world: World) -> None:
+    async with world.client("henry") as henry:
+        await henry.enroll("3690")
+        for _ in range(3):
+            await _code(henry.list_secrets(pin="0000"))
+    for name in [world.serving("henry"), *[n for n in world.vault_names() if n != world.serving("henry")][:1]]:
+        await world.restart(name)  # the serving enclave, then another replica: never a majority at once
+
+        async def wrong(client: VaultClient) -> VaultError:
+            return await _code(client.list_secrets(pin="0001"))
+
+        error = await _fresh_call(world, "henry", wrong)
+        assert error.remote_code == "pin_invalid"
+        left = error.attempts_left
+    assert left == 5  # 3 guesses before, 2 after the restarts: every one counted
+
+    async def right(client: VaultClient) -> list[dict[str, Any]]:
+        return await client.list_secrets(pin="3690")
+
+    assert await _fresh_call(world, "henry", right) == []
 
 
 async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(world: World) -> None:
@@ -214,6 +270,24 @@ async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(worl
         )
         assert (await _code(erin.call("enroll", {"pin": "12"}))).remote_code == "pin_format"
         assert await erin.put_secret("still", b"alive", pin="4321") == 1  # nothing crashed, nothing lost
+
+
+async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attestation(world: World) -> None:
+    from enclavekit.nsm import NsmSimulator
+    from enclavekit.services.vault.guesses import GuessEntry
+    from enclavekit.services.vault.ledger_peers import merge_binding
+    from enclavekit.services.vault.wire import LEDGER_MERGE, LedgerMerge
+
+    entry = GuessEntry(generation=1, locked=True)  # the host would like to lock (or reset) alice's vault
+    other_image = NsmSimulator(world.state, app={"other.py": b"not the vault"})  # same CA, another PCR0
+    forged = other_image.client().attestation(user_data=merge_binding("alice", entry))
+    async with world.enclave("alice") as enclave:
+        for document in (b"garbage", forged):
+            request = LedgerMerge(user="alice", entry=entry.to_json(), document=base64.b64encode(document).decode())
+            with pytest.raises(Error, match="ledger_merge_refused"):
+                await enclave.call(LEDGER_MERGE, request)
+    async with world.client("alice") as alice:
+        assert await alice.list_secrets(pin="975310")  # not locked
 
 
 async def test_one_users_credentials_cannot_call_anothers_vault(world: World) -> None:

@@ -129,3 +129,10 @@ def test_entry_round_trips_and_limit_is_bounded() -> None:
     for bad in (0, 256):
         with pytest.raises(ValueError, match=r"1\.\.255"):
             check_guess_limit(bad)
+
+
+async def test_one_replica_listed_under_several_addresses_counts_once() -> None:
+    real = MemoryReplica()
+    ledger = GuessLedger([real, real, real, DownReplica(), DownReplica()], timeout=0.3)  # type: ignore[list-item]
+    with pytest.raises(LedgerUnavailable):
+        await ledger.read("alice")  # one enclave three times is not a majority of five

@@ -100,7 +100,7 @@ def _run_as_user(
 @vault_app.command("bridge")
 def bridge_command(
     nats_url: str = typer.Option(..., "--nats", help="NATS URL with the bridge's credentials."),
-    enclave: str = typer.Option(..., "--enclave", help="The vault enclave's address."),
+    enclave: list[str] = typer.Option(..., "--enclave", help="A vault enclave's address (repeatable)."),
     pcr0: list[str] = typer.Option(..., "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
     trust_sim_root: list[Path] = typer.Option([], "--trust-sim-root", help="Trust this state folder's simulator CA."),
 ) -> None:
@@ -115,7 +115,7 @@ def bridge_command(
     async def run() -> None:
         bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
         await bridge.start()
-        print(json.dumps({"ready": True, "enclave": enclave}), flush=True)
+        print(json.dumps({"ready": True, "enclaves": enclave}), flush=True)
         try:
             await asyncio.Event().wait()
         finally:

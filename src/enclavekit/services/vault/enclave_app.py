@@ -18,6 +18,7 @@ Settings (``enclave run --set``): ``kms_url`` (the KMS endpoint; AWS KMS's when 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -47,12 +48,26 @@ from enclavekit.services.vault.envelope import (
     open_request,
     seal_response,
 )
-from enclavekit.services.vault.errors import PinInvalid, VaultRejected
+from enclavekit.services.vault.errors import LedgerUnavailable, PinInvalid, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
+from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.secret_store import SecretStore
-from enclavekit.services.vault.wire import KEY, MESSAGE, Message, MessageReply, VaultKey, VaultKeyRequest
+from enclavekit.services.vault.wire import (
+    KEY,
+    LEDGER_MERGE,
+    LEDGER_SNAPSHOT,
+    MESSAGE,
+    LedgerEntry,
+    LedgerMerge,
+    LedgerSnapshot,
+    LedgerSnapshotRequest,
+    Message,
+    MessageReply,
+    VaultKey,
+    VaultKeyRequest,
+)
 
 __all__ = ["UnknownOp", "VaultEnclave", "app", "build_app", "check_key_policy"]
 
@@ -111,11 +126,16 @@ def _b64(text: Any, what: str) -> bytes:
 class VaultEnclave:
     """The vault enclave's state: its envelope key, its core, the replay guard, PIN-checked sessions."""
 
-    core_factory: Callable[[EnclaveContext], VaultCore] | None = None
+    core_factory: Callable[[EnclaveContext, GuessLedger], VaultCore] | None = None
     clock: Callable[[], float] = time.time
     core: VaultCore | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     sessions: OrderedDict[str, tuple[Unlocked, float]] = field(default_factory=OrderedDict)
+    replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
+    replica_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    peers: list[PeerReplica] = field(default_factory=list)
+    roots: tuple[bytes, ...] = ()
+    _catch_up: asyncio.Task[None] | None = None
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
 
@@ -125,13 +145,54 @@ class VaultEnclave:
 
     def attach(self, app: EnclaveApp) -> None:
         app.on_boot(self._boot)
+        app.on_serving(self._serving)
+        app.on_shutdown(self._shutdown)
         app.route(KEY)(self.key)
         app.route(MESSAGE)(self.message)
+        app.route(LEDGER_MERGE)(self.ledger_merge)
+        app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
 
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
-        self.core = (self.core_factory or _default_core)(context)
-        logger.info("vault enclave ready: envelope key %s", self.public_key.hex()[:16])
+        self.roots = _roots(context)
+        peers = [a for a in context.settings.get("ledger_peers", "").split(",") if a]
+
+        async def attest(user_data: bytes) -> bytes:
+            return await context.attest(user_data=user_data)
+
+        self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
+        if self.peers:
+            self.replica = GuessReplica(ready=False)  # until it caught up with a majority (or genesis)
+        self.core = (self.core_factory or _default_core)(context, self.ledger())
+        logger.info(
+            "vault enclave ready: envelope key %s, ledger of %d replicas", self.public_key.hex()[:16], len(peers) + 1
+        )
+
+    def ledger(self) -> GuessLedger:
+        own = MemoryReplica(self.replica, identity=self.replica_id)
+        return GuessLedger([own, *self.peers])
+
+    async def _serving(self, context: EnclaveContext) -> None:
+        if self.peers:
+            self._catch_up = asyncio.create_task(catch_up(self.replica, self.peers, own_identity=self.replica_id))
+
+    async def _shutdown(self, context: EnclaveContext) -> None:
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+        for peer in self.peers:
+            await peer.close()
+
+    async def ledger_merge(self, request: LedgerMerge, call: CallContext) -> LedgerEntry:
+        assert self._context is not None
+        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots)
+        merged = self.replica.merge(request.user, entry)
+        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
+
+    async def ledger_snapshot(self, request: LedgerSnapshotRequest, call: CallContext) -> LedgerSnapshot:
+        if not self.replica.ready:
+            raise LedgerUnavailable("this ledger replica has not caught up yet")
+        entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
+        return LedgerSnapshot(entries=entries, replica=self.replica_id)
 
     async def key(self, request: VaultKeyRequest, call: CallContext) -> VaultKey:
         assert self._context is not None
@@ -241,7 +302,18 @@ class VaultEnclave:
         return {"records": records, "head": head, "session": session}
 
 
-def _default_core(context: EnclaveContext) -> VaultCore:
+def _roots(context: EnclaveContext) -> tuple[bytes, ...]:
+    """Roots for peers' attestation: AWS's, plus this stack's simulator CA when ``trust_sim_root`` names it."""
+    from enclavekit.attestation.roots import aws_nitro_root
+    from enclavekit.nsm import load_root
+
+    roots = [aws_nitro_root()]
+    if context.settings.get("trust_sim_root"):
+        roots.append(load_root(context.settings["trust_sim_root"]))
+    return tuple(roots)
+
+
+def _default_core(context: EnclaveContext, ledger: GuessLedger) -> VaultCore:
     settings = context.settings
     key_id = settings.get("kms_key_id")
     if not key_id:
@@ -257,7 +329,6 @@ def _default_core(context: EnclaveContext) -> VaultCore:
     objects = DirectoryObjectStore(context.state_dir / "vault" / "objects")
     if settings.get("objects"):
         objects = DirectoryObjectStore(Path(settings["objects"]))
-    ledger = GuessLedger([MemoryReplica(GuessReplica(ready=True))])  # this enclave alone: see docs/vault.md
     return VaultCore(ledger, KmsSealer(kms, key_id), objects)
 
 

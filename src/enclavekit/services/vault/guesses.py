@@ -174,6 +174,7 @@ class MemoryReplica:
     """A :class:`Replica` over a :class:`GuessReplica` in this process (tests, and the local member itself)."""
 
     replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
+    identity: str = field(default_factory=lambda: secrets.token_hex(8))
 
     async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
         return self.replica.merge(user, entry)
@@ -210,7 +211,7 @@ class GuessLedger:
         return self._locks.setdefault(user, asyncio.Lock())
 
     async def _quorum(self, user: str, entry: GuessEntry) -> GuessEntry:
-        tasks = [asyncio.ensure_future(replica.merge(user, entry)) for replica in self.replicas]
+        tasks = {asyncio.ensure_future(replica.merge(user, entry)): replica for replica in self.replicas}
         merged = entry
         answered = 0
         try:
@@ -219,7 +220,7 @@ class GuessLedger:
                     merged = merged.merge(await next_done)
                 except (TimeoutError, LedgerUnavailable, OSError, ValueError):  # an absent or broken replica
                     continue
-                answered += 1
+                answered = self._count(tasks)
                 if answered >= self.majority:
                     return merged
         finally:
@@ -227,6 +228,20 @@ class GuessLedger:
                 if not task.done():
                     task.cancel()
         raise LedgerUnavailable(f"{answered} of {len(self.replicas)} ledger replicas answered; need {self.majority}")
+
+    @staticmethod
+    def _count(tasks: Mapping[asyncio.Task[GuessEntry], Replica]) -> int:
+        """Distinct replicas that answered: one boot identity counts once, however many addresses name it."""
+        seen: set[str] = set()
+        answered = 0
+        for task, replica in tasks.items():
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                continue
+            identity = getattr(replica, "identity", None) or f"anonymous-{id(replica)}"
+            if identity not in seen:
+                seen.add(identity)
+                answered += 1
+        return answered
 
     async def read(self, user: str) -> GuessEntry:
         """What a majority knows about ``user`` (written back to them, so the next read sees no less)."""

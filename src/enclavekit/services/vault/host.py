@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -30,11 +31,16 @@ from enclavekit.services.vault.envelope import MAX_ENVELOPE
 from enclavekit.services.vault.nats_auth import for_app
 from enclavekit.services.vault.wire import KEY, MESSAGE, Message, VaultKeyRequest
 
-__all__ = ["VaultBridge", "parse_subject"]
+__all__ = ["VaultBridge", "enclave_index", "parse_subject"]
 
 logger = logging.getLogger(__name__)
 
 CONCURRENCY: Final = 64
+
+
+def enclave_index(user: str, enclaves: int) -> int:
+    """Which of ``enclaves`` vault enclaves serves ``user``."""
+    return hashlib.sha256(user.encode()).digest()[0] % enclaves
 
 
 def parse_subject(subject: str) -> tuple[str, str] | None:
@@ -48,21 +54,21 @@ def parse_subject(subject: str) -> tuple[str, str] | None:
 @dataclass
 class VaultBridge:
     nats_url: str
-    enclave: str
+    enclaves: Sequence[str]
     pcr0: Sequence[bytes]
     roots: Sequence[bytes]
     _nc: Nats | None = None
-    _client: AttestedClient | None = None
+    _clients: list[AttestedClient] = field(default_factory=list)
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     handled: int = 0
 
     async def start(self) -> None:
         policy = NitroPolicy(measurements=[{0: p} for p in self.pcr0], roots=tuple(self.roots))
-        self._client = AttestedClient.nitro(
-            self.enclave, policy, options=ClientOptions(connect_timeout=5, default_timeout=60, max_in_flight=256)
-        )
-        await self._client.connect()
+        options = ClientOptions(connect_timeout=5, default_timeout=60, max_in_flight=256)
+        self._clients = [AttestedClient.nitro(address, policy, options=options) for address in self.enclaves]
+        for client in self._clients:
+            await client.connect()
         self._nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
         await self._nc.subscribe("OwnerSpace.*.forVault.>", cb=self._on_message)
         await self._nc.flush()
@@ -72,8 +78,12 @@ class VaultBridge:
             task.cancel()
         if self._nc is not None:
             await self._nc.drain()
-        if self._client is not None:
-            await self._client.close()
+        for client in self._clients:
+            await client.close()
+
+    def client_for(self, user: str) -> AttestedClient:
+        """Each user is served by one enclave (its envelope key is that enclave's); the ledger spans them all."""
+        return self._clients[enclave_index(user, len(self._clients))]
 
     async def _on_message(self, msg: Msg) -> None:
         task = asyncio.ensure_future(self._handle(msg))
@@ -81,18 +91,19 @@ class VaultBridge:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg) -> None:
-        assert self._nc is not None and self._client is not None
+        assert self._nc is not None and self._clients
         started = time.perf_counter()
         parsed = parse_subject(msg.subject)
         if parsed is None:
             return
         user, op = parsed
+        enclave = self.client_for(user)
         outcome = "relayed"
         async with self._slots:
             try:
                 if op == "key":
                     nonce = json.loads(msg.data).get("nonce")
-                    answer = await self._client.call(KEY, VaultKeyRequest(nonce=nonce))
+                    answer = await enclave.call(KEY, VaultKeyRequest(nonce=nonce))
                     body = json.dumps({"nonce": nonce, "document": answer.document, "public_key": answer.public_key})
                     await self._nc.publish(for_app(user, "key"), body.encode())
                     return
@@ -103,7 +114,7 @@ class VaultBridge:
                     await self._nc.publish(for_app(user, op), b"", headers={**headers, "Vault-Error": outcome})
                     return
                 try:
-                    reply = await self._client.call(
+                    reply = await enclave.call(
                         MESSAGE, Message(user=user, op=op, envelope=base64.b64encode(msg.data).decode())
                     )
                 except Error as exc:

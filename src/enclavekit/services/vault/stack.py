@@ -9,6 +9,7 @@ root to verify its attestation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -96,17 +97,29 @@ def prepare_vault(stack: Stack) -> None:
     stack.nats_includes.append(render(stack.state.root))
 
 
-async def start_vault(stack: Stack) -> None:
+async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
+    """Start ``replicas`` vault enclaves (``vault-1``.., or ``vault`` alone), each holding a replica of the guess
+    ledger and reaching the others by attestation, and the host bridge in front of them."""
     state = stack.state.root
     kms_url = stack.services.get("kms", {}).get("url")
     if kms_url is None:
         raise RuntimeError("start the KMS emulator before the vault")
     pcr0 = expected_pcr0(state)
     key_id = _kms_key(state, kms_url, pcr0)
-    settings = ("--set", f"kms_url={kms_url}", "--set", f"kms_key_id={key_id}")
-    enclave = await stack.start_enclave(EnclaveSpec("vault", ENCLAVE_APP, settings))
-    if enclave["pcr0"] != pcr0:
-        raise RuntimeError(f"the vault enclave booted with PCR0 {enclave['pcr0']}, not the expected {pcr0}")
+    names = [f"vault-{i}" for i in range(1, replicas + 1)] if replicas > 1 else ["vault"]
+    sockets = {name: f"unix://{stack.state.run / (name + '.sock')}" for name in names}
+
+    async def start(name: str) -> str:
+        peers = ",".join(address for other, address in sockets.items() if other != name)
+        settings = ["--set", f"kms_url={kms_url}", "--set", f"kms_key_id={key_id}", "--set", f"trust_sim_root={state}"]
+        if peers:
+            settings += ["--set", f"ledger_peers={peers}"]
+        enclave = await stack.start_enclave(EnclaveSpec(name, ENCLAVE_APP, tuple(settings)))
+        if enclave["pcr0"] != pcr0:
+            raise RuntimeError(f"the vault enclave booted with PCR0 {enclave['pcr0']}, not the expected {pcr0}")
+        return str(enclave["address"])
+
+    addresses = list(await asyncio.gather(*(start(name) for name in names)))  # together: they catch up on each other
     nats_url = stack.services["nats"]["url"]
     bridge_url = credentials(state, BRIDGE_USER).url(nats_url)
     await stack.start_service(
@@ -117,8 +130,7 @@ async def start_vault(stack: Stack) -> None:
                 "bridge",
                 "--nats",
                 bridge_url,
-                "--enclave",
-                enclave["address"],
+                *[arg for address in addresses for arg in ("--enclave", address)],
                 "--pcr0",
                 pcr0,
                 "--trust-sim-root",

@@ -8,7 +8,7 @@ Only an envelope that does not open at all is answered with an RPC error (``enve
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
@@ -17,8 +17,14 @@ from enclavekit.services.vault.envelope import MAX_ENVELOPE
 
 __all__ = [
     "KEY",
+    "LEDGER_MERGE",
+    "LEDGER_SNAPSHOT",
     "MESSAGE",
     "OPS",
+    "LedgerEntry",
+    "LedgerMerge",
+    "LedgerSnapshot",
+    "LedgerSnapshotRequest",
     "Message",
     "MessageReply",
     "VaultKey",
@@ -55,5 +61,30 @@ class VaultKey(BaseModel):
     public_key: str
 
 
+class LedgerMerge(BaseModel):
+    """A coordinator's entry for ``user``, with its attestation document binding it (see ``ledger_peers``)."""
+
+    model_config = {"extra": "forbid"}
+    user: str = Field(pattern=_USER_PATTERN)
+    entry: dict[str, Any]
+    document: str = Field(max_length=24 * 1024)
+
+
+class LedgerEntry(BaseModel):
+    entry: dict[str, Any]
+    replica: str
+
+
+class LedgerSnapshotRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class LedgerSnapshot(BaseModel):
+    entries: dict[str, dict[str, Any]]
+    replica: str
+
+
 MESSAGE = Route("vault.message", Message, MessageReply)
+LEDGER_MERGE = Route("vault.ledger.merge", LedgerMerge, LedgerEntry)
+LEDGER_SNAPSHOT = Route("vault.ledger.snapshot", LedgerSnapshotRequest, LedgerSnapshot)
 KEY = Route("vault.key", VaultKeyRequest, VaultKey)
