@@ -135,3 +135,17 @@ async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorl
 async def test_unknown_user_is_not_enrolled(world: VaultWorld) -> None:
     with pytest.raises(NotEnrolled):
         await world.enclave().unlock("nobody", "1234")
+
+
+async def test_trying_all_ten_thousand_four_digit_pins_recovers_nothing(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "0042")  # the right PIN comes 43rd: after the limit
+    outcomes: dict[str, int] = {}
+    for n in range(10_000):
+        try:
+            await core.unlock("alice", f"{n:04d}")
+            outcomes["opened"] = outcomes.get("opened", 0) + 1
+        except (PinInvalid, VaultLocked) as exc:
+            outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+    assert outcomes == {"pin_invalid": 9, "vault_locked": 9_991}
+    assert (await world.enclave().ledger.read("alice")).locked
