@@ -159,6 +159,7 @@ async def test_wrong_pin_never_opens_a_warm_vault_and_ten_guesses_lock(world: Wo
             lefts.append((error.remote_code, error.attempts_left))
         assert lefts == [("pin_invalid", n) for n in range(9, 0, -1)] + [("vault_locked", None)]
         assert (await _code(bob.list_secrets(pin="8642"))).remote_code == "vault_locked"
+        assert (await _code(bob.get_secret("k"))).remote_code == "vault_locked"  # its open session ended too
 
 
 async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> None:

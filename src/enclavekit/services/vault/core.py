@@ -129,6 +129,8 @@ class VaultCore:
     objects: ObjectStore
     argon2: Argon2Params = ARGON2
     _warm: OrderedDict[tuple[str, int, bytes], bytes] = field(default_factory=OrderedDict)
+    locked_here: set[str] = field(default_factory=set)
+    """Users this enclave locked (its sessions for them end at once; another enclave's lock ends them on expiry)."""
     _stretch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STRETCH_CONCURRENCY))
 
     async def _keys(self, pin: str, user: str, material: bytes, generation: int, params: Argon2Params) -> VaultKeys:
@@ -205,6 +207,7 @@ class VaultCore:
             raise PinInvalid(f"wrong PIN; {left} attempts left", attempts_left=left)
 
     async def _lock(self, user: str, entry: GuessEntry) -> None:
+        self.locked_here.add(user)
         await self.ledger.lock_out(user, entry)
         for key in await self.objects.list(f"vaults/{user}/"):
             if key.rsplit("/", 1)[-1].startswith("header."):

@@ -48,7 +48,7 @@ from enclavekit.services.vault.envelope import (
     open_request,
     seal_response,
 )
-from enclavekit.services.vault.errors import LedgerUnavailable, PinInvalid, VaultRejected
+from enclavekit.services.vault.errors import LedgerUnavailable, PinInvalid, VaultLocked, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
@@ -173,8 +173,10 @@ class VaultEnclave:
         return GuessLedger([own, *self.peers])
 
     async def _serving(self, context: EnclaveContext) -> None:
+        """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
         if self.peers:
             self._catch_up = asyncio.create_task(catch_up(self.replica, self.peers, own_identity=self.replica_id))
+            await asyncio.shield(self._catch_up)
 
     async def _shutdown(self, context: EnclaveContext) -> None:
         if self._catch_up is not None:
@@ -247,6 +249,8 @@ class VaultEnclave:
         held = self.sessions.get(token) if isinstance(token, str) else None
         if held is None or held[0].user != user or held[1] < self.clock():
             raise SessionInvalid("no such session (or it expired): send the PIN")
+        if user in self.core.locked_here:
+            raise VaultLocked(f"{user}'s vault is locked")
         return held[0], False
 
     async def _dispatch(self, user: str, op: str, payload: dict[str, Any]) -> dict[str, Any]:

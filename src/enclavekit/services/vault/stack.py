@@ -117,6 +117,7 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
         enclave = await stack.start_enclave(EnclaveSpec(name, ENCLAVE_APP, tuple(settings)))
         if enclave["pcr0"] != pcr0:
             raise RuntimeError(f"the vault enclave booted with PCR0 {enclave['pcr0']}, not the expected {pcr0}")
+        await stack.start_relay(name, enclave["address"])  # its attestation endpoint: the trust app verifies it
         return str(enclave["address"])
 
     addresses = list(await asyncio.gather(*(start(name) for name in names)))  # together: they catch up on each other
