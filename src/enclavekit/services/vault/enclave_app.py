@@ -38,7 +38,7 @@ from enclavekit.enclave.app import EnclaveApp
 from enclavekit.enclave.runtime import EnclaveContext
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.client import KmsClient
-from enclavekit.kms.policy import KeyPolicy, RequestContext
+from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.envelope import (
@@ -97,19 +97,34 @@ class PinRequired(VaultRejected):
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
-    """Refuse a KMS key whose policy would release vault material to anything but this image (PCR0)."""
+    """Refuse a KMS key whose policy could release vault material to anything but this image (PCR0), or could be
+    changed: every statement allowing Decrypt or GenerateDataKey must require exactly this PCR0 (image SHA-384 or
+    PCR0, equality), and none may allow PutKeyPolicy."""
     policy = KeyPolicy.from_json(policy_text)
+    own = pcr0.hex().casefold()
+    for statement in policy.statements:
+        if statement.effect != "Allow":
+            continue
+        if statement.applies_to("kms:PutKeyPolicy"):
+            raise ConfigurationError(f"the vault's KMS key allows kms:PutKeyPolicy ({statement.label}): refused")
+        if not (statement.applies_to("kms:Decrypt") or statement.applies_to("kms:GenerateDataKey")):
+            continue
+        pinned = [
+            c
+            for c in statement.conditions
+            if c.key in (f"{ATTESTATION_PREFIX}imagesha384", f"{ATTESTATION_PREFIX}pcr0")
+            and c.operator in ("StringEquals", "StringEqualsIgnoreCase")
+            and not c.if_exists
+            and c.values
+            and all(v.casefold() == own for v in c.values)
+        ]
+        if not pinned:
+            raise ConfigurationError(
+                f"the vault's KMS key releases material beyond this enclave image ({statement.label}): refused"
+            )
     context = encryption_context(user, 1)
-    for action in ("kms:Decrypt", "kms:GenerateDataKey", "kms:PutKeyPolicy"):
-        for who in (
-            RequestContext.build(encryption_context=context),
-            RequestContext.build(pcrs={0: bytes(48)}, encryption_context=context),
-        ):
-            if policy.evaluate(action, who).allowed:
-                raise ConfigurationError(f"the vault's KMS key allows {action} beyond this enclave image: refused")
-    if not policy.evaluate(
-        "kms:GenerateDataKey", RequestContext.build(pcrs={0: pcr0}, encryption_context=context)
-    ).allowed:
+    allowed = RequestContext.build(pcrs={0: pcr0}, encryption_context=context)
+    if not policy.evaluate("kms:GenerateDataKey", allowed).allowed:
         raise ConfigurationError("the vault's KMS key does not release data keys to this enclave image")
 
 
