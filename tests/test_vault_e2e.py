@@ -355,3 +355,6 @@ async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: 
     for name, data in haystacks:
         for needle in needles:
             assert needle not in data, f"{needle!r} found in {name}"
+    for log in (world.state / "logs").glob("*.log"):  # nor whether a guess was right: that is inside the envelope
+        text = log.read_bytes()
+        assert b"pin_invalid" not in text and b"vault_locked" not in text, log
