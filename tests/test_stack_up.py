@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 100) -> dict[str, object]:
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 150) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -74,8 +74,10 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     assert services["nats"]["url"].startswith("nats://127.0.0.1:")
     assert services["kms"]["url"].startswith("http://127.0.0.1:")
     assert services["relay_demo"]["url"].startswith("tcp://127.0.0.1:")
-    assert [e["name"] for e in stack["enclaves"]] == ["demo", "notify", "inference"]  # type: ignore[attr-defined]
-    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "inference_gateway", "trust_web"):
+    names = [e["name"] for e in stack["enclaves"]]  # type: ignore[attr-defined]
+    assert names[0] == "demo" and sorted(names[1:4]) == ["vault-1", "vault-2", "vault-3"]
+    assert names[4:] == ["notify", "inference"]
+    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "inference_gateway", "trust_web", "vault_bridge"):
         assert services[name]["url"], name
     for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
         assert set(enclave) >= {"name", "app", "pid", "address", "pcr0"}

@@ -151,6 +151,14 @@ class KmsClient:
             raise KmsRejected(f"GenerateRandom released {len(random)} bytes, not the {number_of_bytes} asked for")
         return random
 
+    def get_key_policy(self, key_id: str) -> str:
+        """The key policy document of ``key_id`` (JSON text), for an enclave that checks what KMS would release."""
+        response = self.endpoint.call("GetKeyPolicy", {"KeyId": key_id, "PolicyName": "default"})
+        policy = response.get("Policy")
+        if not isinstance(policy, str):
+            raise KmsRejected("GetKeyPolicy answered without a Policy document")
+        return policy
+
     def _open(self, response: Mapping[str, Any], operation: str) -> bytes:
         if response.get("Plaintext") is not None:
             raise PlaintextReturned(

@@ -6,6 +6,7 @@ import json
 
 from enclavekit.services.inference.stack import start_inference
 from enclavekit.services.notify.stack import start_notify
+from enclavekit.services.vault.stack import prepare_vault, start_vault
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVES", "start_default"]
@@ -64,11 +65,13 @@ once, and every enclave of ``stack.json`` when that appears."""
 
 
 async def start_default(stack: Stack) -> None:
+    prepare_vault(stack)  # before NATS: per-user authorization for the vault's subjects
     await stack.start_nats()
     for spec in ENCLAVES:
         enclave = await stack.start_enclave(spec)
         await stack.start_relay(spec.name, enclave["address"])
     await stack.start_service(KMS)  # after the enclaves: the simulator's root exists by now
+    await start_vault(stack)  # the vault enclave (KMS key bound to its PCR0) and its NATS bridge
     await start_notify(stack)  # stand-ins, egress proxy, notify enclave and relay, API, ingest, dispatcher
     await start_inference(stack)  # model packaged once into the state folder, enclave, relay, gateway
     await stack.start_service(TRUST_WEB)  # after the enclaves and their relays: it registers them

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -87,6 +88,8 @@ class Stack:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each process's entry in ``stack.json`` (by process name), updated in place when it restarts."""
+    nats_includes: list[Path] = field(default_factory=list)
+    """NATS configuration files (e.g. a service's accounts and users) the server includes; set before start_nats."""
 
     def _process(self, name: str, argv: Sequence[str], **kwargs: Any) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.state.logs, **kwargs)
@@ -96,6 +99,11 @@ class Stack:
     async def start_nats(self) -> str:
         port = free_port(self.host)
         argv = [nats_server_binary(), "-a", self.host, "-p", str(port), "-js", "-sd", str(self.state.nats)]
+        if self.nats_includes:
+            config = self.state.root / "nats.conf"
+            relative = [os.path.relpath(p.resolve(), config.parent.resolve()) for p in self.nats_includes]
+            config.write_text("".join(f"include {json.dumps(p)}\n" for p in relative))  # relative to this file
+            argv += ["-c", str(config)]
         process = self._process("nats", argv, ready_port=(self.host, port))
         await process.start()
         url = f"nats://{self.host}:{port}"

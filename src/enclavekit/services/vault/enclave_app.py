@@ -1,0 +1,363 @@
+"""The vault enclave: the only code that sees PINs, material, keys and secrets.
+
+Routes (called by the host bridge, :mod:`~enclavekit.services.vault.host`): ``vault.key`` — an attestation
+document binding the vault's X25519 envelope key (it leaks nothing: a public key); ``vault.message`` — an opaque
+envelope in, an opaque envelope out (:mod:`~enclavekit.services.vault.envelope`): the host learns neither the
+operation's data nor its outcome.
+
+Inside an envelope: ``enroll`` ``{pin, limit?}``, ``secret.put`` ``{pin|session, name, value (base64), critical?}``,
+``secret.get`` ``{pin|session, name, version?}`` (a critical secret needs ``pin``, every time),
+``secret.list`` ``{pin|session}``, ``pin.change`` ``{pin, new_pin}``, ``audit.get`` ``{pin|session}``. A
+successful PIN check returns a ``session`` (5 minutes, memory only). Answers are ``{"ok": {...}}`` or
+``{"error": {"code", "message", "attempts_left"?}}``.
+
+Settings (``enclave run --set``): ``kms_url`` (the KMS endpoint; AWS KMS's when absent), ``kms_region``,
+``kms_key_id`` (a key whose policy releases only to this image: checked at boot, refused otherwise),
+``objects`` (default ``STATE/vault/objects``). The key id should be measured configuration (see ``docs/vault.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from nacl.bindings import crypto_scalarmult_base
+
+from enclavekit.enclave.app import EnclaveApp
+from enclavekit.enclave.runtime import EnclaveContext
+from enclavekit.errors import ConfigurationError, Error
+from enclavekit.kms.client import KmsClient
+from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
+from enclavekit.rpc import CallContext
+from enclavekit.services.vault.core import Unlocked, VaultCore
+from enclavekit.services.vault.envelope import (
+    EnvelopeInvalid,
+    OpenedRequest,
+    ReplayGuard,
+    open_request,
+    seal_response,
+)
+from enclavekit.services.vault.errors import LedgerUnavailable, PinInvalid, VaultLocked, VaultRejected
+from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
+from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
+from enclavekit.services.vault.objects import DirectoryObjectStore
+from enclavekit.services.vault.sealing import KmsSealer, encryption_context
+from enclavekit.services.vault.secret_store import SecretStore
+from enclavekit.services.vault.wire import (
+    KEY,
+    LEDGER_MERGE,
+    LEDGER_SNAPSHOT,
+    MESSAGE,
+    LedgerEntry,
+    LedgerMerge,
+    LedgerSnapshot,
+    LedgerSnapshotRequest,
+    Message,
+    MessageReply,
+    VaultKey,
+    VaultKeyRequest,
+)
+
+__all__ = ["UnknownOp", "VaultEnclave", "app", "build_app", "check_key_policy"]
+
+logger = logging.getLogger(__name__)
+
+SESSION_TTL: Final = 300.0
+MAX_SESSIONS: Final = 10_000
+MAX_PAYLOAD: Final = 96 * 1024
+
+
+class UnknownOp(VaultRejected):
+    code = "unknown_op"
+
+
+class BadPayload(VaultRejected):
+    code = "bad_payload"
+
+
+class SessionInvalid(VaultRejected):
+    code = "session_invalid"
+
+
+class PinRequired(VaultRejected):
+    """A critical secret is read with the PIN, every time; a session is not enough."""
+
+    code = "pin_required"
+
+
+def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
+    """Refuse a KMS key whose policy could release vault material to anything but this image (PCR0), or could be
+    changed: every statement allowing Decrypt or GenerateDataKey must require exactly this PCR0 (image SHA-384 or
+    PCR0, equality), and none may allow PutKeyPolicy."""
+    policy = KeyPolicy.from_json(policy_text)
+    own = pcr0.hex().casefold()
+    for statement in policy.statements:
+        if statement.effect != "Allow":
+            continue
+        if statement.applies_to("kms:PutKeyPolicy"):
+            raise ConfigurationError(f"the vault's KMS key allows kms:PutKeyPolicy ({statement.label}): refused")
+        if not (statement.applies_to("kms:Decrypt") or statement.applies_to("kms:GenerateDataKey")):
+            continue
+        pinned = [
+            c
+            for c in statement.conditions
+            if c.key in (f"{ATTESTATION_PREFIX}imagesha384", f"{ATTESTATION_PREFIX}pcr0")
+            and c.operator in ("StringEquals", "StringEqualsIgnoreCase")
+            and not c.if_exists
+            and c.values
+            and all(v.casefold() == own for v in c.values)
+        ]
+        if not pinned:
+            raise ConfigurationError(
+                f"the vault's KMS key releases material beyond this enclave image ({statement.label}): refused"
+            )
+    context = encryption_context(user, 1)
+    allowed = RequestContext.build(pcrs={0: pcr0}, encryption_context=context)
+    if not policy.evaluate("kms:GenerateDataKey", allowed).allowed:
+        raise ConfigurationError("the vault's KMS key does not release data keys to this enclave image")
+
+
+def _b64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise BadPayload(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadPayload(f"{what} is not base64") from exc
+
+
+@dataclass
+class VaultEnclave:
+    """The vault enclave's state: its envelope key, its core, the replay guard, PIN-checked sessions."""
+
+    core_factory: Callable[[EnclaveContext, GuessLedger], VaultCore] | None = None
+    clock: Callable[[], float] = time.time
+    core: VaultCore | None = None
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+    sessions: OrderedDict[str, tuple[Unlocked, float]] = field(default_factory=OrderedDict)
+    replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
+    replica_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    peers: list[PeerReplica] = field(default_factory=list)
+    roots: tuple[bytes, ...] = ()
+    _catch_up: asyncio.Task[None] | None = None
+    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    _context: EnclaveContext | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        return crypto_scalarmult_base(self._secret)
+
+    def attach(self, app: EnclaveApp) -> None:
+        app.on_boot(self._boot)
+        app.on_serving(self._serving)
+        app.on_shutdown(self._shutdown)
+        app.route(KEY)(self.key)
+        app.route(MESSAGE)(self.message)
+        app.route(LEDGER_MERGE)(self.ledger_merge)
+        app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
+
+    async def _boot(self, context: EnclaveContext) -> None:
+        self._context = context
+        self.roots = _roots(context)
+        peers = [a for a in context.settings.get("ledger_peers", "").split(",") if a]
+
+        async def attest(user_data: bytes) -> bytes:
+            return await context.attest(user_data=user_data)
+
+        self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
+        if self.peers:
+            self.replica = GuessReplica(ready=False)  # until it caught up with a majority (or genesis)
+        self.core = (self.core_factory or _default_core)(context, self.ledger())
+        logger.info(
+            "vault enclave ready: envelope key %s, ledger of %d replicas", self.public_key.hex()[:16], len(peers) + 1
+        )
+
+    def ledger(self) -> GuessLedger:
+        own = MemoryReplica(self.replica, identity=self.replica_id)
+        return GuessLedger([own, *self.peers])
+
+    async def _serving(self, context: EnclaveContext) -> None:
+        """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
+        if self.peers:
+            self._catch_up = asyncio.create_task(catch_up(self.replica, self.peers, own_identity=self.replica_id))
+            await asyncio.shield(self._catch_up)
+
+    async def _shutdown(self, context: EnclaveContext) -> None:
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+        for peer in self.peers:
+            await peer.close()
+
+    async def ledger_merge(self, request: LedgerMerge, call: CallContext) -> LedgerEntry:
+        assert self._context is not None
+        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots)
+        merged = self.replica.merge(request.user, entry)
+        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
+
+    async def ledger_snapshot(self, request: LedgerSnapshotRequest, call: CallContext) -> LedgerSnapshot:
+        if not self.replica.ready:
+            raise LedgerUnavailable("this ledger replica has not caught up yet")
+        entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
+        return LedgerSnapshot(entries=entries, replica=self.replica_id)
+
+    async def key(self, request: VaultKeyRequest, call: CallContext) -> VaultKey:
+        assert self._context is not None
+        nonce = bytes.fromhex(request.nonce) if request.nonce else None
+        document = await self._context.attest(nonce=nonce, public_key=self.public_key)
+        return VaultKey(document=base64.b64encode(document).decode(), public_key=self.public_key.hex())
+
+    async def message(self, request: Message, call: CallContext) -> MessageReply:
+        try:
+            data = base64.b64decode(request.envelope, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EnvelopeInvalid("envelope is not base64") from exc
+        opened = open_request(self._secret, data)
+        if opened.user != request.user or opened.op != request.op:
+            raise EnvelopeInvalid("the envelope names another user or operation than its subject")
+        self.guard.check(opened.message_id, opened.timestamp, now=self.clock())
+        answer = await self._answer(opened)
+        return MessageReply(envelope=base64.b64encode(seal_response(opened, answer)).decode())
+
+    async def _answer(self, opened: OpenedRequest) -> bytes:
+        try:
+            if len(opened.payload) > MAX_PAYLOAD:
+                raise BadPayload("payload too large")
+            try:
+                payload = json.loads(opened.payload)
+            except ValueError as exc:
+                raise BadPayload("payload is not JSON") from exc
+            if not isinstance(payload, dict):
+                raise BadPayload("payload is not a JSON object")
+            result = await self._dispatch(opened.user, opened.op, payload)
+            body: dict[str, Any] = {"ok": result}
+        except PinInvalid as exc:
+            body = {"error": {"code": exc.code, "message": exc.message, "attempts_left": exc.attempts_left}}
+        except Error as exc:
+            body = {"error": exc.to_json()}
+        # The outcome (a wrong PIN, a lock) is the user's business: it travels only inside the response envelope,
+        # and enclave logs are host-visible in the simulator (and on a debug-mode Nitro console).
+        logger.debug("vault op %s answered", opened.op)
+        return json.dumps(body).encode()
+
+    def _session(self, unlocked: Unlocked) -> str:
+        token = secrets.token_hex(32)
+        self.sessions[token] = (unlocked, self.clock() + SESSION_TTL)
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        return token
+
+    async def _unlocked(self, user: str, payload: dict[str, Any]) -> tuple[Unlocked, bool]:
+        """The vault unlocked by the payload's PIN (True) or its session (False)."""
+        assert self.core is not None
+        if "pin" in payload:
+            return await self.core.unlock(user, str(payload["pin"])), True
+        token = payload.get("session")
+        held = self.sessions.get(token) if isinstance(token, str) else None
+        if held is None or held[0].user != user or held[1] < self.clock():
+            raise SessionInvalid("no such session (or it expired): send the PIN")
+        if user in self.core.locked_here:
+            raise VaultLocked(f"{user}'s vault is locked")
+        return held[0], False
+
+    async def _dispatch(self, user: str, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.core is not None
+        now = self.clock()
+        if op == "enroll":
+            limit = payload.get("limit", 10)
+            if type(limit) is not int or not 1 <= limit <= 255:
+                raise BadPayload("limit is 1..255")
+            unlocked = await self.core.enroll(user, str(payload.get("pin", "")), limit)
+            head = await SecretStore(self.core.store(unlocked)).record("enroll", now=now)
+            return {
+                "attempts_left": unlocked.entry.attempts_left,
+                "audit_head": head,
+                "session": self._session(unlocked),
+            }
+        if op == "pin.change":
+            unlocked = await self.core.change_pin(user, str(payload.get("pin", "")), str(payload.get("new_pin", "")))
+            for token in [t for t, (u, _) in self.sessions.items() if u.user == user]:
+                del self.sessions[token]
+            head = await SecretStore(self.core.store(unlocked)).record("pin.change", now=now)
+            return {"generation": unlocked.entry.generation, "audit_head": head}
+        if op not in ("secret.put", "secret.get", "secret.list", "audit.get"):
+            raise UnknownOp(f"unknown operation {op!r}")
+        unlocked, with_pin = await self._unlocked(user, payload)
+        book = SecretStore(self.core.store(unlocked))
+        session = self._session(unlocked) if with_pin else str(payload["session"])
+        if op == "secret.put":
+            critical = payload.get("critical", False)
+            if type(critical) is not bool:
+                raise BadPayload("critical is true or false")
+            version = await book.put(
+                str(payload.get("name", "")), _b64(payload.get("value"), "value"), critical=critical, now=now
+            )
+            return {"version": version, "session": session}
+        if op == "secret.get":
+            wanted = payload.get("version")
+            if wanted is not None and type(wanted) is not int:
+                raise BadPayload("version is an integer")
+            name = str(payload.get("name", ""))
+            if (await book.describe(name))["critical"] and not with_pin:
+                raise PinRequired(f"{name} is critical: send the PIN to read it")
+            value, number, critical = await book.get(name, wanted, now=now)
+            return {
+                "value": base64.b64encode(value).decode(),
+                "version": number,
+                "critical": critical,
+                "session": session,
+            }
+        if op == "secret.list":
+            return {"secrets": await book.names(), "session": session}
+        records, head = await book.audit()
+        return {"records": records, "head": head, "session": session}
+
+
+def _roots(context: EnclaveContext) -> tuple[bytes, ...]:
+    """Roots for peers' attestation: AWS's, plus this stack's simulator CA when ``trust_sim_root`` names it."""
+    from enclavekit.attestation.roots import aws_nitro_root
+    from enclavekit.nsm import load_root
+
+    roots = [aws_nitro_root()]
+    if context.settings.get("trust_sim_root"):
+        roots.append(load_root(context.settings["trust_sim_root"]))
+    return tuple(roots)
+
+
+def _default_core(context: EnclaveContext, ledger: GuessLedger) -> VaultCore:
+    settings = context.settings
+    key_id = settings.get("kms_key_id")
+    if not key_id:
+        raise ConfigurationError("the vault enclave needs --set kms_key_id=... (a key bound to its PCR0)")
+    kms = KmsClient.connect(
+        context.nsm.attestation,
+        region_name=settings.get("kms_region", "us-east-1"),
+        endpoint_url=settings.get("kms_url") or None,
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "enclave"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "enclave"),
+    )
+    check_key_policy(kms.get_key_policy(key_id), context.pcr0)
+    objects = DirectoryObjectStore(context.state_dir / "vault" / "objects")
+    if settings.get("objects"):
+        objects = DirectoryObjectStore(Path(settings["objects"]))
+    return VaultCore(ledger, KmsSealer(kms, key_id), objects)
+
+
+def build_app(name: str = "vault", state: VaultEnclave | None = None) -> tuple[EnclaveApp, VaultEnclave]:
+    enclave_app = EnclaveApp(name)
+    vault = state or VaultEnclave()
+    vault.attach(enclave_app)
+    return enclave_app, vault
+
+
+app, state = build_app()

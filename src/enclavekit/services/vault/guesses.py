@@ -1,0 +1,289 @@
+"""The guess ledger: wrong PINs counted where the host cannot roll them back.
+
+Each user's entry is a join-semilattice (a CRDT): ``attempts`` and ``cleared`` are grow-only counters with one
+slot per coordinator boot (merged by per-slot maximum), ``generation`` (which PIN setting is current) and
+``version`` (the newest stored state) only grow, and ``locked`` never unsets. Merging is idempotent, commutative
+and associative, so a replayed, reordered or duplicated message can only repeat what is already known.
+
+The entry lives in the memory of the vault enclaves' *replicas* (never on the host's disk). A coordinator (the
+enclave serving the user) writes by sending its merged entry to every replica and waiting for a **majority** to
+answer with their merged entry; it reads the same way and merges the answers. Any two majorities intersect, so a
+read sees every write that completed before it: a counted guess cannot be forgotten unless a majority of the
+replicas lose their memory at once. Then the ledger does not say "no guesses": a user whose vault exists in
+storage but not in the ledger is refused (:class:`~enclavekit.services.vault.errors.LedgerUnavailable`), and a
+restarted replica answers nothing until it has merged the entries of a majority of its peers
+(:meth:`GuessReplica.catch_up`).
+
+An unlock is: count the attempt at a majority (:meth:`GuessLedger.begin_attempt`), refuse if the uncleared
+attempts exceed the limit, only then try the PIN; the right PIN clears the attempts that were seen, a wrong one at
+the limit locks. Concurrent guesses from several coordinators are all counted: each increments its own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from enclavekit.services.vault.errors import LedgerUnavailable
+
+__all__ = [
+    "DEFAULT_GUESS_LIMIT",
+    "Attempt",
+    "GuessEntry",
+    "GuessLedger",
+    "GuessReplica",
+    "MemoryReplica",
+    "Replica",
+    "check_guess_limit",
+]
+
+DEFAULT_GUESS_LIMIT: Final = 10
+MAX_SLOTS: Final = 256
+"""Coordinator boots remembered per entry; an entry with more slots is refused (a bound, not a policy)."""
+
+
+def check_guess_limit(limit: int) -> int:
+    """The guess limit if it is 1..255."""
+    if not isinstance(limit, int) or not 1 <= limit <= 255:
+        raise ValueError("the guess limit is 1..255")
+    return limit
+
+
+def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for slot, count in b.items():
+        if count > out.get(slot, 0):
+            out[slot] = count
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GuessEntry:
+    """One user's ledger entry. ``enrolled`` is false only for the empty entry (nothing known)."""
+
+    attempts: Mapping[str, int] = field(default_factory=dict)
+    cleared: Mapping[str, int] = field(default_factory=dict)
+    generation: int = 0
+    version: int = 0
+    locked: bool = False
+    limit: int = DEFAULT_GUESS_LIMIT
+
+    def __post_init__(self) -> None:
+        if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
+            raise ValueError("guess entry has too many slots")
+        if any(c < 0 for c in (*self.attempts.values(), *self.cleared.values())) or self.generation < 0:
+            raise ValueError("guess entry counts are non-negative")
+        check_guess_limit(self.limit)
+
+    @property
+    def enrolled(self) -> bool:
+        return self.generation > 0
+
+    @property
+    def uncleared(self) -> int:
+        """Attempts not followed by a right PIN that saw them."""
+        return sum(max(0, n - self.cleared.get(slot, 0)) for slot, n in self.attempts.items())
+
+    @property
+    def attempts_left(self) -> int:
+        return 0 if self.locked else max(0, self.limit - self.uncleared)
+
+    def merge(self, other: GuessEntry) -> GuessEntry:
+        """The least entry that knows everything both know (the lattice join)."""
+        return GuessEntry(
+            attempts=_merge_counts(self.attempts, other.attempts),
+            cleared=_merge_counts(self.cleared, other.cleared),
+            generation=max(self.generation, other.generation),
+            version=max(self.version, other.version),
+            locked=self.locked or other.locked,
+            limit=self._merged_limit(other),
+        )
+
+    def _merged_limit(self, other: GuessEntry) -> int:
+        if self.enrolled != other.enrolled:  # the empty entry's default never overrides an enrolled limit
+            return self.limit if self.enrolled else other.limit
+        return min(self.limit, other.limit)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "attempts": dict(self.attempts),
+            "cleared": dict(self.cleared),
+            "generation": self.generation,
+            "version": self.version,
+            "locked": self.locked,
+            "limit": self.limit,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> GuessEntry:
+        """Parse an entry a peer sent; raises ValueError on anything malformed."""
+        if not isinstance(raw, dict) or set(raw) != {"attempts", "cleared", "generation", "version", "locked", "limit"}:
+            raise ValueError("malformed guess entry")
+        counts: list[dict[str, int]] = []
+        for name in ("attempts", "cleared"):
+            value = raw[name]
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and len(k) <= 64 and type(v) is int for k, v in value.items()
+            ):
+                raise ValueError(f"malformed guess entry {name}")
+            counts.append(dict(value))
+        ints = [raw[n] for n in ("generation", "version", "limit")]
+        if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool:
+            raise ValueError("malformed guess entry fields")
+        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2])
+
+
+class Replica(Protocol):
+    """One member of the ledger: merges what it is sent and answers with its merged entry."""
+
+    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry: ...
+
+
+@dataclass
+class GuessReplica:
+    """The ledger held in one enclave's memory. It answers only once it has caught up (or is a genesis member)."""
+
+    entries: dict[str, GuessEntry] = field(default_factory=dict)
+    ready: bool = False
+
+    def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
+        if not self.ready:
+            raise LedgerUnavailable("this ledger replica has not caught up with its peers yet")
+        merged = self.entries.get(user, GuessEntry()).merge(entry)
+        self.entries[user] = merged
+        return merged
+
+    def snapshot(self) -> dict[str, GuessEntry]:
+        return dict(self.entries)
+
+    def catch_up(self, snapshots: Sequence[Mapping[str, GuessEntry]], replicas: int) -> None:
+        """Merge the entries of peers; ready only if they and this one make a majority of ``replicas``."""
+        if len(snapshots) + 1 <= replicas // 2:
+            raise LedgerUnavailable(f"caught up from {len(snapshots)} of {replicas - 1} peers: not a majority")
+        for snapshot in snapshots:
+            for user, entry in snapshot.items():
+                self.entries[user] = self.entries.get(user, GuessEntry()).merge(entry)
+        self.ready = True
+
+
+@dataclass
+class MemoryReplica:
+    """A :class:`Replica` over a :class:`GuessReplica` in this process (tests, and the local member itself)."""
+
+    replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
+    identity: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
+        return self.replica.merge(user, entry)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A counted attempt: the entry as a majority knew it right after the count."""
+
+    entry: GuessEntry
+    slot: str
+
+    @property
+    def over_limit(self) -> bool:
+        return self.entry.locked or self.entry.uncleared > self.entry.limit
+
+
+@dataclass
+class GuessLedger:
+    """The coordinator: majority writes and reads over ``replicas``; one slot per boot (``slot``)."""
+
+    replicas: Sequence[Replica]
+    timeout: float = 5.0
+    slot: str = field(default_factory=lambda: secrets.token_hex(8))
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _own: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def majority(self) -> int:
+        return len(self.replicas) // 2 + 1
+
+    def lock(self, user: str) -> asyncio.Lock:
+        """Serialises this coordinator's operations on one user (its slot only grows one at a time)."""
+        return self._locks.setdefault(user, asyncio.Lock())
+
+    async def _quorum(self, user: str, entry: GuessEntry) -> GuessEntry:
+        tasks = {asyncio.ensure_future(replica.merge(user, entry)): replica for replica in self.replicas}
+        merged = entry
+        answered = 0
+        try:
+            for next_done in asyncio.as_completed(tasks, timeout=self.timeout):
+                try:
+                    merged = merged.merge(await next_done)
+                except (TimeoutError, LedgerUnavailable, OSError, ValueError):  # an absent or broken replica
+                    continue
+                answered = self._count(tasks)
+                if answered >= self.majority:
+                    return merged
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        raise LedgerUnavailable(f"{answered} of {len(self.replicas)} ledger replicas answered; need {self.majority}")
+
+    @staticmethod
+    def _count(tasks: Mapping[asyncio.Task[GuessEntry], Replica]) -> int:
+        """Distinct replicas that answered: one boot identity counts once, however many addresses name it."""
+        seen: set[str] = set()
+        answered = 0
+        for task, replica in tasks.items():
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                continue
+            identity = getattr(replica, "identity", None) or f"anonymous-{id(replica)}"
+            if identity not in seen:
+                seen.add(identity)
+                answered += 1
+        return answered
+
+    async def read(self, user: str) -> GuessEntry:
+        """What a majority knows about ``user`` (written back to them, so the next read sees no less)."""
+        return await self._quorum(user, GuessEntry())
+
+    async def enroll(self, user: str, limit: int = DEFAULT_GUESS_LIMIT) -> GuessEntry:
+        """Start ``user``'s entry at generation 1; the caller refuses if the read shows one exists."""
+        return await self._quorum(user, GuessEntry(generation=1, limit=check_guess_limit(limit)))
+
+    async def begin_attempt(self, user: str, known: GuessEntry) -> Attempt:
+        """Count one attempt at a majority, before anything is tried; ``known`` is a fresh :meth:`read`."""
+        mine = max(self._own.get(user, 0), known.attempts.get(self.slot, 0)) + 1
+        self._own[user] = mine
+        update = known.merge(GuessEntry(attempts={self.slot: mine}, generation=known.generation, limit=known.limit))
+        entry = await self._quorum(user, update)
+        return Attempt(entry, self.slot)
+
+    async def clear(self, user: str, attempt: Attempt, **bumps: int) -> GuessEntry:
+        """The right PIN: clear the attempts that ``attempt`` saw (and raise ``generation``/``version``)."""
+        entry = attempt.entry
+        update = GuessEntry(
+            attempts=entry.attempts,
+            cleared=entry.attempts,
+            generation=bumps.get("generation", entry.generation),
+            version=bumps.get("version", entry.version),
+            limit=entry.limit,
+        )
+        return await self._quorum(user, entry.merge(update))
+
+    async def bump(self, user: str, known: GuessEntry, *, version: int) -> GuessEntry:
+        """Record that stored state reached ``version`` (a rollback below it is then detected)."""
+        return await self._quorum(
+            user, known.merge(GuessEntry(generation=known.generation, version=version, limit=known.limit))
+        )
+
+    async def switch_generation(self, user: str, known: GuessEntry, *, generation: int, version: int) -> GuessEntry:
+        """The PIN changed: ``generation`` (its header and state already stored) and ``version`` are current."""
+        update = GuessEntry(generation=generation, version=version, limit=known.limit)
+        return await self._quorum(user, known.merge(update))
+
+    async def lock_out(self, user: str, known: GuessEntry) -> GuessEntry:
+        """The limit is reached: lock for good."""
+        return await self._quorum(
+            user, known.merge(GuessEntry(generation=known.generation, locked=True, limit=known.limit))
+        )

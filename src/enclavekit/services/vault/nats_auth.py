@@ -1,0 +1,130 @@
+"""Per-user NATS credentials, enforced by the nats-server itself (accounts, users, subject permissions).
+
+A user may publish only to ``OwnerSpace.{user}.forVault.>`` and subscribe only to ``OwnerSpace.{user}.forApp.>``;
+the vault's host bridge may subscribe to every ``forVault`` and publish to every ``forApp``, and nothing else.
+They all live in the ``VAULT`` account, apart from the stack's other services (account ``SERVICES``, with
+JetStream, which clients that present no credentials land in: ``no_auth_user``), so vault traffic and service
+traffic never mix. The server reads the file :func:`render` writes (``STATE/vault/nats-auth.conf``, mode 0600,
+included by the stack's NATS configuration) and re-reads it on SIGHUP when a user is added
+(:func:`add_user`). The passwords live only in that file and in each user's credentials file
+(``STATE/vault/users/{user}.json``): the operator issues them; they separate users from each other, not from
+the operator — the envelope does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from enclavekit.services.vault.objects import check_user
+
+__all__ = [
+    "BRIDGE_USER",
+    "SERVICES_USER",
+    "Credentials",
+    "add_user",
+    "auth_file",
+    "credentials",
+    "for_app",
+    "for_vault",
+    "render",
+]
+
+BRIDGE_USER: Final = "vault-bridge"
+SERVICES_USER: Final = "services"
+
+
+def for_vault(user: str, op: str) -> str:
+    return f"OwnerSpace.{check_user(user)}.forVault.{op}"
+
+
+def for_app(user: str, op: str) -> str:
+    return f"OwnerSpace.{check_user(user)}.forApp.{op}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: str
+
+    def url(self, nats_url: str) -> str:
+        scheme, _, rest = nats_url.partition("://")
+        return f"{scheme}://{self.user}:{self.password}@{rest}"
+
+
+def auth_file(state: Path) -> Path:
+    return state / "vault" / "nats-auth.conf"
+
+
+def _users_dir(state: Path) -> Path:
+    return state / "vault" / "users"
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid NATS config string
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as sink:
+        sink.write(text)
+    temporary.replace(path)
+
+
+def credentials(state: Path, user: str) -> Credentials:
+    """The credentials of ``user`` (``vault-bridge`` and ``services`` included), issued on first use."""
+    if user not in (BRIDGE_USER, SERVICES_USER):
+        check_user(user)
+    path = _users_dir(state) / f"{user}.json"
+    try:
+        raw = json.loads(path.read_text())
+        return Credentials(str(raw["user"]), str(raw["password"]))
+    except FileNotFoundError:
+        pass
+    issued = Credentials(user, secrets.token_urlsafe(24))
+    _write_private(path, json.dumps({"user": issued.user, "password": issued.password}))
+    return issued
+
+
+def _user_entry(who: Credentials, publish: str, subscribe: str) -> str:
+    permissions = f"{{publish: [{_quote(publish)}], subscribe: [{_quote(subscribe)}]}}"
+    return f"{{user: {_quote(who.user)}, password: {_quote(who.password)}, permissions: {permissions}}}"
+
+
+def render(state: Path) -> Path:
+    """Write the authorization file for every issued credential; returns its path."""
+    bridge = credentials(state, BRIDGE_USER)
+    services = credentials(state, SERVICES_USER)
+    users = [_user_entry(bridge, "OwnerSpace.*.forApp.>", "OwnerSpace.*.forVault.>")]
+    for path in sorted(_users_dir(state).glob("*.json")):
+        if path.stem not in (BRIDGE_USER, SERVICES_USER):
+            person = credentials(state, path.stem)
+            users.append(_user_entry(person, for_vault(person.user, ">"), for_app(person.user, ">")))
+    service_user = f"{{user: {_quote(services.user)}, password: {_quote(services.password)}}}"
+    text = (
+        "# written by enclavekit (services/vault/nats_auth.py); re-read on SIGHUP\n"
+        "accounts {\n"
+        f"  SERVICES: {{ jetstream: enabled, users: [{service_user}] }}\n"
+        "  VAULT: { users: [\n    " + ",\n    ".join(users) + "\n  ] }\n"
+        "}\n"
+        f"no_auth_user: {_quote(services.user)}\n"
+    )
+    path = auth_file(state)
+    _write_private(path, text)
+    return path
+
+
+def add_user(state: Path, user: str, *, server_pid: int | None = None) -> Credentials:
+    """Issue ``user``'s credentials, rewrite the file and (given the server's pid) make it reload."""
+    issued = credentials(state, user)
+    render(state)
+    if server_pid is not None:
+        os.kill(server_pid, signal.SIGHUP)
+    return issued

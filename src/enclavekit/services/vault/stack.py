@@ -1,0 +1,147 @@
+"""The vault under ``enclavekit up``: per-user NATS authorization, a KMS key bound to the vault's PCR0, the vault
+enclave (``stack.json`` enclave ``vault``) and its host bridge.
+
+:func:`prepare_vault` must run before the stack starts NATS (it adds the authorization file to the server's
+configuration); :func:`start_vault` after the KMS emulator. ``STATE/vault/local.json`` records what the
+``enclavekit vault`` commands (acting as a user's app) need: the NATS URL, the vault's PCR0 and the simulator
+root to verify its attestation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, render
+from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
+
+__all__ = ["ENCLAVE_APP", "expected_pcr0", "key_policy", "load_local", "prepare_vault", "start_vault"]
+
+ENCLAVE_APP = "enclavekit.services.vault.enclave_app:app"
+
+
+def expected_pcr0(state: Path, spec: str = ENCLAVE_APP) -> str:
+    """The simulated PCR0 the vault enclave will have (its image: enclavekit, the app, the entrypoint)."""
+    import importlib
+
+    from enclavekit.enclave.runtime import image_files
+    from enclavekit.nsm import NsmSimulator
+
+    importlib.import_module(spec.partition(":")[0])
+    return NsmSimulator(state, app=image_files(spec)).pcr(0).hex()
+
+
+def key_policy(pcr0_hex: str) -> str:
+    """Anyone may encrypt, describe and read the policy; only the vault image decrypts or makes data keys; nobody
+    can change the policy (so the enclave's check at boot stays true)."""
+    principal = {"AWS": "*"}
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "Operator",
+                    "Effect": "Allow",
+                    "Principal": principal,
+                    "Action": ["kms:Encrypt", "kms:DescribeKey", "kms:GetKeyPolicy"],
+                    "Resource": "*",
+                },
+                {
+                    "Sid": "VaultEnclave",
+                    "Effect": "Allow",
+                    "Principal": principal,
+                    "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                    "Resource": "*",
+                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}},
+                },
+            ],
+        }
+    )
+
+
+def _kms_key(state: Path, kms_url: str, pcr0: str) -> str:
+    """The vault's KMS key for this PCR0 (created once, remembered in ``STATE/vault/kms-key.json``)."""
+    import boto3
+
+    record = state / "vault" / "kms-key.json"
+    try:
+        known = json.loads(record.read_text())
+        if known.get("pcr0") == pcr0 and known.get("kms_url") == kms_url:
+            return str(known["key_id"])
+    except (FileNotFoundError, ValueError):
+        pass
+    secret = "local"  # noqa: S105  (the emulator checks no signature: it has no IAM)
+    kms = boto3.client(
+        "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key=secret
+    )
+    key_id = str(
+        kms.create_key(Policy=key_policy(pcr0), Description="enclavekit vault material")["KeyMetadata"]["KeyId"]
+    )
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"pcr0": pcr0, "kms_url": kms_url, "key_id": key_id}))
+    return key_id
+
+
+def load_local(state: Path) -> dict[str, Any]:
+    """``STATE/vault/local.json`` of a running stack (raises FileNotFoundError when there is none)."""
+    data = json.loads((state / "vault" / "local.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def prepare_vault(stack: Stack) -> None:
+    """Before NATS starts: the per-user authorization file joins the server's configuration."""
+    stack.nats_includes.append(render(stack.state.root))
+
+
+async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
+    """Start ``replicas`` vault enclaves (``vault-1``.., or ``vault`` alone), each holding a replica of the guess
+    ledger and reaching the others by attestation, and the host bridge in front of them."""
+    state = stack.state.root
+    kms_url = stack.services.get("kms", {}).get("url")
+    if kms_url is None:
+        raise RuntimeError("start the KMS emulator before the vault")
+    pcr0 = expected_pcr0(state)
+    key_id = _kms_key(state, kms_url, pcr0)
+    names = [f"vault-{i}" for i in range(1, replicas + 1)] if replicas > 1 else ["vault"]
+    sockets = {name: f"unix://{stack.state.run / (name + '.sock')}" for name in names}
+
+    async def start(name: str) -> str:
+        peers = ",".join(address for other, address in sockets.items() if other != name)
+        settings = ["--set", f"kms_url={kms_url}", "--set", f"kms_key_id={key_id}", "--set", f"trust_sim_root={state}"]
+        if peers:
+            settings += ["--set", f"ledger_peers={peers}"]
+        enclave = await stack.start_enclave(EnclaveSpec(name, ENCLAVE_APP, tuple(settings)))
+        if enclave["pcr0"] != pcr0:
+            raise RuntimeError(f"the vault enclave booted with PCR0 {enclave['pcr0']}, not the expected {pcr0}")
+        await stack.start_relay(name, enclave["address"])  # its attestation endpoint: the trust app verifies it
+        return str(enclave["address"])
+
+    addresses = list(await asyncio.gather(*(start(name) for name in names)))  # together: they catch up on each other
+    nats_url = stack.services["nats"]["url"]
+    bridge_url = credentials(state, BRIDGE_USER).url(nats_url)
+    await stack.start_service(
+        ServiceSpec(
+            "vault_bridge",
+            lambda s, port: python_command(
+                "vault",
+                "bridge",
+                "--nats",
+                bridge_url,
+                *[arg for address in addresses for arg in ("--enclave", address)],
+                "--pcr0",
+                pcr0,
+                "--trust-sim-root",
+                str(state),
+            ),
+            url=lambda h, p: nats_url,
+        )
+    )
+    local = {"nats_url": nats_url, "pcr0": [pcr0], "simulator_roots": [str(state)], "kms_url": kms_url}
+    path = state / "vault" / "local.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as sink:
+        json.dump(local, sink, indent=2)

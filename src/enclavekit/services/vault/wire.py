@@ -1,0 +1,90 @@
+"""Messages between the vault's host bridge and its enclave (shared, pure), and the operations inside envelopes.
+
+The host relays :class:`Message` (an opaque envelope with the subject's user and operation) and gets back an
+opaque envelope; it sees neither PINs nor secrets nor the outcome (errors travel inside the response envelope).
+Only an envelope that does not open at all is answered with an RPC error (``envelope_invalid``,
+``envelope_replayed``): it reveals nothing the host did not send.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel, Field
+
+from enclavekit.rpc import Route
+from enclavekit.services.vault.envelope import MAX_ENVELOPE
+
+__all__ = [
+    "KEY",
+    "LEDGER_MERGE",
+    "LEDGER_SNAPSHOT",
+    "MESSAGE",
+    "OPS",
+    "LedgerEntry",
+    "LedgerMerge",
+    "LedgerSnapshot",
+    "LedgerSnapshotRequest",
+    "Message",
+    "MessageReply",
+    "VaultKey",
+    "VaultKeyRequest",
+]
+
+OPS: Final = ("enroll", "secret.put", "secret.get", "secret.list", "pin.change", "audit.get")
+"""The operations of ``OwnerSpace.{user}.forVault.{op}``; anything else is ``unknown_op`` (inside the envelope)."""
+
+_USER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Message(BaseModel):
+    model_config = {"extra": "forbid"}
+    user: str = Field(pattern=_USER_PATTERN)
+    op: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    envelope: str = Field(max_length=(MAX_ENVELOPE * 4) // 3 + 4)
+    """The request envelope, base64."""
+
+
+class MessageReply(BaseModel):
+    envelope: str
+    """The response envelope, base64: only the requesting app can open it."""
+
+
+class VaultKeyRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    nonce: str | None = Field(default=None, max_length=128, pattern=r"^[0-9a-fA-F]*$")
+
+
+class VaultKey(BaseModel):
+    document: str
+    """An attestation document (base64) whose ``public_key`` is the vault's X25519 key."""
+    public_key: str
+
+
+class LedgerMerge(BaseModel):
+    """A coordinator's entry for ``user``, with its attestation document binding it (see ``ledger_peers``)."""
+
+    model_config = {"extra": "forbid"}
+    user: str = Field(pattern=_USER_PATTERN)
+    entry: dict[str, Any]
+    document: str = Field(max_length=24 * 1024)
+
+
+class LedgerEntry(BaseModel):
+    entry: dict[str, Any]
+    replica: str
+
+
+class LedgerSnapshotRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class LedgerSnapshot(BaseModel):
+    entries: dict[str, dict[str, Any]]
+    replica: str
+
+
+MESSAGE = Route("vault.message", Message, MessageReply)
+LEDGER_MERGE = Route("vault.ledger.merge", LedgerMerge, LedgerEntry)
+LEDGER_SNAPSHOT = Route("vault.ledger.snapshot", LedgerSnapshotRequest, LedgerSnapshot)
+KEY = Route("vault.key", VaultKeyRequest, VaultKey)

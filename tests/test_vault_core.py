@@ -1,0 +1,151 @@
+"""The vault enclave's PIN handling with a real KMS emulator: counted before release, locked at the limit, and no
+extra guess from restoring storage, restarting enclaves or moving sealed material."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enclavekit.kms import KmsRejected
+from enclavekit.services.vault.core import header_key
+from enclavekit.services.vault.errors import (
+    AlreadyEnrolled,
+    LedgerUnavailable,
+    NotEnrolled,
+    PinInvalid,
+    StateRolledBack,
+    VaultLocked,
+)
+from enclavekit.services.vault.guesses import MemoryReplica
+from enclavekit.services.vault.sealing import KmsSealer
+from tests.test_kms_fixtures import OTHER_APP
+from tests.vault_support import VaultWorld, vault_world
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[VaultWorld]:
+    with vault_world(tmp_path) as built:
+        yield built
+
+
+async def _wrong(core, user: str = "alice", pin: str = "0000") -> PinInvalid | VaultLocked:  # type: ignore[no-untyped-def]
+    with pytest.raises((PinInvalid, VaultLocked)) as caught:
+        await core.unlock(user, pin)
+    return caught.value
+
+
+async def test_right_pin_unlocks_and_only_the_measured_enclave_can_unseal(world: VaultWorld) -> None:
+    core = world.enclave()
+    enrolled = await core.enroll("alice", "2468")
+    unlocked = await world.enclave().unlock("alice", "2468")  # a cold enclave: unseals through KMS
+    assert unlocked.keys == enrolled.keys
+    header = json.loads((world.objects_dir / header_key("alice", 1)).read_bytes())
+    other = KmsSealer(world.kms_client(OTHER_APP), world.key_id)  # another image (another PCR0)
+    with pytest.raises(KmsRejected):
+        await other.unseal("alice", 1, base64.b64decode(header["sealed"]))
+
+
+async def test_wrong_pin_never_opens_a_warm_vault(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468")
+    await core.unlock("alice", "2468")  # warm: material in memory
+    error = await _wrong(core, pin="2469")
+    assert isinstance(error, PinInvalid) and error.attempts_left == 9
+    assert (await core.unlock("alice", "2468")).entry.attempts_left == 10  # the right PIN clears the count
+
+
+async def test_ten_wrong_guesses_lock_and_destroy_the_sealed_material(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468")
+    lefts = [getattr(await _wrong(core, pin=f"{n:04d}"), "attempts_left", None) for n in range(10)]
+    assert lefts == [9, 8, 7, 6, 5, 4, 3, 2, 1, None]
+    assert not (world.objects_dir / header_key("alice", 1)).exists()
+    with pytest.raises(VaultLocked):
+        await core.unlock("alice", "2468")
+    with pytest.raises(AlreadyEnrolled):
+        await core.enroll("alice", "1357")
+
+
+async def test_restoring_a_snapshot_of_the_objects_grants_no_extra_guess(world: VaultWorld, tmp_path: Path) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468", limit=3)
+    world.snapshot(tmp_path / "snap")
+    for _ in range(3):
+        await _wrong(core)
+    world.restore(tmp_path / "snap")  # the sealed material is back on disk...
+    with pytest.raises(VaultLocked):  # ...but the ledger says locked, even for the right PIN
+        await world.enclave().unlock("alice", "2468")
+
+
+async def test_restoring_the_header_from_before_a_pin_change_is_refused(world: VaultWorld, tmp_path: Path) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468")
+    world.snapshot(tmp_path / "snap")
+    await core.change_pin("alice", "2468", "1357")
+    world.restore(tmp_path / "snap")
+    with pytest.raises(StateRolledBack):
+        await world.enclave().unlock("alice", "2468")
+
+
+async def test_restarting_the_enclave_grants_no_extra_guess(world: VaultWorld) -> None:
+    await world.enclave().enroll("alice", "2468")
+    for expected in (9, 8, 7):
+        error = await _wrong(world.enclave())  # each guess on a freshly restarted enclave
+        assert isinstance(error, PinInvalid) and error.attempts_left == expected
+
+
+async def test_sealed_material_moved_to_another_user_does_not_unseal(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468")
+    await core.enroll("bob", "1357")
+    alice = json.loads((world.objects_dir / header_key("alice", 1)).read_bytes())
+    bob = json.loads((world.objects_dir / header_key("bob", 1)).read_bytes())
+    alice["sealed"] = bob["sealed"]  # the host swaps bob's material (whose PIN it might learn) into alice's vault
+    (world.objects_dir / header_key("alice", 1)).write_text(json.dumps(alice))
+    with pytest.raises(KmsRejected):
+        await world.enclave().unlock("alice", "1357")
+
+
+async def test_ledger_that_lost_every_replica_fails_closed(world: VaultWorld) -> None:
+    await world.enclave().enroll("alice", "2468")
+    world.replicas[:] = [MemoryReplica() for _ in range(3)]  # the host restarts every replica at once
+    with pytest.raises(LedgerUnavailable):
+        await world.enclave().unlock("alice", "2468")
+    with pytest.raises(AlreadyEnrolled):  # nor can it start over with a PIN it chose
+        await world.enclave().enroll("alice", "0000")
+
+
+async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "2468")
+    await core._write_header("alice", "1357", 2)  # crash after writing the new header, before the switch
+    assert (await world.enclave().unlock("alice", "2468")).entry.generation == 1  # the old PIN still works
+    changed = await core.change_pin("alice", "2468", "1357")
+    assert changed.entry.generation == 2
+    assert not (world.objects_dir / header_key("alice", 1)).exists()
+    await world.enclave().unlock("alice", "1357")
+    error = await _wrong(world.enclave(), pin="2468")
+    assert isinstance(error, PinInvalid)
+
+
+async def test_unknown_user_is_not_enrolled(world: VaultWorld) -> None:
+    with pytest.raises(NotEnrolled):
+        await world.enclave().unlock("nobody", "1234")
+
+
+async def test_trying_all_ten_thousand_four_digit_pins_recovers_nothing(world: VaultWorld) -> None:
+    core = world.enclave()
+    await core.enroll("alice", "0042")  # the right PIN comes 43rd: after the limit
+    outcomes: dict[str, int] = {}
+    for n in range(10_000):
+        try:
+            await core.unlock("alice", f"{n:04d}")
+            outcomes["opened"] = outcomes.get("opened", 0) + 1
+        except (PinInvalid, VaultLocked) as exc:
+            outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
+    assert outcomes == {"pin_invalid": 9, "vault_locked": 9_991}
+    assert (await world.enclave().ledger.read("alice")).locked

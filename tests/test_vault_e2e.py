@@ -1,0 +1,360 @@
+"""The vault end to end, each piece its own process: a real nats-server with per-user authorization, the KMS
+emulator, the vault enclave (simulated NSM, production Argon2id) and the host bridge; the user's app is the
+client (and the CLI) over NATS. What the host can do — capture and replay messages, restore object snapshots,
+call the enclave directly, read every byte it relays or stores — gains no guess and no plaintext."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+
+from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.client import AttestedClient
+from enclavekit.errors import Error
+from enclavekit.nsm import load_root
+from enclavekit.services.vault.client import VaultClient, VaultError
+from enclavekit.services.vault.envelope import seal_request
+from enclavekit.services.vault.host import enclave_index
+from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_vault
+from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_vault, start_vault
+from enclavekit.services.vault.wire import MESSAGE, Message
+from enclavekit.stack.default import KMS
+from enclavekit.stack.state import StateDir
+from enclavekit.stack.up import Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class World:
+    stack: Stack
+    state: Path
+    local: dict[str, Any]
+    captured: list[tuple[str, bytes]] = field(default_factory=list)
+    """Every request the host relayed (tapped with the bridge's own credentials)."""
+    answers: list[bytes] = field(default_factory=list)
+    """Every answer a user received."""
+
+    def client(self, user: str) -> VaultClient:
+        creds = credentials(self.state, user)
+        roots = [load_root(self.state)]
+        client = VaultClient(
+            creds.url(self.local["nats_url"]), user, [bytes.fromhex(p) for p in self.local["pcr0"]], roots
+        )
+        original = client._on_message
+
+        async def tap(msg: Any) -> None:
+            self.answers.append(msg.data)
+            await original(msg)
+
+        client._on_message = tap  # type: ignore[method-assign]
+        return client
+
+    def vault_names(self) -> list[str]:
+        return sorted(e["name"] for e in self.stack.enclaves if e["name"].startswith("vault"))
+
+    def serving(self, user: str) -> str:
+        """The name of the vault enclave the bridge sends ``user``'s messages to."""
+        names = self.vault_names()
+        return names[enclave_index(user, len(names))]
+
+    def enclave(self, user: str) -> AttestedClient:
+        """The host's own attested connection to ``user``'s vault enclave (what the bridge holds)."""
+        policy = NitroPolicy(measurements=[{0: bytes.fromhex(self.local["pcr0"][0])}], roots=(load_root(self.state),))
+        address = next(e["address"] for e in self.stack.enclaves if e["name"] == self.serving(user))
+        return AttestedClient.nitro(address, policy)
+
+    async def restart(self, name: str) -> None:
+        """The host restarts one vault enclave process (its memory — keys, ledger replica — is gone)."""
+        old = next(p for p in self.stack.processes if p.name == f"enclave-{name}")
+        await old.stop()
+        self.stack.processes.remove(old)
+        await self.stack._process(old.name, old.argv).start()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
+    state.create()
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry"):
+        add_user(state.root, user)
+    stack = Stack(state)
+    prepare_vault(stack)
+    try:
+        await stack.start_nats()
+        expected_pcr0(state.root)  # creates the simulator's CA, which the KMS emulator trusts
+        await stack.start_service(KMS)
+        await start_vault(stack)
+        state.write_stack(stack.snapshot())  # the CLI finds the NATS server (to reload users) through it
+        built = World(stack, state.root, load_local(state.root))
+        tap = await nats.connect(credentials(state.root, BRIDGE_USER).url(built.local["nats_url"]))
+
+        async def on_request(msg: Any) -> None:
+            built.captured.append((msg.subject, msg.data))
+
+        await tap.subscribe("OwnerSpace.*.forVault.>", cb=on_request)
+        await tap.flush()
+        yield built
+        await tap.close()
+    finally:
+        await stack.stop()
+
+
+async def _code(call: Any) -> VaultError:
+    with pytest.raises(VaultError) as caught:
+        await call
+    return caught.value
+
+
+async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> None:
+    async with world.client("alice") as alice:
+        await alice.enroll("2468")
+        assert await alice.put_secret("note", b"first-value-7f3a", pin="2468") == 1
+        assert await alice.put_secret("note", b"second-value-7f3a", pin="2468") == 2
+        assert await alice.get_secret("note", pin="2468") == b"second-value-7f3a"
+        assert await alice.get_secret("note", pin="2468", version=1) == b"first-value-7f3a"
+        assert await alice.list_secrets(pin="2468") == [{"name": "note", "versions": 2, "critical": False}]
+        await alice.change_pin("2468", "975310")
+        assert await alice.get_secret("note", pin="975310") == b"second-value-7f3a"
+        error = await _code(alice.get_secret("note", pin="2468"))
+        assert error.remote_code == "pin_invalid" and error.attempts_left == 9
+
+
+async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world: World) -> None:
+    from enclavekit.services.vault.secret_store import verify_audit
+
+    async with world.client("frank") as frank:
+        await frank.enroll("1111")
+        await frank.put_secret("seed", b"abandon ability able", pin="1111", critical=True)
+        await frank.put_secret("wifi", b"hunter2", pin="1111")
+        assert await frank.get_secret("wifi") == b"hunter2"  # a session is enough for an ordinary secret
+        assert (await _code(frank.get_secret("seed"))).remote_code == "pin_required"
+        assert await frank.get_secret("seed", pin="1111") == b"abandon ability able"
+        records, head = await frank.audit(pin="1111")
+        assert [r["op"] for r in records] == ["enroll", "secret.put", "secret.put", "secret.get"]
+        assert verify_audit(records, head) == head
+
+
+async def test_wrong_pin_never_opens_a_warm_vault_and_ten_guesses_lock(world: World) -> None:
+    async with world.client("bob") as bob:
+        await bob.enroll("8642")
+        await bob.put_secret("k", b"v", pin="8642")  # warm
+        lefts = []
+        for guess in range(10):
+            error = await _code(bob.list_secrets(pin=f"{guess:04d}"))
+            lefts.append((error.remote_code, error.attempts_left))
+        assert lefts == [("pin_invalid", n) for n in range(9, 0, -1)] + [("vault_locked", None)]
+        assert (await _code(bob.list_secrets(pin="8642"))).remote_code == "vault_locked"
+        assert (await _code(bob.get_secret("k"))).remote_code == "vault_locked"  # its open session ended too
+
+
+async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> None:
+    async with world.client("carol") as carol:
+        await carol.enroll("1357")
+        error = await _code(carol.list_secrets(pin="0000"))
+        assert error.attempts_left == 9
+        wrong = [data for subject, data in world.captured if subject == for_vault("carol", "secret.list")]
+        good = [data for subject, data in world.captured if subject == for_vault("carol", "enroll")]
+        async with world.enclave("carol") as enclave:  # the host replays straight to the enclave
+            for data in wrong + good:
+                request = Message(user="carol", op=data and "secret.list", envelope=base64.b64encode(data).decode())
+                if data in good:
+                    request = Message(user="carol", op="enroll", envelope=request.envelope)
+                with pytest.raises(Error) as caught:
+                    await enclave.call(MESSAGE, request)
+                assert "envelope_replayed" in str(caught.value)
+        error = await _code(carol.list_secrets(pin="0001"))
+        assert error.attempts_left == 8  # exactly one more guess was counted: the replays counted none
+
+
+async def test_restoring_a_snapshot_of_the_objects_gets_no_extra_guess(world: World, tmp_path: Path) -> None:
+    objects = world.state / "vault" / "objects"
+    async with world.client("dave") as dave:
+        await dave.enroll("2580", limit=3)
+        await dave.put_secret("k", b"v", pin="2580")
+        shutil.copytree(objects / "vaults" / "dave", tmp_path / "dave")
+        for guess in ("0000", "0001", "0002"):
+            await _code(dave.list_secrets(pin=guess))
+        shutil.rmtree(objects / "vaults" / "dave")
+        shutil.copytree(tmp_path / "dave", objects / "vaults" / "dave")  # sealed material back on disk
+        assert (await _code(dave.list_secrets(pin="2580"))).remote_code == "vault_locked"
+
+
+async def _fresh_call(world: World, user: str, call: Any) -> Any:
+    """A new app connection after an enclave restart: the first attempts may meet the bridge's broken session."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        client = world.client(user)
+        client.timeout = 10
+        try:
+            async with client:
+                return await call(client)
+        except VaultError:
+            raise
+        except Error:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def test_restarting_vault_enclaves_grants_no_extra_guess(world: World) -> None:
+    async with world.client("henry") as henry:
+        await henry.enroll("3690")
+        for _ in range(3):
+            await _code(henry.list_secrets(pin="0000"))
+    for name in [world.serving("henry"), *[n for n in world.vault_names() if n != world.serving("henry")][:1]]:
+        await world.restart(name)  # the serving enclave, then another replica: never a majority at once
+
+        async def wrong(client: VaultClient) -> VaultError:
+            return await _code(client.list_secrets(pin="0001"))
+
+        error = await _fresh_call(world, "henry", wrong)
+        assert error.remote_code == "pin_invalid"
+        left = error.attempts_left
+    assert left == 5  # 3 guesses before, 2 after the restarts: every one counted
+
+    async def right(client: VaultClient) -> list[dict[str, Any]]:
+        return await client.list_secrets(pin="3690")
+
+    assert await _fresh_call(world, "henry", right) == []
+
+
+async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(world: World) -> None:
+    async with world.client("erin") as erin:
+        await erin.enroll("4321")
+        key = await erin.vault_key()
+        mallory_nc = await nats.connect(credentials(world.state, "erin").url(world.local["nats_url"]))
+        answers: list[tuple[str, dict[str, str]]] = []
+
+        async def on_answer(msg: Any) -> None:
+            answers.append((msg.subject, dict(msg.headers or {})))
+
+        await mallory_nc.subscribe("OwnerSpace.erin.forApp.>", cb=on_answer)
+        garbage = [b"", b"\x01", b"\x02" + bytes(200), secrets.token_bytes(300)]
+        ops = ["enroll", "secret.put", "secret.get", "secret.list", "pin.change", "audit.get", "nonsense"]
+        for op in ops:
+            for data in garbage:
+                await mallory_nc.publish(for_vault("erin", op), data)
+        wrong_key = seal_request(secrets.token_bytes(32), "erin", "secret.list", b"{}", now=__import__("time").time())
+        await mallory_nc.publish(for_vault("erin", "secret.list"), wrong_key.data)
+        rerouted = seal_request(key, "erin", "secret.get", b"{}", now=__import__("time").time())
+        await mallory_nc.publish(for_vault("erin", "secret.list"), rerouted.data)  # subject ≠ authenticated op
+        await mallory_nc.publish(for_vault("erin", "key"), b"not json")
+        expected = len(ops) * len(garbage) + 2
+        deadline = asyncio.get_running_loop().time() + 30
+        while len([a for a in answers if "Vault-Error" in a[1]]) < expected:
+            assert asyncio.get_running_loop().time() < deadline, answers
+            await asyncio.sleep(0.05)
+        codes = {headers["Vault-Error"] for _, headers in answers if "Vault-Error" in headers}
+        assert codes == {"envelope_invalid"}
+        await mallory_nc.close()
+        assert (await _code(erin.call("nonsense", {"pin": "4321"}))).remote_code == "unknown_op"
+        assert (await _code(erin.call("secret.put", {"pin": "4321", "name": "../x", "value": "eA=="}))).remote_code == (
+            "invalid_secret"
+        )
+        assert (await _code(erin.call("secret.put", {"pin": "4321", "name": "x", "value": "%%"}))).remote_code == (
+            "bad_payload"
+        )
+        assert (await _code(erin.call("enroll", {"pin": "12"}))).remote_code == "pin_format"
+        assert await erin.put_secret("still", b"alive", pin="4321") == 1  # nothing crashed, nothing lost
+
+
+async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attestation(world: World) -> None:
+    from enclavekit.nsm import NsmSimulator
+    from enclavekit.services.vault.guesses import GuessEntry
+    from enclavekit.services.vault.ledger_peers import merge_binding
+    from enclavekit.services.vault.wire import LEDGER_MERGE, LedgerMerge
+
+    entry = GuessEntry(generation=1, locked=True)  # the host would like to lock (or reset) alice's vault
+    other_image = NsmSimulator(world.state, app={"other.py": b"not the vault"})  # same CA, another PCR0
+    forged = other_image.client().attestation(user_data=merge_binding("alice", entry))
+    async with world.enclave("alice") as enclave:
+        for document in (b"garbage", forged):
+            request = LedgerMerge(user="alice", entry=entry.to_json(), document=base64.b64encode(document).decode())
+            with pytest.raises(Error, match="ledger_merge_refused"):
+                await enclave.call(LEDGER_MERGE, request)
+    async with world.client("alice") as alice:
+        assert await alice.list_secrets(pin="975310")  # not locked
+
+
+async def test_one_users_credentials_cannot_call_anothers_vault(world: World) -> None:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    nc = await nats.connect(credentials(world.state, "mallory").url(world.local["nats_url"]), error_cb=on_error)
+    try:
+        await nc.publish(for_vault("alice", "secret.list"), b"x")
+        await nc.subscribe("OwnerSpace.alice.forApp.>")
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(errors) < 2:
+            assert asyncio.get_running_loop().time() < deadline, errors
+            await asyncio.sleep(0.02)
+        assert all("permissions violation" in e for e in errors)
+    finally:
+        await nc.close()
+
+
+async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
+    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
+        run = subprocess.run(
+            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+        )
+        return run.returncode, json.loads(run.stdout or b"null")
+
+    def both() -> list[tuple[int, Any]]:
+        return [
+            cli("enroll", "gina", "--pin", "1470", "--limit", "2"),
+            cli("secret", "put", "gina", "motto", "--pin", "1470", stdin=b"carpe diem"),
+            cli("secret", "get", "gina", "motto", "--pin", "1470"),
+            cli("secret", "list", "gina", "--pin", "9999"),
+            cli("secret", "list", "gina", "--pin", "9998"),
+        ]
+
+    results = await asyncio.to_thread(both)
+    assert results[0][0] == 0, results[0]
+    assert results[1] == (0, {"name": "motto", "version": 1})
+    assert results[2][0] == 0 and results[2][1]["value"] == "carpe diem"
+    assert results[3][0] == 1 and results[3][1]["error"]["code"] == "pin_invalid"
+    assert results[3][1]["error"]["attempts_left"] == 1
+    assert results[4][0] == 1 and results[4][1]["error"]["code"] == "vault_locked"
+
+
+async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
+    # runs last in this module: everything above crossed the host
+    secret_values = [b"abandon ability able", b"hunter2", b"carpe diem", b"second-value-7f3a"]
+    pins = [b"2468", b"975310", b"1111", b"8642", b"1357", b"2580", b"4321", b"1470"]
+    needles: list[bytes] = []
+    for value in secret_values + [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]:
+        needles += [value, value.hex().encode(), base64.b64encode(value)]
+    haystacks: list[tuple[str, bytes]] = [(f"nats {s}", d) for s, d in world.captured]
+    haystacks += [("nats answer", d) for d in world.answers]
+    for path in world.state.rglob("*"):
+        if path.is_file() and "users" not in path.parts and path.suffix != ".sock":
+            haystacks.append((str(path), path.read_bytes()))
+    assert len(world.captured) > 40 and any("objects" in name for name, _ in haystacks)
+    for name, data in haystacks:
+        for needle in needles:
+            assert needle not in data, f"{needle!r} found in {name}"
+    for log in (world.state / "logs").glob("*.log"):  # nor whether a guess was right: that is inside the envelope
+        text = log.read_bytes()
+        assert b"pin_invalid" not in text and b"vault_locked" not in text, log

@@ -1,0 +1,138 @@
+"""The guess ledger: counted guesses survive replays, restarts of a minority, concurrency; a majority loss fails
+closed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from enclavekit.services.vault.errors import LedgerUnavailable
+from enclavekit.services.vault.guesses import GuessEntry, GuessLedger, GuessReplica, MemoryReplica, check_guess_limit
+
+
+class DownReplica:
+    """A replica the host has stopped: it never answers."""
+
+    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def _replicas(n: int = 3) -> list[MemoryReplica]:
+    return [MemoryReplica() for _ in range(n)]
+
+
+async def _wrong_guess(ledger: GuessLedger, user: str = "alice") -> GuessEntry:
+    async with ledger.lock(user):
+        entry = await ledger.read(user)
+        return (await ledger.begin_attempt(user, entry)).entry
+
+
+async def test_replayed_ledger_message_grants_no_extra_guess() -> None:
+    replicas = _replicas()
+    ledger = GuessLedger(replicas)
+    await ledger.enroll("alice")
+    captured = []
+    for _ in range(3):
+        captured.append(await _wrong_guess(ledger))
+    assert captured[-1].uncleared == 3
+    for old in captured:  # the host replays what it captured: merging is idempotent and monotone
+        for replica in replicas:
+            await replica.merge("alice", old)
+    assert (await ledger.read("alice")).uncleared == 3
+
+
+async def test_concurrent_guesses_from_several_coordinators_are_all_counted() -> None:
+    replicas = _replicas(5)
+    coordinators = [GuessLedger(replicas) for _ in range(4)]  # four vault enclaves serving the same user
+    await coordinators[0].enroll("alice")
+    await asyncio.gather(*(_wrong_guess(c) for c in coordinators for _ in range(2)))
+    assert (await coordinators[0].read("alice")).uncleared == 8
+
+
+async def test_restarted_coordinator_does_not_reuse_its_old_count() -> None:
+    replicas = _replicas()
+    await GuessLedger(replicas).enroll("alice")
+    for _ in range(2):
+        await _wrong_guess(GuessLedger(replicas))  # a fresh boot each time (new slot)
+    assert (await GuessLedger(replicas).read("alice")).uncleared == 2
+
+
+async def test_restarting_a_minority_of_replicas_forgets_no_guess() -> None:
+    replicas = _replicas()
+    ledger = GuessLedger(replicas)
+    await ledger.enroll("alice")
+    await _wrong_guess(ledger)
+    await _wrong_guess(ledger)
+    restarted = GuessReplica()  # the host restarts replica 0: its memory is gone
+    with pytest.raises(LedgerUnavailable):
+        restarted.merge("alice", GuessEntry())  # it answers nothing before it caught up
+    restarted.catch_up([replicas[1].replica.snapshot(), replicas[2].replica.snapshot()], replicas=3)
+    replicas[0] = MemoryReplica(restarted)
+    replicas[2] = MemoryReplica(GuessReplica(ready=False))  # and then another one, not yet caught up
+    assert (await GuessLedger(replicas).read("alice")).uncleared == 2
+
+
+async def test_replica_cannot_catch_up_from_a_minority() -> None:
+    with pytest.raises(LedgerUnavailable):
+        GuessReplica().catch_up([], replicas=3)
+
+
+async def test_without_a_majority_the_ledger_fails_closed() -> None:
+    replicas: list[object] = [MemoryReplica(), DownReplica(), DownReplica()]
+    ledger = GuessLedger(replicas, timeout=0.2)  # type: ignore[arg-type]
+    with pytest.raises(LedgerUnavailable):
+        await ledger.read("alice")
+
+
+async def test_right_pin_clears_only_the_attempts_it_saw() -> None:
+    replicas = _replicas()
+    a, b = GuessLedger(replicas), GuessLedger(replicas)
+    await a.enroll("alice")
+    await _wrong_guess(a)
+    async with a.lock("alice"):
+        attempt = await a.begin_attempt("alice", await a.read("alice"))
+        await _wrong_guess(b)  # a concurrent wrong guess the right one did not see
+        await a.clear("alice", attempt)
+    assert (await a.read("alice")).uncleared == 1
+
+
+async def test_locked_never_unlocks_by_merging_an_older_entry() -> None:
+    replicas = _replicas()
+    ledger = GuessLedger(replicas)
+    before = await ledger.enroll("alice")
+    await ledger.lock_out("alice", before)
+    for replica in replicas:
+        await replica.merge("alice", before)
+    assert (await ledger.read("alice")).locked
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        [],
+        {"attempts": {}},
+        {"attempts": {"a": "1"}, "cleared": {}, "generation": 1, "version": 0, "locked": False, "limit": 10},
+        {"attempts": {}, "cleared": {}, "generation": 1, "version": 0, "locked": 0, "limit": 10},
+    ],
+)
+def test_malformed_entry_from_a_peer_is_refused(raw: object) -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        GuessEntry.from_json(raw)
+
+
+def test_entry_round_trips_and_limit_is_bounded() -> None:
+    entry = GuessEntry(attempts={"s": 2}, cleared={"s": 1}, generation=2, version=5, limit=3)
+    assert GuessEntry.from_json(entry.to_json()) == entry
+    for bad in (0, 256):
+        with pytest.raises(ValueError, match=r"1\.\.255"):
+            check_guess_limit(bad)
+
+
+async def test_one_replica_listed_under_several_addresses_counts_once() -> None:
+    real = MemoryReplica()
+    ledger = GuessLedger([real, real, real, DownReplica(), DownReplica()], timeout=0.3)  # type: ignore[list-item]
+    with pytest.raises(LedgerUnavailable):
+        await ledger.read("alice")  # one enclave three times is not a majority of five

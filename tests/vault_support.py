@@ -1,0 +1,69 @@
+"""Shared pieces of the vault tests: a simulated vault enclave with a real KMS emulator and key policy."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from enclavekit.kms import KmsClient, RunningEmulator
+from enclavekit.nsm import NsmSimulator
+from enclavekit.services.vault.core import VaultCore
+from enclavekit.services.vault.guesses import GuessLedger, MemoryReplica, Replica
+from enclavekit.services.vault.keys import UNSAFE_TEST_ARGON2
+from enclavekit.services.vault.objects import DirectoryObjectStore
+from enclavekit.services.vault.sealing import KmsSealer
+from tests.test_kms_fixtures import REGION, boto3_kms, emulator_for, enclave_only_policy, simulated_enclave
+
+VAULT_APP = {"vault.py": b"the vault enclave image\n"}
+
+
+@dataclass
+class VaultWorld:
+    """One KMS, one simulated vault image, the host's object folder and the ledger replicas."""
+
+    sim_state: Path
+    objects_dir: Path
+    emulator: RunningEmulator
+    key_id: str
+    replicas: list[Replica]
+
+    def kms_client(self, app: dict[str, bytes] = VAULT_APP) -> KmsClient:
+        simulator = simulated_enclave(self.sim_state, app)
+        return KmsClient.connect(
+            simulator.client().attestation,
+            region_name=REGION,
+            endpoint_url=self.emulator.url,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def enclave(self, app: dict[str, bytes] = VAULT_APP) -> VaultCore:
+        """A (re)started vault enclave: fresh memory, same replicas, same host storage."""
+        return VaultCore(
+            GuessLedger(self.replicas),
+            KmsSealer(self.kms_client(app), self.key_id),
+            DirectoryObjectStore(self.objects_dir),
+            argon2=UNSAFE_TEST_ARGON2,
+        )
+
+    def snapshot(self, where: Path) -> None:
+        shutil.copytree(self.objects_dir, where)
+
+    def restore(self, where: Path) -> None:
+        shutil.rmtree(self.objects_dir)
+        shutil.copytree(where, self.objects_dir)
+
+
+@contextlib.contextmanager
+def vault_world(tmp_path: Path, replicas: Sequence[Replica] | None = None) -> Iterator[VaultWorld]:
+    sim_state = tmp_path / "sim"
+    pcr0 = NsmSimulator(sim_state, app=VAULT_APP).pcr(0).hex()
+    with emulator_for(tmp_path / "kms", trust=[sim_state]) as running:
+        kms = boto3_kms(running.url)
+        key_id = kms.create_key(Policy=enclave_only_policy(pcr0))["KeyMetadata"]["KeyId"]
+        objects = tmp_path / "objects"
+        objects.mkdir()
+        yield VaultWorld(sim_state, objects, running, key_id, list(replicas or [MemoryReplica() for _ in range(3)]))
