@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "receipt": ("enclavekit.cli.receipt", "AIR v1 inference receipts: verify them offline."),
     "nsm": ("enclavekit.cli.nsm", "The Nitro Secure Module: simulated attestation documents and NSM facts."),
-    "vault": ("enclavekit.cli.vault", "Personal vaults in enclaves: enroll, keep secrets, change the PIN."),
+    "vault": ("enclavekit.cli.vault", "Personal vaults in enclaves: the host bridge and a user's commands."),
     "trust": (
         "enclavekit.cli.trust",
         "The Trust Center: verify attestation on a schedule, keep the history, show it (web, badge, JSON, EAR).",
