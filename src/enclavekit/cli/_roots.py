@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["simulator_roots"]
+__all__ = ["check_mark", "simulator_roots"]
 
 
 def simulator_roots(state_dirs: list[Path]) -> tuple[bytes, ...]:
@@ -14,3 +14,8 @@ def simulator_roots(state_dirs: list[Path]) -> tuple[bytes, ...]:
     from enclavekit.nsm.simulator import load_root
 
     return tuple(load_root(directory) for directory in state_dirs)
+
+
+def check_mark(check: dict[str, object]) -> str:
+    """The rich mark of one check of a JSON report: passed ✓, not checked – (grey), anything else ✗."""
+    return {"passed": "[green]✓[/green]", "not_checked": "[dim]–[/dim]"}.get(str(check.get("status")), "[red]✗[/red]")

@@ -23,7 +23,7 @@ from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, Ver
 from enclavekit.attestation.nitro import NitroAttestation
 from enclavekit.attestation.report import Check
 from enclavekit.cli._app import app
-from enclavekit.cli._roots import simulator_roots
+from enclavekit.cli._roots import check_mark, simulator_roots
 from enclavekit.errors import ConfigurationError
 from enclavekit.receipts import (
     MAX_RECEIPT_SIZE,
@@ -205,6 +205,5 @@ def _print_human(console: Console, path: Path, out: dict[str, Any]) -> None:
         )
     table = Table(show_header=False, box=None, padding=(0, 1, 0, 2))
     for check in out["checks"]:
-        mark = "[green]✓[/green]" if check["ok"] else "[red]✗[/red]"
-        table.add_row(mark, check["name"], check["detail"])
+        table.add_row(check_mark(check), check["name"], check["detail"])
     console.print(table)

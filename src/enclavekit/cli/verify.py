@@ -34,7 +34,7 @@ from enclavekit.attestation.evidence import (
 )
 from enclavekit.attestation.nitro import AttestationDocument, UnsafePolicyWarning
 from enclavekit.cli._app import app
-from enclavekit.cli._roots import simulator_roots
+from enclavekit.cli._roots import check_mark, simulator_roots
 from enclavekit.errors import ConfigurationError
 
 if TYPE_CHECKING:  # TDX, dstack and policy files load only when used: `verify DOC` of a Nitro document stays fast
@@ -309,8 +309,7 @@ def _print_human(console: Console, path: Path, result: EvidenceResult, unpinned:
         console.print(f"  app {app_info['app_id']}, compose hash {app_info['compose_hash']}")
     table = Table(show_header=False, box=None, padding=(0, 1, 0, 2))
     for check in data["checks"]:
-        mark = {"passed": "[green]✓[/green]", "not_checked": "[dim]–[/dim]"}.get(check["status"], "[red]✗[/red]")
-        table.add_row(mark, check["name"], check["detail"])
+        table.add_row(check_mark(check), check["name"], check["detail"])
     console.print(table)
     measurements = data.get("measurements") or {}
     if measurements:
