@@ -108,7 +108,8 @@ def package_model(
 
 
 def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::111122223333:root") -> str:
-    """A KMS key policy: the publisher may make data keys; only an enclave with this PCR0 may decrypt them."""
+    """A KMS key policy: the publisher may make data keys (and bind the key to the measured PCR0 once the
+    configuration that names the key exists); only an enclave with this PCR0 may decrypt them."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -117,7 +118,7 @@ def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::1
                     "Sid": "Publisher",
                     "Effect": "Allow",
                     "Principal": {"AWS": publisher_principal},
-                    "Action": ["kms:GenerateDataKey", "kms:DescribeKey", "kms:GetKeyPolicy"],
+                    "Action": ["kms:GenerateDataKey", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"],
                     "Resource": "*",
                 },
                 {

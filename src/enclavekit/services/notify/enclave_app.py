@@ -115,8 +115,7 @@ class NotifyEnclave:
     provider: BrazeProvider | None = None
     config: NotifyEnclaveConfig | None = None
     kms: Callable[[EnclaveContext], KmsClient] | None = None
-    """Makes the attested KMS client (default: the ``kms_url`` setting's endpoint, or AWS in the configuration's
-    region)."""
+    """Makes the attested KMS client (default: :func:`enclave_kms_client` for the measured ``kms.endpoint``)."""
     restored: bool = False
     """True if the push key was recovered from its KMS-wrapped copy (a restart with the same PCR0)."""
     delivered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
@@ -174,7 +173,7 @@ class NotifyEnclave:
     def _kms_client(self, context: EnclaveContext, config: NotifyEnclaveConfig) -> KmsClient:
         if self.kms is not None:
             return self.kms(context)
-        return enclave_kms_client(context, region=config.kms.region)
+        return enclave_kms_client(context, config.kms.endpoint)
 
     async def _persisted_keys(
         self, context: EnclaveContext, client: KmsClient, config: NotifyEnclaveConfig
@@ -408,7 +407,7 @@ def build_app(name: str = "notify", track: Track | None = None) -> tuple[Enclave
             config = state.config
             track.kms_key_id = None if config is None else config.kms.key_id
             if config is not None and track.kms is None:
-                track.kms = lambda context: enclave_kms_client(context, region=config.kms.region)
+                track.kms = lambda context: enclave_kms_client(context, config.kms.endpoint)
 
         enclave_app.on_boot(measured_kms_key)
         track.attach(enclave_app)  # then its boot hook (join or genesis) runs before ours derives the key
