@@ -29,7 +29,7 @@ from enclavekit.services.inference.loader import MANIFEST_FILE, TOKENIZER_FILE, 
 from enclavekit.services.inference.manifest import Manifest
 from enclavekit.services.inference.model_files import ModelFiles, bundled_model_dir
 from enclavekit.services.inference.package import enclave_key_policy, package_model
-from tests.test_kms_fixtures import boto3_kms, emulator_for
+from tests.test_kms_fixtures import boto3_kms, emulator_for, kms_endpoint
 
 KEY = bytes(range(32))
 
@@ -220,7 +220,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _release(running: RunningEmulator, enclave: NsmSimulator) -> KeyRelease:
-    client = KmsClient(boto3_kms(running.url), enclave.client().attestation)
+    client = KmsClient(kms_endpoint(running.url), enclave.client().attestation)
     return lambda blob, context, key_id: client.decrypt(blob, encryption_context=context, key_id=key_id)
 
 

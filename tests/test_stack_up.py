@@ -72,7 +72,7 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     services = stack["services"]
     assert isinstance(services, dict)
     assert services["nats"]["url"].startswith("nats://127.0.0.1:")
-    assert services["kms"]["url"].startswith("http://127.0.0.1:")
+    assert services["kms"]["url"].startswith("https://127.0.0.1:")  # its CA is pinned by the enclaves
     assert services["relay_demo"]["url"].startswith("tcp://127.0.0.1:")
     assert [e["name"] for e in stack["enclaves"]] == ["demo", "notify", "inference"]  # type: ignore[attr-defined]
     for name in ("notify_api", "notify_ingest", "notify_dispatcher", "inference_gateway", "trust_web"):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,9 +108,12 @@ def package_model(
     return PackageResult(manifest, out)
 
 
-def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::111122223333:root") -> str:
+def enclave_key_policy(
+    pcr0_hex: str | Sequence[str], publisher_principal: str = "arn:aws:iam::111122223333:root"
+) -> str:
     """A KMS key policy: the publisher may make data keys (and bind the key to the measured PCR0 once the
-    configuration that names the key exists); only an enclave with this PCR0 may decrypt them."""
+    configuration that names the key exists); only an enclave with this PCR0 (or one of these) may decrypt them."""
+    pcr0s = pcr0_hex if isinstance(pcr0_hex, str) else list(pcr0_hex)
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -127,7 +131,7 @@ def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::1
                     "Principal": {"AWS": publisher_principal},
                     "Action": ["kms:Decrypt"],
                     "Resource": "*",
-                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}},
+                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0s}},
                 },
             ],
         }
