@@ -75,7 +75,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def ensure_provider_tls(directory: Path, host: str) -> ProviderTls:
-    """A local CA and a certificate for ``host`` signed by it, made once in ``directory`` and reused."""
+    """A local CA and a certificate for ``host`` signed by it, made once in ``directory`` and reused.
+
+    The one local-CA helper of the stack: notify's capture provider (``STATE/notify/provider``) and the KMS
+    emulator (``STATE/kms/tls``, :mod:`enclavekit.stack.kms`) each get theirs from it; enclaves pin the CA."""
     ca_file, cert_file, key_file = directory / "ca.pem", directory / "provider.pem", directory / "provider.key"
     if ca_file.exists() and cert_file.exists() and key_file.exists():
         return ProviderTls(ca_file.read_text(), cert_file, key_file)
