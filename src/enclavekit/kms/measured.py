@@ -108,12 +108,23 @@ class MeasuredKmsEndpoint:
         return context
 
     def endpoint(
-        self, credentials: Credentials, *, route: tuple[str, int] | None = None, timeout: float = 10.0
+        self,
+        credentials: Credentials,
+        *,
+        route: tuple[str, int] | None = None,
+        timeout: float = 10.0,
+        attempts: int = 3,
     ) -> KmsEndpoint:
         """The :class:`KmsEndpoint` for this measured URL, connecting through ``route`` (the host's proxy)."""
         context = None if self.url.startswith("http://") else self.ssl_context()
         return KmsEndpoint(
-            self.url, region=self.region, credentials=credentials, timeout=timeout, ssl_context=context, route=route
+            self.url,
+            region=self.region,
+            credentials=credentials,
+            timeout=timeout,
+            attempts=attempts,
+            ssl_context=context,
+            route=route,
         )
 
 

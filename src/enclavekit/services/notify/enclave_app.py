@@ -1,9 +1,10 @@
 """The notify enclave: the only code that sees plaintext push IDs (and the Braze API key).
 
 Where it delivers is fixed by its **measured configuration** (:mod:`enclavekit.services.notify.enclave_config`,
-part of PCR0): one https provider whose certificate must chain to the pinned CA, the KMS key, and the provider
-API key as KMS ciphertext that the enclave decrypts itself with an attested Recipient. No route, launch
-argument or environment variable changes it. The push key is persisted through KMS (a data key under the
+part of PCR0): one https provider whose certificate must chain to the pinned CA, the KMS key and the KMS
+endpoint with its pinned CA (the host gives only the TCP route), and the provider API key as KMS ciphertext
+that the enclave decrypts itself with an attested Recipient. No route, launch argument or environment variable
+changes it. The push key is persisted through KMS (a data key under the
 configured key, released only to this measurement), so a restarted enclave with the same PCR0 opens every
 stored push ID; one with another PCR0 cannot.
 
