@@ -101,15 +101,36 @@ def write_config(prepared: Prepared, folder: Path, **changes: Any) -> Path:
     return path
 
 
+def bind_configs(prepared: Prepared, configs: list[Path], kms_url: str, ca_file: Path) -> None:
+    """Bind the package's KMS key to the PCR0 of each measured configuration variant (workers, engine)."""
+    import boto3
+
+    from enclavekit.services.inference.package import enclave_key_policy
+    from enclavekit.services.inference.stack import expected_pcr0
+
+    kms = boto3.client(
+        "kms",
+        endpoint_url=kms_url,
+        region_name="us-east-1",
+        verify=str(ca_file),
+        aws_access_key_id="enclavekit",
+        aws_secret_access_key="enclavekit",
+    )
+    pcr0s = [prepared.pcr0, *(expected_pcr0(config.read_bytes()).hex() for config in configs)]
+    kms.put_key_policy(KeyId=prepared.key_id, PolicyName="default", Policy=enclave_key_policy(pcr0s))
+
+
 async def boot_enclave(state: Path, config: Path, prepared: Prepared, kms_url: str) -> Any:
-    """An :class:`InferenceEnclave` booted in this process exactly as the runtime boots it (simulated NSM)."""
+    """An :class:`InferenceEnclave` booted in this process exactly as the runtime boots it (simulated NSM, the
+    measured configuration ``config``; ``kms_url`` is only for the record: the configuration names KMS)."""
     from enclavekit.services.inference.enclave_app import InferenceEnclave
 
-    nsm = NsmSimulator(state, app=image_files(ENCLAVE_APP)).client()
+    measured = config.read_bytes()
+    nsm = NsmSimulator(state, app=image_files(ENCLAVE_APP, measured)).client()
     keys = SessionKeys.generate()
-    settings = {"config": str(config), "package": str(prepared.package), "kms_url": kms_url}
+    settings = {"package": str(prepared.package)}
     context = EnclaveContext(
-        "inference", nsm, keys, Responder(keys, attester=nsm), "nitro-simulated", b"", state, settings
+        "inference", nsm, keys, Responder(keys, attester=nsm), "nitro-simulated", b"", state, settings, measured
     )
     await context.refresh()
     enclave = InferenceEnclave()
@@ -212,7 +233,7 @@ async def end_to_end(
     stack = Stack(StateDir(state))
     stack.state.create()
     try:
-        enclave = await stack.start_enclave(enclave_spec(replace(prepared, config=config), kms_url))
+        enclave = await stack.start_enclave(enclave_spec(replace(prepared, config=config)))
         relay = await stack.start_relay("inference", enclave["address"])
         gateway = await stack.start_service(
             ServiceSpec(
@@ -304,14 +325,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="enclavekit-inference-bench-") as tmp:
         state = Path(tmp)
-        from enclavekit.services.inference.stack import expected_pcr0
+        from enclavekit.services.notify.provision import ensure_provider_tls
 
-        pcr0 = expected_pcr0(state)
+        NsmSimulator(state, app=image_files(ENCLAVE_APP))  # makes the simulator root the emulator trusts
+        tls = ensure_provider_tls(state / "kms-tls", "127.0.0.1")  # the emulator's CA, pinned by the configs
+        ca_file = tls.cert_file.with_name("ca.pem")
         service = open_service(state / "kms", trusted_roots=[load_root(state)])
-        with EmulatorThread(service) as emulator:
-            prepared = prepare_model(state, emulator.url, pcr0=pcr0, max_batch=max(batches))
+        with EmulatorThread(service, tls=(tls.cert_file, tls.key_file)) as emulator:
+            prepared = prepare_model(state, emulator.url, kms_ca_file=ca_file, max_batch=max(batches))
             config1 = write_config(prepared, state, engine=engine_name, workers=1)
             config2 = write_config(prepared, state, engine=engine_name, workers=2)
+            bind_configs(prepared, [config1, config2], emulator.url, ca_file)
             bare, bare_load = bare_embedder(engine_name)
             result["text_tokens"] = int(bare.tokenizer.encode([TEXT]).mask.sum())
             result["reference_min_cosine"] = reference_cosine(bare)

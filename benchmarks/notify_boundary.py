@@ -28,7 +28,7 @@ APP = "enclavekit.services.notify.enclave_app:app"
 
 def _boot(harness: Harness, name: str, config: Path | None) -> float:
     argv = [*CLI, "enclave", "run", APP, "--name", name, "--listen", f"unix://{harness.root / (name + '.sock')}",
-            "--state", str(harness.state), "--set", f"kms_url={harness.kms_url}"]  # fmt: skip
+            "--state", str(harness.state)]  # fmt: skip
     if config is not None:
         argv += ["--config", str(config)]
     started = time.perf_counter()

@@ -237,19 +237,8 @@ def test_enclave_with_a_tampered_model_refuses_to_serve_anything(stack: _Stack, 
     weights = bytearray((package / WEIGHTS_FILE).read_bytes())
     weights[HEADER_SIZE + 3 * ((1 << 20) + 16) + 5] ^= 0x01  # inside chunk 3 (1 MiB + a 16-byte tag each)
     (package / WEIGHTS_FILE).write_bytes(bytes(weights))
-    kms_url = json.loads((stack.state / "stack.json").read_text())["services"]["kms"]["url"]
     socket_path = tmp_path / "bad.sock"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "enclavekit.cli", "enclave", "run"),
-            "enclavekit.services.inference.enclave_app:app",
-            *("--name", "inference", "--listen", f"unix://{socket_path}", "--state", str(stack.state)),
-            *("--set", f"config={stack.state / 'inference' / 'config.json'}", "--set", f"package={package}"),
-            *("--set", f"kms_url={kms_url}"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = _enclave_process(stack, socket_path, "--set", f"package={package}")
     try:
         assert process.stdout is not None
         ready = json.loads(process.stdout.readline() or b"{}")
@@ -272,3 +261,107 @@ def test_enclave_with_a_tampered_model_refuses_to_serve_anything(stack: _Stack, 
     finally:
         process.terminate()
         process.wait(30)
+
+
+def _enclave_process(stack: _Stack, socket_path: Path, *args: str, config: Path | None = None) -> Any:
+    """An inference enclave process on ``socket_path`` with the stack's measured configuration (or ``config``)."""
+    measured = config or stack.state / "inference" / "config.json"
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "enclavekit.enclave", "enclavekit.services.inference.enclave_app:app"),
+            *("--name", "inference", "--listen", f"unix://{socket_path}", "--state", str(stack.state)),
+            *("--config", str(measured)),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _refusal(stack: _Stack, process: Any, socket_path: Path) -> str:
+    """Why the enclave does not serve: its boot failure (stderr), or, when it boots, the error ``inference.info``
+    answers (it then refuses every embed with ``model_refused``)."""
+    assert process.stdout is not None
+    ready = json.loads(process.stdout.readline() or b"{}")
+    if not ready.get("ready"):
+        return _boot_failure(process)
+    policy = NitroPolicy.from_measurements(
+        {0: bytes.fromhex(ready["pcr0"])}, roots=(load_root(stack.local["simulator_root"]),)
+    )
+
+    async def ask() -> tuple[Any, str]:
+        async with AttestedClient.nitro(f"unix://{socket_path}", policy) as raw:
+            info = await raw.call(INFO, InfoRequest())
+            try:
+                await raw.call(EMBED, EmbedRequest(texts=["hello"]))
+            except Error as exc:
+                return info, exc.code
+            return info, "served"
+
+    try:
+        info, code = asyncio.run(ask())
+    finally:
+        process.kill()
+        process.wait(30)
+    assert not info.ready and info.error is not None and code == "model_refused"
+    return json.dumps(info.error)
+
+
+def _boot_failure(process: Any) -> str:
+    """The enclave must not come up: its exit status and its stderr (why)."""
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert b'"ready": true' not in out, "the enclave booted"
+    assert process.returncode != 0
+    return str(err.decode(errors="replace"))
+
+
+def test_host_cannot_give_the_inference_enclave_its_config_or_kms_url_by_launch_setting(
+    stack: _Stack, tmp_path: Path
+) -> None:
+    """The configuration (publisher key, KMS key and endpoint) is measured: launch settings naming one are refused."""
+    package = stack.state / "inference" / "package"
+    host_config = tmp_path / "host-config.json"
+    host_config.write_bytes((stack.state / "inference" / "config.json").read_bytes())
+    for extra, expected in (
+        (("--set", f"config={host_config}"), "config is not a launch setting"),
+        (("--set", "kms_url=http://127.0.0.1:9"), "kms_url is not a launch setting"),
+    ):
+        process = _enclave_process(stack, tmp_path / "setting.sock", "--set", f"package={package}", *extra)
+        assert expected in _boot_failure(process)
+
+
+def test_host_cannot_route_the_inference_enclave_to_its_own_kms(stack: _Stack, tmp_path: Path) -> None:
+    """A fake KMS at the host's route would seal a model key of the host's choosing: TLS to the pinned CA stops it."""
+    from enclavekit.services.notify.provision import ensure_provider_tls
+    from tests.test_kms_measured_endpoint import FakeKms
+
+    fake = FakeKms(ensure_provider_tls(tmp_path / "host-ca", "127.0.0.1"))
+    port = fake.start()
+    try:
+        package = stack.state / "inference" / "package"
+        route = ("--set", f"kms_route=127.0.0.1:{port}")
+        process = _enclave_process(stack, tmp_path / "routed.sock", "--set", f"package={package}", *route)
+        assert "kms_endpoint_untrusted" in _refusal(stack, process, tmp_path / "routed.sock")
+        assert fake.connections >= 1 and fake.requests == 0
+    finally:
+        fake.stop()
+
+
+def test_an_inference_enclave_with_another_config_gets_no_model_key(stack: _Stack, tmp_path: Path) -> None:
+    """One changed byte of the configuration is another PCR0: the key policy releases nothing to it."""
+    from enclavekit.services.inference.config import InferenceConfig
+    from enclavekit.services.inference.stack import expected_pcr0
+
+    genuine = (stack.state / "inference" / "config.json").read_bytes()
+    document = InferenceConfig.from_bytes(genuine).to_json()
+    document["limits"]["max_batch"] = 1  # harmless-looking, still another measurement
+    variant = tmp_path / "variant.json"
+    variant.write_bytes(json.dumps(document).encode())
+    assert expected_pcr0(variant.read_bytes()) != expected_pcr0(genuine)
+    assert expected_pcr0(genuine).hex() == stack.local["enclave_pcr0"]
+    package = stack.state / "inference" / "package"
+    process = _enclave_process(stack, tmp_path / "variant.sock", "--set", f"package={package}", config=variant)
+    assert "kms_access_denied" in _refusal(stack, process, tmp_path / "variant.sock")

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import schemathesis
@@ -212,9 +211,7 @@ def test_authorize_refreshes_the_auth_proof_ttl(harness: Harness, push_key: byte
 
 
 def _kms_issuer(harness: Harness, *, kid: str | None = None) -> TokenIssuer:
-    kms = boto3.client(
-        "kms", endpoint_url=harness.kms_url, region_name="us-east-1", aws_access_key_id="l", aws_secret_access_key="l"
-    )
+    kms = harness.kms()
     key_id = kid or (harness.state / "notify" / "jwt-key-id").read_text().strip()
     return TokenIssuer(kms, key_id, issuer="enclavekit-notify", enclave_track="notify")
 
@@ -229,13 +226,7 @@ def test_bad_tokens_are_unauthorized(harness: Harness, push_key: bytes) -> None:
     future, _ = _kms_issuer(harness).issue("ab" * 60, now=int(time.time()) + 3600)
     other_key = _kms_issuer(
         harness,
-        kid=boto3.client(
-            "kms",
-            endpoint_url=harness.kms_url,
-            region_name="us-east-1",
-            aws_access_key_id="l",
-            aws_secret_access_key="l",
-        ).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"],
+        kid=harness.kms().create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"],
     ).issue("ab" * 60, now=int(time.time()))[0]
     cases = {
         "missing": None,

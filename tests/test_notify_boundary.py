@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from enclavekit.services.notify.wire import (
     Recipient,
     SecretKeyRequest,
 )
+from tests.test_kms_measured_endpoint import FakeKms
 
 APP = "enclavekit.services.notify.enclave_app:app"
 API_KEY = f"braze-live-{uuid.uuid4().hex}"
@@ -373,13 +374,12 @@ async def test_sealed_push_ids_from_the_database_go_only_to_the_measured_provide
     assert hostile.listener.connections == 0
 
 
-def _start_enclave(hostile: Hostile, name: str, *, config: Path, egress: str) -> Running:
+def _start_enclave(hostile: Hostile, name: str, *, config: Path, egress: str, extra: Sequence[str] = ()) -> Running:
     harness = hostile.harness
     running = start(
         name,
         [*CLI, "enclave", "run", APP, "--name", "notify-1", "--listen", f"unix://{harness.root / (name + '.sock')}",
-         "--state", str(harness.state), "--config", str(config), "--set", f"kms_url={harness.kms_url}",
-         "--set", f"egress_proxy={egress}"],
+         "--state", str(harness.state), "--config", str(config), "--set", f"egress_proxy={egress}", *extra],
         log_dir=harness.logs,
         env={"ENCLAVEKIT_LOG_LEVEL": "debug"},
     )  # fmt: skip
@@ -469,6 +469,27 @@ def test_an_enclave_with_another_pcr0_cannot_recover_the_push_key_or_the_api_key
 
 def _encodings(secret: bytes) -> list[bytes]:
     return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
+
+
+def test_host_cannot_route_the_enclave_to_its_own_kms_or_name_another_kms_url(hostile: Hostile, tmp_path: Path) -> None:
+    """The host's fake KMS would hand out a correctly sealed push key of the host's choosing: the enclave's TLS
+    to the measured KMS endpoint (the pinned CA) refuses it before sending a Recipient, and the boot stops."""
+    harness = hostile.harness
+    assert harness.config_path is not None
+    fake = FakeKms(ensure_provider_tls(tmp_path / "host-kms-ca", "127.0.0.1"))
+    port = fake.start()
+    try:
+        for name, extra, expected in (
+            ("routed", ["--set", f"kms_route=127.0.0.1:{port}"], "kms_endpoint_untrusted"),
+            ("renamed", ["--set", f"kms_url=https://127.0.0.1:{port}"], "kms_url is not a launch setting"),
+        ):
+            with pytest.raises(RuntimeError) as caught:
+                _start_enclave(hostile, name, config=harness.config_path, egress=harness.egress, extra=extra)
+            assert expected in str(caught.value)
+        assert fake.requests == 0, "no request (no Recipient) reached the host's KMS"
+        assert fake.connections >= 1, "the route was taken: TLS refused it"
+    finally:
+        fake.stop()
 
 
 def test_nothing_the_host_sees_holds_the_api_key_or_a_push_id(hostile: Hostile) -> None:

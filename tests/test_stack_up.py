@@ -72,7 +72,7 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     services = stack["services"]
     assert isinstance(services, dict)
     assert services["nats"]["url"].startswith("nats://127.0.0.1:")
-    assert services["kms"]["url"].startswith("http://127.0.0.1:")
+    assert services["kms"]["url"].startswith("https://127.0.0.1:")  # its CA is pinned by the enclaves
     assert services["relay_demo"]["url"].startswith("tcp://127.0.0.1:")
     names = [e["name"] for e in stack["enclaves"]]  # type: ignore[attr-defined]
     assert names[0] == "demo" and sorted(names[1:4]) == ["vault-1", "vault-2", "vault-3"]

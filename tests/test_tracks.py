@@ -23,6 +23,7 @@ import pytest
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
+from enclavekit.services.notify.provision import ensure_provider_tls
 from tests.apps.tracked import LEAK, STATE, Empty
 from tests.polling import wait_for
 
@@ -353,18 +354,29 @@ def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_ac
     from enclavekit.enclave.runtime import image_files
     from enclavekit.nsm import NsmSimulator
 
-    pcr0 = NsmSimulator(cluster.state, app=image_files("tests.apps.tracked:app")).pcr(0)
+    NsmSimulator(cluster.state, app=image_files("tests.apps.tracked:app"))  # makes the root the emulator trusts
+    tls = ensure_provider_tls(tmp_path / "kms-tls", "127.0.0.1")  # the emulator's CA, pinned by the config
     kms = subprocess.Popen(
-        [*CLI, "kms", "serve", "--port", "0", "--state", str(tmp_path / "kms"), "--trust-sim-root", str(cluster.state)],
+        [*CLI, "kms", "serve", "--port", "0", "--state", str(tmp_path / "kms"), "--trust-sim-root", str(cluster.state),
+         "--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-    )
+    )  # fmt: skip
     try:
         assert kms.stdout is not None
         url = json.loads(kms.stdout.readline())["url"]
+        assert url.startswith("https://")
+        config_file = tmp_path / "tracked-config.json"
+        config_file.write_bytes(json.dumps({"kms_endpoint": {"url": url, "ca_pem": tls.ca_pem}}).encode())
+        pcr0 = NsmSimulator(cluster.state, app=image_files("tests.apps.tracked:app", config_file.read_bytes())).pcr(0)
         client = boto3.client(
-            "kms", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+            "kms",
+            endpoint_url=url,
+            region_name="us-east-1",
+            verify=str(tls.cert_file.with_name("ca.pem")),
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
         )
         policy = {
             "Version": "2012-10-17",
@@ -388,7 +400,7 @@ def test_persisted_track_survives_a_full_restart_only_for_code_the_key_policy_ac
         }
         key_id = client.create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
         env = {"TRACK_KMS_KEY": key_id}
-        args = ("--set", f"kms_url={url}")
+        args = ("--config", str(config_file))
         first = cluster.start("p1", extra_env=env, extra_args=args)
         second = cluster.start("p2", extra_env=env, extra_args=args)
         fingerprint, genesis = cluster.state_of(first)

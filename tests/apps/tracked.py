@@ -1,13 +1,20 @@
-"""A test enclave app that belongs to a track (configured from the environment) and can show its secret's id."""
+"""A test enclave app that belongs to a track (configured from the environment) and can show its secret's id.
+
+With ``TRACK_KMS_KEY`` it persists the track secret through KMS at the endpoint its measured configuration
+(``--config``: ``{"kms_endpoint": {...}}``) names, through :func:`enclave_kms_client` like the real apps."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from pydantic import BaseModel
 
 from enclavekit.enclave import EnclaveApp
-from enclavekit.enclave.tracks import Track, lease_store
+from enclavekit.enclave.runtime import EnclaveContext
+from enclavekit.enclave.tracks import Track, enclave_kms_client, lease_store
+from enclavekit.kms.client import KmsClient
+from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.rpc import CallContext, Route
 
 
@@ -31,6 +38,14 @@ track = Track(
     join_timeout=float(os.environ.get("TRACK_JOIN_TIMEOUT", "20")),
     kms_key_id=os.environ.get("TRACK_KMS_KEY") or None,
 )
+
+
+def measured_kms(context: EnclaveContext) -> KmsClient:
+    config = json.loads(context.config or b"{}")
+    return enclave_kms_client(context, MeasuredKmsEndpoint.from_document(config["kms_endpoint"], region="us-east-1"))
+
+
+track.kms = measured_kms
 track.attach(app)
 
 

@@ -98,6 +98,9 @@ def embed_command(
 def package_command(
     out: Path = typer.Option(..., "--out", help="Folder for the package."),
     kms_url: str | None = typer.Option(None, "--kms-url", help="KMS endpoint (default: AWS in --region)."),
+    kms_ca_file: Path | None = typer.Option(
+        None, "--kms-ca-file", help="CA bundle KMS's certificate must chain to (the local emulator's CA)."
+    ),
     region: str = typer.Option("us-east-1", "--region"),
     key_id: str = typer.Option(..., "--key-id", help="KMS key whose policy lets only the enclave decrypt."),
     publisher_key: Path = typer.Option(..., "--publisher-key", help="Ed25519 private key (PKCS#8 PEM)."),
@@ -118,6 +121,7 @@ def package_command(
             "kms",
             endpoint_url=kms_url,
             region_name=region,
+            verify=str(kms_ca_file) if kms_ca_file else None,
             aws_access_key_id="enclavekit" if local else None,
             aws_secret_access_key="enclavekit" if local else None,
         )

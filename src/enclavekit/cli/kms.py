@@ -46,8 +46,14 @@ def serve_command(
     region: str = typer.Option(DEFAULT_REGION, "--region", help="Region in key ARNs."),
     account: str = typer.Option(DEFAULT_ACCOUNT, "--account", help="Account id in key ARNs."),
     log_level: str = typer.Option("info", "--log-level", help="Logging level on stderr."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS: certificate chain (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Serve HTTPS: private key (PEM)."),
 ) -> None:
-    """Run the KMS emulator until SIGTERM/SIGINT."""
+    """Run the KMS emulator until SIGTERM/SIGINT (HTTPS with --tls-cert/--tls-key, as enclaves require)."""
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("error: give both --tls-cert and --tls-key, or neither", err=True)
+        raise typer.Exit(2)
+    tls = None if tls_cert is None or tls_key is None else (tls_cert, tls_key)
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         stream=sys.stderr,
@@ -76,7 +82,7 @@ def serve_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(service, host=host, port=port, on_ready=ready, stop=stop)
+        await serve(service, host=host, port=port, on_ready=ready, stop=stop, tls=tls)
 
     try:
         asyncio.run(main())

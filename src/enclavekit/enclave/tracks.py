@@ -48,6 +48,7 @@ from enclavekit.rpc import CallContext, ClientOptions, Route
 if TYPE_CHECKING:
     from enclavekit.enclave.runtime import EnclaveContext
     from enclavekit.kms.client import KmsClient
+    from enclavekit.kms.measured import MeasuredKmsEndpoint
 
 __all__ = [
     "JOIN",
@@ -302,22 +303,25 @@ def lease_store(url: str, *, ttl: float = 30.0) -> NatsLeaseStore | RedisLeaseSt
     raise ConfigurationError(f"lease store {url!r}: expected nats://... or redis://...")
 
 
-def enclave_kms_client(context: EnclaveContext, *, region: str | None = None) -> KmsClient:
-    """The enclave's attested KMS client: the endpoint in the ``kms_url`` setting (the emulator), or AWS in
-    ``region`` (default: the ``kms_region`` setting, else us-east-1)."""
-    from enclavekit.kms.client import KmsClient
+def enclave_kms_client(context: EnclaveContext, endpoint: MeasuredKmsEndpoint) -> KmsClient:
+    """The enclave's attested KMS client for the KMS ``endpoint`` its measured configuration names — the one
+    constructor every enclave app uses.
 
-    return KmsClient.connect(
-        context.nsm.attestation,
-        region_name=region or context.settings.get("kms_region", "us-east-1"),
-        endpoint_url=context.settings.get("kms_url"),
-        aws_access_key_id=context.settings.get("kms_access_key_id", "enclavekit")
-        if "kms_url" in context.settings
-        else None,
-        aws_secret_access_key=context.settings.get("kms_secret_access_key", "enclavekit")
-        if "kms_url" in context.settings
-        else None,
-    )
+    The host may supply only the TCP route (the ``kms_route`` setting, ``HOST:PORT``); TLS ends here and verifies
+    the measured URL's host against the measured trust anchor. A ``kms_url`` setting (how the host chose the
+    endpoint before it was measured) is refused rather than silently ignored.
+    """
+    from enclavekit.kms.client import KmsClient
+    from enclavekit.kms.measured import credentials_for, parse_route
+
+    if "kms_url" in context.settings:
+        raise ConfigurationError(
+            "kms_url is not a launch setting: the KMS endpoint is part of the measured configuration "
+            "(the host may give only kms_route=HOST:PORT, a TCP path)"
+        )
+    route = parse_route(context.settings.get("kms_route"))
+    transport = endpoint.endpoint(credentials_for(endpoint, context.settings), route=route)
+    return KmsClient(transport, context.nsm.attestation)
 
 
 async def kms_persisted_secret(
@@ -369,7 +373,8 @@ class Track:
     """Persist the secret: genesis asks KMS for a data key under this key (released only to attested enclaves
     that its key policy accepts) and keeps the wrapped copy in the store, so a full restart restores it."""
     kms: Callable[[EnclaveContext], KmsClient] | None = None
-    """Makes the KMS client inside the enclave (default: the endpoint in the ``kms_url`` setting, or AWS)."""
+    """Makes the KMS client inside the enclave (required with ``kms_key_id``: the app builds it with
+    :func:`enclave_kms_client` from its measured configuration; there is no host-chosen default)."""
     _secret: bytes | None = None
     _member: Member | None = None
     _context: EnclaveContext | None = None
@@ -449,7 +454,11 @@ class Track:
     async def _genesis_secret(self, context: EnclaveContext) -> bytes:
         if self.kms_key_id is None:
             return os.urandom(SECRET_SIZE)
-        client = (self.kms or enclave_kms_client)(context)
+        if self.kms is None:
+            raise ConfigurationError(
+                f"track {self.name}: a KMS key without a measured KMS endpoint (set Track.kms from the measured config)"
+            )
+        client = self.kms(context)
         secret, self.restored = await kms_persisted_secret(
             client,
             self.kms_key_id,

@@ -84,7 +84,9 @@ class KmsClient:
         timeout: float = 10.0,
         recipient_key: rsa.RSAPrivateKey | None = None,
     ) -> KmsClient:
-        """A client for AWS KMS in ``region_name``, or for ``endpoint_url`` (the emulator, a vsock proxy...).
+        """A client for AWS KMS in ``region_name``, or for ``endpoint_url`` (tests, tools). An enclave app builds
+        its client with :func:`enclavekit.enclave.tracks.enclave_kms_client` instead: the endpoint and its TLS
+        trust anchor from the measured configuration, only the TCP route from the host.
 
         Credentials default to ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``.
         """

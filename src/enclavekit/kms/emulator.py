@@ -203,11 +203,12 @@ class RunningEmulator:
     host: str
     port: int
     service: KmsService
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -232,8 +233,10 @@ async def running_emulator(
     host: str = "127.0.0.1",
     port: int = 0,
     clock: Callable[[], datetime] = _utcnow,
+    tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[RunningEmulator]:
-    """Serve ``service`` on ``host:port`` (0: a free port) in the current event loop until the block ends."""
+    """Serve ``service`` on ``host:port`` (0: a free port) in the current event loop until the block ends; over
+    HTTPS with ``tls`` (``(certificate chain file, key file)``), as enclaves require (they pin its CA)."""
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(
@@ -244,6 +247,8 @@ async def running_emulator(
         limit_concurrency=256,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
+        ssl_certfile=None if tls is None else str(tls[0]),
+        ssl_keyfile=None if tls is None else str(tls[1]),
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -253,7 +258,7 @@ async def running_emulator(
                 task.result()
                 raise RuntimeError("the KMS emulator stopped before it started")
             await asyncio.sleep(0.005)
-        yield RunningEmulator(bound_host, bound_port, service)
+        yield RunningEmulator(bound_host, bound_port, service, tls is not None)
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
@@ -275,8 +280,10 @@ class EmulatorThread:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], datetime] = _utcnow,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self._args = (service, host, port, clock)
+        self._tls = tls
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,7 +299,7 @@ class EmulatorThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            async with running_emulator(service, host=host, port=port, clock=clock) as running:
+            async with running_emulator(service, host=host, port=port, clock=clock, tls=self._tls) as running:
                 self._running = running
                 self._ready.set()
                 await self._stop.wait()
@@ -326,9 +333,10 @@ async def serve(
     port: int = DEFAULT_PORT,
     on_ready: Callable[[RunningEmulator], None] = lambda running: None,
     stop: asyncio.Event | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or the task is cancelled); ``on_ready`` is called once, when listening."""
     stop = stop or asyncio.Event()
-    async with running_emulator(service, host=host, port=port) as running:
+    async with running_emulator(service, host=host, port=port, tls=tls) as running:
         on_ready(running)
         await stop.wait()

@@ -3,8 +3,12 @@
 This is what an enclave uses to reach KMS (see ``docs/adr/0014-tcb-stdlib-kms-client.md``): ``http.client`` +
 ``ssl`` + a SigV4 signature, so the enclave's TCB holds no AWS SDK. TLS (to ``https://kms.REGION.amazonaws.com``
 or any ``https://`` endpoint) is verified against the system's CA store and ends in this process; ``http://`` is
-for the local KMS emulator. Every answer is size-limited and parsed once; errors are the classes of
-:mod:`enclavekit.kms.errors`, chosen by the ``__type`` KMS answers with. Transient failures (unreachable,
+for tests against a plain emulator. ``route`` (``(host, port)``) is where the TCP connection goes — the host's
+proxy (on Nitro, the vsock proxy) — while TLS still verifies the URL's host: the route chooses a path, never
+whom the client trusts. A failed TLS verification raises :class:`KmsEndpointUntrusted` before anything is sent.
+Whether ``http://`` may be used at all is the caller's decision (:mod:`enclavekit.kms.measured` refuses it unless
+the measured configuration says ``unsafe_plain_http``). Every answer is size-limited and parsed once; errors are
+the classes of :mod:`enclavekit.kms.errors`, chosen by the ``__type`` KMS answers with. Transient failures (unreachable,
 throttled, 5xx) are retried ``attempts`` times with a short backoff, as boto3's standard mode does.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import time
 import urllib.parse
@@ -23,7 +28,7 @@ from typing import Any
 
 from enclavekit.errors import ConfigurationError
 from enclavekit.kms._sigv4 import authorization
-from enclavekit.kms.errors import KmsRejected, KmsUnavailable, aws_error_class
+from enclavekit.kms.errors import KmsEndpointUntrusted, KmsRejected, KmsUnavailable, aws_error_class
 
 __all__ = ["MAX_RESPONSE_SIZE", "Credentials", "KmsEndpoint"]
 
@@ -63,6 +68,7 @@ class KmsEndpoint:
         timeout: float = 10.0,
         attempts: int = 3,
         ssl_context: ssl.SSLContext | None = None,
+        route: tuple[str, int] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -85,6 +91,7 @@ class KmsEndpoint:
         self._timeout = timeout
         self._attempts = attempts
         self._ssl = ssl_context
+        self._route = route
         self._now = now
 
     @classmethod
@@ -125,13 +132,11 @@ class KmsEndpoint:
             access_key_id=self._credentials.access_key_id,
             secret_access_key=self._credentials.secret_access_key,
         )
-        connection: http.client.HTTPConnection
-        if self._tls:
-            context = self._ssl or ssl.create_default_context()
-            connection = http.client.HTTPSConnection(self._hostname, self._port, timeout=self._timeout, context=context)
-        else:
-            connection = http.client.HTTPConnection(self._hostname, self._port, timeout=self._timeout)
+        host, port = self._route or (self._hostname, self._port or (443 if self._tls else 80))
+        connection = http.client.HTTPConnection(host, port, timeout=self._timeout)
         try:
+            if self._tls:
+                connection.sock = self._handshake(host, port)
             connection.request("POST", "/", body=body, headers=headers)
             response = connection.getresponse()
             status = response.status
@@ -157,3 +162,18 @@ class KmsEndpoint:
         if status >= 500 or status == 429:
             raise KmsUnavailable(f"KMS answered {operation} with HTTP {status}")
         raise KmsRejected(f"KMS answered {operation} with HTTP {status} and no error type")
+
+    def _handshake(self, host: str, port: int) -> ssl.SSLSocket:
+        """TCP to the route, then TLS verifying the URL's host against the trust anchor (system store by default)."""
+        context = self._ssl or ssl.create_default_context()
+        raw = socket.create_connection((host, port), timeout=self._timeout)
+        try:
+            return context.wrap_socket(raw, server_hostname=self._hostname)
+        except ssl.SSLError as exc:  # a wrong chain or name, or a peer that does not speak TLS
+            raw.close()
+            raise KmsEndpointUntrusted(
+                f"the KMS endpoint at {host}:{port} failed TLS verification as {self._hostname}: {exc}"
+            ) from exc
+        except OSError:
+            raw.close()
+            raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from enclavekit.errors import InfrastructureError, Rejected
+from enclavekit.errors import ConfigurationError, InfrastructureError, Rejected
 
 __all__ = [
     "AccessDenied",
@@ -23,8 +23,10 @@ __all__ = [
     "EnvelopeMalformed",
     "EnvelopeUnsupported",
     "IncorrectKey",
+    "InsecureKmsEndpoint",
     "InvalidCiphertext",
     "InvalidKeyUsage",
+    "KmsEndpointUntrusted",
     "KmsInternal",
     "KmsRejected",
     "KmsUnavailable",
@@ -184,6 +186,20 @@ class KmsInternal(KmsUnavailable):
     code = "kms_internal"
     aws_type = "KMSInternalException"
     http_status = 500
+
+
+class KmsEndpointUntrusted(Rejected):
+    """The peer at the KMS route did not prove, over TLS, that it is the measured KMS endpoint (its certificate
+    does not chain to the measured trust anchor or does not name the measured host, or it does not speak TLS).
+    Nothing was sent to it: the request (with its Recipient) goes out only after the handshake verifies."""
+
+    code = "kms_endpoint_untrusted"
+
+
+class InsecureKmsEndpoint(ConfigurationError):
+    """A KMS endpoint that is not ``https://``, without the measured configuration's explicit ``unsafe_`` flag."""
+
+    code = "kms_endpoint_insecure"
 
 
 class PlaintextReturned(Rejected):

@@ -7,30 +7,13 @@ import json
 from enclavekit.services.inference.stack import start_inference
 from enclavekit.services.notify.stack import start_notify
 from enclavekit.services.vault.stack import prepare_vault, start_vault
+from enclavekit.stack.kms import ensure_local_kms
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVES", "start_default"]
 
 ENCLAVES: tuple[EnclaveSpec, ...] = (EnclaveSpec("demo", "enclavekit.enclave.demo:app"),)
 """Enclave apps of the local stack, each behind its own host relay."""
-
-
-KMS = ServiceSpec(
-    "kms",
-    lambda stack, port: python_command(
-        "kms",
-        "serve",
-        "--host",
-        stack.host,
-        "--port",
-        str(port),
-        "--state",
-        str(stack.state.root),
-        "--trust-sim-root",
-        str(stack.state.root),
-    ),
-)
-"""The local KMS emulator (AWS KMS JSON protocol), trusting this stack's simulated NSM for Recipient requests."""
 
 
 def _trust_web(stack: Stack, port: int) -> list[str]:
@@ -70,8 +53,8 @@ async def start_default(stack: Stack) -> None:
     for spec in ENCLAVES:
         enclave = await stack.start_enclave(spec)
         await stack.start_relay(spec.name, enclave["address"])
-    await stack.start_service(KMS)  # after the enclaves: the simulator's root exists by now
-    await start_vault(stack)  # the vault enclave (KMS key bound to its PCR0) and its NATS bridge
+    await ensure_local_kms(stack)  # HTTPS, its CA pinned by every enclave's measured config (after the enclaves)
+    await start_vault(stack)  # the vault enclaves (KMS key bound to their PCR0) and their NATS bridge
     await start_notify(stack)  # stand-ins, egress proxy, notify enclave and relay, API, ingest, dispatcher
     await start_inference(stack)  # model packaged once into the state folder, enclave, relay, gateway
     await stack.start_service(TRUST_WEB)  # after the enclaves and their relays: it registers them

@@ -1,11 +1,11 @@
 """The inference enclave's configuration: what decides trust, in one frozen value. Pure.
 
-The publisher key (whose signature the model's manifest must carry), the KMS key, and the model id and
-version decide which model the enclave will serve; the limits decide what input it accepts. The enclave reads
-this from a JSON file at boot and states its SHA-256 (:meth:`InferenceConfig.digest`) in every receipt
-(``policy_version``), so a client can see which configuration answered. It is ready to be folded into the
-measurement (the measured-config mechanism of notify) — until then the digest in the receipt is how a relying
-party pins it.
+The publisher key (whose signature the model's manifest must carry), the KMS key and the KMS endpoint (its URL
+and the CA its certificate must chain to), and the model id and version decide which model the enclave will
+serve; the limits decide what input it accepts. The file is the enclave's measured configuration (``--config``:
+folded into PCR0, like notify's), so the host cannot change any of it without changing PCR0 — and the KMS key's
+policy releases the model key only to that PCR0. Its SHA-256 (:meth:`InferenceConfig.digest`) is also stated in
+every receipt (``policy_version``), so a client can see which configuration answered.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from enclavekit.errors import ConfigurationError
+from enclavekit.kms.measured import MeasuredKmsEndpoint
 
 __all__ = ["ENGINES", "MAX_CONFIG_SIZE", "InferenceConfig", "Limits"]
 
@@ -52,6 +53,11 @@ class InferenceConfig:
     """Raw Ed25519 public key (32 bytes) that must sign the model's manifest."""
     kms_key_id: str
     kms_region: str = "us-east-1"
+    kms_url: str | None = None
+    """The KMS the enclave talks to (default: AWS in ``kms_region``); ``https`` unless ``unsafe_kms_plain_http``."""
+    kms_ca_pem: str | None = None
+    """The only roots KMS's TLS certificate may chain to (default: the system store)."""
+    unsafe_kms_plain_http: bool = False
     limits: Limits = Limits()
     workers: int = 1
     """Request workers (threads running the engine, one BLAS thread each)."""
@@ -67,6 +73,16 @@ class InferenceConfig:
             raise ConfigurationError(f"workers must be 1..64, not {self.workers}")
         if self.engine not in ENGINES:
             raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        self.kms_endpoint()
+
+    def kms_endpoint(self) -> MeasuredKmsEndpoint:
+        """The measured KMS endpoint (raises :class:`ConfigurationError`, e.g. for ``http`` without the flag)."""
+        document: dict[str, Any] = {"unsafe_plain_http": self.unsafe_kms_plain_http}
+        if self.kms_url is not None:
+            document["url"] = self.kms_url
+        if self.kms_ca_pem is not None:
+            document["ca_pem"] = self.kms_ca_pem
+        return MeasuredKmsEndpoint.from_document(document, region=self.kms_region)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

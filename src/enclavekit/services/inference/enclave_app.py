@@ -1,13 +1,14 @@
 """The inference enclave: the only code that sees the client's text and the model's plaintext weights.
 
-Boot: read the trust-deciding configuration (the runtime's measured configuration file where the runtime has
-one, else ``--set config=PATH``), make the receipt key (Ed25519, memory only)
+Boot: read the trust-deciding configuration (the measured ``--config`` file, part of PCR0; there is no
+host-chosen alternative), make the receipt key (Ed25519, memory only)
 and an attestation document whose ``user_data`` is its raw public key, then load the model package
 (``--set package=DIR``; :func:`~enclavekit.services.inference.loader.load_package`: signature, KMS key release to
 an attested Recipient, chunk-by-chunk authenticated decryption, hashes). A model that does not verify is
 refused: the enclave then answers ``inference.info`` with the error and every ``inference.embed`` with
-``model_refused`` — it never serves another model. ``kms_url`` (and ``kms_access_key_id``) are host-fed
-settings that decide only where the key request goes; KMS's key policy and the signed manifest decide the rest.
+``model_refused`` — it never serves another model. The KMS endpoint and its TLS trust anchor are in the measured
+configuration; the host may give only ``kms_route`` (a TCP path) and credentials; KMS's key policy and the signed
+manifest decide the rest.
 
 Routes, and why each cannot leak:
 
@@ -67,18 +68,11 @@ DOCUMENT_MAX_AGE = 600.0
 
 
 def kms_release(context: EnclaveContext, config: InferenceConfig) -> KeyRelease:
-    """Decrypt the data key with KMS, sealed to a fresh Recipient key in an attestation document of this enclave."""
-    from enclavekit.kms.client import KmsClient
+    """Decrypt the data key with KMS, sealed to a fresh Recipient key in an attestation document of this enclave,
+    from the KMS endpoint the measured configuration names (:func:`~enclavekit.enclave.tracks.enclave_kms_client`)."""
+    from enclavekit.enclave.tracks import enclave_kms_client
 
-    settings = context.settings
-    local = "kms_url" in settings
-    kms = KmsClient.connect(
-        context.nsm.attestation,
-        region_name=config.kms_region,
-        endpoint_url=settings.get("kms_url"),
-        aws_access_key_id=settings.get("kms_access_key_id", "enclavekit") if local else None,
-        aws_secret_access_key=settings.get("kms_secret_access_key", "enclavekit") if local else None,
-    )
+    kms = enclave_kms_client(context, config.kms_endpoint())
 
     def release(blob: bytes, encryption_context: Mapping[str, str], key_id: str) -> bytes:
         return kms.decrypt(blob, encryption_context=encryption_context, key_id=key_id)
@@ -115,12 +109,12 @@ class InferenceEnclave:
     async def _boot(self, context: EnclaveContext) -> None:
         started = time.perf_counter()
         self._context = context
-        measured: bytes | None = getattr(context, "config", None)  # the runtime's measured config, where it has one
+        if context.config is None:
+            raise ConfigurationError("the inference enclave needs its measured configuration: --config FILE")
+        if "config" in context.settings:
+            raise ConfigurationError("config is not a launch setting: the configuration is measured (--config FILE)")
+        self.config = InferenceConfig.from_bytes(context.config)
         try:
-            if measured is not None:
-                self.config = InferenceConfig.from_bytes(measured)
-            else:
-                self.config = InferenceConfig.load(Path(context.settings["config"]))
             package = Path(context.settings["package"])
         except KeyError as exc:
             raise ConfigurationError(f"the inference enclave needs --set {exc.args[0]}=...") from exc

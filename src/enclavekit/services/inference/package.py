@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,8 +108,12 @@ def package_model(
     return PackageResult(manifest, out)
 
 
-def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::111122223333:root") -> str:
-    """A KMS key policy: the publisher may make data keys; only an enclave with this PCR0 may decrypt them."""
+def enclave_key_policy(
+    pcr0_hex: str | Sequence[str], publisher_principal: str = "arn:aws:iam::111122223333:root"
+) -> str:
+    """A KMS key policy: the publisher may make data keys (and bind the key to the measured PCR0 once the
+    configuration that names the key exists); only an enclave with this PCR0 (or one of these) may decrypt them."""
+    pcr0s = pcr0_hex if isinstance(pcr0_hex, str) else list(pcr0_hex)
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -117,7 +122,7 @@ def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::1
                     "Sid": "Publisher",
                     "Effect": "Allow",
                     "Principal": {"AWS": publisher_principal},
-                    "Action": ["kms:GenerateDataKey", "kms:DescribeKey", "kms:GetKeyPolicy"],
+                    "Action": ["kms:GenerateDataKey", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"],
                     "Resource": "*",
                 },
                 {
@@ -126,7 +131,7 @@ def enclave_key_policy(pcr0_hex: str, publisher_principal: str = "arn:aws:iam::1
                     "Principal": {"AWS": publisher_principal},
                     "Action": ["kms:Decrypt"],
                     "Resource": "*",
-                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}},
+                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0s}},
                 },
             ],
         }

@@ -1,11 +1,13 @@
 """The inference service under ``enclavekit up``: the model packaged once into the state folder, the enclave
 (``inference`` in ``stack.json``, behind its relay) and the host's gateway in front of the relay.
 
-First ``up`` (or whenever the enclave's PCR0 changed, since the KMS key policy pins it): a publisher key
-(``STATE/inference/publisher.pem``, 0600), a KMS key whose policy lets only an enclave with this PCR0 decrypt,
-the encrypted package (``STATE/inference/package/``) and the enclave's configuration
-(``STATE/inference/config.json``). ``STATE/inference/local.json`` records what the local commands need: the
-gateway, the enclave's PCR0, the model hash.
+First ``up`` (or whenever the configuration or the enclave's code changed): a publisher key
+(``STATE/inference/publisher.pem``, 0600), a KMS key, the enclave's measured configuration
+(``STATE/inference/config.json``: publisher key, KMS key id, KMS endpoint and its pinned CA, limits), the PCR0 that
+code and configuration give (:func:`enclavekit.enclave.runtime.expected_pcr0`), the key's policy bound to that
+PCR0 (PutKeyPolicy), and the encrypted package (``STATE/inference/package/``). The enclave then boots with
+``--config`` — nothing that decides trust is a launch setting. ``STATE/inference/local.json`` records what the
+local commands need: the gateway, the enclave's PCR0, the model hash.
 """
 
 from __future__ import annotations
@@ -16,23 +18,27 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from enclavekit.errors import ConfigurationError
 from enclavekit.stack.processes import free_port
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
+
+if TYPE_CHECKING:
+    from enclavekit.kms.measured import MeasuredKmsEndpoint
 
 __all__ = ["ENCLAVE_APP", "Prepared", "expected_pcr0", "load_local", "prepare_model", "start_inference"]
 
 ENCLAVE_APP = "enclavekit.services.inference.enclave_app:app"
 
 
-def expected_pcr0(state: Path, spec: str = ENCLAVE_APP) -> bytes:
-    """The PCR0 the simulated enclave running ``spec`` will have (what the KMS key policy pins)."""
-    from enclavekit.enclave.runtime import image_files
-    from enclavekit.nsm import NsmSimulator
+def expected_pcr0(config: bytes, spec: str = ENCLAVE_APP) -> bytes:
+    """The PCR0 the simulated enclave running ``spec`` with the measured ``config`` will have (what the KMS key
+    policy pins)."""
+    from enclavekit.enclave import runtime
 
     importlib.import_module(spec.partition(":")[0])
-    return NsmSimulator(state, app=image_files(spec)).pcr(0)
+    return runtime.expected_pcr0(spec, config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +60,19 @@ def prepare_model(
     state: Path,
     kms_url: str,
     *,
-    pcr0: bytes | None = None,
+    kms_ca_file: Path | None = None,
+    kms_endpoint: MeasuredKmsEndpoint | None = None,
     model_dir: Path | None = None,
     workers: int = 1,
     max_batch: int = 256,
+    spec: str = ENCLAVE_APP,
 ) -> Prepared:
-    """Package the model for this stack's inference enclave unless a package for the same PCR0 exists."""
+    """Package the model for this stack's inference enclave unless a package for the same configuration and PCR0
+    exists. ``kms_url``/``kms_ca_file``: where the host (the publisher) reaches KMS, verifying its CA;
+    ``kms_endpoint``: the KMS the enclave's measured configuration names (default: the same URL, that CA pinned)."""
     import boto3
 
+    from enclavekit.kms.measured import MeasuredKmsEndpoint
     from enclavekit.services.inference.config import InferenceConfig, Limits
     from enclavekit.services.inference.model_files import (
         DEFAULT_MODEL_ID,
@@ -76,15 +87,23 @@ def prepare_model(
         write_publisher_key,
     )
 
+    if kms_endpoint is None:
+        ca_pem = None if kms_ca_file is None else kms_ca_file.read_text()
+        kms_endpoint = MeasuredKmsEndpoint(kms_url.rstrip("/"), "us-east-1", ca_pem)
     folder = state / "inference"
     folder.mkdir(parents=True, exist_ok=True)
-    pcr0_hex = (pcr0 if pcr0 is not None else expected_pcr0(state)).hex()
     record = folder / "prepared.json"
     if record.exists():
         previous = json.loads(record.read_text())
-        if previous.get("pcr0") == pcr0_hex and (Path(previous["package"]) / "manifest.json").exists():
-            config = InferenceConfig.load(Path(previous["config"]))
-            if config.workers == workers and config.limits.max_batch == max_batch:
+        if (Path(previous["package"]) / "manifest.json").exists() and Path(previous["config"]).exists():
+            raw = Path(previous["config"]).read_bytes()
+            config = InferenceConfig.from_bytes(raw)
+            same = config.workers == workers and config.limits.max_batch == max_batch
+            if (
+                same
+                and config.kms_endpoint() == kms_endpoint
+                and previous.get("pcr0") == expected_pcr0(raw, spec).hex()
+            ):
                 return Prepared(**previous)
     publisher_path = folder / "publisher.pem"
     publisher = load_publisher_key(publisher_path) if publisher_path.exists() else write_publisher_key(publisher_path)
@@ -92,10 +111,30 @@ def prepare_model(
         "kms",
         endpoint_url=kms_url,
         region_name="us-east-1",
+        verify=str(kms_ca_file) if kms_ca_file is not None else None,
         aws_access_key_id="enclavekit",
         aws_secret_access_key="enclavekit",  # noqa: S106 - the local emulator ignores credentials
     )
-    key_id = str(kms.create_key(Policy=enclave_key_policy(pcr0_hex))["KeyMetadata"]["KeyId"])
+    # The key first (the configuration names it), bound to no enclave until PCR0 is known.
+    key_id = str(kms.create_key(Policy=enclave_key_policy("00" * 48))["KeyMetadata"]["KeyId"])
+    endpoint_document = kms_endpoint.to_document()
+    config = InferenceConfig(
+        model_id=DEFAULT_MODEL_ID,
+        version=DEFAULT_VERSION,
+        publisher_key=publisher.public_key().public_bytes_raw(),
+        kms_key_id=key_id,
+        kms_region=kms_endpoint.region,
+        kms_url=endpoint_document["url"],
+        kms_ca_pem=endpoint_document.get("ca_pem"),
+        unsafe_kms_plain_http=kms_endpoint.unsafe_plain_http,
+        workers=workers,
+        limits=Limits(max_batch=max_batch),
+    )
+    config_path = folder / "config.json"
+    raw_config = json.dumps(config.to_json(), indent=1).encode()
+    _write_private(config_path, raw_config)
+    pcr0 = expected_pcr0(raw_config, spec)
+    kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=enclave_key_policy(pcr0.hex()))
     files = ModelFiles.in_folder(model_dir or bundled_model_dir())
     result = package_model(
         files,
@@ -107,21 +146,11 @@ def prepare_model(
         publisher=publisher,
         now=datetime.now(UTC),
     )
-    config = InferenceConfig(
-        model_id=DEFAULT_MODEL_ID,
-        version=DEFAULT_VERSION,
-        publisher_key=publisher.public_key().public_bytes_raw(),
-        kms_key_id=key_id,
-        workers=workers,
-        limits=Limits(max_batch=max_batch),
-    )
-    config_path = folder / "config.json"
-    config_path.write_bytes(json.dumps(config.to_json(), indent=1).encode())
     prepared = Prepared(
         config=config_path,
         package=result.folder,
         key_id=key_id,
-        pcr0=pcr0_hex,
+        pcr0=pcr0.hex(),
         model_hash=result.manifest.model_hash.hex(),
     )
     record.write_text(json.dumps({k: str(getattr(prepared, k)) for k in Prepared.__slots__}, indent=1))
@@ -135,46 +164,26 @@ def load_local(state: Path) -> dict[str, Any]:
     return data
 
 
-def enclave_spec(prepared: Prepared, kms_url: str, name: str = "inference") -> EnclaveSpec:
+def enclave_spec(prepared: Prepared, name: str = "inference") -> EnclaveSpec:
+    """The enclave booted with its measured configuration; the package folder is the only launch setting (the
+    package is signed and its key released only to the measured PCR0, so the host choosing it decides nothing)."""
     return EnclaveSpec(
-        name,
-        ENCLAVE_APP,
-        extra_args=(
-            "--set",
-            f"config={prepared.config}",
-            "--set",
-            f"package={prepared.package}",
-            "--set",
-            f"kms_url={kms_url}",
-        ),
+        name, ENCLAVE_APP, extra_args=("--config", str(prepared.config), "--set", f"package={prepared.package}")
     )
 
 
 async def start_inference(stack: Stack) -> None:
+    from enclavekit.stack.kms import ensure_local_kms
+
     state = stack.state.root
     host = stack.host
-    pcr0 = expected_pcr0(state)  # first: it also creates the simulator's root, which the KMS emulator trusts
-    kms_url = stack.services.get("kms", {}).get("url")
-    if kms_url is None:
-        kms_url = await stack.start_service(
-            ServiceSpec(
-                "kms",
-                lambda s, port: python_command(
-                    "kms",
-                    "serve",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--state",
-                    str(state),
-                    "--trust-sim-root",
-                    str(state),
-                ),
-            )
+    local_kms = await ensure_local_kms(stack)
+    prepared = prepare_model(state, local_kms.url, kms_ca_file=local_kms.ca_file, kms_endpoint=local_kms.measured())
+    enclave = await stack.start_enclave(enclave_spec(prepared))
+    if enclave["pcr0"] != prepared.pcr0:
+        raise ConfigurationError(
+            f"the inference enclave booted with PCR0 {enclave['pcr0']}, not the {prepared.pcr0} its KMS key is bound to"
         )
-    prepared = prepare_model(state, kms_url, pcr0=pcr0)
-    enclave = await stack.start_enclave(enclave_spec(prepared, kms_url))
     relay = await stack.start_relay("inference", enclave["address"])
     metrics_port = free_port(host)
     gateway = await stack.start_service(

@@ -1,9 +1,10 @@
 """The notify enclave: the only code that sees plaintext push IDs (and the Braze API key).
 
 Where it delivers is fixed by its **measured configuration** (:mod:`enclavekit.services.notify.enclave_config`,
-part of PCR0): one https provider whose certificate must chain to the pinned CA, the KMS key, and the provider
-API key as KMS ciphertext that the enclave decrypts itself with an attested Recipient. No route, launch
-argument or environment variable changes it. The push key is persisted through KMS (a data key under the
+part of PCR0): one https provider whose certificate must chain to the pinned CA, the KMS key and the KMS
+endpoint with its pinned CA (the host gives only the TCP route), and the provider API key as KMS ciphertext
+that the enclave decrypts itself with an attested Recipient. No route, launch argument or environment variable
+changes it. The push key is persisted through KMS (a data key under the
 configured key, released only to this measurement), so a restarted enclave with the same PCR0 opens every
 stored push ID; one with another PCR0 cannot.
 
@@ -115,8 +116,7 @@ class NotifyEnclave:
     provider: BrazeProvider | None = None
     config: NotifyEnclaveConfig | None = None
     kms: Callable[[EnclaveContext], KmsClient] | None = None
-    """Makes the attested KMS client (default: the ``kms_url`` setting's endpoint, or AWS in the configuration's
-    region)."""
+    """Makes the attested KMS client (default: :func:`enclave_kms_client` for the measured ``kms.endpoint``)."""
     restored: bool = False
     """True if the push key was recovered from its KMS-wrapped copy (a restart with the same PCR0)."""
     delivered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
@@ -174,7 +174,7 @@ class NotifyEnclave:
     def _kms_client(self, context: EnclaveContext, config: NotifyEnclaveConfig) -> KmsClient:
         if self.kms is not None:
             return self.kms(context)
-        return enclave_kms_client(context, region=config.kms.region)
+        return enclave_kms_client(context, config.kms.endpoint)
 
     async def _persisted_keys(
         self, context: EnclaveContext, client: KmsClient, config: NotifyEnclaveConfig
@@ -408,7 +408,7 @@ def build_app(name: str = "notify", track: Track | None = None) -> tuple[Enclave
             config = state.config
             track.kms_key_id = None if config is None else config.kms.key_id
             if config is not None and track.kms is None:
-                track.kms = lambda context: enclave_kms_client(context, region=config.kms.region)
+                track.kms = lambda context: enclave_kms_client(context, config.kms.endpoint)
 
         enclave_app.on_boot(measured_kms_key)
         track.attach(enclave_app)  # then its boot hook (join or genesis) runs before ours derives the key

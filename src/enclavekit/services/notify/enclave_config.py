@@ -10,7 +10,8 @@ provider API key. It is JSON, parsed once here into frozen dataclasses; unknown 
      "provider": {"url": "https://HOST[:PORT][/PREFIX]", "ca_pem": "-----BEGIN CERTIFICATE-----...",
                   "timeout": 10, "max_attempts": 4, "backoff": 0.2, "aliases_per_request": 50,
                   "alias_label": "push_id"},
-     "kms": {"key_id": "...", "region": "us-east-1", "api_key_ciphertext": "BASE64 CiphertextBlob"},
+     "kms": {"key_id": "...", "region": "us-east-1", "api_key_ciphertext": "BASE64 CiphertextBlob",
+             "endpoint": {"url": "https://HOST[:PORT]", "ca_pem": "-----BEGIN CERTIFICATE-----..."}},
      "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...]}
 
 * ``provider.url``: ``https`` only; the enclave runs TLS end to end (through the host's CONNECT proxy, which is
@@ -18,6 +19,9 @@ provider API key. It is JSON, parsed once here into frozen dataclasses; unknown 
 * ``kms.api_key_ciphertext``: the provider API key as a KMS ``CiphertextBlob`` under ``kms.key_id``; the enclave
   decrypts it with an attested Recipient (encryption context :data:`API_KEY_CONTEXT`). The same key wraps the
   persisted push key (:data:`PUSH_KEY_CONTEXT`).
+* ``kms.endpoint``: which KMS the enclave talks to and the roots its TLS certificate must chain to
+  (:class:`~enclavekit.kms.measured.MeasuredKmsEndpoint`; absent: AWS KMS in ``kms.region`` with the system's
+  roots). The host supplies only the TCP route (``kms_route``), never the URL or the trust anchor.
 * ``operator_keys``: the callers (client identity keys) an operator-only route would accept. notify has no
   operator-only route today; :meth:`NotifyEnclaveConfig.require_operator` is the check any such route must make.
 """
@@ -37,6 +41,7 @@ from typing import Any, Final
 from cryptography import x509
 
 from enclavekit.errors import ConfigurationError, Rejected
+from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.rpc import CallContext
 
 __all__ = [
@@ -115,6 +120,8 @@ class KmsSettings:
     key_id: str
     region: str
     api_key_ciphertext: bytes
+    endpoint: MeasuredKmsEndpoint
+    """The KMS the enclave talks to (URL and TLS trust anchor): measured, never host-chosen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,7 @@ class NotifyEnclaveConfig:
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
         provider = _provider(_object(top.get("provider"), "provider", _PROVIDER_FIELDS))
-        kms = _kms(_object(top.get("kms"), "kms", {"key_id", "region", "api_key_ciphertext"}))
+        kms = _kms(_object(top.get("kms"), "kms", {"key_id", "region", "api_key_ciphertext", "endpoint"}))
         operators = top.get("operator_keys", [])
         if not isinstance(operators, list) or len(operators) > MAX_OPERATOR_KEYS:
             raise InvalidEnclaveConfig(f"operator_keys must be a list of at most {MAX_OPERATOR_KEYS} keys")
@@ -169,6 +176,7 @@ class NotifyEnclaveConfig:
                 "key_id": self.kms.key_id,
                 "region": self.kms.region,
                 "api_key_ciphertext": base64.b64encode(self.kms.api_key_ciphertext).decode(),
+                "endpoint": self.kms.endpoint.to_document(),
             },
             "operator_keys": [key.hex() for key in self.operator_keys],
         }
@@ -275,4 +283,8 @@ def _kms(data: dict[str, Any]) -> KmsSettings:
         raise InvalidEnclaveConfig("kms.api_key_ciphertext is not base64") from exc
     if not ciphertext:
         raise InvalidEnclaveConfig("kms.api_key_ciphertext is empty")
-    return KmsSettings(key_id=key_id, region=region, api_key_ciphertext=ciphertext)
+    try:
+        endpoint = MeasuredKmsEndpoint.from_document(data.get("endpoint"), region=region)
+    except ConfigurationError as exc:
+        raise InvalidEnclaveConfig(f"kms.endpoint: {exc}") from exc
+    return KmsSettings(key_id=key_id, region=region, api_key_ciphertext=ciphertext, endpoint=endpoint)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.services.notify.enclave_config import (
     API_KEY_CONTEXT,
     CONFIG_FORMAT,
@@ -74,7 +75,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def ensure_provider_tls(directory: Path, host: str) -> ProviderTls:
-    """A local CA and a certificate for ``host`` signed by it, made once in ``directory`` and reused."""
+    """A local CA and a certificate for ``host`` signed by it, made once in ``directory`` and reused.
+
+    The one local-CA helper of the stack: notify's capture provider (``STATE/notify/provider``) and the KMS
+    emulator (``STATE/kms/tls``, :mod:`enclavekit.stack.kms`) each get theirs from it; enclaves pin the CA."""
     ca_file, cert_file, key_file = directory / "ca.pem", directory / "provider.pem", directory / "provider.key"
     if ca_file.exists() and cert_file.exists() and key_file.exists():
         return ProviderTls(ca_file.read_text(), cert_file, key_file)
@@ -169,12 +173,16 @@ def provision_config(
     api_key: bytes,
     region: str = "us-east-1",
     operator_keys: Sequence[bytes] = (),
+    kms_endpoint: MeasuredKmsEndpoint | None = None,
 ) -> NotifyEnclaveConfig:
     """The configuration at ``path``; made once (a new KMS key, the API key encrypted under it) and then reused
-    as long as it names the same provider and CA — so PCR0 stays the same across restarts."""
+    as long as it names the same provider and CA and the same KMS endpoint (``kms_endpoint``: the KMS ``kms``
+    talks to and its pinned CA; default AWS in ``region``) — so PCR0 stays the same across restarts."""
+    endpoint = kms_endpoint or MeasuredKmsEndpoint.for_region(region)
     if path.exists():
         existing = NotifyEnclaveConfig.from_bytes(path.read_bytes())
-        if existing.provider.url == provider_url.rstrip("/") and existing.provider.ca_pem == ca_pem:
+        same_provider = existing.provider.url == provider_url.rstrip("/") and existing.provider.ca_pem == ca_pem
+        if same_provider and existing.kms.endpoint == endpoint:
             return existing
     created = kms.create_key(
         Description="enclavekit notify: provider API key and push key (measured enclave only)",
@@ -190,6 +198,7 @@ def provision_config(
             "key_id": key_id,
             "region": region,
             "api_key_ciphertext": base64.b64encode(encrypted["CiphertextBlob"]).decode(),
+            "endpoint": endpoint.to_document(),
         },
         "operator_keys": [key.hex() for key in operator_keys],
     }

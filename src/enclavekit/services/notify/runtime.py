@@ -62,6 +62,7 @@ def kms_client(settings: NotifySettings) -> KMSClient:
         "kms",
         endpoint_url=settings.kms_url,
         region_name=settings.kms_region,
+        verify=str(settings.kms_ca_file) if settings.kms_ca_file else None,
         aws_access_key_id="local" if local else None,
         aws_secret_access_key="local" if local else None,
     )

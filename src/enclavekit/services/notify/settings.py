@@ -43,6 +43,7 @@ class NotifySettings(BaseModel):
 
     # tokens and World ID
     kms_url: str | None = None
+    kms_ca_file: Path | None = Field(None, description="CA bundle that KMS's certificate must chain to (local KMS).")
     kms_region: str = "us-east-1"
     jwt_key_id: str = ""
     jwt_issuer: str = "enclavekit-notify"

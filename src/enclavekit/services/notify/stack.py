@@ -85,30 +85,10 @@ async def start_notify(stack: Stack) -> None:
     api_key_file = ensure_api_key(provider_dir / "api-key")
     capture_port = stable_port(notify_dir / "ports.json", "capture", host)
 
-    kms_url = stack.services.get("kms", {}).get("url")
-    if kms_url is None:
-        from datetime import UTC, datetime
+    from enclavekit.stack.kms import boto3_kms, ensure_local_kms
 
-        from enclavekit.nsm.ca import SimulatorCA
-
-        SimulatorCA(state).root(now=datetime.now(UTC))  # the emulator trusts this simulator's root: make it first
-        kms_url = await stack.start_service(
-            ServiceSpec(
-                "kms",
-                lambda s, port: python_command(
-                    "kms",
-                    "serve",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--state",
-                    str(state),
-                    "--trust-sim-root",
-                    str(state),
-                ),
-            )
-        )
+    local_kms = await ensure_local_kms(stack)
+    kms_url = local_kms.url
     world_id = await stack.start_service(
         ServiceSpec(
             "notify_world_id",
@@ -148,15 +128,7 @@ async def start_notify(stack: Stack) -> None:
             url=lambda h, p: f"tcp://{h}:{p}",
         )
     )
-    import boto3
-
-    kms = boto3.client(  # the emulator takes any credentials; these name no secret
-        "kms",
-        endpoint_url=kms_url,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",  # noqa: S106
-    )
+    kms = boto3_kms(kms_url, local_kms.ca_file)
     config_path = notify_dir / "enclave-config.json"
     config = await asyncio.to_thread(
         provision_config,
@@ -165,10 +137,11 @@ async def start_notify(stack: Stack) -> None:
         provider_url=f"https://{host}:{capture_port}",
         ca_pem=tls.ca_pem,
         api_key=api_key_file.read_bytes().strip(),
+        kms_endpoint=local_kms.measured(),
     )
     pcr0 = await asyncio.to_thread(_measured_pcr0, config.raw)
     await asyncio.to_thread(bind_key, kms, config.kms.key_id, [pcr0])
-    enclave_args = ("--config", str(config_path), "--set", f"kms_url={kms_url}", "--set", f"egress_proxy={egress}")
+    enclave_args = ("--config", str(config_path), "--set", f"egress_proxy={egress}")  # KMS: in the config
     enclave = await stack.start_enclave(EnclaveSpec("notify", ENCLAVE_APP, extra_args=enclave_args))
     if enclave["pcr0"] != pcr0.hex():
         raise ConfigurationError(
@@ -182,6 +155,7 @@ async def start_notify(stack: Stack) -> None:
         "enclave_pcr0": [enclave["pcr0"]],
         "simulator_roots": [state],
         "kms_url": kms_url,
+        "kms_ca_file": local_kms.ca_file,
         "world_id_url": world_id,
     }
     local = {

@@ -12,10 +12,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enclavekit.services.notify.provision import ProviderTls
 from enclavekit.stack.up import nats_server_binary
+
+if TYPE_CHECKING:
+    from enclavekit.kms.measured import MeasuredKmsEndpoint
 
 __all__ = ["CLI", "Harness", "Running", "free_port", "start", "start_nats"]
 
@@ -167,17 +170,32 @@ class Harness:
         ]
         self.start_egress()
 
+    @property
+    def kms_tls(self) -> ProviderTls:
+        """The KMS emulator's local CA and certificate (made once in ``ROOT/kms-tls``)."""
+        from enclavekit.services.notify.provision import ensure_provider_tls
+
+        return ensure_provider_tls(self.root / "kms-tls", "127.0.0.1")
+
     def start_kms(self) -> str:
-        """The KMS emulator, trusting this harness's simulated NSM root (made here if it does not exist yet)."""
+        """The KMS emulator over HTTPS (its CA pinned by the measured configuration), trusting this harness's
+        simulated NSM root (made here if it does not exist yet)."""
         from datetime import UTC, datetime
 
         from enclavekit.nsm.ca import SimulatorCA
 
         SimulatorCA(self.state).root(now=datetime.now(UTC))
-        state = str(self.state)
+        state, tls = str(self.state), self.kms_tls
         kms_argv = [*CLI, "kms", "serve", "--port", "0", "--state", state, "--trust-sim-root", state]
+        kms_argv += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
         self.kms_url = self._start("kms", kms_argv).ready["url"]
         return self.kms_url
+
+    def kms_endpoint(self) -> MeasuredKmsEndpoint:
+        """The KMS endpoint the harness's measured configurations name: the emulator, its CA pinned."""
+        from enclavekit.kms.measured import MeasuredKmsEndpoint
+
+        return MeasuredKmsEndpoint(self.kms_url, "us-east-1", self.kms_tls.ca_pem)
 
     def start_egress(self) -> str:
         """The host's CONNECT proxy, allowing only the provider's host and port."""
@@ -194,6 +212,7 @@ class Harness:
             "kms",
             endpoint_url=self.kms_url,
             region_name="us-east-1",
+            verify=str(self.kms_tls.cert_file.with_name("ca.pem")),
             aws_access_key_id="local",
             aws_secret_access_key="local",  # noqa: S106 - the emulator takes any credentials
         )
@@ -213,6 +232,7 @@ class Harness:
                 provider_url=self.braze_url,
                 ca_pem=self.provider_tls.ca_pem,
                 api_key=self.braze_api_key.encode(),
+                kms_endpoint=self.kms_endpoint(),
             )
         else:  # a variant of the harness's configuration: same key and provider, another PCR0
             if self.config_path is None:
@@ -250,7 +270,7 @@ class Harness:
                 self.config_path = self.provision()
             config = self.config_path
         measured = [] if config is None else ["--config", str(config)]
-        measured += ["--set", f"kms_url={self.kms_url}", "--set", f"egress_proxy={self.egress}"]
+        measured += ["--set", f"egress_proxy={self.egress}"]  # the KMS endpoint is in the measured configuration
         if track is not None:
             extra.update(
                 {
@@ -321,6 +341,7 @@ class Harness:
             "enclave_pcr0": self.pcr0,
             "simulator_roots": self.state,
             "kms_url": self.kms_url,
+            "kms_ca_file": self.kms_tls.cert_file.with_name("ca.pem"),
             "world_id_url": self.world_id_url,
             **extra,
         }
