@@ -34,7 +34,6 @@ from enclavekit.services.vault.nats_auth import add_user, credentials
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.sealing import KmsSealer
 from enclavekit.services.vault.stack import expected_pcr0, key_policy, load_local, prepare_vault, start_vault
-from enclavekit.stack.default import KMS
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
 
@@ -113,7 +112,6 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
     try:
         await stack.start_nats()
         expected_pcr0(state.root)
-        await stack.start_service(KMS)
         await start_vault(stack)
         local = load_local(state.root)
         pcr0 = [bytes.fromhex(p) for p in local["pcr0"]]

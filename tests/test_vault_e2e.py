@@ -32,7 +32,6 @@ from enclavekit.services.vault.host import enclave_index
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_vault
 from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_vault, start_vault
 from enclavekit.services.vault.wire import MESSAGE, Message
-from enclavekit.stack.default import KMS
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
 
@@ -97,8 +96,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     try:
         await stack.start_nats()
         expected_pcr0(state.root)  # creates the simulator's CA, which the KMS emulator trusts
-        await stack.start_service(KMS)
-        await start_vault(stack)
+        await start_vault(stack)  # starts the stack's KMS emulator (HTTPS, its CA measured) when none runs
         state.write_stack(stack.snapshot())  # the CLI finds the NATS server (to reload users) through it
         built = World(stack, state.root, load_local(state.root))
         tap = await nats.connect(credentials(state.root, BRIDGE_USER).url(built.local["nats_url"]))

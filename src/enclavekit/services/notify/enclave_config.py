@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import re
 import ssl
 import urllib.parse
@@ -40,6 +39,10 @@ from typing import Any, Final
 
 from cryptography import x509
 
+from enclavekit.enclave.measured_config import AWS_REGION as _REGION
+from enclavekit.enclave.measured_config import KMS_KEY_ID as _KEY_ID
+from enclavekit.enclave.measured_config import InvalidEnclaveConfig, canonical, parse_json_document
+from enclavekit.enclave.measured_config import config_object as _object
 from enclavekit.errors import ConfigurationError, Rejected
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.rpc import CallContext
@@ -70,15 +73,7 @@ PUSH_KEY_CONTEXT: Final = {"enclavekit:app": "notify", "enclavekit:purpose": "pu
 """The encryption context of the persisted push key's data key."""
 _HOST: Final = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _PREFIX: Final = re.compile(r"^(/[A-Za-z0-9._~\-]+)*/?$")
-_KEY_ID: Final = re.compile(r"^[A-Za-z0-9:/_\-.]{1,2048}$")
-_REGION: Final = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
 _LABEL: Final = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-
-
-class InvalidEnclaveConfig(ConfigurationError):
-    """The measured configuration file is malformed: the enclave refuses to boot rather than guess."""
-
-    code = "invalid_enclave_config"
 
 
 class NotAnOperator(Rejected):
@@ -136,12 +131,7 @@ class NotifyEnclaveConfig:
     @classmethod
     def from_bytes(cls, data: bytes) -> NotifyEnclaveConfig:
         """Parse and check the file; raise :class:`InvalidEnclaveConfig` naming the first problem."""
-        if not isinstance(data, bytes) or len(data) > MAX_CONFIG_BYTES:
-            raise InvalidEnclaveConfig(f"the notify configuration must be at most {MAX_CONFIG_BYTES} bytes")
-        try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise InvalidEnclaveConfig(f"the notify configuration is not JSON ({type(exc).__name__})") from exc
+        document = parse_json_document(data, what="notify", max_bytes=MAX_CONFIG_BYTES)
         top = _object(document, "configuration", {"format", "version", "provider", "kms", "operator_keys"})
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
@@ -189,23 +179,9 @@ class NotifyEnclaveConfig:
         return key
 
 
-def canonical(document: dict[str, Any]) -> bytes:
-    """The canonical bytes of a configuration document (sorted keys, no spaces): what is written and measured."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-
-
 _PROVIDER_FIELDS: Final = frozenset(
     {"url", "ca_pem", "timeout", "max_attempts", "backoff", "aliases_per_request", "alias_label"}
 )
-
-
-def _object(value: Any, name: str, allowed: set[str] | frozenset[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidEnclaveConfig(f"{name} must be an object")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise InvalidEnclaveConfig(f"{name}: unknown field {unknown[0][:64]!r}")
-    return value
 
 
 def _number(value: Any, name: str, low: float, high: float, *, integer: bool = False) -> float:

@@ -11,9 +11,13 @@ Inside an envelope: ``enroll`` ``{pin, limit?}``, ``secret.put`` ``{pin|session,
 successful PIN check returns a ``session`` (5 minutes, memory only). Answers are ``{"ok": {...}}`` or
 ``{"error": {"code", "message", "attempts_left"?}}``.
 
-Settings (``enclave run --set``): ``kms_url`` (the KMS endpoint; AWS KMS's when absent), ``kms_region``,
-``kms_key_id`` (a key whose policy releases only to this image: checked at boot, refused otherwise),
-``objects`` (default ``STATE/vault/objects``). The key id should be measured configuration (see ``docs/vault.md``).
+Boot: ``python -m enclavekit.enclave enclavekit.services.vault.enclave_app:app --config FILE`` — the measured
+configuration (:mod:`~enclavekit.services.vault.enclave_config`: KMS key id, region, endpoint and the CA its
+certificate must chain to, ledger replicas and quorum, the attestation roots peers must chain to, the default guess
+limit). Launch settings (``--set``) may only choose routes for ciphertext: ``kms_route`` (a TCP path to the measured
+KMS endpoint; TLS ends in the enclave) and the emulator's credentials,
+``ledger_peers`` (peer addresses; a peer counts only if it attests with this PCR0 under the measured roots),
+``objects`` (default ``STATE/vault/objects``). Any other setting is refused at boot (``forbidden_launch_setting``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import secrets
 import time
 from collections import OrderedDict
@@ -35,12 +38,14 @@ from typing import Any, Final
 from nacl.bindings import crypto_scalarmult_base
 
 from enclavekit.enclave.app import EnclaveApp
+from enclavekit.enclave.measured_config import ForbiddenLaunchSetting, InvalidEnclaveConfig, check_launch_settings
 from enclavekit.enclave.runtime import EnclaveContext
+from enclavekit.enclave.tracks import enclave_kms_client
 from enclavekit.errors import ConfigurationError, Error
-from enclavekit.kms.client import KmsClient
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext
 from enclavekit.services.vault.core import Unlocked, VaultCore
+from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
     EnvelopeInvalid,
     OpenedRequest,
@@ -141,7 +146,7 @@ def _b64(text: Any, what: str) -> bytes:
 class VaultEnclave:
     """The vault enclave's state: its envelope key, its core, the replay guard, PIN-checked sessions."""
 
-    core_factory: Callable[[EnclaveContext, GuessLedger], VaultCore] | None = None
+    core_factory: Callable[[EnclaveContext, GuessLedger, VaultEnclaveConfig], VaultCore] | None = None
     clock: Callable[[], float] = time.time
     core: VaultCore | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
@@ -150,6 +155,7 @@ class VaultEnclave:
     replica_id: str = field(default_factory=lambda: secrets.token_hex(8))
     peers: list[PeerReplica] = field(default_factory=list)
     roots: tuple[bytes, ...] = ()
+    config: VaultEnclaveConfig | None = None
     _catch_up: asyncio.Task[None] | None = None
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
@@ -169,28 +175,43 @@ class VaultEnclave:
 
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
-        self.roots = _roots(context)
+        check_launch_settings(context.settings, ALLOWED_LAUNCH_SETTINGS, app="vault")
+        if context.config is None:
+            raise InvalidEnclaveConfig("the vault enclave boots with --config FILE (its measured configuration)")
+        config = self.config = VaultEnclaveConfig.from_bytes(context.config)
+        self.roots = config.roots
         peers = [a for a in context.settings.get("ledger_peers", "").split(",") if a]
+        if len(peers) > config.replicas - 1:
+            raise ForbiddenLaunchSetting(
+                f"ledger_peers lists {len(peers)} addresses; the measured ledger has {config.replicas} replicas"
+            )
 
         async def attest(user_data: bytes) -> bytes:
             return await context.attest(user_data=user_data)
 
         self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
-        if self.peers:
+        if config.replicas > 1:
             self.replica = GuessReplica(ready=False)  # until it caught up with a majority (or genesis)
-        self.core = (self.core_factory or _default_core)(context, self.ledger())
+        self.core = (self.core_factory or _default_core)(context, self.ledger(), config)
         logger.info(
-            "vault enclave ready: envelope key %s, ledger of %d replicas", self.public_key.hex()[:16], len(peers) + 1
+            "vault enclave ready: envelope key %s, ledger of %d replicas (quorum %d), %d peer addresses",
+            self.public_key.hex()[:16],
+            config.replicas,
+            config.quorum,
+            len(peers),
         )
 
     def ledger(self) -> GuessLedger:
         own = MemoryReplica(self.replica, identity=self.replica_id)
-        return GuessLedger([own, *self.peers])
+        return GuessLedger([own, *self.peers], quorum=None if self.config is None else self.config.quorum)
 
     async def _serving(self, context: EnclaveContext) -> None:
         """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
-        if self.peers:
-            self._catch_up = asyncio.create_task(catch_up(self.replica, self.peers, own_identity=self.replica_id))
+        if not self.replica.ready:
+            replicas = None if self.config is None else self.config.replicas
+            self._catch_up = asyncio.create_task(
+                catch_up(self.replica, self.peers, own_identity=self.replica_id, replicas=replicas)
+            )
             await asyncio.shield(self._catch_up)
 
     async def _shutdown(self, context: EnclaveContext) -> None:
@@ -274,7 +295,7 @@ class VaultEnclave:
         assert self.core is not None
         now = self.clock()
         if op == "enroll":
-            limit = payload.get("limit", 10)
+            limit = payload.get("limit", self.config.guess_limit if self.config is not None else 10)
             if type(limit) is not int or not 1 <= limit <= 255:
                 raise BadPayload("limit is 1..255")
             unlocked = await self.core.enroll(user, str(payload.get("pin", "")), limit)
@@ -323,29 +344,10 @@ class VaultEnclave:
         return {"records": records, "head": head, "session": session}
 
 
-def _roots(context: EnclaveContext) -> tuple[bytes, ...]:
-    """Roots for peers' attestation: AWS's, plus this stack's simulator CA when ``trust_sim_root`` names it."""
-    from enclavekit.attestation.roots import aws_nitro_root
-    from enclavekit.nsm import load_root
-
-    roots = [aws_nitro_root()]
-    if context.settings.get("trust_sim_root"):
-        roots.append(load_root(context.settings["trust_sim_root"]))
-    return tuple(roots)
-
-
-def _default_core(context: EnclaveContext, ledger: GuessLedger) -> VaultCore:
+def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnclaveConfig) -> VaultCore:
     settings = context.settings
-    key_id = settings.get("kms_key_id")
-    if not key_id:
-        raise ConfigurationError("the vault enclave needs --set kms_key_id=... (a key bound to its PCR0)")
-    kms = KmsClient.connect(
-        context.nsm.attestation,
-        region_name=settings.get("kms_region", "us-east-1"),
-        endpoint_url=settings.get("kms_url") or None,
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "enclave"),
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "enclave"),
-    )
+    key_id = config.kms_key_id
+    kms = enclave_kms_client(context, config.kms_endpoint)
     check_key_policy(kms.get_key_policy(key_id), context.pcr0)
     objects = DirectoryObjectStore(context.state_dir / "vault" / "objects")
     if settings.get("objects"):

@@ -194,17 +194,21 @@ class Attempt:
 
 @dataclass
 class GuessLedger:
-    """The coordinator: majority writes and reads over ``replicas``; one slot per boot (``slot``)."""
+    """The coordinator: majority writes and reads over ``replicas``; one slot per boot (``slot``).
+
+    ``quorum``, when given, is the measured quorum (more than half of the measured replica set): it holds however
+    few replicas the host made reachable, so a host listing fewer peers gets no smaller quorum."""
 
     replicas: Sequence[Replica]
     timeout: float = 5.0
+    quorum: int | None = None
     slot: str = field(default_factory=lambda: secrets.token_hex(8))
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _own: dict[str, int] = field(default_factory=dict)
 
     @property
     def majority(self) -> int:
-        return len(self.replicas) // 2 + 1
+        return self.quorum if self.quorum is not None else len(self.replicas) // 2 + 1
 
     def lock(self, user: str) -> asyncio.Lock:
         """Serialises this coordinator's operations on one user (its slot only grows one at a time)."""

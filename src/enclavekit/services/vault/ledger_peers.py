@@ -121,11 +121,17 @@ class PeerReplica:
 
 
 async def catch_up(
-    replica: GuessReplica, peers: Sequence[PeerReplica], *, own_identity: str, genesis_after: float = 3.0
+    replica: GuessReplica,
+    peers: Sequence[PeerReplica],
+    *,
+    own_identity: str,
+    replicas: int | None = None,
+    genesis_after: float = 3.0,
 ) -> None:
-    """Make ``replica`` ready: merge a majority's snapshots, or start empty once no peer has been ready for
-    ``genesis_after`` seconds. Retries until one happens."""
-    size = len(peers) + 1
+    """Make ``replica`` ready: merge the snapshots of a majority of ``replicas`` (the measured replica set size;
+    default: the peers listed plus this one), or start empty once no peer has been ready for ``genesis_after``
+    seconds. Retries until one happens."""
+    size = replicas if replicas is not None else len(peers) + 1
     loop = asyncio.get_running_loop()
     started = loop.time()
     while not replica.ready:

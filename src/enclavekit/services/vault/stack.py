@@ -1,5 +1,11 @@
-"""The vault under ``enclavekit up``: per-user NATS authorization, a KMS key bound to the vault's PCR0, the vault
-enclave (``stack.json`` enclave ``vault``) and its host bridge.
+"""The vault under ``enclavekit up``: per-user NATS authorization, the vault's measured configuration and a KMS
+key bound to its PCR0, the vault enclaves (``stack.json`` enclaves ``vault-1``..) and their host bridge.
+
+Order (as for notify): create the KMS key (its provisioning policy lets the operator bind it once and releases
+nothing) → write the measured configuration naming it (``STATE/vault/enclave-config.json``: key id, replicas and
+quorum, the simulator's root certificate, the guess limit) → compute PCR0 → bind the key to that PCR0 with a
+policy nobody can change → boot with ``--config``. The host passes only routes (``ledger_peers``; ``kms_route``
+where KMS is reached through a proxy).
 
 :func:`prepare_vault` must run before the stack starts NATS (it adds the authorization file to the server's
 configuration); :func:`start_vault` after the KMS emulator. ``STATE/vault/local.json`` records what the
@@ -13,25 +19,58 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from enclavekit.errors import Error
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, render
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
-__all__ = ["ENCLAVE_APP", "expected_pcr0", "key_policy", "load_local", "prepare_vault", "start_vault"]
+if TYPE_CHECKING:
+    from enclavekit.kms.measured import MeasuredKmsEndpoint
+
+__all__ = [
+    "ENCLAVE_APP",
+    "expected_pcr0",
+    "key_policy",
+    "load_local",
+    "prepare_vault",
+    "provision_vault_config",
+    "provisioning_policy",
+    "start_vault",
+]
 
 ENCLAVE_APP = "enclavekit.services.vault.enclave_app:app"
 
 
-def expected_pcr0(state: Path, spec: str = ENCLAVE_APP) -> str:
-    """The simulated PCR0 the vault enclave will have (its image: enclavekit, the app, the entrypoint)."""
+def expected_pcr0(state: Path, spec: str = ENCLAVE_APP, config: bytes | None = None) -> str:
+    """The simulated PCR0 the vault enclave will have (its image: enclavekit, the app, the entrypoint and its
+    measured configuration). Also creates the simulator's root in ``state`` when there is none."""
     import importlib
 
     from enclavekit.enclave.runtime import image_files
     from enclavekit.nsm import NsmSimulator
 
     importlib.import_module(spec.partition(":")[0])
-    return NsmSimulator(state, app=image_files(spec)).pcr(0).hex()
+    return NsmSimulator(state, app=image_files(spec, config)).pcr(0).hex()
+
+
+def provisioning_policy() -> str:
+    """A new key's policy until it is bound: the operator may encrypt, read and (once) replace the policy; nothing
+    is released to anyone."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "OperatorBindsOnce",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "*"},
+                    "Action": ["kms:Encrypt", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"],
+                    "Resource": "*",
+                }
+            ],
+        }
+    )
 
 
 def key_policy(pcr0_hex: str) -> str:
@@ -62,27 +101,60 @@ def key_policy(pcr0_hex: str) -> str:
     )
 
 
-def _kms_key(state: Path, kms_url: str, pcr0: str) -> str:
-    """The vault's KMS key for this PCR0 (created once, remembered in ``STATE/vault/kms-key.json``)."""
-    import boto3
+def provision_vault_config(
+    state: Path, kms_url: str, endpoint: MeasuredKmsEndpoint, *, ca_file: Path | None = None, replicas: int = 3
+) -> tuple[Path, str]:
+    """The vault's measured configuration file and its PCR0, made once per state folder and KMS endpoint and
+    reused while the image (and so PCR0) is unchanged; otherwise a new key, a new file, a new binding. The record
+    ``STATE/vault/kms-key.json`` names the key and the PCR0 it was bound to. ``kms_url`` is where this host
+    reaches the KMS (verifying ``ca_file`` when given); ``endpoint`` is what the measured configuration names."""
+    from enclavekit.nsm import load_root
+    from enclavekit.services.vault.enclave_config import VaultEnclaveConfig, vault_config_document
+    from enclavekit.stack.kms import boto3_kms
 
-    record = state / "vault" / "kms-key.json"
+    path, record = state / "vault" / "enclave-config.json", state / "vault" / "kms-key.json"
+    expected_pcr0(state)  # the simulator's root must exist: its certificate goes into the configuration
     try:
         known = json.loads(record.read_text())
-        if known.get("pcr0") == pcr0 and known.get("kms_url") == kms_url:
-            return str(known["key_id"])
-    except (FileNotFoundError, ValueError):
+        existing = VaultEnclaveConfig.from_bytes(path.read_bytes())
+        pcr0 = expected_pcr0(state, config=existing.raw)
+        if (
+            known.get("pcr0") == pcr0
+            and known.get("kms_url") == kms_url
+            and known.get("key_id") == existing.kms_key_id
+            and existing.replicas == replicas
+            and existing.kms_endpoint == endpoint
+        ):
+            return path, pcr0
+    except (FileNotFoundError, ValueError, Error):
         pass
-    secret = "local"  # noqa: S105  (the emulator checks no signature: it has no IAM)
-    kms = boto3.client(
-        "kms", endpoint_url=kms_url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key=secret
+    if ca_file is not None:
+        kms = boto3_kms(kms_url, ca_file)
+    else:  # a plain-HTTP emulator (tests): its endpoint must say unsafe_plain_http
+        import boto3
+
+        kms = boto3.client(  # the emulator checks no signature: it has no IAM
+            "kms",
+            endpoint_url=kms_url,
+            region_name=endpoint.region,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",  # noqa: S106
+        )
+    created = kms.create_key(Policy=provisioning_policy(), Description="enclavekit vault material")
+    key_id = str(created["KeyMetadata"]["KeyId"])
+    data = vault_config_document(
+        kms_key_id=key_id,
+        roots_der=[load_root(state)],
+        kms_endpoint=endpoint,
+        replicas=replicas,
+        quorum=replicas // 2 + 1,
     )
-    key_id = str(
-        kms.create_key(Policy=key_policy(pcr0), Description="enclavekit vault material")["KeyMetadata"]["KeyId"]
-    )
-    record.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    pcr0 = expected_pcr0(state, config=data)
+    kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=key_policy(pcr0))  # the last change it allows
     record.write_text(json.dumps({"pcr0": pcr0, "kms_url": kms_url, "key_id": key_id}))
-    return key_id
+    return path, pcr0
 
 
 def load_local(state: Path) -> dict[str, Any]:
@@ -101,17 +173,19 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
     """Start ``replicas`` vault enclaves (``vault-1``.., or ``vault`` alone), each holding a replica of the guess
     ledger and reaching the others by attestation, and the host bridge in front of them."""
     state = stack.state.root
-    kms_url = stack.services.get("kms", {}).get("url")
-    if kms_url is None:
-        raise RuntimeError("start the KMS emulator before the vault")
-    pcr0 = expected_pcr0(state)
-    key_id = _kms_key(state, kms_url, pcr0)
+    from enclavekit.stack.kms import ensure_local_kms
+
+    local_kms = await ensure_local_kms(stack)
+    kms_url = local_kms.url
+    config_path, pcr0 = await asyncio.to_thread(
+        provision_vault_config, state, kms_url, local_kms.measured(), ca_file=local_kms.ca_file, replicas=replicas
+    )
     names = [f"vault-{i}" for i in range(1, replicas + 1)] if replicas > 1 else ["vault"]
     sockets = {name: f"unix://{stack.state.run / (name + '.sock')}" for name in names}
 
     async def start(name: str) -> str:
         peers = ",".join(address for other, address in sockets.items() if other != name)
-        settings = ["--set", f"kms_url={kms_url}", "--set", f"kms_key_id={key_id}", "--set", f"trust_sim_root={state}"]
+        settings = ["--config", str(config_path)]
         if peers:
             settings += ["--set", f"ledger_peers={peers}"]
         enclave = await stack.start_enclave(EnclaveSpec(name, ENCLAVE_APP, tuple(settings)))

@@ -1,0 +1,153 @@
+"""The vault enclave's measured configuration: whom it trusts and which KMS key holds its material.
+
+The file is part of the enclave image (the simulator folds its bytes into PCR0; on Nitro it is baked into the EIF),
+so a host that changes any of it boots an enclave with another PCR0: KMS (whose key policy pins the PCR0) gives it
+no material, and the vault's peers (which accept only their own PCR0) refuse it as a ledger replica. JSON, parsed
+once here into frozen dataclasses; unknown fields are refused::
+
+    {"format": "enclavekit-vault-config", "version": 1,
+     "kms": {"key_id": "...", "region": "us-east-1", "endpoint": {"url": "https://...", "ca_pem": "..."}},
+     "ledger": {"replicas": 3, "quorum": 2},
+     "attestation_roots": ["-----BEGIN CERTIFICATE-----..."],
+     "guess_limit": 10}
+
+* ``kms``: the key that seals every user's material (its policy must release only to this PCR0: checked at boot),
+  and the endpoint with the CA its certificate must chain to (absent: AWS KMS in ``region``, system roots).
+* ``ledger``: the guess ledger's replica set size and the quorum every count needs (more than half the replicas,
+  so two quorums always share a replica). The host only lists the peers' addresses (routes); a peer counts only if
+  its attestation verifies under ``attestation_roots`` with this enclave's own PCR0.
+* ``attestation_roots``: the roots a peer's attestation must chain to — on Nitro the AWS Nitro root only; in the
+  local stack the NSM simulator's root (its certificate is in the file, so it is measured).
+* ``guess_limit``: the limit a vault gets when the enrolling user names none (1..255).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from enclavekit.enclave.measured_config import (
+    AWS_REGION,
+    KMS_KEY_ID,
+    InvalidEnclaveConfig,
+    canonical,
+    config_object,
+    parse_json_document,
+)
+from enclavekit.errors import ConfigurationError
+from enclavekit.kms.measured import MeasuredKmsEndpoint
+
+__all__ = [
+    "ALLOWED_LAUNCH_SETTINGS",
+    "CONFIG_FORMAT",
+    "CONFIG_VERSION",
+    "MAX_CONFIG_BYTES",
+    "MAX_REPLICAS",
+    "VaultEnclaveConfig",
+    "vault_config_document",
+]
+
+CONFIG_FORMAT: Final = "enclavekit-vault-config"
+CONFIG_VERSION: Final = 1
+MAX_CONFIG_BYTES: Final = 64 * 1024
+MAX_ROOTS: Final = 4
+MAX_ROOT_PEM: Final = 8 * 1024
+MAX_REPLICAS: Final = 15
+ALLOWED_LAUNCH_SETTINGS: Final = frozenset(
+    {"kms_route", "kms_access_key_id", "kms_secret_access_key", "ledger_peers", "objects"}
+)
+"""Host launch settings the vault accepts: routes that carry only ciphertext (the TCP route to the measured KMS
+endpoint — TLS ends in the enclave and checks the measured CA — the emulator's unchecked credentials, the peers'
+addresses, the folder of encrypted objects). Any other (``kms_url``, ``trust_sim_root``, ``kms_key_id``...) is
+refused at boot."""
+
+
+@dataclass(frozen=True, slots=True)
+class VaultEnclaveConfig:
+    """The parsed, checked configuration. ``raw`` is the exact measured bytes; ``roots`` are DER certificates."""
+
+    kms_key_id: str
+    kms_region: str
+    kms_endpoint: MeasuredKmsEndpoint
+    replicas: int
+    quorum: int
+    roots: tuple[bytes, ...]
+    guess_limit: int
+    raw: bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VaultEnclaveConfig:
+        """Parse and check the file; raise :class:`InvalidEnclaveConfig` naming the first problem."""
+        document = parse_json_document(data, what="vault", max_bytes=MAX_CONFIG_BYTES)
+        top = config_object(
+            document, "configuration", {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit"}
+        )
+        if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
+            raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
+        kms = config_object(top.get("kms"), "kms", {"key_id", "region", "endpoint"})
+        key_id, region = kms.get("key_id"), kms.get("region")
+        if not isinstance(key_id, str) or not KMS_KEY_ID.fullmatch(key_id):
+            raise InvalidEnclaveConfig("kms.key_id must be a KMS key id or ARN")
+        if not isinstance(region, str) or not AWS_REGION.fullmatch(region):
+            raise InvalidEnclaveConfig("kms.region must be an AWS region name")
+        try:
+            endpoint = MeasuredKmsEndpoint.from_document(kms.get("endpoint"), region=region)
+        except ConfigurationError as exc:
+            raise InvalidEnclaveConfig(f"kms.endpoint: {exc}") from exc
+        ledger = config_object(top.get("ledger"), "ledger", {"replicas", "quorum"})
+        replicas, quorum = ledger.get("replicas"), ledger.get("quorum")
+        if type(replicas) is not int or not 1 <= replicas <= MAX_REPLICAS:
+            raise InvalidEnclaveConfig(f"ledger.replicas must be an integer in 1..{MAX_REPLICAS}")
+        if type(quorum) is not int or not replicas < 2 * quorum or quorum > replicas:
+            raise InvalidEnclaveConfig("ledger.quorum must be more than half of ledger.replicas, and at most all")
+        roots = _roots(top.get("attestation_roots"))
+        limit = top.get("guess_limit")
+        if type(limit) is not int or not 1 <= limit <= 255:
+            raise InvalidEnclaveConfig("guess_limit must be an integer in 1..255")
+        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data)
+
+
+def _roots(value: Any) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ROOTS:
+        raise InvalidEnclaveConfig(f"attestation_roots must list 1..{MAX_ROOTS} PEM certificates")
+    roots: list[bytes] = []
+    for item in value:
+        if not isinstance(item, str) or len(item) > MAX_ROOT_PEM:
+            raise InvalidEnclaveConfig(f"an attestation root is one PEM certificate of at most {MAX_ROOT_PEM} chars")
+        try:
+            certificate = x509.load_pem_x509_certificate(item.encode())
+        except ValueError as exc:
+            raise InvalidEnclaveConfig("an attestation root is not a PEM certificate") from exc
+        roots.append(certificate.public_bytes(serialization.Encoding.DER))
+    if len(set(roots)) != len(roots):
+        raise InvalidEnclaveConfig("attestation_roots lists a certificate twice")
+    return tuple(roots)
+
+
+def vault_config_document(
+    *,
+    kms_key_id: str,
+    roots_der: list[bytes] | tuple[bytes, ...],
+    kms_region: str = "us-east-1",
+    kms_endpoint: MeasuredKmsEndpoint | None = None,
+    replicas: int = 3,
+    quorum: int = 2,
+    guess_limit: int = 10,
+) -> bytes:
+    """The canonical bytes of a vault configuration (checked by parsing it back)."""
+    pems = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode() for der in roots_der]
+    document = {
+        "format": CONFIG_FORMAT,
+        "version": CONFIG_VERSION,
+        "kms": {"key_id": kms_key_id, "region": kms_region}
+        | ({} if kms_endpoint is None else {"endpoint": kms_endpoint.to_document()}),
+        "ledger": {"replicas": replicas, "quorum": quorum},
+        "attestation_roots": pems,
+        "guess_limit": guess_limit,
+    }
+    data = canonical(document)
+    VaultEnclaveConfig.from_bytes(data)
+    return data
