@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -139,7 +140,8 @@ def _answers(stack: RunningStack) -> list[str]:
         except httpx.HTTPError:
             failing.append(name)
     try:  # the KMS protocol answers a POST / without a known X-Amz-Target with a JSON error: it is up
-        kms = httpx.post(services["kms"]["url"] + "/", content=b"{}", timeout=5)
+        ca = ssl.create_default_context(cafile=stack.state / "kms" / "tls" / "ca.pem")  # the stack's local CA
+        kms = httpx.post(services["kms"]["url"] + "/", content=b"{}", timeout=5, verify=ca)
         if kms.status_code >= 500 or "__type" not in kms.text:
             failing.append("kms")
     except httpx.HTTPError:
