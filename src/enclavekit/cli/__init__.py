@@ -1,19 +1,59 @@
-"""The ``enclavekit`` command. Importing this package loads only the root group; each sub-command's module
-(and what it needs: a web framework, the ORM, the AWS SDK) is imported only when that command runs."""
+"""The ``enclavekit`` command. Importing this package loads nothing heavy: the root Typer group loads when
+:func:`main` needs it, and each sub-command's module (and what it needs: a web framework, the ORM, the AWS SDK)
+only when that command runs. ``enclavekit verify DOC`` skips Typer altogether (see :func:`main`)."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-from enclavekit.cli._app import app
 from enclavekit.errors import Error
+
+if TYPE_CHECKING:
+    import typer
 
 __all__ = ["app", "main"]
 
 
+def __getattr__(name: str) -> Any:  # ``from enclavekit.cli import app`` still works; it loads Typer then
+    if name == "app":
+        from enclavekit.cli._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _fast_verify(argv: list[str]) -> int | None:
+    """``enclavekit verify ...`` without Typer (issue #12: within 2x a plain script); ``None``: let Typer do it.
+
+    The options come from the table the Typer command is built from, and whatever the small parser is not sure
+    of (``--help``, a usage error) goes to Typer, so the output and the exit status are the same either way.
+    """
+    if argv[:1] != ["verify"]:
+        return None
+    from enclavekit.cli._verify_options import parse_fast
+
+    args = parse_fast(argv[1:])
+    if args is None:
+        return None
+    from enclavekit.cli._verify_run import run_verify
+
+    return run_verify(args)
+
+
 def main() -> None:
     try:
+        status = _fast_verify(sys.argv[1:])
+        if status is not None:
+            sys.stdout.flush()
+            raise SystemExit(status)
+        from enclavekit.cli._app import app
+
         app()
     except Error as exc:  # what a command did not handle itself, e.g. a bad ENCLAVEKIT_LOG_LEVEL: one line
         print(f"enclavekit: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if TYPE_CHECKING:
+    app: typer.Typer
