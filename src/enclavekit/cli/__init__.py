@@ -4,7 +4,11 @@ only when that command runs. ``enclavekit verify DOC`` skips Typer altogether (s
 
 from __future__ import annotations
 
+import atexit
+import gc
+import os
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from enclavekit.errors import Error
@@ -31,22 +35,44 @@ def _fast_verify(argv: list[str]) -> int | None:
     """
     if argv[:1] != ["verify"]:
         return None
-    from enclavekit.cli._verify_options import parse_fast
+    gc.disable()  # a start-up allocates objects that all live to the end: collecting them only costs time
+    try:
+        from enclavekit.cli._verify_options import parse_fast
 
-    args = parse_fast(argv[1:])
-    if args is None:
-        return None
-    from enclavekit.cli._verify_run import run_verify
-
+        args = parse_fast(argv[1:])
+        if args is None:
+            return None
+        from enclavekit.cli._verify_run import run_verify
+    finally:
+        gc.freeze()  # what was imported stays: later collections (a batch of files) need not walk it
+        gc.enable()
     return run_verify(args)
+
+
+def _exit_at_once(status: int) -> None:
+    """Exit with ``status`` as ``SystemExit`` would, without tearing the interpreter down object by object.
+
+    A one-shot command has nothing left to release that the operating system does not reclaim: atexit handlers
+    run, the output is flushed, then the process ends (with tens of milliseconds of module teardown skipped;
+    it was a third of `enclavekit verify DOC`). Where that is not certain (another thread still runs, a flush
+    fails, e.g. a closed pipe) the interpreter exits the ordinary way, reporting what it always did.
+    """
+    if threading.active_count() > 1:
+        raise SystemExit(status)
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(status) from None
+    os._exit(status)
 
 
 def main() -> None:
     try:
         status = _fast_verify(sys.argv[1:])
         if status is not None:
-            sys.stdout.flush()
-            raise SystemExit(status)
+            _exit_at_once(status)
         from enclavekit.cli._app import app
 
         app()
