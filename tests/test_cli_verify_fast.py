@@ -158,3 +158,19 @@ def test_fast_exit_still_runs_atexit_handlers_and_flushes_every_line() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == len(files) and all(json.loads(line)["file"] for line in lines)
     assert result.stderr.rstrip().endswith("atexit ran")
+
+
+def test_reader_closing_the_pipe_ends_both_paths_quietly_with_status_1() -> None:
+    """`enclavekit verify *.cbor --json | head -1`: click exits 1 without a traceback; so must the fast path."""
+    files = [str(_path(s.name)) for s in samples()] * 30  # far more than a pipe buffers: the writer must block
+    outcomes = []
+    for prefix in (FAST, TYPER):
+        process = subprocess.Popen(
+            [*prefix, "verify", *files, "--at", "doc", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["file"] == files[0]
+        process.stdout.close()
+        stderr = process.stderr.read()
+        outcomes.append((process.wait(timeout=60), stderr))
+    assert outcomes[0] == outcomes[1] == (1, b"")

@@ -5,6 +5,7 @@ only when that command runs. ``enclavekit verify DOC`` skips Typer altogether (s
 from __future__ import annotations
 
 import atexit
+import errno
 import gc
 import os
 import sys
@@ -46,7 +47,15 @@ def _fast_verify(argv: list[str]) -> int | None:
     finally:
         gc.freeze()  # what was imported stays: later collections (a batch of files) need not walk it
         gc.enable()
-    return run_verify(args)
+    try:
+        return run_verify(args)
+    except KeyboardInterrupt:
+        return 130  # as Typer ends a command on Ctrl-C: quietly, 130
+    except OSError as exc:  # the reader went away (`| head -1`): quietly 1, as click does
+        if exc.errno != errno.EPIPE:
+            raise
+        sys.stdout = open(os.devnull, "w")  # noqa: PTH123, SIM115 - what is still buffered for the closed pipe is dropped
+        return 1
 
 
 def _exit_at_once(status: int) -> None:
