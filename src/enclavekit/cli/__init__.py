@@ -78,6 +78,11 @@ def _exit_at_once(status: int) -> None:
 
 
 def main() -> None:
+    """The ``enclavekit`` process: run the command on ``sys.argv`` and end the process with its exit status.
+
+    It never returns: it raises ``SystemExit``, or, after ``verify``'s fast path, ends the process at once with
+    ``os._exit`` (atexit handlers run, output flushed). Code that must stay alive calls :data:`app` instead.
+    """
     try:
         status = _fast_verify(sys.argv[1:])
         if status is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from enclavekit.cli._app import app
-from enclavekit.cli._verify_options import OPTIONS, Kind, VerifyArgs
+from enclavekit.cli._verify_options import OPTIONS, Kind, VerifyArgs, VerifyOption
 from enclavekit.cli._verify_run import run_verify
 
 __all__ = ["verify_command"]
@@ -29,11 +29,11 @@ _ANNOTATIONS: dict[Kind, Any] = {
 }
 
 
-def _parameter(option: Any) -> inspect.Parameter:
+def _parameter(option: VerifyOption) -> inspect.Parameter:
     if option.flag is None:
         info = typer.Argument(..., help=option.help, show_default=False)
     else:
-        default = [] if option.kind == "repeated_path" else option.default
+        default: list[Path] | str | bool | None = [] if option.kind == "repeated_path" else option.default
         info = typer.Option(default, option.flag, help=option.help)
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=_ANNOTATIONS[option.kind]
