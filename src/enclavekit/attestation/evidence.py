@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from enclavekit.attestation import ear, nitro
+from enclavekit.attestation import nitro
 from enclavekit.attestation.errors import AttestationError, Malformed, PolicyInvalid
 from enclavekit.attestation.report import Report, VerifiedAttestation
 
@@ -122,6 +122,8 @@ class EvidenceResult:
 
     def to_ear(self, *, issued_at: datetime | None = None) -> dict[str, Any]:
         """The result as an EAR claims set (``enclavekit verify --format ear``)."""
+        from enclavekit.attestation import ear  # only for --format ear: the report needs none of it
+
         moment = issued_at or self.verified_at
         if self.report is not None:
             return ear.ear_from_report(self.report, issued_at=moment).to_json()

@@ -12,7 +12,6 @@ The parser accepts documents as real NSMs produce them (nulls for unset optional
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,7 +50,6 @@ __all__ = [
     "verify",
 ]
 
-logger = logging.getLogger(__name__)
 
 MAX_DOCUMENT_SIZE = 16 * 1024
 """Largest document accepted. Real ones are 4.4-7.6 KiB; the NSM caps its response at 12 KiB."""
