@@ -131,7 +131,15 @@ def test_a_user_can_try_the_whole_flow_with_the_cli_contracts(up: tuple[Path, di
     assert silent.returncode == 0
 
 
-def test_local_commands_without_a_stack_fail_clearly(tmp_path: Path) -> None:
-    for args in (("captured", "--json"), ("send-test",), ("ingest", "--topic", "t", "--data-b64", "AA==")):
+def test_local_commands_without_a_stack_say_where_they_looked(tmp_path: Path) -> None:
+    """Every local command answers a missing stack with the shared message: the folder looked in, how to point."""
+    commands = (
+        ("captured", "--json"),
+        ("send-test",),
+        ("ingest", "--topic", "t", "--data-b64", "AA=="),
+    )
+    for args in commands:
         result = _cli("notify", *args, "--state", str(tmp_path))
-        assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: no stack is running with state folder {tmp_path.resolve()}" in result.stderr, args
+        assert "--state DIR" in result.stderr, args

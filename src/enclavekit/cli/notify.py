@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import typer
 
-from enclavekit.cli._app import app
+from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StateDir
 
@@ -201,11 +201,23 @@ def up_command(state: Path = STATE, host: str = HOST) -> None:
 
 
 def _stack(state: Path) -> dict[str, Any]:
-    data = StateDir(state.resolve()).read_stack()
+    data = running_stack(state)
     if data is None:
-        typer.echo(f"error: no running stack in {state} (start one with `enclavekit up --state {state}`)", err=True)
+        typer.echo(f"error: {no_stack_message(state)}", err=True)
         raise typer.Exit(1)
     return data
+
+
+def _local(state: Path) -> dict[str, Any]:
+    """``STATE/notify/local.json`` of the running stack; exits 1 saying which folder was looked in."""
+    from enclavekit.services.notify.stack import load_local
+
+    _stack(state)
+    try:
+        return load_local(state.resolve())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: the stack running in {state.resolve()} has no notify service", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _service_url(state: Path, name: str) -> str:
@@ -280,13 +292,11 @@ def captured_command(
     state: Path = STATE,
 ) -> None:
     """What the capture provider delivered: {message_id, topic, push_ids, payload} per delivery."""
-    from enclavekit.services.notify.stack import load_local
-
-    try:
-        record = Path(load_local(state.resolve())["capture_record"])
-    except (OSError, KeyError, ValueError) as exc:
-        typer.echo(f"error: no notify stack in {state}", err=True)
-        raise typer.Exit(1) from exc
+    local = _local(state)
+    if not isinstance(local.get("capture_record"), str):
+        typer.echo(f"error: the stack running in {state.resolve()} has no capture provider", err=True)
+        raise typer.Exit(1)
+    record = Path(local["capture_record"])
     lines = record.read_text().splitlines() if record.exists() else []
     for line in lines:
         if not line.strip():
@@ -314,13 +324,7 @@ def send_test_command(
     count: int = typer.Option(0, "--count", help="With --every: stop after N (0: until Ctrl-C)."),
 ) -> None:
     """The prototype's flow: initialize, health-check, one test notification (and --every 30s)."""
-    from enclavekit.services.notify.stack import load_local
-
-    try:
-        local = load_local(state.resolve())
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: no notify stack in {state} (start `enclavekit up`)", err=True)
-        raise typer.Exit(1) from exc
+    local = _local(state)
     interval = _duration(every) if every else None
     _run(_send_test(local, push_id, interval, count))
 
