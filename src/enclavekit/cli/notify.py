@@ -8,6 +8,8 @@ Contracts (other tools rely on them):
   ingest path of the running stack;
 * ``notify captured --json`` prints what the capture provider delivered, one JSON object per line
   ``{message_id, topic, push_ids, payload}``;
+* ``notify seal PUSH_ID`` prints PUSH_ID sealed (hex) to the push key of the running enclave, after verifying
+  its attestation — the ``encrypted_push_id`` the HTTP API takes;
 * ``notify send-test`` initialises the enclave, checks its health and sends one test notification
   (``--every 30s`` repeats it).
 
@@ -306,6 +308,49 @@ def captured_command(
         else:
             item = json.loads(line)
             typer.echo(f"{item['message_id']}  {item['topic']}  -> {', '.join(item['push_ids'])}")
+
+
+@notify_app.command("seal")
+def seal_command(
+    push_id: str = typer.Argument(..., help="The push ID (the device's Braze alias), plaintext."),
+    state: Path = STATE,
+    url: str | None = typer.Option(None, "--url", help="The notify API (default: the running stack's)."),
+) -> None:
+    """Seal PUSH_ID to the running notify enclave's push key; prints the hex the API takes as encrypted_push_id.
+
+    The key is taken from the enclave's attestation document, fetched from the API and verified first (the
+    stack's pinned PCR0 and roots): a host that swaps the key or the document makes this command fail."""
+    from enclavekit.services.notify.client import ApiError, NotifyClient
+    from enclavekit.services.notify.enclave_link import enclave_policy
+    from enclavekit.services.notify.pushid import MAX_PUSH_ID_BYTES
+    from enclavekit.services.notify.settings import NotifySettings
+
+    if not push_id or len(push_id.encode()) > MAX_PUSH_ID_BYTES:
+        raise typer.BadParameter(f"PUSH_ID must be 1 to {MAX_PUSH_ID_BYTES} bytes")
+    local = _local(state)
+    api = url.rstrip("/") if url else _service_url(state, "notify_api")
+    try:
+        settings = NotifySettings.model_validate(
+            {key: local[key] for key in ("state_dir", "enclave_pcr0", "simulator_roots") if key in local}
+        )
+        client = NotifyClient(api, enclave_policy(settings))
+    except (ValueError, ConfigurationError) as exc:
+        typer.echo(f"error: the stack's notify record cannot pin the enclave: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        key = client.enclave_public_key()
+    except ApiError as exc:
+        typer.echo(f"error: the notify API at {api} answered {exc.status}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    except Error as exc:
+        typer.echo(f"error: the notify enclave's attestation was refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"error: the notify API at {api} gave no usable attestation document: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(client.seal(push_id, key))
 
 
 def _duration(text: str) -> float:
