@@ -325,7 +325,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="enclavekit-inference-bench-") as tmp:
         state = Path(tmp)
-        from enclavekit.services.notify.provision import ensure_provider_tls
+        from enclavekit.stack.tls import ensure_provider_tls
 
         NsmSimulator(state, app=image_files(ENCLAVE_APP))  # makes the simulator root the emulator trusts
         tls = ensure_provider_tls(state / "kms-tls", "127.0.0.1")  # the emulator's CA, pinned by the configs

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.services.notify.enclave_app import push_key_file
-from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.testing import CLI, Harness, start
+from enclavekit.stack.tls import ensure_provider_tls
 
 APP = "enclavekit.services.notify.enclave_app:app"
 

@@ -42,7 +42,6 @@ from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.braze import TunnelHttp, braze_payload
 from enclavekit.services.notify.ingest import ChatMessage
-from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.pushid import StaticPushKeys, seal_push_id
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import CLI, Harness, start
@@ -56,6 +55,7 @@ from enclavekit.services.notify.wire import (
     Recipient,
     SecretKeyRequest,
 )
+from enclavekit.stack.tls import ensure_provider_tls
 
 API_KEY = "bench-key"
 

@@ -335,7 +335,7 @@ def test_host_cannot_give_the_inference_enclave_its_config_or_kms_url_by_launch_
 
 def test_host_cannot_route_the_inference_enclave_to_its_own_kms(stack: _Stack, tmp_path: Path) -> None:
     """A fake KMS at the host's route would seal a model key of the host's choosing: TLS to the pinned CA stops it."""
-    from enclavekit.services.notify.provision import ensure_provider_tls
+    from enclavekit.stack.tls import ensure_provider_tls
     from tests.test_kms_measured_endpoint import FakeKms
 
     fake = FakeKms(ensure_provider_tls(tmp_path / "host-ca", "127.0.0.1"))

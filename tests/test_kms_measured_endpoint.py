@@ -34,7 +34,7 @@ from enclavekit.kms.measured import MeasuredKmsEndpoint, parse_route
 from enclavekit.nsm import NsmSimulator, load_root
 from enclavekit.services.inference.config import InferenceConfig
 from enclavekit.services.notify.enclave_config import InvalidEnclaveConfig, NotifyEnclaveConfig, canonical
-from enclavekit.services.notify.provision import ProviderTls, ensure_provider_tls
+from enclavekit.stack.tls import ProviderTls, ensure_provider_tls
 from tests.test_kms_fixtures import enclave_only_policy, simulated_enclave
 
 HOST_CHOSEN_KEY = bytes(range(32))

@@ -158,6 +158,31 @@ def test_unknown_fields_and_bad_credential_types_are_bad_requests(harness: Harne
     assert _error_of(_post(harness, "/v1/authorize", content=b"{not json"))[:2] == (400, "bad_request")
 
 
+def test_a_bad_request_names_the_offending_field(harness: Harness, push_key: bytes) -> None:
+    """A 400 says which field is wrong (a dotted path into the body), in the reference's error envelope."""
+    token, _ = _token(harness, push_key)
+    auth = {"Authorization": f"Bearer {token}"}
+    item = {"topic": "/xmtp/mls/1/g-fields", "hmac_key": os.urandom(42).hex(), "ttl": int(time.time()) + 3600}
+    body = _authorize_body(harness, seal_push_id("device-n", push_key), "named")
+    json_type = {"content-type": "application/json"}
+    cases = [
+        (_post(harness, "/v1/subscriptions", json=[{**item, "hmac_key": "ab" * 41}], headers=auth), "0.hmac_key: "),
+        (_post(harness, "/v1/subscriptions", json=[item, {**item, "ttl": "soon"}], headers=auth), "1.ttl: "),
+        (_post(harness, "/v1/authorize", json={**body, "admin": True}), "admin: Extra inputs are not permitted"),
+        (_post(harness, "/v1/authorize", json={**body, "credential_type": "passport"}), "credential_type: "),
+        (_post(harness, "/v1/authorize", json={k: v for k, v in body.items() if k != "proof"}), "proof: "),
+        (_post(harness, "/v1/authorize", content=b"{not json", headers=json_type), "body: not valid JSON"),
+        (
+            httpx.delete(f"{harness.api_url}/v1/subscriptions", params={"topic": "t", "hmac_key": "zz"}, headers=auth),
+            "hmac_key: ",
+        ),
+    ]
+    for answer, named in cases:
+        assert _error_of(answer) == (400, "bad_request", False), answer.text
+        assert set(answer.json()) == {"allowRetry", "error"}, answer.text
+        assert answer.json()["error"]["message"].startswith(named), (named, answer.text)
+
+
 def test_rotation_keeps_the_stored_push_id_for_the_same_device_and_refuses_impersonation(
     harness: Harness, push_key: bytes
 ) -> None:

@@ -43,7 +43,7 @@ from enclavekit.services.notify.enclave_config import (
     canonical,
 )
 from enclavekit.services.notify.fake_braze import FakeBraze
-from enclavekit.services.notify.provision import ProviderTls, enclave_key_policy, ensure_provider_tls
+from enclavekit.services.notify.provision import enclave_key_policy
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.testing import CLI, Harness, Running, start
@@ -59,6 +59,7 @@ from enclavekit.services.notify.wire import (
     Recipient,
     SecretKeyRequest,
 )
+from enclavekit.stack.tls import ProviderTls, ensure_provider_tls
 from tests.test_kms_measured_endpoint import FakeKms
 
 APP = "enclavekit.services.notify.enclave_app:app"

@@ -7,14 +7,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
@@ -131,7 +134,81 @@ def test_a_user_can_try_the_whole_flow_with_the_cli_contracts(up: tuple[Path, di
     assert silent.returncode == 0
 
 
-def test_local_commands_without_a_stack_fail_clearly(tmp_path: Path) -> None:
-    for args in (("captured", "--json"), ("send-test",), ("ingest", "--topic", "t", "--data-b64", "AA==")):
+def test_local_commands_without_a_stack_say_where_they_looked(tmp_path: Path) -> None:
+    """Every local command answers a missing stack with the shared message: the folder looked in, how to point."""
+    commands = (
+        ("captured", "--json"),
+        ("send-test",),
+        ("ingest", "--topic", "t", "--data-b64", "AA=="),
+        ("seal", "device-1"),
+    )
+    for args in commands:
         result = _cli("notify", *args, "--state", str(tmp_path))
-        assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: no stack is running with state folder {tmp_path.resolve()}" in result.stderr, args
+        assert "--state DIR" in result.stderr, args
+
+
+RECIPE = re.compile(r"<!-- recipe: notify-http -->\n```sh\n(.*?)```", re.S)
+
+
+def test_the_documented_curl_recipe_delivers_a_notification(up: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """docs/notify.md's curl recipe, run as written (bash, curl, jq, the enclavekit CLI) against a real stack."""
+    state, _ = up
+    found = RECIPE.search((Path(__file__).resolve().parents[1] / "docs" / "notify.md").read_text())
+    assert found, "docs/notify.md lost its '<!-- recipe: notify-http -->' block"
+    env = {**os.environ, "STATE": str(state), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", found.group(1)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"/xmtp/mls/1/g-recipe-\d+  -> recipe-device$", done.stdout, re.M), done.stdout + done.stderr
+
+
+def test_ingest_names_the_field_it_refuses(up: tuple[Path, dict[str, Any]]) -> None:
+    """ingest's 400s name the offending field (they said only "ValidationError"/"BadRequest"), in the API's
+    error envelope."""
+    _, stack = up
+    url = f"{stack['services']['notify_ingest']['url']}/v1/messages"
+    good = {"topic": "/xmtp/mls/1/g-fields", "data_b64": "AA=="}
+    cases = {
+        json.dumps({**good, "topic": ""}): "topic: String should have at least 1 character",
+        json.dumps({"data_b64": "AA=="}): "topic: Field required",
+        json.dumps({**good, "data_b64": "!!!!"}): "data_b64 is not base64",
+        json.dumps({**good, "sender_hmac": "zz"}): "sender_hmac: String should match pattern",
+        json.dumps({**good, "admin": True}): "admin: Extra inputs are not permitted",
+        json.dumps({**good, "should_push": "maybe"}): "should_push: ",
+        json.dumps([good]): "body: ",
+        "{not json": "body: not valid JSON",
+    }
+    for body, named in cases.items():
+        answer = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=10)
+        payload = answer.json()
+        assert answer.status_code == 400 and set(payload) == {"allowRetry", "error"}, (body, payload)
+        assert payload["allowRetry"] is False and set(payload["error"]) == {"code", "message"}, (body, payload)
+        assert payload["error"]["code"] == "bad_request", (body, payload)
+        assert payload["error"]["message"].startswith(named), (body, payload)
+
+
+def test_seal_refuses_an_enclave_that_is_not_the_pinned_one(up: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """``notify seal`` takes the key only from an attestation that verifies against the pinned PCR0: pinned to
+    another measurement, the same running enclave's key is refused and nothing is printed."""
+    from enclavekit.services.notify.pushid import EncryptedPushId
+
+    state, _ = up
+    sealed = _cli("notify", "seal", "device-s", "--state", str(state))
+    assert sealed.returncode == 0, sealed.stderr
+    assert EncryptedPushId.parse(sealed.stdout.strip()).hex == sealed.stdout.strip()
+    other = tmp_path / "pinned-elsewhere"
+    (other / "notify").mkdir(parents=True)
+    (other / "stack.json").write_text((state / "stack.json").read_text())
+    local = json.loads((state / "notify" / "local.json").read_text())
+    (other / "notify" / "local.json").write_text(json.dumps({**local, "enclave_pcr0": ["00" * 48]}))
+    refused = _cli("notify", "seal", "device-s", "--state", str(other))
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+    assert "attestation was refused" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr

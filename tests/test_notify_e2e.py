@@ -27,11 +27,11 @@ from enclavekit.nsm import load_root
 from enclavekit.services.notify.client import ApiError, NotifyClient
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.ingest import sender_hmac
-from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import NotifyStore, create_engine
 from enclavekit.services.notify.testing import CLI, Harness
 from enclavekit.services.notify.worldid import load_stand_in_secret, mint_proof
+from enclavekit.stack.tls import ensure_provider_tls
 from tests.polling import streams_drained, wait_for
 
 API_KEY = "braze-key-" + uuid.uuid4().hex

@@ -33,7 +33,6 @@ from enclavekit.rpc.address import TcpAddress
 from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
 from enclavekit.services.notify.errors import NotInitialized
 from enclavekit.services.notify.fake_braze import FakeBraze
-from enclavekit.services.notify.provision import ProviderTls, ensure_provider_tls
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.testing import CLI, Harness, start
@@ -51,6 +50,7 @@ from enclavekit.services.notify.wire import (
     NotificationBatch,
     Recipient,
 )
+from enclavekit.stack.tls import ProviderTls, ensure_provider_tls
 
 API_KEY = "enclave-test-key"
 

@@ -32,13 +32,13 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
-from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.settings import NotifySettings
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import CLI, Harness, Running
 from enclavekit.services.notify.wire import SECRET_KEY, SecretKeyRequest
+from enclavekit.stack.tls import ensure_provider_tls
 
 API_KEY = f"braze-once-{uuid.uuid4().hex}"
 MESSAGES = 300

@@ -24,12 +24,12 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
-from enclavekit.services.notify.provision import ensure_provider_tls
 from enclavekit.services.notify.pushid import seal_push_id
 from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import Harness
 from enclavekit.services.notify.wire import SECRET_KEY, Notification, SecretKeyRequest
+from enclavekit.stack.tls import ensure_provider_tls
 from tests.polling import streams_drained, wait_for
 
 API_KEY = "braze-key-faults"

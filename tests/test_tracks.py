@@ -23,7 +23,7 @@ import pytest
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.nsm import load_root
-from enclavekit.services.notify.provision import ensure_provider_tls
+from enclavekit.stack.tls import ensure_provider_tls
 from tests.apps.tracked import LEAK, STATE, Empty
 from tests.polling import wait_for
 

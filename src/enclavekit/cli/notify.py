@@ -8,6 +8,8 @@ Contracts (other tools rely on them):
   ingest path of the running stack;
 * ``notify captured --json`` prints what the capture provider delivered, one JSON object per line
   ``{message_id, topic, push_ids, payload}``;
+* ``notify seal PUSH_ID`` prints PUSH_ID sealed (hex) to the push key of the running enclave, after verifying
+  its attestation — the ``encrypted_push_id`` the HTTP API takes;
 * ``notify send-test`` initialises the enclave, checks its health and sends one test notification
   (``--every 30s`` repeats it).
 
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 import typer
 
-from enclavekit.cli._app import app
+from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StateDir
 
@@ -201,11 +203,23 @@ def up_command(state: Path = STATE, host: str = HOST) -> None:
 
 
 def _stack(state: Path) -> dict[str, Any]:
-    data = StateDir(state.resolve()).read_stack()
+    data = running_stack(state)
     if data is None:
-        typer.echo(f"error: no running stack in {state} (start one with `enclavekit up --state {state}`)", err=True)
+        typer.echo(f"error: {no_stack_message(state)}", err=True)
         raise typer.Exit(1)
     return data
+
+
+def _local(state: Path) -> dict[str, Any]:
+    """``STATE/notify/local.json`` of the running stack; exits 1 saying which folder was looked in."""
+    from enclavekit.services.notify.stack import load_local
+
+    _stack(state)
+    try:
+        return load_local(state.resolve())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: the stack running in {state.resolve()} has no notify service", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _service_url(state: Path, name: str) -> str:
@@ -280,13 +294,11 @@ def captured_command(
     state: Path = STATE,
 ) -> None:
     """What the capture provider delivered: {message_id, topic, push_ids, payload} per delivery."""
-    from enclavekit.services.notify.stack import load_local
-
-    try:
-        record = Path(load_local(state.resolve())["capture_record"])
-    except (OSError, KeyError, ValueError) as exc:
-        typer.echo(f"error: no notify stack in {state}", err=True)
-        raise typer.Exit(1) from exc
+    local = _local(state)
+    if not isinstance(local.get("capture_record"), str):
+        typer.echo(f"error: the stack running in {state.resolve()} has no capture provider", err=True)
+        raise typer.Exit(1)
+    record = Path(local["capture_record"])
     lines = record.read_text().splitlines() if record.exists() else []
     for line in lines:
         if not line.strip():
@@ -296,6 +308,49 @@ def captured_command(
         else:
             item = json.loads(line)
             typer.echo(f"{item['message_id']}  {item['topic']}  -> {', '.join(item['push_ids'])}")
+
+
+@notify_app.command("seal")
+def seal_command(
+    push_id: str = typer.Argument(..., help="The push ID (the device's Braze alias), plaintext."),
+    state: Path = STATE,
+    url: str | None = typer.Option(None, "--url", help="The notify API (default: the running stack's)."),
+) -> None:
+    """Seal PUSH_ID to the running notify enclave's push key; prints the hex the API takes as encrypted_push_id.
+
+    The key is taken from the enclave's attestation document, fetched from the API and verified first (the
+    stack's pinned PCR0 and roots): a host that swaps the key or the document makes this command fail."""
+    from enclavekit.services.notify.client import ApiError, NotifyClient
+    from enclavekit.services.notify.enclave_link import enclave_policy
+    from enclavekit.services.notify.pushid import MAX_PUSH_ID_BYTES
+    from enclavekit.services.notify.settings import NotifySettings
+
+    if not push_id or len(push_id.encode()) > MAX_PUSH_ID_BYTES:
+        raise typer.BadParameter(f"PUSH_ID must be 1 to {MAX_PUSH_ID_BYTES} bytes")
+    local = _local(state)
+    api = url.rstrip("/") if url else _service_url(state, "notify_api")
+    try:
+        settings = NotifySettings.model_validate(
+            {key: local[key] for key in ("state_dir", "enclave_pcr0", "simulator_roots") if key in local}
+        )
+        client = NotifyClient(api, enclave_policy(settings))
+    except (ValueError, ConfigurationError) as exc:
+        typer.echo(f"error: the stack's notify record cannot pin the enclave: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        key = client.enclave_public_key()
+    except ApiError as exc:
+        typer.echo(f"error: the notify API at {api} answered {exc.status}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    except Error as exc:
+        typer.echo(f"error: the notify enclave's attestation was refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"error: the notify API at {api} gave no usable attestation document: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    typer.echo(client.seal(push_id, key))
 
 
 def _duration(text: str) -> float:
@@ -314,13 +369,7 @@ def send_test_command(
     count: int = typer.Option(0, "--count", help="With --every: stop after N (0: until Ctrl-C)."),
 ) -> None:
     """The prototype's flow: initialize, health-check, one test notification (and --every 30s)."""
-    from enclavekit.services.notify.stack import load_local
-
-    try:
-        local = load_local(state.resolve())
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: no notify stack in {state} (start `enclavekit up`)", err=True)
-        raise typer.Exit(1) from exc
+    local = _local(state)
     interval = _duration(every) if every else None
     _run(_send_test(local, push_id, interval, count))
 

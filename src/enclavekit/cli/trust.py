@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
-from enclavekit.cli._app import app
+from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.services.trust.client import TERMINAL, TrustApiError, TrustClient
 from enclavekit.services.trust.errors import EndpointUnavailable
@@ -187,11 +187,13 @@ def worker_command(
 def _service_url(state: Path, url: str | None) -> str:
     if url:
         return url.rstrip("/")
-    stack = StateDir(state.resolve()).read_stack()
-    service = ((stack or {}).get("services") or {}).get("trust_web") or {}
+    stack = running_stack(state)
+    if stack is None:
+        raise _fail(f"{no_stack_message(state)}\nor name a trust service with --url URL")
+    service = (stack.get("services") or {}).get("trust_web") or {}
     found = service.get("url")
     if not isinstance(found, str):
-        raise _fail(f"no trust service is running with state folder {state} (start `enclavekit up`, or give --url)")
+        raise _fail(f"the stack running in {state.resolve()} has no trust service (give --url)")
     return found.rstrip("/")
 
 

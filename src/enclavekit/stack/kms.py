@@ -1,7 +1,7 @@
 """The local stack's KMS emulator, over HTTPS: one per stack, shared by every enclave that talks to KMS.
 
 It serves a certificate from a local CA made once in ``STATE/kms/tls/`` (the same code that makes notify's
-capture-provider CA: :func:`enclavekit.services.notify.provision.ensure_provider_tls`), on a port chosen once and
+capture-provider CA: :func:`enclavekit.stack.tls.ensure_provider_tls`), on a port chosen once and
 kept in ``STATE/kms/ports.json`` — the URL and the CA are part of each enclave's measured configuration, so both
 stay the same across restarts of the whole stack. Host-side clients (boto3) verify the same CA
 (:func:`boto3_kms`).
@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from enclavekit.kms.measured import MeasuredKmsEndpoint
+from enclavekit.stack.ports import stable_port
+from enclavekit.stack.tls import ProviderTls, ensure_provider_tls
 from enclavekit.stack.up import ServiceSpec, Stack, python_command
 
 if TYPE_CHECKING:
@@ -36,11 +38,8 @@ class LocalKms:
         return MeasuredKmsEndpoint(self.url, region, self.ca_pem)
 
 
-def local_kms_tls(state: Path, host: str) -> tuple[Any, int]:
+def local_kms_tls(state: Path, host: str) -> tuple[ProviderTls, int]:
     """The emulator's TLS files (made once) and its port (chosen once)."""
-    from enclavekit.services.notify.provision import ensure_provider_tls
-    from enclavekit.services.notify.stack import stable_port
-
     folder = state / "kms"
     folder.mkdir(parents=True, exist_ok=True)
     return ensure_provider_tls(folder / "tls", host), stable_port(folder / "ports.json", "kms", host)

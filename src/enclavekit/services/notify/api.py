@@ -276,11 +276,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = exc.errors()[:3]
-        parts = [
-            f"{'.'.join(str(p) for p in d.get('loc', ())[1:]) or 'body'}: {d.get('msg', 'invalid')}" for d in details
-        ]
-        return _error(400, BadRequest.code, "; ".join(parts) or "invalid request", retry=False)
+        refused = BadRequest.from_validation(exc.errors(), located_in_request=True)
+        return _error(400, refused.code, refused.message, retry=False)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -7,7 +7,8 @@ them in the reference's shape ``{"allowRetry": bool, "error": {"code", "message"
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from enclavekit.errors import InfrastructureError, Rejected
 
@@ -42,9 +43,28 @@ class NotifyRejected(Rejected):
 
 
 class BadRequest(NotifyRejected):
-    """The body or the query does not validate (a field, a type, an unknown field, a bound)."""
+    """The body or the query does not validate (a field, a type, an unknown field, a bound).
+
+    Its message names the offending field(s): ``"topic: String should have at least 1 character"``, a dotted
+    path into the body (``"0.hmac_key: ..."`` for the first item of a list), or ``"body: ..."`` when the body as a
+    whole is wrong (not JSON, not an object)."""
 
     code = "bad_request"
+
+    @classmethod
+    def from_validation(cls, errors: Iterable[Mapping[str, Any]], *, located_in_request: bool) -> BadRequest:
+        """The error for pydantic's validation ``errors`` (at most three are named; inputs are never echoed).
+
+        ``located_in_request``: the locations start with where in the request (``body``/``query``), as FastAPI's
+        do; pydantic's own (``model_validate_json``) start at the field."""
+        parts: list[str] = []
+        for error in list(errors)[:3]:
+            location = [str(part) for part in error.get("loc", ())][1 if located_in_request else 0 :]
+            if error.get("type") == "json_invalid":
+                parts.append("body: not valid JSON")
+                continue
+            parts.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
+        return cls("; ".join(parts) or "invalid request")
 
 
 class InvalidPushId(NotifyRejected):

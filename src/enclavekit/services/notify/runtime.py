@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -139,9 +140,11 @@ async def run_ingest_worker(settings: NotifySettings, *, host: str, port: int) -
         try:
             message = ChatMessage.model_validate_json(raw)
             message.data()
-        except (ValueError, BadRequest) as exc:
-            error = {"code": "bad_request", "message": type(exc).__name__}
-            return JSONResponse({"allowRetry": False, "error": error}, 400)
+        except ValidationError as exc:
+            refused = BadRequest.from_validation(exc.errors(), located_in_request=False)
+            return JSONResponse({"allowRetry": False, "error": {"code": refused.code, "message": refused.message}}, 400)
+        except BadRequest as exc:
+            return JSONResponse({"allowRetry": False, "error": {"code": exc.code, "message": exc.message}}, 400)
         ident = message_id(message)
         headers = {
             "Nats-Msg-Id": f"inbox:{ident}",

@@ -18,14 +18,13 @@ import asyncio
 import importlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from enclavekit.errors import ConfigurationError
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
-__all__ = ["ENCLAVE_APP", "load_local", "stable_port", "start_notify"]
+__all__ = ["ENCLAVE_APP", "load_local", "start_notify"]
 
 ENCLAVE_APP = "enclavekit.services.notify.enclave_app:app"
 
@@ -37,19 +36,6 @@ def _sets(values: dict[str, Any]) -> list[str]:
             continue
         out += ["--set", f"{key}={','.join(map(str, value)) if isinstance(value, list | tuple) else value}"]
     return out
-
-
-def stable_port(record: Path, name: str, host: str) -> int:
-    """A port for ``name`` chosen once and kept in ``record`` (it is part of the measured configuration)."""
-    ports: dict[str, int] = json.loads(record.read_text()) if record.exists() else {}
-    port = ports.get(name)
-    if not isinstance(port, int):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
-        ports[name] = port
-        record.write_text(json.dumps(ports, indent=2) + "\n")
-    return port
 
 
 def _measured_pcr0(config: bytes) -> bytes:
@@ -76,9 +62,10 @@ async def start_notify(stack: Stack) -> None:
     from enclavekit.services.notify.provision import (
         bind_key,
         ensure_api_key,
-        ensure_provider_tls,
         provision_config,
     )
+    from enclavekit.stack.ports import stable_port
+    from enclavekit.stack.tls import ensure_provider_tls
 
     provider_dir = notify_dir / "provider"
     tls = ensure_provider_tls(provider_dir, host)

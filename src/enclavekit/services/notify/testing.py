@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enclavekit.services.notify.provision import ProviderTls
+from enclavekit.stack.tls import ProviderTls
 from enclavekit.stack.up import nats_server_binary
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class Harness:
     @property
     def kms_tls(self) -> ProviderTls:
         """The KMS emulator's local CA and certificate (made once in ``ROOT/kms-tls``)."""
-        from enclavekit.services.notify.provision import ensure_provider_tls
+        from enclavekit.stack.tls import ensure_provider_tls
 
         return ensure_provider_tls(self.root / "kms-tls", "127.0.0.1")
 
