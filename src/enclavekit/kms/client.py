@@ -4,7 +4,7 @@ Inside an enclave, secrets come from KMS as ``CiphertextForRecipient``: the clie
 in memory (it never leaves the process), puts its public key in an attestation document made by the
 injected *attester* (the NSM's ``attestation`` call: ``attest(*, public_key, nonce, user_data) -> bytes``), sends
 the document as the ``Recipient`` of Decrypt, GenerateDataKey or GenerateRandom (through a :class:`KmsEndpoint`: the
-standard library and a SigV4 signature, no AWS SDK inside the enclave — ADR 0014), and opens the CMS envelope
+standard library and a SigV4 signature, no AWS SDK inside the enclave — ADR 0013), and opens the CMS envelope
 that comes back. If KMS answers such a request with plaintext, the client refuses it (:class:`PlaintextReturned`):
 a secret that crossed the host in the clear must not be used as if it had not.
 

@@ -1,6 +1,6 @@
 """A KMS endpoint over the standard library: the AWS KMS JSON 1.1 protocol, signed with SigV4, over TLS.
 
-This is what an enclave uses to reach KMS (see ``docs/adr/0014-tcb-stdlib-kms-client.md``): ``http.client`` +
+This is what an enclave uses to reach KMS (see ``docs/adr/0013-stdlib-kms-client.md``): ``http.client`` +
 ``ssl`` + a SigV4 signature, so the enclave's TCB holds no AWS SDK. TLS (to ``https://kms.REGION.amazonaws.com``
 or any ``https://`` endpoint) is verified against the system's CA store and ends in this process; ``http://`` is
 for tests against a plain emulator. ``route`` (``(host, port)``) is where the TCP connection goes — the host's

@@ -2,7 +2,7 @@
 
 Guarantees the sentence-transformers recipe: WordPiece tokens (the model's own ``tokenizer.json``, run by
 ``tokenizers``) truncated to :data:`MAX_TOKENS` with the truncation reported, BERT encoder in fp32, mean pooling
-over the attention mask, L2 normalisation, :data:`DIMENSIONS` dimensions. ``docs/adr/0012-inference-engine.md``
+over the attention mask, L2 normalisation, :data:`DIMENSIONS` dimensions. ``docs/adr/0009-inference-engine.md``
 says why numpy and not torch or onnxruntime, and what it costs.
 
 Threads: numpy's BLAS reads ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` once, when numpy is first imported; this

@@ -13,7 +13,7 @@ for AES-GCM, XChaCha20 and HMAC); a new purpose gets a new label.
 Neither input alone opens anything: the material is random (32 bytes), unsealed only inside the attested
 enclave, so the host holding every stored object cannot test PIN guesses offline; the PIN is only ever tried
 inside the enclave, after the guess is counted (:mod:`~enclavekit.services.vault.guesses`). The Argon2id cost
-(:data:`ARGON2`) is chosen in ``docs/adr/0012-vault-argon2id-parameters.md``; :data:`UNSAFE_TEST_ARGON2` exists
+(:data:`ARGON2`) is chosen in ``docs/adr/0010-vault-argon2id-parameters.md``; :data:`UNSAFE_TEST_ARGON2` exists
 for tests only and is refused by every entry point an operator can reach.
 """
 
@@ -68,7 +68,7 @@ class Argon2Params:
 
 
 ARGON2: Final = Argon2Params(opslimit=3, memlimit=64 * 1024 * 1024, name="argon2id-t3-m64MiB")
-"""The production cost: 3 passes over 64 MiB (≈0.45 s p50 on the 2-core dev machine under load; ADR 0012)."""
+"""The production cost: 3 passes over 64 MiB (≈0.45 s p50 on the 2-core dev machine under load; ADR 0010)."""
 
 UNSAFE_TEST_ARGON2: Final = Argon2Params(opslimit=1, memlimit=64 * 1024, name="unsafe-test-argon2id-t1-m64KiB")
 """A cost for tests only (≈1 ms): makes brute force cheap. Never reachable from the CLI or ``enclavekit up``."""
