@@ -155,7 +155,8 @@ class GuessReplica:
         if not self.ready:
             raise LedgerUnavailable("this ledger replica has not caught up with its peers yet")
         merged = self.entries.get(user, GuessEntry()).merge(entry)
-        self.entries[user] = merged
+        if merged != GuessEntry():  # a read of an unknown user stores nothing
+            self.entries[user] = merged
         return merged
 
     def snapshot(self) -> dict[str, GuessEntry]:
@@ -175,11 +176,13 @@ class GuessReplica:
                 self.entries[user] = self.entries.get(user, GuessEntry()).merge(entry)
         self.ready = True
 
-    def genesis(self, unready_peers: int, replicas: int) -> None:
+    def genesis(self, empty_peers: int, replicas: int) -> None:
         """Start empty: only when every other member of the measured set (``replicas - 1`` distinct boot
-        identities, attested) said it is booting too and holds no ledger — the set has no state to lose."""
-        if unready_peers != replicas - 1:
-            raise LedgerUnavailable(f"{unready_peers} of {replicas - 1} peers said they are booting: no genesis")
+        identities, attested) said it holds no ledger entry — it is booting too, or started empty itself and has
+        recorded nothing since. Then no live replica holds a write, so starting empty forgets nothing that is not
+        already lost (and a user with stored state but no entry fails closed, docs/vault.md)."""
+        if empty_peers != replicas - 1:
+            raise LedgerUnavailable(f"{empty_peers} of {replicas - 1} peers said they hold no ledger: no genesis")
         self.entries.clear()
         self.ready = True
 

@@ -9,7 +9,8 @@
   idempotent); a host without the NSM cannot make one.
 * A booting replica is a new member: it merges nothing and counts toward no quorum (``ledger_unavailable``) until
   it has merged the snapshots of ``replicas - quorum + 1`` ready peers (:meth:`GuessReplica.catch_up`), or until
-  every other member of the measured set attests that it is booting too (genesis, :meth:`GuessReplica.genesis`).
+  every other member of the measured set attests that it holds no ledger entry (genesis,
+  :meth:`GuessReplica.genesis`).
   Genesis after the set existed means all members restarted at once; then every stored vault fails closed
   (docs/vault.md).
 """
@@ -137,8 +138,10 @@ async def catch_up(
 
     * ``replicas - quorum + 1`` distinct ready peers answered their snapshots: merge them
       (:meth:`GuessReplica.catch_up`);
-    * every other member of the measured set (``replicas - 1`` distinct boot identities) answered that it is
-      booting too: the set is new (or lost all its members at once) — start empty (:meth:`GuessReplica.genesis`).
+    * every other member of the measured set (``replicas - 1`` distinct boot identities) answered that it holds
+      no ledger entry (booting, or started empty itself and recorded nothing since): the set is new, or every
+      write is lost already — start empty (:meth:`GuessReplica.genesis`). Members of a fresh set that boot
+      together thus all start: the first to see the others booting starts empty, the others then see it empty.
 
     Anything else (a peer ready but too few of them, peers silent) waits: a host that hides or stops peers gets
     no replica that forgot, only one that does not serve. ``replicas`` and ``quorum`` are the measured ones."""
@@ -149,7 +152,10 @@ async def catch_up(
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer
-            if not isinstance(answer, tuple) or answer[0] == own_identity:
+            if not isinstance(answer, tuple):
+                logger.debug("ledger peer gave no snapshot: %s", answer)
+                continue
+            if answer[0] == own_identity:
                 continue
             identity, is_ready, entries = answer
             if is_ready:
@@ -161,10 +167,9 @@ async def catch_up(
             replica.catch_up(list(ready.values()), replicas, quorum)
             logger.info("ledger replica caught up from %d ready peers of %d", len(ready), replicas - 1)
             return
-        if not ready and len(booting) == replicas - 1:
-            replica.genesis(len(booting), replicas)
-            logger.warning(
-                "ledger replica starts empty (genesis): all %d peers attested they are booting", len(booting)
-            )
+        empty = len(booting) + sum(1 for entries in ready.values() if all(e == GuessEntry() for e in entries.values()))
+        if empty == replicas - 1:  # every other member answered, none holds an entry
+            replica.genesis(empty, replicas)
+            logger.warning("ledger replica starts empty (genesis): all %d peers hold no ledger entry", empty)
             return
         await asyncio.sleep(interval)
