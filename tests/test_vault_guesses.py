@@ -179,6 +179,40 @@ async def test_one_replica_listed_under_several_addresses_counts_once() -> None:
         await ledger.read("alice")  # one enclave three times is not a majority of five
 
 
+KNOWS = {"alice": GuessEntry(attempts={"s": 3}, generation=1)}
+
+
+def test_fresh_set_booting_together_all_join() -> None:
+    first, second, third = GuessReplica(), GuessReplica(), GuessReplica()
+    assert first.join({}, {"b", "c"}, replicas=3, quorum=2)  # both others booting: genesis
+    assert second.join({"a": first.snapshot()}, {"c"}, replicas=3, quorum=2)  # one ready but empty, one booting
+    assert third.join({"a": first.snapshot(), "b": second.snapshot()}, set(), replicas=3, quorum=2)
+
+
+@pytest.mark.parametrize(
+    ("ready", "booting"),
+    [
+        ({"b": KNOWS}, set()),  # the host hides A: B alone (it missed the guesses) is not enough
+        ({}, {"b"}),  # one peer hidden, one booting: no genesis
+        ({}, set()),  # every peer hidden: no genesis
+        ({"b": KNOWS}, {"a"}),  # a majority restarted at once while B still holds entries: wait, never forget
+        ({"b": {}}, {"b"}),  # one peer under two answers counts once
+    ],
+)
+def test_restarted_replica_does_not_join_while_the_host_hides_or_restarts_peers(
+    ready: dict[str, dict[str, GuessEntry]], booting: set[str]
+) -> None:
+    restarted = GuessReplica()
+    assert not restarted.join(ready, booting, replicas=3, quorum=2)
+    assert not restarted.ready and restarted.entries == {}
+
+
+def test_restarted_replica_joins_with_what_both_peers_know() -> None:
+    restarted = GuessReplica()
+    assert restarted.join({"a": KNOWS, "b": {}}, set(), replicas=3, quorum=2)
+    assert restarted.entries["alice"].uncleared == 3
+
+
 @pytest.mark.parametrize("stale_first", [True, False])
 async def test_quorum_counts_only_replicas_whose_answers_it_merged(stale_first: bool) -> None:
     """Two replicas answer at once, one of them without the guesses: the read must include the other's answer,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -175,6 +175,27 @@ class GuessReplica:
             for user, entry in snapshot.items():
                 self.entries[user] = self.entries.get(user, GuessEntry()).merge(entry)
         self.ready = True
+
+    def join(
+        self,
+        ready: Mapping[str, Mapping[str, GuessEntry]],
+        booting: Collection[str],
+        *,
+        replicas: int,
+        quorum: int,
+    ) -> bool:
+        """Decide from one round of attested peer answers (ready peers' snapshots and booting peers, by boot
+        identity, this replica excluded): catch up from ``replicas - quorum + 1`` ready peers, or start empty when
+        every other member answered and none holds an entry; True if now ready, False to ask again later."""
+        booting = set(booting) - set(ready)
+        if len(ready) >= replicas - quorum + 1:
+            self.catch_up(list(ready.values()), replicas, quorum)
+            return True
+        empty = len(booting) + sum(1 for entries in ready.values() if all(e == GuessEntry() for e in entries.values()))
+        if empty == replicas - 1:
+            self.genesis(empty, replicas)
+            return True
+        return False
 
     def genesis(self, empty_peers: int, replicas: int) -> None:
         """Start empty: only when every other member of the measured set (``replicas - 1`` distinct boot

@@ -162,14 +162,12 @@ async def catch_up(
                 ready[identity] = entries
             else:
                 booting.add(identity)
-        booting -= set(ready)
-        if len(ready) >= replicas - quorum + 1:
-            replica.catch_up(list(ready.values()), replicas, quorum)
-            logger.info("ledger replica caught up from %d ready peers of %d", len(ready), replicas - 1)
-            return
-        empty = len(booting) + sum(1 for entries in ready.values() if all(e == GuessEntry() for e in entries.values()))
-        if empty == replicas - 1:  # every other member answered, none holds an entry
-            replica.genesis(empty, replicas)
-            logger.warning("ledger replica starts empty (genesis): all %d peers hold no ledger entry", empty)
+        if replica.join(ready, booting, replicas=replicas, quorum=quorum):
+            logger.warning(
+                "ledger replica ready: %d ready and %d booting peers answered (%s)",
+                len(ready),
+                len(booting - set(ready)),
+                "caught up" if len(ready) >= replicas - quorum + 1 else "genesis: no peer holds an entry",
+            )
             return
         await asyncio.sleep(interval)
