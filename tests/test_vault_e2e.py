@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from enclavekit.nsm import load_root
 from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.envelope import seal_request
 from enclavekit.services.vault.host import enclave_index
+from enclavekit.services.vault.ledger_peers import PEER_TIMEOUT
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_vault
 from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_vault, start_vault
 from enclavekit.services.vault.wire import MESSAGE, Message
@@ -77,19 +79,28 @@ class World:
         address = next(e["address"] for e in self.stack.enclaves if e["name"] == self.serving(user))
         return AttestedClient.nitro(address, policy)
 
-    async def restart(self, name: str) -> None:
+    async def restart(self, name: str, *, ready_timeout: float = 30.0) -> None:
         """The host restarts one vault enclave process (its memory — keys, ledger replica — is gone)."""
         old = next(p for p in self.stack.processes if p.name == f"enclave-{name}")
         await old.stop()
         self.stack.processes.remove(old)
-        await self.stack._process(old.name, old.argv).start()
+        process = self.stack._process(old.name, old.argv)
+        process.ready_timeout = ready_timeout
+        await process.start()
+
+    def cut_off(self, name: str) -> None:
+        """The host cuts one vault enclave off the network: frozen, it keeps its memory but answers nobody."""
+        os.kill(next(p for p in self.stack.processes if p.name == f"enclave-{name}").pid, signal.SIGSTOP)
+
+    def reconnect(self, name: str) -> None:
+        os.kill(next(p for p in self.stack.processes if p.name == f"enclave-{name}").pid, signal.SIGCONT)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
@@ -229,6 +240,47 @@ async def test_restarting_vault_enclaves_grants_no_extra_guess(world: World) -> 
         return await client.list_secrets(pin="3690")
 
     assert await _fresh_call(world, "henry", right) == []
+
+
+async def test_host_cutting_off_replicas_and_restarting_another_gets_no_extra_guess(world: World) -> None:
+    """The reviewer's attack with real enclaves: wrong guesses are written to {A, C} while the host has cut B off;
+    the host restarts C while hiding every peer (a lone C used to start empty), then lets it reach B only (a C that
+    catches up from B alone used to forget them); a quorum {B, C} would not know the guesses. C must wait until it
+    reaches A too, and then every guess is counted."""
+
+    async def wrong(client: VaultClient) -> VaultError:
+        return await _code(client.list_secrets(pin="0000"))
+
+    c = world.serving("oscar")
+    a, b = [name for name in world.vault_names() if name != c]
+    async with world.client("oscar") as oscar:
+        await oscar.enroll("2468")
+    assert (await _fresh_call(world, "oscar", wrong)).attempts_left == 9
+    world.cut_off(b)
+    try:
+        for left in (8, 7, 6):  # counted at {A, C}: B never hears of them
+            assert (await _fresh_call(world, "oscar", wrong)).attempts_left == left
+    finally:
+        world.reconnect(b)
+    world.cut_off(a)
+    world.cut_off(b)
+    restart: asyncio.Task[None] | None = None
+    try:
+        restart = asyncio.create_task(world.restart(c, ready_timeout=120))
+        # No peer answers: C may neither start empty nor serve. (A bounded wait for something that must not happen;
+        # the old rule started empty 3 s after no peer answered, i.e. after one 5 s round.)
+        done, _ = await asyncio.wait({restart}, timeout=2 * PEER_TIMEOUT + 2)
+        assert not done, "a restarted replica that reached no peer became ready"
+        world.reconnect(b)  # C now reaches B, which missed the guesses, and A is still cut off
+        error = await _fresh_call(world, "oscar", wrong)
+        assert error.remote_code == "ledger_unavailable"  # never pin_invalid with guesses forgotten
+        done, _ = await asyncio.wait({restart}, timeout=PEER_TIMEOUT + 2)
+        assert not done, "a restarted replica became ready from one ready peer"
+    finally:
+        world.reconnect(a)
+        world.reconnect(b)
+    await asyncio.wait_for(restart, 120)  # with A back, C catches up from A and B and serves
+    assert (await _fresh_call(world, "oscar", wrong)).attempts_left == 5  # 1 + 3 + this one: nothing forgotten
 
 
 async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(world: World) -> None:

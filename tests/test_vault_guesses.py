@@ -68,7 +68,7 @@ async def test_restarting_a_minority_of_replicas_forgets_no_guess() -> None:
     restarted = GuessReplica()  # the host restarts replica 0: its memory is gone
     with pytest.raises(LedgerUnavailable):
         restarted.merge("alice", GuessEntry())  # it answers nothing before it caught up
-    restarted.catch_up([replicas[1].replica.snapshot(), replicas[2].replica.snapshot()], replicas=3)
+    restarted.catch_up([replicas[1].replica.snapshot(), replicas[2].replica.snapshot()], replicas=3, quorum=2)
     replicas[0] = MemoryReplica(restarted)
     replicas[2] = MemoryReplica(GuessReplica(ready=False))  # and then another one, not yet caught up
     assert (await GuessLedger(replicas).read("alice")).uncleared == 2
@@ -76,7 +76,48 @@ async def test_restarting_a_minority_of_replicas_forgets_no_guess() -> None:
 
 async def test_replica_cannot_catch_up_from_a_minority() -> None:
     with pytest.raises(LedgerUnavailable):
-        GuessReplica().catch_up([], replicas=3)
+        GuessReplica().catch_up([], replicas=3, quorum=2)
+
+
+async def test_host_cutting_off_a_peer_then_restarting_a_replica_gets_no_extra_guess() -> None:
+    """The reviewer's attack, played on the replicas: guesses written to {A, C} while B is cut off; the host
+    restarts C and lets it see B only; a quorum {B, C} must not have forgotten them."""
+    a, b, c = _replicas()
+    ledger = GuessLedger([a, b, c])
+    await ledger.enroll("alice")
+    cut_off = GuessLedger([a, DownReplica(), c], timeout=0.3)  # type: ignore[list-item]
+    for _ in range(3):
+        await _wrong_guess(cut_off)
+    assert b.replica.entries["alice"].uncleared == 0  # B never saw them
+    restarted = GuessReplica()
+    with pytest.raises(LedgerUnavailable, match="need 2"):
+        restarted.catch_up([b.replica.snapshot()], replicas=3, quorum=2)  # one ready peer is not enough
+    new_c = MemoryReplica(restarted)
+    with pytest.raises(LedgerUnavailable):
+        await GuessLedger([DownReplica(), b, new_c], timeout=0.3).read("alice")  # type: ignore[list-item]
+    restarted.catch_up([b.replica.snapshot(), a.replica.snapshot()], replicas=3, quorum=2)
+    assert (await GuessLedger([DownReplica(), b, new_c], timeout=0.3).read("alice")).uncleared == 3  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(("replicas", "quorum", "needed"), [(3, 2, 2), (5, 3, 3), (5, 4, 2), (4, 3, 2)])
+def test_restarted_replica_needs_replicas_minus_quorum_plus_one_ready_peers(
+    replicas: int, quorum: int, needed: int
+) -> None:
+    empty: dict[str, GuessEntry] = {}
+    with pytest.raises(LedgerUnavailable):
+        GuessReplica().catch_up([empty] * (needed - 1), replicas=replicas, quorum=quorum)
+    joined = GuessReplica()
+    joined.catch_up([empty] * needed, replicas=replicas, quorum=quorum)
+    assert joined.ready
+
+
+@pytest.mark.parametrize("booting", [0, 1])
+def test_replica_starts_empty_only_when_every_other_member_is_booting(booting: int) -> None:
+    with pytest.raises(LedgerUnavailable, match="no genesis"):
+        GuessReplica().genesis(booting, replicas=3)
+    fresh = GuessReplica()
+    fresh.genesis(2, replicas=3)
+    assert fresh.ready and fresh.entries == {}
 
 
 async def test_without_a_majority_the_ledger_fails_closed() -> None:
@@ -136,3 +177,49 @@ async def test_one_replica_listed_under_several_addresses_counts_once() -> None:
     ledger = GuessLedger([real, real, real, DownReplica(), DownReplica()], timeout=0.3)  # type: ignore[list-item]
     with pytest.raises(LedgerUnavailable):
         await ledger.read("alice")  # one enclave three times is not a majority of five
+
+
+KNOWS = {"alice": GuessEntry(attempts={"s": 3}, generation=1)}
+
+
+def test_fresh_set_booting_together_all_join() -> None:
+    first, second, third = GuessReplica(), GuessReplica(), GuessReplica()
+    assert first.join({}, {"b", "c"}, replicas=3, quorum=2)  # both others booting: genesis
+    assert second.join({"a": first.snapshot()}, {"c"}, replicas=3, quorum=2)  # one ready but empty, one booting
+    assert third.join({"a": first.snapshot(), "b": second.snapshot()}, set(), replicas=3, quorum=2)
+
+
+@pytest.mark.parametrize(
+    ("ready", "booting"),
+    [
+        ({"b": KNOWS}, set()),  # the host hides A: B alone (it missed the guesses) is not enough
+        ({}, {"b"}),  # one peer hidden, one booting: no genesis
+        ({}, set()),  # every peer hidden: no genesis
+        ({"b": KNOWS}, {"a"}),  # a majority restarted at once while B still holds entries: wait, never forget
+        ({"b": {}}, {"b"}),  # one peer under two answers counts once
+    ],
+)
+def test_restarted_replica_does_not_join_while_the_host_hides_or_restarts_peers(
+    ready: dict[str, dict[str, GuessEntry]], booting: set[str]
+) -> None:
+    restarted = GuessReplica()
+    assert not restarted.join(ready, booting, replicas=3, quorum=2)
+    assert not restarted.ready and restarted.entries == {}
+
+
+def test_restarted_replica_joins_with_what_both_peers_know() -> None:
+    restarted = GuessReplica()
+    assert restarted.join({"a": KNOWS, "b": {}}, set(), replicas=3, quorum=2)
+    assert restarted.entries["alice"].uncleared == 3
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+async def test_quorum_counts_only_replicas_whose_answers_it_merged(stale_first: bool) -> None:
+    """Two replicas answer at once, one of them without the guesses: the read must include the other's answer,
+    not return as soon as two tasks are done with only one answer merged."""
+    knows, stale = _replicas(2)
+    await GuessLedger([knows, stale, DownReplica()], timeout=0.3).enroll("alice")  # type: ignore[list-item]
+    for _ in range(2):
+        await _wrong_guess(GuessLedger([knows, DownReplica(), MemoryReplica()], timeout=0.3))  # type: ignore[list-item]
+    order = [stale, knows] if stale_first else [knows, stale]
+    assert (await GuessLedger([*order, DownReplica()], timeout=0.3).read("alice")).uncleared == 2  # type: ignore[list-item]

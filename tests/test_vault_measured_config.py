@@ -27,6 +27,7 @@ from enclavekit.errors import Error
 from enclavekit.kms import EmulatorThread, KmsClient, open_service
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.nsm import NsmSimulator, load_root
+from enclavekit.nsm.errors import SimulatorStateError
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.errors import LedgerUnavailable
 from enclavekit.services.vault.guesses import GuessEntry
@@ -293,29 +294,30 @@ def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(wo
         str(world.config_path),
         state=host_state,
     )
+    address = f"unix://{tmp_path / 'vault.sock'}"
     try:
-        assert launched.stdout is not None
-        ready = json.loads(launched.stdout.readline() or "{}")
-        assert ready.get("ready") is True and ready["pcr0"] == world.pcr0, launched.stderr and launched.stderr.read()
 
         async def no_attest(user_data: bytes) -> bytes:
             raise AssertionError("a snapshot needs no document")
 
         async def check() -> None:
             pcr0 = bytes.fromhex(world.pcr0)
-            # Control: trusting the host's root, the same enclave answers (after its genesis wait).
-            trusting = PeerReplica(ready["address"], pcr0, (load_root(host_state),), no_attest)
+            # Control: trusting the host's root, the same enclave (same PCR0) answers. It never says ready: a
+            # replica of a measured three that reaches no peer neither catches up nor starts empty.
             deadline = time.monotonic() + BOOT_TIMEOUT
             while True:
                 try:
-                    await trusting.snapshot()
+                    trusting = PeerReplica(address, pcr0, (load_root(host_state),), no_attest)
+                    identity, is_ready, entries = await trusting.snapshot()
                     break
-                except LedgerUnavailable:
+                except (SimulatorStateError, LedgerUnavailable):  # its simulator root not made yet, not listening
+                    assert launched.poll() is None, launched.stderr and launched.stderr.read()
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.2)
+            assert identity and not is_ready and entries == {}
             await trusting.close()
-            measured = PeerReplica(ready["address"], pcr0, world.config.roots, no_attest)
+            measured = PeerReplica(address, pcr0, world.config.roots, no_attest)
             with pytest.raises(LedgerUnavailable) as caught:
                 await measured.snapshot()
             assert "has not caught up" not in caught.value.message

@@ -53,7 +53,7 @@ from enclavekit.services.vault.envelope import (
     open_request,
     seal_response,
 )
-from enclavekit.services.vault.errors import LedgerUnavailable, PinInvalid, VaultLocked, VaultRejected
+from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
@@ -191,7 +191,7 @@ class VaultEnclave:
 
         self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
         if config.replicas > 1:
-            self.replica = GuessReplica(ready=False)  # until it caught up with a majority (or genesis)
+            self.replica = GuessReplica(ready=False)  # until it caught up (replicas - quorum + 1 peers) or genesis
         self.core = (self.core_factory or _default_core)(context, self.ledger(), config)
         logger.info(
             "vault enclave ready: envelope key %s, ledger of %d replicas (quorum %d), %d peer addresses",
@@ -208,9 +208,15 @@ class VaultEnclave:
     async def _serving(self, context: EnclaveContext) -> None:
         """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
         if not self.replica.ready:
-            replicas = None if self.config is None else self.config.replicas
+            assert self.config is not None
             self._catch_up = asyncio.create_task(
-                catch_up(self.replica, self.peers, own_identity=self.replica_id, replicas=replicas)
+                catch_up(
+                    self.replica,
+                    self.peers,
+                    own_identity=self.replica_id,
+                    replicas=self.config.replicas,
+                    quorum=self.config.quorum,
+                )
             )
             await asyncio.shield(self._catch_up)
 
@@ -227,10 +233,10 @@ class VaultEnclave:
         return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
 
     async def ledger_snapshot(self, request: LedgerSnapshotRequest, call: CallContext) -> LedgerSnapshot:
-        if not self.replica.ready:
-            raise LedgerUnavailable("this ledger replica has not caught up yet")
+        if not self.replica.ready:  # booting: say so (attested, with its boot identity) — peers decide genesis
+            return LedgerSnapshot(entries={}, replica=self.replica_id, ready=False)
         entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
-        return LedgerSnapshot(entries=entries, replica=self.replica_id)
+        return LedgerSnapshot(entries=entries, replica=self.replica_id, ready=True)
 
     async def key(self, request: VaultKeyRequest, call: CallContext) -> VaultKey:
         assert self._context is not None

@@ -11,8 +11,10 @@ answer with their merged entry; it reads the same way and merges the answers. An
 read sees every write that completed before it: a counted guess cannot be forgotten unless a majority of the
 replicas lose their memory at once. Then the ledger does not say "no guesses": a user whose vault exists in
 storage but not in the ledger is refused (:class:`~enclavekit.services.vault.errors.LedgerUnavailable`), and a
-restarted replica answers nothing until it has merged the entries of a majority of its peers
-(:meth:`GuessReplica.catch_up`).
+restarted replica is a new member: it answers nothing (so it counts toward no quorum) until it has merged the
+entries of ``replicas - quorum + 1`` ready peers, enough to include a holder of every acknowledged write
+(:meth:`GuessReplica.catch_up`); it starts empty only when every other member attests that it is booting too
+(:meth:`GuessReplica.genesis`).
 
 An unlock is: count the attempt at a majority (:meth:`GuessLedger.begin_attempt`), refuse if the uncleared
 attempts exceed the limit, only then try the PIN; the right PIN clears the attempts that were seen, a wrong one at
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -153,19 +155,56 @@ class GuessReplica:
         if not self.ready:
             raise LedgerUnavailable("this ledger replica has not caught up with its peers yet")
         merged = self.entries.get(user, GuessEntry()).merge(entry)
-        self.entries[user] = merged
+        if merged != GuessEntry():  # a read of an unknown user stores nothing
+            self.entries[user] = merged
         return merged
 
     def snapshot(self) -> dict[str, GuessEntry]:
         return dict(self.entries)
 
-    def catch_up(self, snapshots: Sequence[Mapping[str, GuessEntry]], replicas: int) -> None:
-        """Merge the entries of peers; ready only if they and this one make a majority of ``replicas``."""
-        if len(snapshots) + 1 <= replicas // 2:
-            raise LedgerUnavailable(f"caught up from {len(snapshots)} of {replicas - 1} peers: not a majority")
+    def catch_up(self, snapshots: Sequence[Mapping[str, GuessEntry]], replicas: int, quorum: int) -> None:
+        """Merge the snapshots of ready peers; ready only if there are at least ``replicas - quorum + 1`` of them.
+
+        A write was acknowledged by ``quorum`` replicas; if this one was among them and lost it by restarting, the
+        other ``quorum - 1`` still hold it, and any ``replicas - quorum + 1`` of the ``replicas - 1`` others
+        include one of them. So the merged state holds every acknowledged write (docs/vault.md, "Restarts")."""
+        needed = replicas - quorum + 1
+        if len(snapshots) < needed:
+            raise LedgerUnavailable(f"caught up from {len(snapshots)} ready peers of {replicas - 1}: need {needed}")
         for snapshot in snapshots:
             for user, entry in snapshot.items():
                 self.entries[user] = self.entries.get(user, GuessEntry()).merge(entry)
+        self.ready = True
+
+    def join(
+        self,
+        ready: Mapping[str, Mapping[str, GuessEntry]],
+        booting: Collection[str],
+        *,
+        replicas: int,
+        quorum: int,
+    ) -> bool:
+        """Decide from one round of attested peer answers (ready peers' snapshots and booting peers, by boot
+        identity, this replica excluded): catch up from ``replicas - quorum + 1`` ready peers, or start empty when
+        every other member answered and none holds an entry; True if now ready, False to ask again later."""
+        booting = set(booting) - set(ready)
+        if len(ready) >= replicas - quorum + 1:
+            self.catch_up(list(ready.values()), replicas, quorum)
+            return True
+        empty = len(booting) + sum(1 for entries in ready.values() if all(e == GuessEntry() for e in entries.values()))
+        if empty == replicas - 1:
+            self.genesis(empty, replicas)
+            return True
+        return False
+
+    def genesis(self, empty_peers: int, replicas: int) -> None:
+        """Start empty: only when every other member of the measured set (``replicas - 1`` distinct boot
+        identities, attested) said it holds no ledger entry — it is booting too, or started empty itself and has
+        recorded nothing since. Then no live replica holds a write, so starting empty forgets nothing that is not
+        already lost (and a user with stored state but no entry fails closed, docs/vault.md)."""
+        if empty_peers != replicas - 1:
+            raise LedgerUnavailable(f"{empty_peers} of {replicas - 1} peers said they hold no ledger: no genesis")
+        self.entries.clear()
         self.ready = True
 
 
@@ -215,37 +254,44 @@ class GuessLedger:
         return self._locks.setdefault(user, asyncio.Lock())
 
     async def _quorum(self, user: str, entry: GuessEntry) -> GuessEntry:
-        tasks = {asyncio.ensure_future(replica.merge(user, entry)): replica for replica in self.replicas}
+        """Send ``entry`` to every replica; the join of it and the answers of ``majority`` distinct replicas.
+
+        A replica counts only once its answer is merged into the result (an answer that arrived but was not merged
+        would let a quorum "include" a replica whose knowledge the result lacks)."""
+        tasks: dict[asyncio.Future[GuessEntry], Replica] = {
+            asyncio.ensure_future(replica.merge(user, entry)): replica for replica in self.replicas
+        }
         merged = entry
-        answered = 0
+        counted: set[str] = set()
+        pending: set[asyncio.Future[GuessEntry]] = set(tasks)
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            for next_done in asyncio.as_completed(tasks, timeout=self.timeout):
-                try:
-                    merged = merged.merge(await next_done)
-                except (TimeoutError, LedgerUnavailable, OSError, ValueError):  # an absent or broken replica
-                    continue
-                answered = self._count(tasks)
-                if answered >= self.majority:
+            while pending:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    try:
+                        answer = task.result()
+                    except (TimeoutError, LedgerUnavailable, OSError, ValueError):  # an absent or broken replica
+                        continue
+                    merged = merged.merge(answer)
+                    counted.add(self._identity(tasks[task]))
+                if len(counted) >= self.majority:
                     return merged
         finally:
             for task in tasks:
                 if not task.done():
                     task.cancel()
-        raise LedgerUnavailable(f"{answered} of {len(self.replicas)} ledger replicas answered; need {self.majority}")
+        raise LedgerUnavailable(
+            f"{len(counted)} of {len(self.replicas)} ledger replicas answered; need {self.majority}"
+        )
 
     @staticmethod
-    def _count(tasks: Mapping[asyncio.Task[GuessEntry], Replica]) -> int:
-        """Distinct replicas that answered: one boot identity counts once, however many addresses name it."""
-        seen: set[str] = set()
-        answered = 0
-        for task, replica in tasks.items():
-            if not task.done() or task.cancelled() or task.exception() is not None:
-                continue
-            identity = getattr(replica, "identity", None) or f"anonymous-{id(replica)}"
-            if identity not in seen:
-                seen.add(identity)
-                answered += 1
-        return answered
+    def _identity(replica: Replica) -> str:
+        """A replica's boot identity: one boot counts once, however many addresses name it."""
+        return getattr(replica, "identity", None) or f"anonymous-{id(replica)}"
 
     async def read(self, user: str) -> GuessEntry:
         """What a majority knows about ``user`` (written back to them, so the next read sees no less)."""

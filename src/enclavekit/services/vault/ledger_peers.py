@@ -7,9 +7,12 @@
   ``SHA-256("enclavekit vault ledger merge v1" ‖ canonical JSON of {user, entry})``; the replica accepts only a
   document with its own PCR0 (:func:`verify_merge`). A captured merge replayed changes nothing (merging is
   idempotent); a host without the NSM cannot make one.
-* A booting replica is not ready (answers ``ledger_unavailable``) until it has merged the snapshots of a majority
-  with itself (:meth:`GuessReplica.catch_up`), or — when no peer is ready at all — starts empty (genesis). Genesis
-  can lose counts only if a majority is lost, and then every stored vault fails closed (docs/vault.md).
+* A booting replica is a new member: it merges nothing and counts toward no quorum (``ledger_unavailable``) until
+  it has merged the snapshots of ``replicas - quorum + 1`` ready peers (:meth:`GuessReplica.catch_up`), or until
+  every other member of the measured set attests that it holds no ledger entry (genesis,
+  :meth:`GuessReplica.genesis`).
+  Genesis after the set existed means all members restarted at once; then every stored vault fails closed
+  (docs/vault.md).
 """
 
 from __future__ import annotations
@@ -110,10 +113,12 @@ class PeerReplica:
         self.identity = answer.replica
         return GuessEntry.from_json(answer.entry)
 
-    async def snapshot(self) -> tuple[str, dict[str, GuessEntry]]:
+    async def snapshot(self) -> tuple[str, bool, dict[str, GuessEntry]]:
+        """``(boot identity, ready, entries)`` of the peer; a booting peer answers ``ready`` false, no entries."""
         answer = await self._call(LEDGER_SNAPSHOT, LedgerSnapshotRequest())
         self.identity = answer.replica
-        return answer.replica, {user: GuessEntry.from_json(raw) for user, raw in answer.entries.items()}
+        entries = {user: GuessEntry.from_json(raw) for user, raw in answer.entries.items()}
+        return answer.replica, answer.ready, entries
 
     async def close(self) -> None:
         if self._client is not None:
@@ -125,27 +130,44 @@ async def catch_up(
     peers: Sequence[PeerReplica],
     *,
     own_identity: str,
-    replicas: int | None = None,
-    genesis_after: float = 3.0,
+    replicas: int,
+    quorum: int,
+    interval: float = 0.5,
 ) -> None:
-    """Make ``replica`` ready: merge the snapshots of a majority of ``replicas`` (the measured replica set size;
-    default: the peers listed plus this one), or start empty once no peer has been ready for ``genesis_after``
-    seconds. Retries until one happens."""
-    size = replicas if replicas is not None else len(peers) + 1
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    """Make ``replica`` ready, retrying every ``interval`` seconds until one of two things is attested:
+
+    * ``replicas - quorum + 1`` distinct ready peers answered their snapshots: merge them
+      (:meth:`GuessReplica.catch_up`);
+    * every other member of the measured set (``replicas - 1`` distinct boot identities) answered that it holds
+      no ledger entry (booting, or started empty itself and recorded nothing since): the set is new, or every
+      write is lost already — start empty (:meth:`GuessReplica.genesis`). Members of a fresh set that boot
+      together thus all start: the first to see the others booting starts empty, the others then see it empty.
+
+    Anything else (a peer ready but too few of them, peers silent) waits: a host that hides or stops peers gets
+    no replica that forgot, only one that does not serve. ``replicas`` and ``quorum`` are the measured ones."""
     while not replica.ready:
         answers = await asyncio.gather(*(peer.snapshot() for peer in peers), return_exceptions=True)
-        snapshots: dict[str, dict[str, GuessEntry]] = {}
+        ready: dict[str, dict[str, GuessEntry]] = {}
+        booting: set[str] = set()
         for answer in answers:
-            if isinstance(answer, tuple) and answer[0] != own_identity:
-                snapshots[answer[0]] = answer[1]
-        if len(snapshots) + 1 > size // 2:
-            replica.catch_up(list(snapshots.values()), size)
-            logger.info("ledger replica caught up from %d of %d peers", len(snapshots), len(peers))
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+            if not isinstance(answer, tuple):
+                logger.debug("ledger peer gave no snapshot: %s", answer)
+                continue
+            if answer[0] == own_identity:
+                continue
+            identity, is_ready, entries = answer
+            if is_ready:
+                ready[identity] = entries
+            else:
+                booting.add(identity)
+        if replica.join(ready, booting, replicas=replicas, quorum=quorum):
+            logger.warning(
+                "ledger replica ready: %d ready and %d booting peers answered (%s)",
+                len(ready),
+                len(booting - set(ready)),
+                "caught up" if len(ready) >= replicas - quorum + 1 else "genesis: no peer holds an entry",
+            )
             return
-        if not snapshots and loop.time() - started >= genesis_after:
-            replica.ready = True
-            logger.warning("ledger replica starts empty (genesis): no peer was ready")
-            return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(interval)

@@ -80,8 +80,11 @@ class LedgerSnapshotRequest(BaseModel):
 
 
 class LedgerSnapshot(BaseModel):
+    """A replica's entries; ``ready`` false: it is booting (not caught up) and ``entries`` is empty."""
+
     entries: dict[str, dict[str, Any]]
     replica: str
+    ready: bool
 
 
 MESSAGE = Route("vault.message", Message, MessageReply)
