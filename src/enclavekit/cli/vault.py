@@ -46,8 +46,10 @@ def _fail(error: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"error": error}))
     else:
-        extra = f" ({error['attempts_left']} attempts left)" if "attempts_left" in error else ""
-        typer.echo(f"vault: {error.get('code')}: {error.get('message')}{extra}", err=True)
+        message = str(error.get("message"))
+        if "attempts_left" in error and "attempts left" not in message:
+            message += f" ({error['attempts_left']} attempts left)"
+        typer.echo(f"vault: {error.get('code')}: {message}", err=True)
     raise typer.Exit(1)
 
 
