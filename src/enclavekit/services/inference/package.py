@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from enclavekit.services.inference.chunks import DEFAULT_CHUNK_SIZE, seal_stream
 from enclavekit.services.inference.loader import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from enclavekit.services.inference.manifest import Manifest, encryption_context
 from enclavekit.services.inference.model_files import ModelFiles
+from enclavekit.stack.files import write_private
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -142,10 +142,7 @@ def write_publisher_key(path: Path) -> Ed25519PrivateKey:
     """A new Ed25519 publisher key, written PKCS#8 PEM with mode 0600."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as sink:
-        sink.write(pem)
+    write_private(path, pem)
     return key
 
 

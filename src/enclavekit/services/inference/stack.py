@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclavekit.errors import ConfigurationError
+from enclavekit.stack.files import write_private
 from enclavekit.stack.processes import free_port
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
@@ -48,12 +48,6 @@ class Prepared:
     key_id: str
     pcr0: str
     model_hash: str
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as sink:
-        sink.write(data)
 
 
 def prepare_model(
@@ -132,7 +126,7 @@ def prepare_model(
     )
     config_path = folder / "config.json"
     raw_config = json.dumps(config.to_json(), indent=1).encode()
-    _write_private(config_path, raw_config)
+    write_private(config_path, raw_config)
     pcr0 = expected_pcr0(raw_config, spec)
     kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=enclave_key_policy(pcr0.hex()))
     files = ModelFiles.in_folder(model_dir or bundled_model_dir())
@@ -205,4 +199,4 @@ async def start_inference(stack: Stack) -> None:
         "gateway_metrics": f"http://{host}:{metrics_port}/metrics",
         "simulator_root": str(state),
     }
-    _write_private(state / "inference" / "local.json", json.dumps(local, indent=2).encode())
+    write_private(state / "inference" / "local.json", json.dumps(local, indent=2).encode())

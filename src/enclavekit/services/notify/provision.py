@@ -29,7 +29,7 @@ from enclavekit.services.notify.enclave_config import (
     NotifyEnclaveConfig,
     canonical,
 )
-from enclavekit.stack.tls import write_private
+from enclavekit.stack.files import write_private
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient

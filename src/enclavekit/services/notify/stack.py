@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from enclavekit.errors import ConfigurationError
+from enclavekit.stack.files import write_private
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 __all__ = ["ENCLAVE_APP", "load_local", "start_notify"]
@@ -153,9 +153,7 @@ async def start_notify(stack: Stack) -> None:
         "capture_record": str(record),
     }
     path = notify_dir / "local.json"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as sink:
-        json.dump(local, sink, indent=2, default=str)
+    write_private(path, json.dumps(local, indent=2, default=str).encode())
     await stack.start_service(
         ServiceSpec(
             "notify_api",

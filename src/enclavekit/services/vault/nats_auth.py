@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from enclavekit.services.vault.objects import check_user
+from enclavekit.stack.files import write_private
 
 __all__ = [
     "BRIDGE_USER",
@@ -69,15 +70,6 @@ def _quote(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid NATS config string
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as sink:
-        sink.write(text)
-    temporary.replace(path)
-
-
 def credentials(state: Path, user: str) -> Credentials:
     """The credentials of ``user`` (``vault-bridge`` and ``services`` included), issued on first use."""
     if user not in (BRIDGE_USER, SERVICES_USER):
@@ -89,7 +81,7 @@ def credentials(state: Path, user: str) -> Credentials:
     except FileNotFoundError:
         pass
     issued = Credentials(user, secrets.token_urlsafe(24))
-    _write_private(path, json.dumps({"user": issued.user, "password": issued.password}))
+    write_private(path, json.dumps({"user": issued.user, "password": issued.password}).encode())
     return issued
 
 
@@ -117,7 +109,7 @@ def render(state: Path) -> Path:
         f"no_auth_user: {_quote(services.user)}\n"
     )
     path = auth_file(state)
-    _write_private(path, text)
+    write_private(path, text.encode())
     return path
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclavekit.errors import Error
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, render
+from enclavekit.stack.files import write_private
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 if TYPE_CHECKING:
@@ -216,6 +216,4 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
     )
     local = {"nats_url": nats_url, "pcr0": [pcr0], "simulator_roots": [str(state)], "kms_url": kms_url}
     path = state / "vault" / "local.json"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as sink:
-        json.dump(local, sink, indent=2)
+    write_private(path, json.dumps(local, indent=2).encode())
