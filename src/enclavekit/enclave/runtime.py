@@ -140,14 +140,14 @@ def image_files(spec: str, config: bytes | None = None) -> dict[str, bytes]:
     in, so changing the app, enclavekit, or which app the image starts changes PCR0 as rebuilding an EIF would.
     The configuration is measured like a file baked into the EIF: changing one byte of it changes PCR0, so
     whatever it fixes (where plaintext may go, which keys to use) is pinned by the PCR0 clients and KMS check.
-    The app's module must be imported already.
+    The app's module is imported if it is not yet.
     """
     module_name = spec.partition(":")[0]
     files: dict[str, bytes] = {"entrypoint": spec.encode()}
     if config is not None:
         files[CONFIG_ENTRY] = config
     roots = [("enclavekit", Path(enclavekit.__file__).parent)]
-    module = sys.modules[module_name]
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
     source = Path(module.__file__ or "")
     if not source.is_relative_to(roots[0][1]):
         roots.append(("app", source.parent if source.name == "__init__.py" else source))

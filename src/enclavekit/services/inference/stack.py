@@ -12,7 +12,6 @@ local commands need: the gateway, the enclave's PCR0, the model hash.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +36,6 @@ def expected_pcr0(config: bytes, spec: str = ENCLAVE_APP) -> bytes:
     policy pins)."""
     from enclavekit.enclave import runtime
 
-    importlib.import_module(spec.partition(":")[0])
     return runtime.expected_pcr0(spec, config)
 
 
