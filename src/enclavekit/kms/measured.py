@@ -34,7 +34,7 @@ from enclavekit.errors import ConfigurationError
 from enclavekit.kms.endpoint import Credentials, KmsEndpoint
 from enclavekit.kms.errors import InsecureKmsEndpoint
 
-__all__ = ["MAX_KMS_CA_PEM", "MeasuredKmsEndpoint", "credentials_for", "parse_route"]
+__all__ = ["MAX_KMS_CA_PEM", "MeasuredKmsEndpoint", "check_pinned_ca", "credentials_for", "parse_route"]
 
 MAX_KMS_CA_PEM: Final = 64 * 1024
 _FIELDS: Final = frozenset({"url", "ca_pem", "unsafe_plain_http"})
@@ -61,7 +61,7 @@ class MeasuredKmsEndpoint:
         if not _REGION.fullmatch(self.region):
             raise ConfigurationError(f"KMS region {self.region[:64]!r} is not an AWS region name")
         if self.ca_pem is not None:
-            _check_ca(self.ca_pem)
+            check_pinned_ca(self.ca_pem)
 
     @classmethod
     def for_region(cls, region: str) -> MeasuredKmsEndpoint:
@@ -168,16 +168,17 @@ def _check_url(url: str, unsafe_plain_http: bool) -> None:
         raise ConfigurationError("the KMS endpoint url has an invalid port") from exc
 
 
-def _check_ca(ca_pem: str) -> None:
-    if not ca_pem.strip() or len(ca_pem) > MAX_KMS_CA_PEM:
-        raise ConfigurationError(f"the KMS endpoint's ca_pem must be PEM certificates, at most {MAX_KMS_CA_PEM}")
+def check_pinned_ca(ca_pem: str, *, what: str = "the KMS endpoint's ca_pem", max_chars: int = MAX_KMS_CA_PEM) -> None:
+    """Raise :class:`ConfigurationError` unless ``ca_pem`` is PEM certificates that TLS can pin (``what`` names it)."""
+    if not ca_pem.strip() or len(ca_pem) > max_chars:
+        raise ConfigurationError(f"{what} must be PEM certificates, at most {max_chars} characters")
     try:
         certificates = x509.load_pem_x509_certificates(ca_pem.encode())
         ssl.create_default_context(cadata=ca_pem)
     except (ValueError, ssl.SSLError) as exc:
-        raise ConfigurationError("the KMS endpoint's ca_pem holds no usable certificate") from exc
+        raise ConfigurationError(f"{what} holds no usable certificate") from exc
     if not certificates:
-        raise ConfigurationError("the KMS endpoint's ca_pem holds no certificate")
+        raise ConfigurationError(f"{what} holds no certificate")
 
 
 def credentials_for(endpoint: MeasuredKmsEndpoint, settings: Mapping[str, str]) -> Credentials:

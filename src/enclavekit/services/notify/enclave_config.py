@@ -37,14 +37,12 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography import x509
-
 from enclavekit.enclave.measured_config import AWS_REGION as _REGION
 from enclavekit.enclave.measured_config import KMS_KEY_ID as _KEY_ID
 from enclavekit.enclave.measured_config import InvalidEnclaveConfig, canonical, parse_json_document
 from enclavekit.enclave.measured_config import config_object as _object
 from enclavekit.errors import ConfigurationError, Rejected
-from enclavekit.kms.measured import MeasuredKmsEndpoint
+from enclavekit.kms.measured import MeasuredKmsEndpoint, check_pinned_ca
 from enclavekit.rpc import CallContext
 
 __all__ = [
@@ -216,15 +214,12 @@ def _provider(data: dict[str, Any]) -> ProviderEndpoint:
     if not _PREFIX.fullmatch(parts.path or "/"):
         raise InvalidEnclaveConfig("provider.url has an invalid path prefix")
     ca_pem = data.get("ca_pem")
-    if not isinstance(ca_pem, str) or not ca_pem.strip() or len(ca_pem) > MAX_CA_PEM:
+    if not isinstance(ca_pem, str):
         raise InvalidEnclaveConfig(f"provider.ca_pem must be PEM certificates, at most {MAX_CA_PEM} characters")
     try:
-        certificates = x509.load_pem_x509_certificates(ca_pem.encode())
-        ssl.create_default_context(cadata=ca_pem)
-    except (ValueError, ssl.SSLError) as exc:
-        raise InvalidEnclaveConfig("provider.ca_pem holds no usable certificate") from exc
-    if not certificates:
-        raise InvalidEnclaveConfig("provider.ca_pem holds no certificate")
+        check_pinned_ca(ca_pem, what="provider.ca_pem", max_chars=MAX_CA_PEM)
+    except ConfigurationError as exc:
+        raise InvalidEnclaveConfig(exc.message) from exc
     label = data.get("alias_label", "push_id")
     if not isinstance(label, str) or not _LABEL.fullmatch(label):
         raise InvalidEnclaveConfig("provider.alias_label must be 1..64 of [A-Za-z0-9_-]")
