@@ -143,6 +143,35 @@ async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> 
         assert error.remote_code == "pin_invalid" and error.attempts_left == 9
 
 
+async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
+    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
+        run = subprocess.run(
+            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+        )
+        return run.returncode, json.loads(run.stdout or b"null")
+
+    def both() -> list[tuple[int, Any]]:
+        return [
+            cli("enroll", "gina", "--pin", "1470", "--limit", "2"),
+            cli("secret", "put", "gina", "motto", "--pin", "1470", stdin=b"carpe diem"),
+            cli("secret", "get", "gina", "motto", "--pin", "1470"),
+            cli("secret", "list", "gina", "--pin", "9999"),
+            cli("secret", "list", "gina", "--pin", "9998"),
+        ]
+
+    results = await asyncio.to_thread(both)
+    assert results[0][0] == 0, results[0]
+    assert results[1] == (0, {"name": "motto", "version": 1})
+    assert results[2][0] == 0 and results[2][1]["value"] == "carpe diem"
+    assert results[3][0] == 1 and results[3][1]["error"]["code"] == "pin_invalid"
+    assert results[3][1]["error"]["attempts_left"] == 1
+    assert results[4][0] == 1 and results[4][1]["error"]["code"] == "vault_locked"
+
+
 async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world: World) -> None:
     from enclavekit.services.vault.secret_store import verify_audit
 
@@ -358,35 +387,6 @@ async def test_one_users_credentials_cannot_call_anothers_vault(world: World) ->
         assert all("permissions violation" in e for e in errors)
     finally:
         await nc.close()
-
-
-async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
-    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
-        run = subprocess.run(
-            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
-            input=stdin,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
-        )
-        return run.returncode, json.loads(run.stdout or b"null")
-
-    def both() -> list[tuple[int, Any]]:
-        return [
-            cli("enroll", "gina", "--pin", "1470", "--limit", "2"),
-            cli("secret", "put", "gina", "motto", "--pin", "1470", stdin=b"carpe diem"),
-            cli("secret", "get", "gina", "motto", "--pin", "1470"),
-            cli("secret", "list", "gina", "--pin", "9999"),
-            cli("secret", "list", "gina", "--pin", "9998"),
-        ]
-
-    results = await asyncio.to_thread(both)
-    assert results[0][0] == 0, results[0]
-    assert results[1] == (0, {"name": "motto", "version": 1})
-    assert results[2][0] == 0 and results[2][1]["value"] == "carpe diem"
-    assert results[3][0] == 1 and results[3][1]["error"]["code"] == "pin_invalid"
-    assert results[3][1]["error"]["attempts_left"] == 1
-    assert results[4][0] == 1 and results[4][1]["error"]["code"] == "vault_locked"
 
 
 async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
