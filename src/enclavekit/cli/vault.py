@@ -96,6 +96,8 @@ def _run_as_user(
         return asyncio.run(go())
     except Error as exc:
         _fail(exc.to_json(), as_json)
+    except Exception as exc:  # NATS or the vault did not answer: still one JSON error, never a traceback
+        _fail({"code": "vault_unreachable", "message": f"{type(exc).__name__}: {exc}"[:500]}, as_json)
     raise AssertionError("unreachable")
 
 
