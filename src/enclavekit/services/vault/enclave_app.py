@@ -5,10 +5,9 @@ document binding the vault's X25519 envelope key (it leaks nothing: a public key
 envelope in, an opaque envelope out (:mod:`~enclavekit.services.vault.envelope`): the host learns neither the
 operation's data nor its outcome.
 
-Inside an envelope: ``enroll`` ``{pin, limit?}``, ``secret.put`` ``{pin|session, name, value (base64), critical?}``,
-``secret.get`` ``{pin|session, name, version?}`` (a critical secret needs ``pin``, every time),
-``secret.list`` ``{pin|session}``, ``pin.change`` ``{pin, new_pin}``, ``audit.get`` ``{pin|session}``. A
-successful PIN check returns a ``session`` (5 minutes, memory only). Answers are ``{"ok": {...}}`` or
+Inside an envelope: the operations of :mod:`~enclavekit.services.vault.operations`, one module per feature
+(``pin``: enroll, pin.change; ``secret``: secret.put/get/list, audit.get). A successful PIN check returns a
+``session`` (5 minutes, memory only). Answers are ``{"ok": {...}}`` or
 ``{"error": {"code", "message", "attempts_left"?}}``.
 
 Boot: ``python -m enclavekit.enclave enclavekit.services.vault.enclave_app:app --config FILE`` — the measured
@@ -57,8 +56,11 @@ from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejec
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
+from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
+from enclavekit.services.vault.operations import pin as pin_operations
+from enclavekit.services.vault.operations import secret as secret_operations
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
-from enclavekit.services.vault.secret_store import SecretStore
+from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
     KEY,
     LEDGER_MERGE,
@@ -74,7 +76,7 @@ from enclavekit.services.vault.wire import (
     VaultKeyRequest,
 )
 
-__all__ = ["UnknownOp", "VaultEnclave", "app", "build_app", "check_key_policy"]
+__all__ = ["Opened", "VaultEnclave", "app", "build_app", "check_key_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +85,22 @@ MAX_SESSIONS: Final = 10_000
 MAX_PAYLOAD: Final = 96 * 1024
 
 
-class UnknownOp(VaultRejected):
-    code = "unknown_op"
-
-
-class BadPayload(VaultRejected):
-    code = "bad_payload"
-
-
 class SessionInvalid(VaultRejected):
     code = "session_invalid"
 
 
-class PinRequired(VaultRejected):
-    """A critical secret is read with the PIN, every time; a session is not enough."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A vault opened for one operation: by the payload's PIN (``with_pin``) or by its session."""
 
-    code = "pin_required"
+    unlocked: Unlocked
+    store: VaultStore
+    with_pin: bool
+    session: str
+
+
+def _operations() -> dict[str, Handler]:
+    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS}
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -133,15 +135,6 @@ def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") 
         raise ConfigurationError("the vault's KMS key does not release data keys to this enclave image")
 
 
-def _b64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise BadPayload(f"{what} must be base64 text")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadPayload(f"{what} is not base64") from exc
-
-
 @dataclass
 class VaultEnclave:
     """The vault enclave's state: its envelope key, its core, the replay guard, PIN-checked sessions."""
@@ -159,6 +152,7 @@ class VaultEnclave:
     _catch_up: asyncio.Task[None] | None = None
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
+    operations: dict[str, Handler] = field(default_factory=_operations)
 
     @property
     def public_key(self) -> bytes:
@@ -266,7 +260,10 @@ class VaultEnclave:
                 raise BadPayload("payload is not JSON") from exc
             if not isinstance(payload, dict):
                 raise BadPayload("payload is not a JSON object")
-            result = await self._dispatch(opened.user, opened.op, payload)
+            handler = self.operations.get(opened.op)
+            if handler is None:
+                raise UnknownOp(f"unknown operation {opened.op!r}")
+            result = await handler(self, Request(opened.user, opened.op, payload, self.clock()))
             body: dict[str, Any] = {"ok": result}
         except PinInvalid as exc:
             body = {"error": {"code": exc.code, "message": exc.message, "attempts_left": exc.attempts_left}}
@@ -277,77 +274,38 @@ class VaultEnclave:
         logger.debug("vault op %s answered", opened.op)
         return json.dumps(body).encode()
 
-    def _session(self, unlocked: Unlocked) -> str:
+    def require_core(self) -> VaultCore:
+        if self.core is None:
+            raise VaultRejected("the vault enclave has not booted")
+        return self.core
+
+    def open_session(self, unlocked: Unlocked) -> str:
+        """A new session token for a PIN-checked vault (memory only, ``SESSION_TTL`` seconds)."""
         token = secrets.token_hex(32)
         self.sessions[token] = (unlocked, self.clock() + SESSION_TTL)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return token
 
-    async def _unlocked(self, user: str, payload: dict[str, Any]) -> tuple[Unlocked, bool]:
-        """The vault unlocked by the payload's PIN (True) or its session (False)."""
-        assert self.core is not None
+    def end_sessions(self, user: str) -> None:
+        for token in [t for t, (u, _) in self.sessions.items() if u.user == user]:
+            del self.sessions[token]
+
+    async def unlock(self, request: Request) -> Opened:
+        """The user's vault opened by the payload's PIN (counted as a guess; a new session) or by its session."""
+        core = self.require_core()
+        payload = request.payload
         if "pin" in payload:
-            return await self.core.unlock(user, str(payload["pin"])), True
+            unlocked = await core.unlock(request.user, str(payload["pin"]))
+            return Opened(unlocked, core.store(unlocked), True, self.open_session(unlocked))
         token = payload.get("session")
         held = self.sessions.get(token) if isinstance(token, str) else None
-        if held is None or held[0].user != user or held[1] < self.clock():
+        if held is None or held[0].user != request.user or held[1] < self.clock():
             raise SessionInvalid("no such session (or it expired): send the PIN")
-        if user in self.core.locked_here:
-            raise VaultLocked(f"{user}'s vault is locked")
-        return held[0], False
-
-    async def _dispatch(self, user: str, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.core is not None
-        now = self.clock()
-        if op == "enroll":
-            limit = payload.get("limit", self.config.guess_limit if self.config is not None else 10)
-            if type(limit) is not int or not 1 <= limit <= 255:
-                raise BadPayload("limit is 1..255")
-            unlocked = await self.core.enroll(user, str(payload.get("pin", "")), limit)
-            head = await SecretStore(self.core.store(unlocked)).record("enroll", now=now)
-            return {
-                "attempts_left": unlocked.entry.attempts_left,
-                "audit_head": head,
-                "session": self._session(unlocked),
-            }
-        if op == "pin.change":
-            unlocked = await self.core.change_pin(user, str(payload.get("pin", "")), str(payload.get("new_pin", "")))
-            for token in [t for t, (u, _) in self.sessions.items() if u.user == user]:
-                del self.sessions[token]
-            head = await SecretStore(self.core.store(unlocked)).record("pin.change", now=now)
-            return {"generation": unlocked.entry.generation, "audit_head": head}
-        if op not in ("secret.put", "secret.get", "secret.list", "audit.get"):
-            raise UnknownOp(f"unknown operation {op!r}")
-        unlocked, with_pin = await self._unlocked(user, payload)
-        book = SecretStore(self.core.store(unlocked))
-        session = self._session(unlocked) if with_pin else str(payload["session"])
-        if op == "secret.put":
-            critical = payload.get("critical", False)
-            if type(critical) is not bool:
-                raise BadPayload("critical is true or false")
-            version = await book.put(
-                str(payload.get("name", "")), _b64(payload.get("value"), "value"), critical=critical, now=now
-            )
-            return {"version": version, "session": session}
-        if op == "secret.get":
-            wanted = payload.get("version")
-            if wanted is not None and type(wanted) is not int:
-                raise BadPayload("version is an integer")
-            name = str(payload.get("name", ""))
-            if (await book.describe(name))["critical"] and not with_pin:
-                raise PinRequired(f"{name} is critical: send the PIN to read it")
-            value, number, critical = await book.get(name, wanted, now=now)
-            return {
-                "value": base64.b64encode(value).decode(),
-                "version": number,
-                "critical": critical,
-                "session": session,
-            }
-        if op == "secret.list":
-            return {"secrets": await book.names(), "session": session}
-        records, head = await book.audit()
-        return {"records": records, "head": head, "session": session}
+        if request.user in core.locked_here:
+            raise VaultLocked(f"{request.user}'s vault is locked")
+        assert isinstance(token, str)
+        return Opened(held[0], core.store(held[0]), False, token)
 
 
 def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnclaveConfig) -> VaultCore:

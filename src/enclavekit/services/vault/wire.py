@@ -8,7 +8,7 @@ Only an envelope that does not open at all is answered with an RPC error (``enve
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -20,7 +20,6 @@ __all__ = [
     "LEDGER_MERGE",
     "LEDGER_SNAPSHOT",
     "MESSAGE",
-    "OPS",
     "LedgerEntry",
     "LedgerMerge",
     "LedgerSnapshot",
@@ -30,9 +29,6 @@ __all__ = [
     "VaultKey",
     "VaultKeyRequest",
 ]
-
-OPS: Final = ("enroll", "secret.put", "secret.get", "secret.list", "pin.change", "audit.get")
-"""The operations of ``OwnerSpace.{user}.forVault.{op}``; anything else is ``unknown_op`` (inside the envelope)."""
 
 _USER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
