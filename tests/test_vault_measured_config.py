@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclavekit.enclave.measured_config import ForbiddenLaunchSetting, InvalidEnclaveConfig, check_launch_settings
 from enclavekit.enclave.runtime import image_files
@@ -28,7 +29,12 @@ from enclavekit.kms import EmulatorThread, KmsClient, open_service
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.nsm import NsmSimulator, load_root
 from enclavekit.nsm.errors import SimulatorStateError
-from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
+from enclavekit.services.vault.enclave_config import (
+    ALLOWED_LAUNCH_SETTINGS,
+    NotAnOperator,
+    VaultEnclaveConfig,
+    vault_config_document,
+)
 from enclavekit.services.vault.errors import LedgerUnavailable
 from enclavekit.services.vault.guesses import GuessEntry
 from enclavekit.services.vault.ledger_peers import MergeRefused, PeerReplica, merge_binding, verify_merge
@@ -331,3 +337,23 @@ def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(wo
         except subprocess.TimeoutExpired:
             launched.kill()
             launched.wait()
+
+
+def test_operator_document_signed_by_another_key_is_refused(world: World) -> None:
+    operator, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    raw = operator.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    config = VaultEnclaveConfig.from_bytes(
+        vault_config_document(kms_key_id="k", roots_der=[load_root(world.state)], operator_keys=(raw,))
+    )
+    assert config.require_operator_signature(b"invite", operator.sign(b"invite")) == raw
+    with pytest.raises(NotAnOperator):
+        config.require_operator_signature(b"invite", stranger.sign(b"invite"))
+    with pytest.raises(NotAnOperator):
+        config.require_operator_signature(b"invite-2", operator.sign(b"invite"))
+
+
+def test_the_local_stack_measures_its_operator_key(world: World) -> None:
+    from enclavekit.client.identity import load
+    from enclavekit.services.vault.stack import operator_key_path
+
+    assert world.config.operator_keys == (load(operator_key_path(world.state)).public_key,)

@@ -24,6 +24,7 @@ __all__ = [
     "canonical",
     "check_launch_settings",
     "config_object",
+    "operator_keys",
     "parse_json_document",
 ]
 
@@ -32,6 +33,8 @@ KMS_KEY_ID: Final = re.compile(r"^[A-Za-z0-9:/_\-.]{1,2048}$")
 AWS_REGION: Final = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
 """An AWS region name."""
 MAX_SETTINGS: Final = 32
+MAX_OPERATOR_KEYS: Final = 16
+_RAW_ED25519_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class InvalidEnclaveConfig(ConfigurationError):
@@ -83,3 +86,20 @@ def check_launch_settings(settings: Mapping[str, str], allowed: Iterable[str], *
             f"{app}: launch setting {refused[0][:64]!r} is not accepted (trust is decided by the measured "
             f"configuration; allowed: {', '.join(sorted(permitted))})"
         )
+
+
+def operator_keys(value: Any) -> tuple[bytes, ...]:
+    """The ``operator_keys`` field of a configuration: at most ``MAX_OPERATOR_KEYS`` raw Ed25519 public keys, each
+    64 lower-case hex digits, none twice (absent = none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_OPERATOR_KEYS:
+        raise InvalidEnclaveConfig(f"operator_keys must be a list of at most {MAX_OPERATOR_KEYS} keys")
+    keys: list[bytes] = []
+    for item in value:
+        if not isinstance(item, str) or not _RAW_ED25519_HEX.fullmatch(item):
+            raise InvalidEnclaveConfig("an operator key is 64 lower-case hex digits (raw Ed25519 public key)")
+        keys.append(bytes.fromhex(item))
+    if len(set(keys)) != len(keys):
+        raise InvalidEnclaveConfig("operator_keys lists a key twice")
+    return tuple(keys)

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from enclavekit.enclave.measured_config import AWS_REGION as _REGION
 from enclavekit.enclave.measured_config import KMS_KEY_ID as _KEY_ID
-from enclavekit.enclave.measured_config import InvalidEnclaveConfig, canonical, parse_json_document
+from enclavekit.enclave.measured_config import InvalidEnclaveConfig, canonical, operator_keys, parse_json_document
 from enclavekit.enclave.measured_config import config_object as _object
 from enclavekit.errors import ConfigurationError, Rejected
 from enclavekit.kms.measured import MeasuredKmsEndpoint, check_pinned_ca
@@ -64,7 +64,6 @@ CONFIG_VERSION: Final = 1
 MAX_CONFIG_BYTES: Final = 128 * 1024
 MAX_CA_PEM: Final = 64 * 1024
 MAX_CIPHERTEXT: Final = 6144
-MAX_OPERATOR_KEYS: Final = 16
 API_KEY_CONTEXT: Final = {"enclavekit:app": "notify", "enclavekit:purpose": "provider-api-key"}
 """The encryption context the provider API key is encrypted under (and decrypted with)."""
 PUSH_KEY_CONTEXT: Final = {"enclavekit:app": "notify", "enclavekit:purpose": "push-key"}
@@ -135,15 +134,7 @@ class NotifyEnclaveConfig:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
         provider = _provider(_object(top.get("provider"), "provider", _PROVIDER_FIELDS))
         kms = _kms(_object(top.get("kms"), "kms", {"key_id", "region", "api_key_ciphertext", "endpoint"}))
-        operators = top.get("operator_keys", [])
-        if not isinstance(operators, list) or len(operators) > MAX_OPERATOR_KEYS:
-            raise InvalidEnclaveConfig(f"operator_keys must be a list of at most {MAX_OPERATOR_KEYS} keys")
-        keys: list[bytes] = []
-        for item in operators:
-            if not isinstance(item, str) or not re.fullmatch(r"[0-9a-f]{64}", item):
-                raise InvalidEnclaveConfig("an operator key is 64 lower-case hex digits (raw Ed25519 public key)")
-            keys.append(bytes.fromhex(item))
-        return cls(provider, kms, tuple(keys), data)
+        return cls(provider, kms, operator_keys(top.get("operator_keys")), data)
 
     def to_document(self) -> dict[str, Any]:
         """The JSON document (what :func:`canonical` writes)."""

@@ -9,7 +9,8 @@ once here into frozen dataclasses; unknown fields are refused::
      "kms": {"key_id": "...", "region": "us-east-1", "endpoint": {"url": "https://...", "ca_pem": "..."}},
      "ledger": {"replicas": 3, "quorum": 2},
      "attestation_roots": ["-----BEGIN CERTIFICATE-----..."],
-     "guess_limit": 10}
+     "guess_limit": 10,
+     "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...]}
 
 * ``kms``: the key that seals every user's material (its policy must release only to this PCR0: checked at boot),
   and the endpoint with the CA its certificate must chain to (absent: AWS KMS in ``region``, system roots).
@@ -19,6 +20,7 @@ once here into frozen dataclasses; unknown fields are refused::
 * ``attestation_roots``: the roots a peer's attestation must chain to — on Nitro the AWS Nitro root only; in the
   local stack the NSM simulator's root (its certificate is in the file, so it is measured).
 * ``guess_limit``: the limit a vault gets when the enrolling user names none (1..255).
+* ``operator_keys``: the keys that sign operator documents (invitation codes, proposals); optional, at most 16.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from enclavekit.enclave.measured_config import (
     AWS_REGION,
@@ -35,10 +39,12 @@ from enclavekit.enclave.measured_config import (
     InvalidEnclaveConfig,
     canonical,
     config_object,
+    operator_keys,
     parse_json_document,
 )
 from enclavekit.errors import ConfigurationError
 from enclavekit.kms.measured import MeasuredKmsEndpoint
+from enclavekit.services.vault.errors import VaultRejected
 
 __all__ = [
     "ALLOWED_LAUNCH_SETTINGS",
@@ -46,6 +52,7 @@ __all__ = [
     "CONFIG_VERSION",
     "MAX_CONFIG_BYTES",
     "MAX_REPLICAS",
+    "NotAnOperator",
     "VaultEnclaveConfig",
     "vault_config_document",
 ]
@@ -65,6 +72,12 @@ addresses, the folder of encrypted objects). Any other (``kms_url``, ``trust_sim
 refused at boot."""
 
 
+class NotAnOperator(VaultRejected):
+    """An operator document whose signature is not by one of the measured operator keys."""
+
+    code = "not_an_operator"
+
+
 @dataclass(frozen=True, slots=True)
 class VaultEnclaveConfig:
     """The parsed, checked configuration. ``raw`` is the exact measured bytes; ``roots`` are DER certificates."""
@@ -77,13 +90,18 @@ class VaultEnclaveConfig:
     roots: tuple[bytes, ...]
     guess_limit: int
     raw: bytes
+    operator_keys: tuple[bytes, ...] = ()
+    """Raw Ed25519 public keys whose signatures the vault accepts on operator documents (invitations,
+    proposals): :meth:`require_operator_signature`."""
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VaultEnclaveConfig:
         """Parse and check the file; raise :class:`InvalidEnclaveConfig` naming the first problem."""
         document = parse_json_document(data, what="vault", max_bytes=MAX_CONFIG_BYTES)
         top = config_object(
-            document, "configuration", {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit"}
+            document,
+            "configuration",
+            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys"},
         )
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
@@ -107,7 +125,20 @@ class VaultEnclaveConfig:
         limit = top.get("guess_limit")
         if type(limit) is not int or not 1 <= limit <= 255:
             raise InvalidEnclaveConfig("guess_limit must be an integer in 1..255")
-        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data)
+        operators = operator_keys(top.get("operator_keys"))
+        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators)
+
+    def require_operator_signature(self, message: bytes, signature: bytes) -> bytes:
+        """The operator key (one of the measured ``operator_keys``) whose Ed25519 signature over ``message`` this
+        is; raise :class:`NotAnOperator` otherwise. The host cannot forge an operator document: the keys are
+        measured and the private keys are the operator's, not the host's."""
+        for key in self.operator_keys:
+            try:
+                Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+            except InvalidSignature:
+                continue
+            return key
+        raise NotAnOperator("not signed by an operator key named in the vault's measured configuration")
 
 
 def _roots(value: Any) -> tuple[bytes, ...]:
@@ -136,6 +167,7 @@ def vault_config_document(
     replicas: int = 3,
     quorum: int = 2,
     guess_limit: int = 10,
+    operator_keys: tuple[bytes, ...] = (),
 ) -> bytes:
     """The canonical bytes of a vault configuration (checked by parsing it back)."""
     pems = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode() for der in roots_der]
@@ -147,7 +179,7 @@ def vault_config_document(
         "ledger": {"replicas": replicas, "quorum": quorum},
         "attestation_roots": pems,
         "guess_limit": guess_limit,
-    }
+    } | ({"operator_keys": [key.hex() for key in operator_keys]} if operator_keys else {})
     data = canonical(document)
     VaultEnclaveConfig.from_bytes(data)
     return data

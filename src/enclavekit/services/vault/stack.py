@@ -33,6 +33,7 @@ __all__ = [
     "expected_pcr0",
     "key_policy",
     "load_local",
+    "operator_key_path",
     "prepare_vault",
     "provision_vault_config",
     "provisioning_policy",
@@ -108,11 +109,14 @@ def provision_vault_config(
     reused while the image (and so PCR0) is unchanged; otherwise a new key, a new file, a new binding. The record
     ``STATE/vault/kms-key.json`` names the key and the PCR0 it was bound to. ``kms_url`` is where this host
     reaches the KMS (verifying ``ca_file`` when given); ``endpoint`` is what the measured configuration names."""
+    from enclavekit.client.identity import load_or_create
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.enclave_config import VaultEnclaveConfig, vault_config_document
     from enclavekit.stack.kms import boto3_kms
 
     path, record = state / "vault" / "enclave-config.json", state / "vault" / "kms-key.json"
+    operator, _ = load_or_create(operator_key_path(state))
+    operators = (operator.public_key,)
     expected_pcr0(state)  # the simulator's root must exist: its certificate goes into the configuration
     try:
         known = json.loads(record.read_text())
@@ -124,6 +128,7 @@ def provision_vault_config(
             and known.get("key_id") == existing.kms_key_id
             and existing.replicas == replicas
             and existing.kms_endpoint == endpoint
+            and existing.operator_keys == operators
         ):
             return path, pcr0
     except (FileNotFoundError, ValueError, Error):
@@ -148,6 +153,7 @@ def provision_vault_config(
         kms_endpoint=endpoint,
         replicas=replicas,
         quorum=replicas // 2 + 1,
+        operator_keys=operators,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -155,6 +161,12 @@ def provision_vault_config(
     kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=key_policy(pcr0))  # the last change it allows
     record.write_text(json.dumps({"pcr0": pcr0, "kms_url": kms_url, "key_id": key_id}))
     return path, pcr0
+
+
+def operator_key_path(state: Path) -> Path:
+    """The local operator's Ed25519 key (mode 0600): it signs invitation codes and proposals; its public key is in
+    the vault's measured configuration (``operator_keys``). On real infrastructure it is kept off the host."""
+    return state / "vault" / "operator.key"
 
 
 def load_local(state: Path) -> dict[str, Any]:
