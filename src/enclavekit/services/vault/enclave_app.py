@@ -28,7 +28,6 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +74,12 @@ from enclavekit.services.vault.wire import (
     VaultKey,
     VaultKeyRequest,
 )
+from enclavekit.services.vault.workers import WorkerPool
 
 __all__ = ["Opened", "VaultEnclave", "app", "build_app", "check_key_policy"]
 
 logger = logging.getLogger(__name__)
 
-SESSION_TTL: Final = 300.0
-MAX_SESSIONS: Final = 10_000
 MAX_PAYLOAD: Final = 96 * 1024
 
 
@@ -143,7 +141,7 @@ class VaultEnclave:
     clock: Callable[[], float] = time.time
     core: VaultCore | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
-    sessions: OrderedDict[str, tuple[Unlocked, float]] = field(default_factory=OrderedDict)
+    workers: WorkerPool = field(default_factory=WorkerPool)
     replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
     replica_id: str = field(default_factory=lambda: secrets.token_hex(8))
     peers: list[PeerReplica] = field(default_factory=list)
@@ -263,7 +261,12 @@ class VaultEnclave:
             handler = self.operations.get(opened.op)
             if handler is None:
                 raise UnknownOp(f"unknown operation {opened.op!r}")
-            result = await handler(self, Request(opened.user, opened.op, payload, self.clock()))
+            worker = self.workers.get(opened.user)
+            worker.busy += 1
+            try:
+                result = await handler(self, Request(opened.user, opened.op, payload, self.clock()))
+            finally:
+                worker.busy -= 1
             body: dict[str, Any] = {"ok": result}
         except PinInvalid as exc:
             body = {"error": {"code": exc.code, "message": exc.message, "attempts_left": exc.attempts_left}}
@@ -280,16 +283,13 @@ class VaultEnclave:
         return self.core
 
     def open_session(self, unlocked: Unlocked) -> str:
-        """A new session token for a PIN-checked vault (memory only, ``SESSION_TTL`` seconds)."""
-        token = secrets.token_hex(32)
-        self.sessions[token] = (unlocked, self.clock() + SESSION_TTL)
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-        return token
+        """A new session token for a PIN-checked vault, held by the user's worker (memory only, ``SESSION_TTL``)."""
+        return self.workers.get(unlocked.user).open_session(unlocked, self.clock())
 
     def end_sessions(self, user: str) -> None:
-        for token in [t for t, (u, _) in self.sessions.items() if u.user == user]:
-            del self.sessions[token]
+        worker = self.workers.peek(user)
+        if worker is not None:
+            worker.end_sessions()
 
     async def unlock(self, request: Request) -> Opened:
         """The user's vault opened by the payload's PIN (counted as a guess; a new session) or by its session."""
@@ -299,13 +299,14 @@ class VaultEnclave:
             unlocked = await core.unlock(request.user, str(payload["pin"]))
             return Opened(unlocked, core.store(unlocked), True, self.open_session(unlocked))
         token = payload.get("session")
-        held = self.sessions.get(token) if isinstance(token, str) else None
-        if held is None or held[0].user != request.user or held[1] < self.clock():
+        held = self.workers.get(request.user).session(token, self.clock())
+        if held is None or held.user != request.user:
             raise SessionInvalid("no such session (or it expired): send the PIN")
         if request.user in core.locked_here:
+            self.workers.stop(request.user)
             raise VaultLocked(f"{request.user}'s vault is locked")
         assert isinstance(token, str)
-        return Opened(held[0], core.store(held[0]), False, token)
+        return Opened(held, core.store(held), False, token)
 
 
 def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnclaveConfig) -> VaultCore:
