@@ -11,6 +11,9 @@ operations per second with many users.
   no Argon2id), sequential, measured at the client.
 * ``ops_per_second`` — USERS users enrolled, then every user's client runs ``secret.get`` with its session in a
   loop for a few seconds, all at once.
+* ``workers`` — the enclave's per-user worker pool (``workers.py``) with its default 64 MiB bound: how many workers
+  it holds idle and with one open session each (real unlocked keys), the memory tracemalloc measures for them
+  against what the pool counts, and the cost of an eviction at the bound.
 """
 
 from __future__ import annotations
@@ -172,6 +175,41 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         await stack.stop()
 
 
+def _workers(count: int) -> dict[str, Any]:
+    import tracemalloc
+
+    from enclavekit.services.vault.core import Unlocked
+    from enclavekit.services.vault.guesses import GuessEntry
+    from enclavekit.services.vault.keys import derive_keys
+    from enclavekit.services.vault.workers import SESSION_BYTES, WORKER_BYTES, WorkerPool
+
+    pool = WorkerPool()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(count):
+        user = f"user-{i:07d}"
+        keys = derive_keys(i.to_bytes(32, "big"), bytes(32), user, 1)
+        entry = GuessEntry(attempts={"slot": 1}, cleared={"slot": 1}, generation=1)
+        pool.get(user).open_session(Unlocked(user, keys, entry), now=0.0)
+    measured = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    full = WorkerPool(max_bytes=1000 * WORKER_BYTES)
+    for i in range(1000):
+        full.get(f"user-{i}")
+    started = time.perf_counter()
+    for i in range(1000, 1000 + count):
+        full.get(f"user-{i}")
+    per_eviction = (time.perf_counter() - started) / count
+    return {
+        "bound_mib": pool.max_bytes // (1024 * 1024),
+        "held_idle": pool.max_bytes // WORKER_BYTES,
+        "held_with_a_session": pool.max_bytes // (WORKER_BYTES + SESSION_BYTES),
+        "measured_bytes_per_worker_with_a_session": round(measured / count),
+        "counted_bytes_per_worker_with_a_session": WORKER_BYTES + SESSION_BYTES,
+        "eviction_us": round(per_eviction * 1e6, 2),
+    }
+
+
 async def _main(quick: bool, users: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -179,7 +217,7 @@ async def _main(quick: bool, users: int | None) -> dict[str, Any]:
         nats_figures = await _through_nats(
             root / "stack", 20 if quick else 200, users or (10 if quick else 100), 3 if quick else 10
         )
-    return {"unlock": unlock, **nats_figures}
+    return {"unlock": unlock, **nats_figures, "workers": _workers(2_000 if quick else 20_000)}
 
 
 def main() -> None:
