@@ -188,7 +188,7 @@ def _workers(count: int) -> dict[str, Any]:
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count):
         user = f"user-{i:07d}"
-        keys = derive_keys(i.to_bytes(32, "big"), bytes(32), user, 1)
+        keys = derive_keys(i.to_bytes(32, "big"), bytes(32), user, 1, epoch="ab" * 16)
         entry = GuessEntry(attempts={"slot": 1}, cleared={"slot": 1}, generation=1)
         pool.get(user).open_session(Unlocked(user, keys, entry), now=0.0)
     measured = tracemalloc.get_traced_memory()[0] - before

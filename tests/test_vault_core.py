@@ -119,10 +119,31 @@ async def test_ledger_that_lost_every_replica_fails_closed(world: VaultWorld) ->
         await world.enclave().enroll("alice", "0000")
 
 
+async def test_host_hiding_objects_after_a_ledger_loss_and_reenrolling_gets_no_guess_at_the_old_pin(
+    world: VaultWorld, tmp_path: Path
+) -> None:
+    """Every replica restarts (the ledger forgets alice); the host hides alice's objects so that enrolling her name
+    again succeeds with a PIN it chose, then puts her old header back under the new entry. Each such cycle used to
+    give 10 guesses at her real PIN against the old header; now the keys depend on the enrollment's epoch, so the
+    old header's verifier matches no PIN, the real one included."""
+    await world.enclave().enroll("alice", "2468")
+    world.snapshot(tmp_path / "alice")
+    world.replicas[:] = [MemoryReplica() for _ in range(3)]  # the ledger forgets everything
+    for item in world.objects_dir.rglob("*"):
+        if item.is_file():
+            item.unlink()  # the host hides alice's objects...
+    await world.enclave().enroll("alice", "0000")  # ...so a new enrollment of her name goes through
+    world.restore(tmp_path / "alice")  # and puts her old header (generation 1) back under the new entry
+    for pin in ("2468", "1111"):  # her real PIN opens nothing: the old header belongs to another epoch
+        error = await _wrong(world.enclave(), pin=pin)
+        assert isinstance(error, PinInvalid)
+
+
 async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorld) -> None:
     core = world.enclave()
     await core.enroll("alice", "2468")
-    await core._write_header("alice", "1357", 2)  # crash after writing the new header, before the switch
+    entry = await core.ledger.read("alice")
+    await core._write_header("alice", "1357", entry, 2)  # crash after writing the new header, before the switch
     assert (await world.enclave().unlock("alice", "2468")).entry.generation == 1  # the old PIN still works
     changed = await core.change_pin("alice", "2468", "1357")
     assert changed.entry.generation == 2

@@ -10,6 +10,8 @@ import pytest
 from enclavekit.services.vault.errors import LedgerUnavailable
 from enclavekit.services.vault.guesses import GuessEntry, GuessLedger, GuessReplica, MemoryReplica, check_guess_limit
 
+EPOCH = "5e" * 16
+
 
 class DownReplica:
     """A replica the host has stopped: it never answers."""
@@ -32,7 +34,7 @@ async def _wrong_guess(ledger: GuessLedger, user: str = "alice") -> GuessEntry:
 async def test_replayed_ledger_message_grants_no_extra_guess() -> None:
     replicas = _replicas()
     ledger = GuessLedger(replicas)
-    await ledger.enroll("alice")
+    await ledger.enroll("alice", epoch=EPOCH)
     captured = []
     for _ in range(3):
         captured.append(await _wrong_guess(ledger))
@@ -46,14 +48,14 @@ async def test_replayed_ledger_message_grants_no_extra_guess() -> None:
 async def test_concurrent_guesses_from_several_coordinators_are_all_counted() -> None:
     replicas = _replicas(5)
     coordinators = [GuessLedger(replicas) for _ in range(4)]  # four vault enclaves serving the same user
-    await coordinators[0].enroll("alice")
+    await coordinators[0].enroll("alice", epoch=EPOCH)
     await asyncio.gather(*(_wrong_guess(c) for c in coordinators for _ in range(2)))
     assert (await coordinators[0].read("alice")).uncleared == 8
 
 
 async def test_restarted_coordinator_does_not_reuse_its_old_count() -> None:
     replicas = _replicas()
-    await GuessLedger(replicas).enroll("alice")
+    await GuessLedger(replicas).enroll("alice", epoch=EPOCH)
     for _ in range(2):
         await _wrong_guess(GuessLedger(replicas))  # a fresh boot each time (new slot)
     assert (await GuessLedger(replicas).read("alice")).uncleared == 2
@@ -62,7 +64,7 @@ async def test_restarted_coordinator_does_not_reuse_its_old_count() -> None:
 async def test_restarting_a_minority_of_replicas_forgets_no_guess() -> None:
     replicas = _replicas()
     ledger = GuessLedger(replicas)
-    await ledger.enroll("alice")
+    await ledger.enroll("alice", epoch=EPOCH)
     await _wrong_guess(ledger)
     await _wrong_guess(ledger)
     restarted = GuessReplica()  # the host restarts replica 0: its memory is gone
@@ -84,7 +86,7 @@ async def test_host_cutting_off_a_peer_then_restarting_a_replica_gets_no_extra_g
     restarts C and lets it see B only; a quorum {B, C} must not have forgotten them."""
     a, b, c = _replicas()
     ledger = GuessLedger([a, b, c])
-    await ledger.enroll("alice")
+    await ledger.enroll("alice", epoch=EPOCH)
     cut_off = GuessLedger([a, DownReplica(), c], timeout=0.3)  # type: ignore[list-item]
     for _ in range(3):
         await _wrong_guess(cut_off)
@@ -130,7 +132,7 @@ async def test_without_a_majority_the_ledger_fails_closed() -> None:
 async def test_right_pin_clears_only_the_attempts_it_saw() -> None:
     replicas = _replicas()
     a, b = GuessLedger(replicas), GuessLedger(replicas)
-    await a.enroll("alice")
+    await a.enroll("alice", epoch=EPOCH)
     await _wrong_guess(a)
     async with a.lock("alice"):
         attempt = await a.begin_attempt("alice", await a.read("alice"))
@@ -142,7 +144,7 @@ async def test_right_pin_clears_only_the_attempts_it_saw() -> None:
 async def test_locked_never_unlocks_by_merging_an_older_entry() -> None:
     replicas = _replicas()
     ledger = GuessLedger(replicas)
-    before = await ledger.enroll("alice")
+    before = await ledger.enroll("alice", epoch=EPOCH)
     await ledger.lock_out("alice", before)
     for replica in replicas:
         await replica.merge("alice", before)
@@ -218,8 +220,22 @@ async def test_quorum_counts_only_replicas_whose_answers_it_merged(stale_first: 
     """Two replicas answer at once, one of them without the guesses: the read must include the other's answer,
     not return as soon as two tasks are done with only one answer merged."""
     knows, stale = _replicas(2)
-    await GuessLedger([knows, stale, DownReplica()], timeout=0.3).enroll("alice")  # type: ignore[list-item]
+    await GuessLedger([knows, stale, DownReplica()], timeout=0.3).enroll("alice", epoch=EPOCH)  # type: ignore[list-item]
     for _ in range(2):
         await _wrong_guess(GuessLedger([knows, DownReplica(), MemoryReplica()], timeout=0.3))  # type: ignore[list-item]
     order = [stale, knows] if stale_first else [knows, stale]
     assert (await GuessLedger([*order, DownReplica()], timeout=0.3).read("alice")).uncleared == 2  # type: ignore[list-item]
+
+
+def test_racing_enrollments_merge_to_one_epoch_everywhere() -> None:
+    a = GuessEntry(generation=1, epoch="aa" * 16)
+    b = GuessEntry(generation=1, epoch="bb" * 16)
+    assert a.merge(b).epoch == b.merge(a).epoch == "bb" * 16
+    assert GuessEntry.from_json(a.merge(b).to_json()) == a.merge(b)
+
+
+@pytest.mark.parametrize("epoch", ["x" * 32, "AB" * 16, "ab" * 15, 7])
+def test_a_peer_sending_a_malformed_epoch_is_refused(epoch: object) -> None:
+    raw = GuessEntry(generation=1, epoch=EPOCH).to_json() | {"epoch": epoch}
+    with pytest.raises(ValueError, match=r"epoch|malformed"):
+        GuessEntry.from_json(raw)

@@ -17,7 +17,9 @@ MATERIAL = bytes(range(32))
 
 
 def _keys(pin: str = "1234", material: bytes = MATERIAL, user: str = "alice", generation: int = 1):  # type: ignore[no-untyped-def]
-    return derive_keys(stretch_pin(pin, user, material, UNSAFE_TEST_ARGON2), material, user, generation)
+    return derive_keys(
+        stretch_pin(pin, user, material, UNSAFE_TEST_ARGON2), material, user, generation, epoch="ab" * 16
+    )
 
 
 def test_one_key_is_never_used_for_two_purposes() -> None:

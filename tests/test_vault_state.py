@@ -103,7 +103,7 @@ async def test_pin_change_re_encrypts_state_and_a_crash_before_the_switch_keeps_
     await store.commit({"a": b"kept across PIN changes"}, {"n": 1})
     # a crash after the new objects were written, before the ledger switched
     unlocked = await core.unlock("alice", "2468")
-    keys = await core._write_header("alice", "1357", 2)
+    keys = await core._write_header("alice", "1357", (await core.ledger.read("alice")), 2)
     await core.store(unlocked).rekey(keys.state, 2)
     _, old = await _store(world, "2468")
     assert await old.read_item("a") == b"kept across PIN changes"

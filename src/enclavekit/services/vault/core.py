@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import logging
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
@@ -133,10 +134,12 @@ class VaultCore:
     """Users this enclave locked (its sessions for them end at once; another enclave's lock ends them on expiry)."""
     _stretch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STRETCH_CONCURRENCY))
 
-    async def _keys(self, pin: str, user: str, material: bytes, generation: int, params: Argon2Params) -> VaultKeys:
+    async def _keys(
+        self, pin: str, user: str, material: bytes, entry: GuessEntry, generation: int, params: Argon2Params
+    ) -> VaultKeys:
         async with self._stretch_slots:
             stretched = await asyncio.to_thread(stretch_pin, pin, user, material, params)
-        return derive_keys(stretched, material, user, generation)
+        return derive_keys(stretched, material, user, generation, epoch=entry.epoch)
 
     async def enroll(self, user: str, pin: str, limit: int = DEFAULT_GUESS_LIMIT) -> Unlocked:
         """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked)."""
@@ -148,13 +151,16 @@ class VaultCore:
                 raise AlreadyEnrolled(f"{user} already has a vault" + (" (locked)" if entry.locked else ""))
             if await self.objects.list(f"vaults/{user}/"):
                 raise AlreadyEnrolled(f"{user} has stored state the ledger does not know: recovery, not enrollment")
-            entry = await self.ledger.enroll(user, limit)
-            keys = await self._write_header(user, pin, entry.generation)
+            epoch = secrets.token_hex(16)
+            entry = await self.ledger.enroll(user, limit, epoch=epoch)
+            if entry.epoch != epoch:
+                raise AlreadyEnrolled(f"{user} was enrolled at the same moment by another request")
+            keys = await self._write_header(user, pin, entry, entry.generation)
             return Unlocked(user, keys, entry)
 
-    async def _write_header(self, user: str, pin: str, generation: int) -> VaultKeys:
+    async def _write_header(self, user: str, pin: str, entry: GuessEntry, generation: int) -> VaultKeys:
         material, sealed = await self.sealer.seal(user, generation)
-        keys = await self._keys(pin, user, material, generation, self.argon2)
+        keys = await self._keys(pin, user, material, entry, generation, self.argon2)
         header = Header(user, generation, sealed, keys.pin_verifier(user, generation), self.argon2)
         await self.objects.put(header_key(user, generation), header.to_bytes())
         self._remember(user, generation, sealed, material)
@@ -196,7 +202,7 @@ class VaultCore:
             if material is None:
                 material = await self.sealer.unseal(user, header.generation, header.sealed)
                 self._remember(user, header.generation, header.sealed, material)
-            keys = await self._keys(pin, user, material, header.generation, header.argon2)
+            keys = await self._keys(pin, user, material, attempt.entry, header.generation, header.argon2)
             if keys.pin_matches(user, header.generation, header.verifier):
                 entry = await self.ledger.clear(user, attempt)
                 return Unlocked(user, keys, entry)
@@ -230,7 +236,7 @@ class VaultCore:
             store = self.store(old)
             old_index = await store.load()
             generation = old.entry.generation + 1
-            keys = await self._write_header(user, new_pin, generation)
+            keys = await self._write_header(user, new_pin, old.entry, generation)
             new_index, _ = await store.rekey(keys.state, generation)
             entry = await self.ledger.switch_generation(
                 user, store.entry, generation=generation, version=new_index.version

@@ -24,6 +24,7 @@ the limit locks. Concurrent guesses from several coordinators are all counted: e
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
+_EPOCH: Final = re.compile(r"(?:[0-9a-f]{32})?")
+_FIELDS: Final = frozenset({"attempts", "cleared", "generation", "version", "locked", "limit", "epoch"})
+
+
 @dataclass(frozen=True, slots=True)
 class GuessEntry:
     """One user's ledger entry. ``enrolled`` is false only for the empty entry (nothing known)."""
@@ -72,6 +77,10 @@ class GuessEntry:
     version: int = 0
     locked: bool = False
     limit: int = DEFAULT_GUESS_LIMIT
+    epoch: str = ""
+    """The enrollment this entry belongs to: 32 hex digits drawn by the enclave that enrolled the user. The vault's
+    keys are derived with it, so a header from another enrollment (one the ledger forgot when every replica
+    restarted, put back by the host after it enrolled the same name again) can test no PIN."""
 
     def __post_init__(self) -> None:
         if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
@@ -79,6 +88,8 @@ class GuessEntry:
         if any(c < 0 for c in (*self.attempts.values(), *self.cleared.values())) or self.generation < 0:
             raise ValueError("guess entry counts are non-negative")
         check_guess_limit(self.limit)
+        if not _EPOCH.fullmatch(self.epoch):
+            raise ValueError("guess entry epoch is empty or 32 hex digits")
 
     @property
     def enrolled(self) -> bool:
@@ -102,6 +113,7 @@ class GuessEntry:
             version=max(self.version, other.version),
             locked=self.locked or other.locked,
             limit=self._merged_limit(other),
+            epoch=max(self.epoch, other.epoch),  # two racing enrollments: one deterministic winner everywhere
         )
 
     def _merged_limit(self, other: GuessEntry) -> int:
@@ -117,12 +129,13 @@ class GuessEntry:
             "version": self.version,
             "locked": self.locked,
             "limit": self.limit,
+            "epoch": self.epoch,
         }
 
     @classmethod
     def from_json(cls, raw: object) -> GuessEntry:
         """Parse an entry a peer sent; raises ValueError on anything malformed."""
-        if not isinstance(raw, dict) or set(raw) != {"attempts", "cleared", "generation", "version", "locked", "limit"}:
+        if not isinstance(raw, dict) or set(raw) != _FIELDS:
             raise ValueError("malformed guess entry")
         counts: list[dict[str, int]] = []
         for name in ("attempts", "cleared"):
@@ -133,9 +146,9 @@ class GuessEntry:
                 raise ValueError(f"malformed guess entry {name}")
             counts.append(dict(value))
         ints = [raw[n] for n in ("generation", "version", "limit")]
-        if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool:
+        if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool or type(raw["epoch"]) is not str:
             raise ValueError("malformed guess entry fields")
-        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2])
+        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2], raw["epoch"])
 
 
 class Replica(Protocol):
@@ -297,9 +310,10 @@ class GuessLedger:
         """What a majority knows about ``user`` (written back to them, so the next read sees no less)."""
         return await self._quorum(user, GuessEntry())
 
-    async def enroll(self, user: str, limit: int = DEFAULT_GUESS_LIMIT) -> GuessEntry:
-        """Start ``user``'s entry at generation 1; the caller refuses if the read shows one exists."""
-        return await self._quorum(user, GuessEntry(generation=1, limit=check_guess_limit(limit)))
+    async def enroll(self, user: str, limit: int = DEFAULT_GUESS_LIMIT, *, epoch: str) -> GuessEntry:
+        """Start ``user``'s entry at generation 1 for the enrollment ``epoch``; the caller refuses if the read shows
+        one exists, and if the answer names another epoch (another enrollment raced this one and won)."""
+        return await self._quorum(user, GuessEntry(generation=1, limit=check_guess_limit(limit), epoch=epoch))
 
     async def begin_attempt(self, user: str, known: GuessEntry) -> Attempt:
         """Count one attempt at a majority, before anything is tried; ``known`` is a fresh :meth:`read`."""

@@ -3,7 +3,8 @@
 ::
 
     stretched = Argon2id(PIN, salt = SHA-256("enclavekit vault salt v1" ‖ user ‖ material), params)
-    root      = HKDF-SHA256(ikm = stretched ‖ material, salt = "enclavekit vault root v1", info = user ‖ generation)
+    root      = HKDF-SHA256(ikm = stretched ‖ material, salt = "enclavekit vault root v1",
+                            info = user ‖ 0x00 ‖ generation ‖ 0x00 ‖ epoch)
     subkey(p) = HKDF-SHA256(ikm = root, salt = "enclavekit vault subkey v1", info = p)
 
 Purposes (:data:`PURPOSES`): ``state`` (XChaCha20-Poly1305 over stored objects) and ``pin-check`` (HMAC-SHA256
@@ -114,10 +115,13 @@ class VaultKeys:
         return hmac.compare_digest(self.pin_verifier(user, generation), verifier)
 
 
-def derive_keys(stretched: bytes, material: bytes, user: str, generation: int) -> VaultKeys:
-    """The subkeys from the stretched PIN and the unsealed material (generation: which PIN setting)."""
+def derive_keys(stretched: bytes, material: bytes, user: str, generation: int, *, epoch: str) -> VaultKeys:
+    """The subkeys from the stretched PIN and the unsealed material (generation: which PIN setting; epoch: which
+    enrollment, as the guess ledger names it — a header from another enrollment yields other keys, so its verifier
+    never matches and it can test no PIN)."""
     if len(stretched) != KEY_SIZE or len(material) != MATERIAL_SIZE:
         raise ValueError("stretched PIN and material must be 32 bytes each")
-    root = _hkdf(stretched + material, b"enclavekit vault root v1", user.encode() + b"\x00" + str(generation).encode())
+    info = b"\x00".join((user.encode(), str(generation).encode(), epoch.encode()))
+    root = _hkdf(stretched + material, b"enclavekit vault root v1", info)
     subkeys = {purpose: _hkdf(root, b"enclavekit vault subkey v1", purpose.encode()) for purpose in PURPOSES}
     return VaultKeys(state=subkeys["state"], pin_check=subkeys["pin-check"])
