@@ -19,6 +19,7 @@ import binascii
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -138,8 +139,17 @@ class VaultCore:
             stretched = await asyncio.to_thread(stretch_pin, pin, user, material, params)
         return derive_keys(stretched, material, user, generation)
 
-    async def enroll(self, user: str, pin: str, limit: int = DEFAULT_GUESS_LIMIT) -> Unlocked:
-        """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked)."""
+    async def enroll(
+        self,
+        user: str,
+        pin: str,
+        limit: int = DEFAULT_GUESS_LIMIT,
+        *,
+        admit: Callable[[], Awaitable[object]] | None = None,
+    ) -> Unlocked:
+        """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked). ``admit``
+        (the invitation's check and single-use record) runs once nothing else refuses, before the ledger entry is
+        made: a refused enrollment does not use up the code."""
         check_user(user)
         check_pin_format(pin)
         async with self.ledger.lock(user):
@@ -148,6 +158,8 @@ class VaultCore:
                 raise AlreadyEnrolled(f"{user} already has a vault" + (" (locked)" if entry.locked else ""))
             if await self.objects.list(f"vaults/{user}/"):
                 raise AlreadyEnrolled(f"{user} has stored state the ledger does not know: recovery, not enrollment")
+            if admit is not None:
+                await admit()
             entry = await self.ledger.enroll(user, limit)
             keys = await self._write_header(user, pin, entry.generation)
             return Unlocked(user, keys, entry)
