@@ -278,6 +278,19 @@ def _when(moment: float | None) -> str:
     return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _read_registry(state: Path, read: Callable[[Any], list[Any]]) -> list[Any]:
+    """``read(registry)`` over the member registry of ``state``, or nothing when there is none yet."""
+    from enclavekit.services.vault.members import MemberRegistry
+
+    registry = MemberRegistry.open_existing(state)
+    if registry is None:
+        return []
+    try:
+        return read(registry)
+    finally:
+        registry.close()
+
+
 @invite_app.command("create")
 def invite_create(
     user: str | None = typer.Option(None, "--user", help="Admit only this user (else anyone, once)."),
@@ -319,18 +332,13 @@ def invite_list(state: Path = STATE, as_json: bool = JSON) -> None:
     """Invitations issued here and the uses the ledger shows: open, used (by whom) or expired."""
     import time
 
-    from enclavekit.services.vault.members import MemberRegistry
-
-    registry = MemberRegistry.open_existing(state)
-    records = [] if registry is None else registry.invitations()
-    if registry is not None:
-        registry.close()
+    records = _read_registry(state, lambda registry: registry.invitations())
     now = time.time()
     rows = [record.to_json(now) for record in records]
     lines = [
-        f"{r['id']}\t{r['status']}\t{r['user'] or '(anyone)'}\texpires {_when(r['expires_at'])}"  # type: ignore[arg-type]
-        + (f"\tused by {', '.join(r['used_by'])}" if r["used_by"] else "")  # type: ignore[arg-type]
-        for r in rows
+        f"{r.id}\t{r.status(now)}\t{r.user or '(anyone)'}\texpires {_when(r.expires_at)}"
+        + (f"\tused by {', '.join(r.used_by)}" if r.used_by else "")
+        for r in records
     ]
     _emit({"invitations": rows}, as_json, "\n".join(lines) or "no invitations")
 
@@ -338,12 +346,7 @@ def invite_list(state: Path = STATE, as_json: bool = JSON) -> None:
 @vault_app.command("members")
 def members_command(state: Path = STATE, as_json: bool = JSON) -> None:
     """Members and their vault state as the host knows it (enrolled, locked, attempts left; never data or PINs)."""
-    from enclavekit.services.vault.members import MemberRegistry
-
-    registry = MemberRegistry.open_existing(state)
-    members = [] if registry is None else registry.members()
-    if registry is not None:
-        registry.close()
+    members = _read_registry(state, lambda registry: registry.members())
     rows = [member.to_json() for member in members]
     lines = [
         f"{m.user}\t{m.status}\t"
