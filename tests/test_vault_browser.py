@@ -85,7 +85,7 @@ def test_vault_page_lists_members_with_their_state_and_invitations(
     page: Any,  # noqa: F811  (fixture)
 ) -> None:
     page.goto(sites["plain"] + "/")
-    page.click("nav >> text=Vault members")
+    page.click("nav >> text=Vault")
     page.wait_for_selector("#members")
     rows = page.locator("#members tbody tr")
     assert rows.count() == 3

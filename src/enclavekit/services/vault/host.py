@@ -7,8 +7,9 @@ envelope's clear header). An envelope the enclave refuses outright is answered w
 no answer ever carries anything the host could read. One log line per message: user, operation, outcome, time.
 
 With a :class:`~enclavekit.services.vault.members.MemberRegistry` it also keeps the operator's view: each message's
-user, operation and time, and — shortly after activity, and every ``refresh_interval`` seconds — the ledger's
-per-user state and invitation uses, joined over every enclave's ``vault.ledger.snapshot`` (ADR 0021).
+user, operation and time, and — shortly after activity (at most once a second), and every ``refresh_interval``
+seconds — the ledger's per-user state and invitation uses, joined over every enclave's ``vault.ledger.snapshot``
+(ADR 0021).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = ["VaultBridge", "enclave_index", "parse_subject"]
 logger = logging.getLogger(__name__)
 
 CONCURRENCY: Final = 64
+MIN_REFRESH: Final = 1.0
+"""Seconds between two refreshes of the member registry (each reads every enclave's ledger snapshot)."""
 
 
 def enclave_index(user: str, enclaves: int) -> int:
@@ -131,6 +134,7 @@ class VaultBridge:
                 await self.refresh_members()
             except Exception:  # the operator's view must never stop the relay
                 logger.warning("refreshing the member registry failed", exc_info=True)
+            await asyncio.sleep(MIN_REFRESH)  # under steady traffic: one snapshot round a second at most
 
     def client_for(self, user: str) -> AttestedClient:
         """Each user is served by one enclave (its envelope key is that enclave's); the ledger spans them all."""
