@@ -4,6 +4,7 @@ and nothing of a user's data, PIN or invitation code."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from enclavekit.channel.keys import ClientIdentityKey
 from enclavekit.services.vault.guesses import GuessEntry
@@ -59,3 +60,26 @@ def test_unused_invitation_is_open_until_it_expires(tmp_path: Path) -> None:
     registry.close()
     assert MemberRegistry.open_existing(tmp_path / "elsewhere") is None
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_invite_command_refuses_without_the_operator_key_or_with_a_bad_ttl_as_json(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from enclavekit.client.identity import load_or_create
+    from enclavekit.services.vault.stack import operator_key_path
+
+    command = [sys.executable, "-m", "enclavekit.cli", "vault", "invite", "create", "--state", str(tmp_path), "--json"]
+
+    def invite(*args: str) -> tuple[int, dict[str, Any]]:
+        run = subprocess.run([*command, *args], capture_output=True, timeout=60)
+        return run.returncode, json.loads(run.stdout)
+
+    status, answer = invite()
+    assert status == 1 and answer["error"]["code"] == "no_operator_key"
+    load_or_create(operator_key_path(tmp_path))
+    status, answer = invite("--ttl", "400d")
+    assert status == 1 and answer["error"]["code"] == "bad_ttl"
+    status, answer = invite("--user", "bob", "--ttl", "2h")
+    assert status == 0 and answer["user"] == "bob" and len(str(answer["code"])) == 146

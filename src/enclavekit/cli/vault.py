@@ -302,7 +302,7 @@ def invite_create(
     once and not stored: hand it to the user (the host keeps only its id, binding and expiry)."""
     import time
 
-    from enclavekit.client.identity import load
+    from enclavekit.client.identity import IdentityNotFound, load
     from enclavekit.services.vault.invitation import issue
     from enclavekit.services.vault.members import MemberRegistry
     from enclavekit.services.vault.stack import operator_key_path
@@ -319,6 +319,9 @@ def invite_create(
             registry.close()
     except typer.BadParameter as exc:
         _fail({"code": "bad_ttl", "message": str(exc)}, as_json)
+    except IdentityNotFound:
+        message = f"no operator key at {operator_key_path(state)}: `enclavekit up` makes one for its state folder"
+        _fail({"code": "no_operator_key", "message": message}, as_json)
     except Error as exc:
         _fail(exc.to_json(), as_json)
     except ValueError as exc:  # a user id that is not one
