@@ -437,6 +437,7 @@ async def test_enrollment_needs_an_unused_unexpired_invitation_signed_by_the_ope
 async def test_operator_sees_members_their_vault_state_and_invitations_never_their_data(world: World) -> None:
     """Runs after the tests above in this module: their users (bob and gina locked, ivan just enrolled...) are the
     members the operator's commands must show, as the bridge read them from the ledger."""
+
     def cli(*args: str) -> Any:
         run = subprocess.run(
             [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
