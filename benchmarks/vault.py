@@ -9,8 +9,11 @@ operations per second with many users.
 * ``round_trip`` — the real processes of ``enclavekit up``'s vault (nats-server with per-user authorization, KMS
   emulator, vault enclave, host bridge): one user's ``secret.put`` and ``secret.get`` with a session (no PIN, so
   no Argon2id), sequential, measured at the client.
-* ``ops_per_second`` — USERS users enrolled, then every user's client runs ``secret.get`` with its session in a
-  loop for a few seconds, all at once.
+* ``ops_per_second`` — USERS users enrolled (each with its own invitation code), then every user's client runs
+  ``secret.get`` with its session in a loop for a few seconds, all at once.
+* ``invitation`` — what an invitation adds to an enrollment, in process: parsing the code and checking the
+  operator's Ed25519 signature (``verify``), and :func:`admit` whole (that, plus the two majority rounds that record
+  the single use) over a ledger of 3 in-memory replicas. ``--invitation-only`` runs just this part.
 * ``workers`` — the enclave's per-user worker pool (``workers.py``) with its default 64 MiB bound: how many workers
   it holds idle and with one open session each (real unlocked keys), the memory tracemalloc measures for them
   against what the pool counts, and the cost of an eviction at the bound.
@@ -27,16 +30,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enclavekit.channel.keys import ClientIdentityKey
+from enclavekit.client.identity import load as load_identity
 from enclavekit.kms import KmsClient
 from enclavekit.nsm import NsmSimulator, load_root
 from enclavekit.services.vault.client import VaultClient
 from enclavekit.services.vault.core import VaultCore
 from enclavekit.services.vault.guesses import GuessLedger, MemoryReplica
+from enclavekit.services.vault.invitation import admit, issue, parse_code
 from enclavekit.services.vault.keys import ARGON2, stretch_pin
 from enclavekit.services.vault.nats_auth import add_user, credentials
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.sealing import KmsSealer
-from enclavekit.services.vault.stack import expected_pcr0, key_policy, load_local, prepare_vault, start_vault
+from enclavekit.services.vault.stack import (
+    expected_pcr0,
+    key_policy,
+    load_local,
+    operator_key_path,
+    prepare_vault,
+    start_vault,
+)
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
 
@@ -127,9 +140,12 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         started = time.perf_counter()
         slots = asyncio.Semaphore(4)  # the enclave stretches 2 PINs at a time; keep its queue short
 
+        operator = load_identity(operator_key_path(state.root))
+        codes = {n: issue(operator, ttl=3600, now=time.time(), user=n)[1] for n in names}
+
         async def enroll(client: VaultClient) -> None:
             async with slots:
-                await client.enroll("2468")
+                await client.enroll("2468", invitation=codes[client.user])
 
         await asyncio.gather(*(enroll(c) for c in clients))
         enroll_s = time.perf_counter() - started
@@ -210,6 +226,30 @@ def _workers(count: int) -> dict[str, Any]:
     }
 
 
+async def _invitation(rounds: int) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    operator = ClientIdentityKey.generate()
+    public = Ed25519PublicKey.from_public_bytes(operator.public_key)
+
+    def require(message: bytes, signature: bytes) -> bytes:
+        public.verify(signature, message)
+        return operator.public_key
+
+    ledger = GuessLedger([MemoryReplica() for _ in range(3)])
+    verify_ms, admit_ms = [], []
+    for n in range(rounds):
+        _, code = issue(operator, ttl=3600, now=time.time())
+        started = time.perf_counter()
+        _, message, signature = parse_code(code)
+        require(message, signature)
+        verify_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        await admit(code, user=f"user{n}", now=time.time(), require_signature=require, ledger=ledger)
+        admit_ms.append((time.perf_counter() - started) * 1000)
+    return {"verify": _stats(verify_ms), "admit": _stats(admit_ms), "code_chars": len(code)}
+
+
 async def _main(quick: bool, users: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -217,7 +257,12 @@ async def _main(quick: bool, users: int | None) -> dict[str, Any]:
         nats_figures = await _through_nats(
             root / "stack", 20 if quick else 200, users or (10 if quick else 100), 3 if quick else 10
         )
-    return {"unlock": unlock, **nats_figures, "workers": _workers(2_000 if quick else 20_000)}
+    return {
+        "unlock": unlock,
+        **nats_figures,
+        "invitation": await _invitation(200 if quick else 2000),
+        "workers": _workers(2_000 if quick else 20_000),
+    }
 
 
 def main() -> None:
@@ -225,8 +270,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and 10 users (about a minute)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--users", type=int, default=None, help="users for ops/s (default 10 with --quick, else 100)")
+    parser.add_argument("--invitation-only", action="store_true", help="only the invitation figures (seconds)")
     args = parser.parse_args()
-    figures = asyncio.run(_main(args.quick, args.users))
+    if args.invitation_only:
+        figures = {"invitation": asyncio.run(_invitation(2000))}
+    else:
+        figures = asyncio.run(_main(args.quick, args.users))
     if args.json:
         print(json.dumps(figures))
         return

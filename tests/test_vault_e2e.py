@@ -36,6 +36,7 @@ from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_v
 from enclavekit.services.vault.wire import MESSAGE, Message
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
+from tests.vault_support import invite
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,6 +50,13 @@ class World:
     """Every request the host relayed (tapped with the bridge's own credentials)."""
     answers: list[bytes] = field(default_factory=list)
     """Every answer a user received."""
+    codes: list[str] = field(default_factory=list)
+    """Every invitation code the operator issued (the host must never see one)."""
+
+    def invite(self, user: str | None = None, **options: Any) -> str:
+        code = invite(self.state, user, **options)
+        self.codes.append(code)
+        return code
 
     def client(self, user: str) -> VaultClient:
         creds = credentials(self.state, user)
@@ -100,7 +108,7 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "ivan", "judy"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
@@ -131,7 +139,7 @@ async def _code(call: Any) -> VaultError:
 
 async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> None:
     async with world.client("alice") as alice:
-        await alice.enroll("2468")
+        await alice.enroll("2468", invitation=world.invite("alice"))
         assert await alice.put_secret("note", b"first-value-7f3a", pin="2468") == 1
         assert await alice.put_secret("note", b"second-value-7f3a", pin="2468") == 2
         assert await alice.get_secret("note", pin="2468") == b"second-value-7f3a"
@@ -155,8 +163,11 @@ async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: Wor
         return run.returncode, json.loads(run.stdout or b"null")
 
     def both() -> list[tuple[int, Any]]:
+        status, issued = cli("invite", "create", "--user", "gina", "--ttl", "1h")  # the operator's command
+        assert status == 0 and len(issued["code"]) == 148 and issued["user"] == "gina", issued
+        world.codes.append(issued["code"])
         return [
-            cli("enroll", "gina", "--pin", "1470", "--limit", "2"),
+            cli("enroll", "gina", "--pin", "1470", "--invite", issued["code"], "--limit", "2"),
             cli("secret", "put", "gina", "motto", "--pin", "1470", stdin=b"carpe diem"),
             cli("secret", "get", "gina", "motto", "--pin", "1470"),
             cli("secret", "list", "gina", "--pin", "9999"),
@@ -176,7 +187,7 @@ async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world:
     from enclavekit.services.vault.secret_store import verify_audit
 
     async with world.client("frank") as frank:
-        await frank.enroll("1111")
+        await frank.enroll("1111", invitation=world.invite("frank"))
         await frank.put_secret("seed", b"abandon ability able", pin="1111", critical=True)
         await frank.put_secret("wifi", b"hunter2", pin="1111")
         assert await frank.get_secret("wifi") == b"hunter2"  # a session is enough for an ordinary secret
@@ -189,7 +200,7 @@ async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world:
 
 async def test_wrong_pin_never_opens_a_warm_vault_and_ten_guesses_lock(world: World) -> None:
     async with world.client("bob") as bob:
-        await bob.enroll("8642")
+        await bob.enroll("8642", invitation=world.invite("bob"))
         await bob.put_secret("k", b"v", pin="8642")  # warm
         lefts = []
         for guess in range(10):
@@ -202,7 +213,7 @@ async def test_wrong_pin_never_opens_a_warm_vault_and_ten_guesses_lock(world: Wo
 
 async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> None:
     async with world.client("carol") as carol:
-        await carol.enroll("1357")
+        await carol.enroll("1357", invitation=world.invite("carol"))
         error = await _code(carol.list_secrets(pin="0000"))
         assert error.attempts_left == 9
         wrong = [data for subject, data in world.captured if subject == for_vault("carol", "secret.list")]
@@ -222,7 +233,7 @@ async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> No
 async def test_restoring_a_snapshot_of_the_objects_gets_no_extra_guess(world: World, tmp_path: Path) -> None:
     objects = world.state / "vault" / "objects"
     async with world.client("dave") as dave:
-        await dave.enroll("2580", limit=3)
+        await dave.enroll("2580", invitation=world.invite("dave"), limit=3)
         await dave.put_secret("k", b"v", pin="2580")
         shutil.copytree(objects / "vaults" / "dave", tmp_path / "dave")
         for guess in ("0000", "0001", "0002"):
@@ -251,7 +262,7 @@ async def _fresh_call(world: World, user: str, call: Any) -> Any:
 
 async def test_restarting_vault_enclaves_grants_no_extra_guess(world: World) -> None:
     async with world.client("henry") as henry:
-        await henry.enroll("3690")
+        await henry.enroll("3690", invitation=world.invite("henry"))
         for _ in range(3):
             await _code(henry.list_secrets(pin="0000"))
     for name in [world.serving("henry"), *[n for n in world.vault_names() if n != world.serving("henry")][:1]]:
@@ -283,7 +294,7 @@ async def test_host_cutting_off_replicas_and_restarting_another_gets_no_extra_gu
     c = world.serving("oscar")
     a, b = [name for name in world.vault_names() if name != c]
     async with world.client("oscar") as oscar:
-        await oscar.enroll("2468")
+        await oscar.enroll("2468", invitation=world.invite("oscar"))
     assert (await _fresh_call(world, "oscar", wrong)).attempts_left == 9
     world.cut_off(b)
     try:
@@ -314,7 +325,7 @@ async def test_host_cutting_off_replicas_and_restarting_another_gets_no_extra_gu
 
 async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(world: World) -> None:
     async with world.client("erin") as erin:
-        await erin.enroll("4321")
+        await erin.enroll("4321", invitation=world.invite("erin"))
         key = await erin.vault_key()
         mallory_nc = await nats.connect(credentials(world.state, "erin").url(world.local["nats_url"]))
         answers: list[tuple[str, dict[str, str]]] = []
@@ -389,12 +400,85 @@ async def test_one_users_credentials_cannot_call_anothers_vault(world: World) ->
         await nc.close()
 
 
+async def test_enrollment_needs_an_unused_unexpired_invitation_signed_by_the_operator(world: World) -> None:
+    from enclavekit.channel.keys import ClientIdentityKey
+    from enclavekit.services.vault.invitation import issue
+
+    forged = issue(ClientIdentityKey.generate(), ttl=3600, now=__import__("time").time())[1]
+    async with world.client("ivan") as ivan:
+        refused = [
+            await _code(ivan.enroll("2468", invitation=None)),
+            await _code(ivan.enroll("2468", invitation=forged)),  # signed by a key the vault does not measure
+            await _code(ivan.enroll("2468", invitation=world.invite(ttl=3600, now=__import__("time").time() - 7200))),
+            await _code(ivan.enroll("2468", invitation=world.invite("judy"))),  # bound to another user
+        ]
+        assert [e.remote_code for e in refused] == [
+            "invitation_invalid",
+            "invitation_invalid",
+            "invitation_expired",
+            "invitation_invalid",
+        ]
+        code = world.invite()  # anyone, once
+        await ivan.enroll("2468", invitation=code)
+    async with world.client("judy") as judy:
+        assert (await _code(judy.enroll("1357", invitation=code))).remote_code == "invitation_used"
+        assert (await _code(judy.list_secrets(pin="1357"))).remote_code == "not_enrolled"  # nothing was made
+        replayed = [data for subject, data in world.captured if subject == for_vault("ivan", "enroll")][-1]
+        async with world.enclave("ivan") as enclave:  # the host replays ivan's admitted enroll
+            with pytest.raises(Error, match="envelope_replayed"):
+                await enclave.call(
+                    MESSAGE, Message(user="ivan", op="enroll", envelope=base64.b64encode(replayed).decode())
+                )
+        await judy.enroll("1357", invitation=world.invite("judy"))
+    async with world.client("ivan") as ivan:  # ivan's code admitted ivan once: enrolling again is refused
+        assert (await _code(ivan.enroll("2468", invitation=code))).remote_code == "already_enrolled"
+
+
+async def test_operator_sees_members_their_vault_state_and_invitations_never_their_data(world: World) -> None:
+    """Runs after the tests above in this module: their users (bob and gina locked, ivan just enrolled...) are the
+    members the operator's commands must show, as the bridge read them from the ledger."""
+
+    def cli(*args: str) -> Any:
+        run = subprocess.run(
+            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+        )
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # the bridge refreshes the registry from the ledger shortly after activity
+        members = {m["user"]: m for m in (await asyncio.to_thread(cli, "members"))["members"]}
+        if {"alice", "bob", "ivan", "judy", "gina"} <= {u for u, m in members.items() if m["state_at"]}:
+            break
+        assert asyncio.get_running_loop().time() < deadline, members
+        await asyncio.sleep(0.2)
+    assert members["bob"]["status"] == "locked" and members["gina"]["status"] == "locked"
+    assert members["ivan"]["status"] == "enrolled" and members["ivan"]["attempts_left"] == 10
+    assert members["ivan"]["enrolled_at"] is not None and members["ivan"]["last_op"] == "enroll"
+    assert members["alice"]["attempts_left"] == 10 and members["alice"]["guess_limit"] == 10
+    assert members["dave"]["guess_limit"] == 3 and members["dave"]["status"] == "locked"
+    invitations = (await asyncio.to_thread(cli, "invite", "list"))["invitations"]
+    by_user = {}
+    for record in invitations:
+        by_user.setdefault(record["user"], []).append(record)
+    assert [r["status"] for r in by_user["gina"]] == ["used"] and by_user["gina"][0]["used_by"] == ["gina"]
+    assert {r["status"] for r in invitations} == {"used", "expired", "open"}  # judy's first code stays open
+    assert any(r["used_by"] == ["ivan"] and r["user"] is None for r in invitations)
+    registry = (world.state / "vault" / "members.db").read_bytes()
+    assert b"2468" not in registry and all(code.encode() not in registry for code in world.codes)
+
+
 async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
     # runs last in this module: everything above crossed the host
     secret_values = [b"abandon ability able", b"hunter2", b"carpe diem", b"second-value-7f3a"]
     pins = [b"2468", b"975310", b"1111", b"8642", b"1357", b"2580", b"4321", b"1470"]
     needles: list[bytes] = []
-    for value in secret_values + [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]:
+    codes = [code.encode() for code in world.codes]  # the host never holds an invitation code either
+    assert codes
+    for value in secret_values + codes + [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]:
         needles += [value, value.hex().encode(), base64.b64encode(value)]
     haystacks: list[tuple[str, bytes]] = [(f"nats {s}", d) for s, d in world.captured]
     haystacks += [("nats answer", d) for d in world.answers]

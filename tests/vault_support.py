@@ -67,3 +67,23 @@ def vault_world(tmp_path: Path, replicas: Sequence[Replica] | None = None) -> It
         objects = tmp_path / "objects"
         objects.mkdir()
         yield VaultWorld(sim_state, objects, running, key_id, list(replicas or [MemoryReplica() for _ in range(3)]))
+
+
+def invite(state: Path, user: str | None = None, *, ttl: float = 3600.0, now: float | None = None) -> str:
+    """An invitation code signed with the stack's operator key (``STATE/vault/operator.key``), as the operator's
+    ``enclavekit vault invite create`` makes one (and recorded, without the code, in the operator's registry)."""
+    import time
+
+    from enclavekit.client.identity import load
+    from enclavekit.services.vault.invitation import issue
+    from enclavekit.services.vault.members import MemberRegistry
+    from enclavekit.services.vault.stack import operator_key_path
+
+    moment = time.time() if now is None else now
+    invitation, code = issue(load(operator_key_path(state)), ttl=ttl, now=moment, user=user)
+    registry = MemberRegistry.open(state)
+    try:
+        registry.add_invitation(invitation, created_at=moment)
+    finally:
+        registry.close()
+    return code

@@ -1,10 +1,12 @@
 """``enclavekit vault ...``: the vault's host bridge, and commands that act as a user's app against a running stack.
 
-``vault enroll USER --pin PIN``, ``vault secret put USER NAME --pin PIN`` (value on stdin), ``vault secret get
-USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD --new-pin NEW``,
-``vault audit USER --pin PIN`` (verifies the hash chain), ``vault credentials USER`` (issues the user's NATS
-credentials and reloads the server). Each takes ``--state DIR`` and ``--json``. A vault error exits 1 and, with
-``--json``, prints ``{"error": {"code", "message", "attempts_left"?}}`` (``pin_invalid``, ``vault_locked``...).
+``vault enroll USER --pin PIN --invite CODE``, ``vault secret put USER NAME --pin PIN`` (value on stdin),
+``vault secret get USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD
+--new-pin NEW``, ``vault audit USER --pin PIN`` (verifies the hash chain), ``vault credentials USER`` (issues the
+user's NATS credentials and reloads the server). The operator's commands: ``vault invite create [--user U]
+[--ttl 7d]``, ``vault invite list``, ``vault members`` (what the bridge's member registry holds; never data or
+PINs). Each takes ``--state DIR`` and ``--json``. A vault error exits 1 and, with ``--json``, prints ``{"error":
+{"code", "message", "attempts_left"?}}`` (``pin_invalid``, ``vault_locked``, ``invitation_used``...).
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ def bridge_command(
     enclave: list[str] = typer.Option(..., "--enclave", help="A vault enclave's address (repeatable)."),
     pcr0: list[str] = typer.Option(..., "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
     trust_sim_root: list[Path] = typer.Option([], "--trust-sim-root", help="Trust this state folder's simulator CA."),
+    registry: str | None = typer.Option(
+        None, "--registry", help="Member registry database URL (the operator's view; sqlite:///STATE/vault/members.db)."
+    ),
 ) -> None:
     """Relay envelopes between NATS and the vault enclave (host side; sees only ciphertext)."""
     from enclavekit.attestation.roots import aws_nitro_root
@@ -117,7 +122,11 @@ def bridge_command(
     roots = [aws_nitro_root(), *(load_root(folder) for folder in trust_sim_root)]
 
     async def run() -> None:
+        from enclavekit.services.vault.members import MemberRegistry
+
         bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
+        if registry:
+            bridge.registry = MemberRegistry(registry)
         await bridge.start()
         print(json.dumps({"ready": True, "enclaves": enclave}), flush=True)
         try:
@@ -146,12 +155,13 @@ def credentials_command(user: str = typer.Argument(...), state: Path = STATE, as
 def enroll_command(
     user: str = typer.Argument(...),
     pin: str = PIN,
+    invite: str = typer.Option(..., "--invite", help="The invitation code the operator issued (vault invite)."),
     limit: int = typer.Option(10, "--limit", min=1, max=255, help="Wrong PINs before the vault locks."),
     state: Path = STATE,
     as_json: bool = JSON,
 ) -> None:
-    """Create USER's vault with PIN."""
-    result = _run_as_user(state, user, as_json, lambda c: c.enroll(pin, limit=limit))
+    """Create USER's vault with PIN, admitted by an operator's invitation code (single use, expiring)."""
+    result = _run_as_user(state, user, as_json, lambda c: c.enroll(pin, invitation=invite, limit=limit))
     result.pop("session", None)
     _emit({"user": user, **result}, as_json, f"enrolled {user} ({result['attempts_left']} attempts)")
 
@@ -238,3 +248,113 @@ def audit_command(user: str = typer.Argument(...), pin: str = PIN, state: Path =
     result = _run_as_user(state, user, as_json, audit)
     lines = [f"{r['seq']}\t{r['op']}\t{r.get('name', '')}" for r in result["records"]]
     _emit(result, as_json, "\n".join([*lines, f"head {result['head']} (chain verified)"]))
+
+
+# --- the operator's commands: invitations and members (ADR 0021) ----------------------------------------------
+
+invite_app = typer.Typer(help="Invitation codes (single use, expiring) that admit a user's enrollment.")
+vault_app.add_typer(invite_app, name="invite")
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_TTL = 365 * 86400
+
+
+def parse_ttl(text: str) -> int:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` (or plain seconds) → seconds, 60 s to 365 d."""
+    import re
+
+    match = re.fullmatch(r"(\d{1,9})([smhdw]?)", text.strip())
+    if match is None:
+        raise typer.BadParameter("a duration like 90s, 15m, 12h, 7d or 2w")
+    seconds = int(match.group(1)) * _TTL_UNITS[match.group(2) or "s"]
+    if not 60 <= seconds <= MAX_TTL:
+        raise typer.BadParameter("between 60 seconds and 365 days")
+    return seconds
+
+
+def _when(moment: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _read_registry(state: Path, read: Callable[[Any], list[Any]]) -> list[Any]:
+    """``read(registry)`` over the member registry of ``state``, or nothing when there is none yet."""
+    from enclavekit.services.vault.members import MemberRegistry
+
+    registry = MemberRegistry.open_existing(state)
+    if registry is None:
+        return []
+    try:
+        return read(registry)
+    finally:
+        registry.close()
+
+
+@invite_app.command("create")
+def invite_create(
+    user: str | None = typer.Option(None, "--user", help="Admit only this user (else anyone, once)."),
+    ttl: str = typer.Option("7d", "--ttl", help="Valid for (90s, 15m, 12h, 7d, 2w)."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Issue an invitation code signed with the operator's key (STATE/vault/operator.key). The code is printed
+    once and not stored: hand it to the user (the host keeps only its id, binding and expiry)."""
+    import time
+
+    from enclavekit.client.identity import IdentityNotFound, load
+    from enclavekit.services.vault.invitation import issue
+    from enclavekit.services.vault.members import MemberRegistry
+    from enclavekit.services.vault.stack import operator_key_path
+
+    try:
+        seconds = parse_ttl(ttl)
+        key = load(operator_key_path(state))
+        now = time.time()
+        invitation, code = issue(key, ttl=seconds, now=now, user=user)
+        registry = MemberRegistry.open(state)
+        try:
+            registry.add_invitation(invitation, created_at=now)
+        finally:
+            registry.close()
+    except typer.BadParameter as exc:
+        _fail({"code": "bad_ttl", "message": str(exc)}, as_json)
+    except IdentityNotFound:
+        message = f"no operator key at {operator_key_path(state)}: `enclavekit up` makes one for its state folder"
+        _fail({"code": "no_operator_key", "message": message}, as_json)
+    except Error as exc:
+        _fail(exc.to_json(), as_json)
+    except ValueError as exc:  # a user id that is not one
+        _fail({"code": "invalid_user", "message": str(exc)}, as_json)
+    result = {"code": code, "id": invitation.id_hex, "user": invitation.user, "expires_at": invitation.expires_at}
+    _emit(result, as_json, f"{code}\n(invitation {invitation.id_hex}, expires {_when(invitation.expires_at)})")
+
+
+@invite_app.command("list")
+def invite_list(state: Path = STATE, as_json: bool = JSON) -> None:
+    """Invitations issued here and the uses the ledger shows: open, used (by whom) or expired."""
+    import time
+
+    records = _read_registry(state, lambda registry: registry.invitations())
+    now = time.time()
+    rows = [record.to_json(now) for record in records]
+    lines = [
+        f"{r.id}\t{r.status(now)}\t{r.user or '(anyone)'}\texpires {_when(r.expires_at)}"
+        + (f"\tused by {', '.join(r.used_by)}" if r.used_by else "")
+        for r in records
+    ]
+    _emit({"invitations": rows}, as_json, "\n".join(lines) or "no invitations")
+
+
+@vault_app.command("members")
+def members_command(state: Path = STATE, as_json: bool = JSON) -> None:
+    """Members and their vault state as the host knows it (enrolled, locked, attempts left; never data or PINs)."""
+    members = _read_registry(state, lambda registry: registry.members())
+    rows = [member.to_json() for member in members]
+    lines = [
+        f"{m.user}\t{m.status}\t"
+        + (f"{m.attempts_left}/{m.guess_limit} attempts left" if m.attempts_left is not None else "-")
+        + f"\tlast {m.last_op or '-'} {_when(m.last_activity)}"
+        for m in members
+    ]
+    _emit({"members": rows}, as_json, "\n".join(lines) or "no members")

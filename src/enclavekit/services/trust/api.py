@@ -51,6 +51,7 @@ from enclavekit.services.trust.queue import TaskQueue
 from enclavekit.services.trust.service import Accepted, TrustService
 from enclavekit.services.trust.signing import EAR_MEDIA_TYPE
 from enclavekit.services.trust.store import AppFilter
+from enclavekit.services.trust.vault_page import add_vault_page
 
 __all__ = ["create_app"]
 
@@ -667,6 +668,8 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None, listen_
         )
         await wake(accepted)
         return JSONResponse({**accepted.to_json(), "created": accepted.created}, status_code=202)
+
+    add_vault_page(app, page=page, state_dir=settings.state_dir, admin_token=settings.admin_token)  # the operator's
 
     app.add_middleware(
         CORSMiddleware,

@@ -160,8 +160,12 @@ class VaultClient:
 
     # --- the operations ---------------------------------------------------------------------------------------
 
-    async def enroll(self, pin: str, *, limit: int = 10) -> dict[str, Any]:
-        return await self.call("enroll", {"pin": pin, "limit": limit})
+    async def enroll(self, pin: str, *, invitation: str | None, limit: int = 10) -> dict[str, Any]:
+        """Create the vault, admitted by the operator's ``invitation`` code (single use; see ``invitation.py``)."""
+        payload: dict[str, Any] = {"pin": pin, "limit": limit}
+        if invitation is not None:
+            payload["invitation"] = invitation
+        return await self.call("enroll", payload)
 
     async def put_secret(self, name: str, value: bytes, *, pin: str, critical: bool = False) -> int:
         answer = await self.call(

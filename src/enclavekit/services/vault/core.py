@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -141,8 +142,17 @@ class VaultCore:
             stretched = await asyncio.to_thread(stretch_pin, pin, user, material, params)
         return derive_keys(stretched, material, user, generation, epoch=entry.epoch)
 
-    async def enroll(self, user: str, pin: str, limit: int = DEFAULT_GUESS_LIMIT) -> Unlocked:
-        """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked)."""
+    async def enroll(
+        self,
+        user: str,
+        pin: str,
+        limit: int = DEFAULT_GUESS_LIMIT,
+        *,
+        admit: Callable[[], Awaitable[object]] | None = None,
+    ) -> Unlocked:
+        """A new vault for ``user`` with ``pin``; refused if the ledger knows the user (even locked). ``admit``
+        (the invitation's check and single-use record) runs once nothing else refuses, before the ledger entry is
+        made: a refused enrollment does not use up the code."""
         check_user(user)
         check_pin_format(pin)
         async with self.ledger.lock(user):
@@ -151,6 +161,8 @@ class VaultCore:
                 raise AlreadyEnrolled(f"{user} already has a vault" + (" (locked)" if entry.locked else ""))
             if await self.objects.list(f"vaults/{user}/"):
                 raise AlreadyEnrolled(f"{user} has stored state the ledger does not know: recovery, not enrollment")
+            if admit is not None:
+                await admit()
             epoch = secrets.token_hex(16)
             entry = await self.ledger.enroll(user, limit, epoch=epoch)
             if entry.epoch != epoch:

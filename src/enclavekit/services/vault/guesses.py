@@ -16,6 +16,9 @@ entries of ``replicas - quorum + 1`` ready peers, enough to include a holder of 
 (:meth:`GuessReplica.catch_up`); it starts empty only when every other member attests that it is booting too
 (:meth:`GuessReplica.genesis`).
 
+The same replicas hold the single-use record of invitation codes (:meth:`GuessLedger.claim`): an entry under the
+key ``invite:{id}`` whose ``claims`` is a grow-only set of the users who presented the code (ADR 0021).
+
 An unlock is: count the attempt at a majority (:meth:`GuessLedger.begin_attempt`), refuse if the uncleared
 attempts exceed the limit, only then try the PIN; the right PIN clears the attempts that were seen, a wrong one at
 the limit locks. Concurrent guesses from several coordinators are all counted: each increments its own slot.
@@ -46,6 +49,9 @@ __all__ = [
 DEFAULT_GUESS_LIMIT: Final = 10
 MAX_SLOTS: Final = 256
 """Coordinator boots remembered per entry; an entry with more slots is refused (a bound, not a policy)."""
+MAX_CLAIMS: Final = 8
+"""Claimants an invitation entry remembers: the ``MAX_CLAIMS`` least user ids (still a join: the least ``k`` of a
+union). One claimant is a use; two or more is a used (contested) code — the exact set past two never matters."""
 
 
 def check_guess_limit(limit: int) -> int:
@@ -81,10 +87,14 @@ class GuessEntry:
     """The enrollment this entry belongs to: 32 hex digits drawn by the enclave that enrolled the user. The vault's
     keys are derived with it, so a header from another enrollment (one the ledger forgot when every replica
     restarted, put back by the host after it enrolled the same name again) can test no PIN."""
+    claims: frozenset[str] = frozenset()
+    """Invitation entries only (key ``invite:{id}``): the users who claimed the code, grow-only."""
 
     def __post_init__(self) -> None:
         if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
             raise ValueError("guess entry has too many slots")
+        if len(self.claims) > MAX_CLAIMS or not all(isinstance(c, str) and 0 < len(c) <= 64 for c in self.claims):
+            raise ValueError("guess entry claims are at most 8 user ids")
         if any(c < 0 for c in (*self.attempts.values(), *self.cleared.values())) or self.generation < 0:
             raise ValueError("guess entry counts are non-negative")
         check_guess_limit(self.limit)
@@ -114,6 +124,7 @@ class GuessEntry:
             locked=self.locked or other.locked,
             limit=self._merged_limit(other),
             epoch=max(self.epoch, other.epoch),  # two racing enrollments: one deterministic winner everywhere
+            claims=frozenset(sorted(self.claims | other.claims)[:MAX_CLAIMS]),
         )
 
     def _merged_limit(self, other: GuessEntry) -> int:
@@ -122,7 +133,7 @@ class GuessEntry:
         return min(self.limit, other.limit)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "attempts": dict(self.attempts),
             "cleared": dict(self.cleared),
             "generation": self.generation,
@@ -131,12 +142,18 @@ class GuessEntry:
             "limit": self.limit,
             "epoch": self.epoch,
         }
+        if self.claims:  # only invitation entries have claims; a user's entry is unchanged
+            out["claims"] = sorted(self.claims)
+        return out
 
     @classmethod
     def from_json(cls, raw: object) -> GuessEntry:
         """Parse an entry a peer sent; raises ValueError on anything malformed."""
-        if not isinstance(raw, dict) or set(raw) != _FIELDS:
+        if not isinstance(raw, dict) or set(raw) - {"claims"} != _FIELDS:
             raise ValueError("malformed guess entry")
+        claims = raw.get("claims", [])
+        if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
+            raise ValueError("malformed guess entry claims")
         counts: list[dict[str, int]] = []
         for name in ("attempts", "cleared"):
             value = raw[name]
@@ -148,7 +165,7 @@ class GuessEntry:
         ints = [raw[n] for n in ("generation", "version", "limit")]
         if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool or type(raw["epoch"]) is not str:
             raise ValueError("malformed guess entry fields")
-        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2], raw["epoch"])
+        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2], raw["epoch"], frozenset(claims))
 
 
 class Replica(Protocol):
@@ -334,6 +351,16 @@ class GuessLedger:
             limit=entry.limit,
         )
         return await self._quorum(user, entry.merge(update))
+
+    async def claim(self, key: str, claimant: str) -> GuessEntry:
+        """Add ``claimant`` to the claims of entry ``key`` at a majority; the join of what the majority knew.
+
+        Single use: a claimant holds the key only if the answer's claims are exactly itself. Two claimants racing
+        cannot both see only themselves — each answer comes from a majority, two majorities share a replica, and
+        that replica merged one claim before the other — so at most one wins (a tie refuses both). The same
+        claimant asking again sees itself alone again: a retry after a lost answer is not a second use."""
+        async with self.lock(key):
+            return await self._quorum(key, GuessEntry(claims=frozenset({claimant})))
 
     async def bump(self, user: str, known: GuessEntry, *, version: int) -> GuessEntry:
         """Record that stored state reached ``version`` (a rollback below it is then detected)."""

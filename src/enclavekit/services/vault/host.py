@@ -5,6 +5,11 @@ It subscribes to ``OwnerSpace.*.forVault.>`` with the bridge's NATS credentials 
 answer to ``OwnerSpace.{user}.forApp.{op}`` with the request's message id (``Vault-Message-Id``, from the
 envelope's clear header). An envelope the enclave refuses outright is answered with a ``Vault-Error`` header;
 no answer ever carries anything the host could read. One log line per message: user, operation, outcome, time.
+
+With a :class:`~enclavekit.services.vault.members.MemberRegistry` it also keeps the operator's view: each message's
+user, operation and time, and — shortly after activity (at most once a second), and every ``refresh_interval``
+seconds — the ledger's per-user state and invitation uses, joined over every enclave's ``vault.ledger.snapshot``
+(ADR 0021).
 """
 
 from __future__ import annotations
@@ -28,14 +33,24 @@ from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
+from enclavekit.services.vault.members import MemberRegistry, join_snapshots
 from enclavekit.services.vault.nats_auth import for_app
-from enclavekit.services.vault.wire import KEY, MESSAGE, Message, VaultKeyRequest
+from enclavekit.services.vault.wire import (
+    KEY,
+    LEDGER_SNAPSHOT,
+    MESSAGE,
+    LedgerSnapshotRequest,
+    Message,
+    VaultKeyRequest,
+)
 
 __all__ = ["VaultBridge", "enclave_index", "parse_subject"]
 
 logger = logging.getLogger(__name__)
 
 CONCURRENCY: Final = 64
+MIN_REFRESH: Final = 1.0
+"""Seconds between two refreshes of the member registry (each reads every enclave's ledger snapshot)."""
 
 
 def enclave_index(user: str, enclaves: int) -> int:
@@ -62,6 +77,10 @@ class VaultBridge:
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     handled: int = 0
+    registry: MemberRegistry | None = None
+    refresh_interval: float = 30.0
+    _activity: asyncio.Event = field(default_factory=asyncio.Event)
+    _refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         policy = NitroPolicy(measurements=[{0: p} for p in self.pcr0], roots=tuple(self.roots))
@@ -72,14 +91,50 @@ class VaultBridge:
         self._nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
         await self._nc.subscribe("OwnerSpace.*.forVault.>", cb=self._on_message)
         await self._nc.flush()
+        if self.registry is not None:
+            self._refresher = asyncio.create_task(self._refresh_loop())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._nc is not None:
             await self._nc.drain()
         for client in self._clients:
             await client.close()
+
+    async def refresh_members(self) -> int:
+        """Read every enclave's ledger snapshot, join them, record the result; the number of entries seen."""
+        assert self.registry is not None
+        snapshots = []
+        for client in self._clients:
+            try:
+                answer = await client.call(LEDGER_SNAPSHOT, LedgerSnapshotRequest())
+            except (Error, OSError) as exc:  # down or restarting: the others still answer
+                logger.info("no ledger snapshot from an enclave: %s", exc)
+                continue
+            if answer.ready:
+                snapshots.append(answer.entries)
+        if not snapshots:
+            return 0
+        joined = join_snapshots(snapshots)
+        await asyncio.to_thread(self.registry.record_ledger, joined, time.time())
+        return len(joined)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._activity.wait(), self.refresh_interval)
+                await asyncio.sleep(0.2)  # let the operation that woke us finish its ledger writes
+            except TimeoutError:
+                pass
+            self._activity.clear()
+            try:
+                await self.refresh_members()
+            except Exception:  # the operator's view must never stop the relay
+                logger.warning("refreshing the member registry failed", exc_info=True)
+            await asyncio.sleep(MIN_REFRESH)  # under steady traffic: one snapshot round a second at most
 
     def client_for(self, user: str) -> AttestedClient:
         """Each user is served by one enclave (its envelope key is that enclave's); the ledger spans them all."""
@@ -126,6 +181,12 @@ class VaultBridge:
                 outcome = getattr(exc, "code", "bad_request")
             finally:
                 self.handled += 1
+                if self.registry is not None and op != "key":
+                    try:
+                        await asyncio.to_thread(self.registry.record_message, user, op, time.time())
+                    except Exception:  # a full disk must not stop the relay
+                        logger.warning("recording a message in the member registry failed", exc_info=True)
+                    self._activity.set()
                 logger.info(
                     "vault message user=%s op=%s outcome=%s ms=%.1f",
                     user,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclavekit.errors import Error
+from enclavekit.services.vault.members import registry_path
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, render
 from enclavekit.stack.files import write_private
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
@@ -222,6 +223,8 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
                 pcr0,
                 "--trust-sim-root",
                 str(state),
+                "--registry",
+                f"sqlite:///{registry_path(state)}",
             ),
             url=lambda h, p: nats_url,
         )

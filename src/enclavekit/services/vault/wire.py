@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 _USER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_LEDGER_KEY_PATTERN = r"^(?:[A-Za-z0-9_-]{1,64}|invite:[0-9a-f]{24})$"
+"""A ledger entry's key: a user id, or ``invite:{id}`` (an invitation code's single-use record, ADR 0021)."""
 
 
 class Message(BaseModel):
@@ -61,7 +63,7 @@ class LedgerMerge(BaseModel):
     """A coordinator's entry for ``user``, with its attestation document binding it (see ``ledger_peers``)."""
 
     model_config = {"extra": "forbid"}
-    user: str = Field(pattern=_USER_PATTERN)
+    user: str = Field(pattern=_LEDGER_KEY_PATTERN)
     entry: dict[str, Any]
     document: str = Field(max_length=24 * 1024)
 
