@@ -2,6 +2,13 @@
 
 Revision ID: 0001
 Revises:
+
+Frozen: this file is the schema as revision 0001 made it, written out in full, not read from ``store.py``'s live
+tables (nor their ``UtcDateTime`` type, whose DDL is a plain ``DateTime``). A migration that imported the live
+models would change what an old revision creates whenever the models change, and a database upgraded step by
+step would no longer match one created fresh. So the table definitions stand twice on purpose: a change to the
+tables in ``store.py`` goes with a new revision, and ``test_migrations_create_exactly_the_tables_the_code_uses``
+fails until the two agree.
 """
 
 from __future__ import annotations
@@ -10,14 +17,13 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from enclavekit.services.trust.store import UtcDateTime
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_UTC = sa.DateTime  # stored as naive UTC; the live code's UtcDateTime adds the conversion, not the DDL
 
 
 def upgrade() -> None:
@@ -39,12 +45,12 @@ def upgrade() -> None:
         sa.Column("verdict", sa.String(16), nullable=False),
         sa.Column("summary", _JSON, nullable=False),
         sa.Column("last_task_id", sa.String(36), nullable=True),
-        sa.Column("created_at", UtcDateTime, nullable=False),
-        sa.Column("updated_at", UtcDateTime, nullable=False),
-        sa.Column("last_verified_at", UtcDateTime, nullable=True),
-        sa.Column("last_success_at", UtcDateTime, nullable=True),
-        sa.Column("last_failure_at", UtcDateTime, nullable=True),
-        sa.Column("next_check_at", UtcDateTime, nullable=True),
+        sa.Column("created_at", _UTC, nullable=False),
+        sa.Column("updated_at", _UTC, nullable=False),
+        sa.Column("last_verified_at", _UTC, nullable=True),
+        sa.Column("last_success_at", _UTC, nullable=True),
+        sa.Column("last_failure_at", _UTC, nullable=True),
+        sa.Column("next_check_at", _UTC, nullable=True),
         sa.Column("enabled", sa.Boolean, nullable=False),
     )
     op.create_index("ix_trust_apps_verdict", "trust_apps", ["verdict"])
@@ -69,12 +75,12 @@ def upgrade() -> None:
         sa.Column("summary", _JSON, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("worker_id", sa.String(64), nullable=True),
-        sa.Column("lease_until", UtcDateTime, nullable=True),
-        sa.Column("not_before", UtcDateTime, nullable=True),
-        sa.Column("enqueued_at", UtcDateTime, nullable=True),
-        sa.Column("created_at", UtcDateTime, nullable=False),
-        sa.Column("started_at", UtcDateTime, nullable=True),
-        sa.Column("finished_at", UtcDateTime, nullable=True),
+        sa.Column("lease_until", _UTC, nullable=True),
+        sa.Column("not_before", _UTC, nullable=True),
+        sa.Column("enqueued_at", _UTC, nullable=True),
+        sa.Column("created_at", _UTC, nullable=False),
+        sa.Column("started_at", _UTC, nullable=True),
+        sa.Column("finished_at", _UTC, nullable=True),
     )
     op.create_index("ix_verification_tasks_app_id", "verification_tasks", ["app_id"])
     op.create_index("ix_verification_tasks_status", "verification_tasks", ["status"])
