@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,17 +22,19 @@ from typing import Any
 import pytest
 
 from enclavekit.attestation.dstack import DstackBundle
+from enclavekit.attestation.evidence import Evidence, VerifyOptions, verify_evidence
 from enclavekit.attestation.nitro import AttestationDocument
 from enclavekit.attestation.quote import Quote
 from enclavekit.attestation.verification_time import At
 from enclavekit.cli._verify_options import VerifyArgs
 from enclavekit.cli._verify_run import run_verify
+from enclavekit.errors import Error
 from enclavekit.services.trust.model import TargetOptions, TaskStatus
 from enclavekit.services.trust.queue import TaskQueue
 from enclavekit.services.trust.service import TrustService
 from enclavekit.services.trust.settings import TrustSettings
 from enclavekit.services.trust.worker import Worker
-from tests.test_trust_helpers import simulator_documents, tdx
+from tests.test_trust_helpers import nitro_sample, simulator_documents, tdx
 
 PARSERS: tuple[tuple[type[Any], str], ...] = (
     (AttestationDocument, "from_bytes"),
@@ -130,3 +133,35 @@ def test_the_cli_parses_each_file_once_even_when_it_adds_a_hint(tmp_path: Path, 
         assert run_verify(args) == 1
     assert "--trust-sim-root" in out.getvalue()  # the hint was made, from the parsed document
     assert parses == Counter({"AttestationDocument.from_bytes": 2})  # one per file
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "malformed"),
+        (b"hello, not evidence", "malformed"),
+        (b"\x84" + b"\x00" * 40, "malformed"),  # looks like COSE_Sign1, is not one
+        (b'{"quote": "zz", "event_log": []}', "malformed"),  # looks like a dstack bundle, is not one
+        (b"\x84" * (4 * 1024 * 1024 + 1), "malformed"),  # over the size limit: not even sniffed
+    ],
+)
+def test_evidence_that_does_not_parse_says_why_and_an_upload_of_it_is_refused(
+    tmp_path: Path, data: bytes, code: str
+) -> None:
+    evidence = Evidence.from_bytes(data)
+    assert evidence.parsed is None and evidence.problem is not None and evidence.problem.code == code
+    assert evidence.document is None and evidence.quote is None and evidence.timestamp is None
+    with pytest.raises(type(evidence.problem)):
+        evidence.require()
+    with trust_service(tmp_path) as service, pytest.raises(Error):
+        service.submit(data)
+    result = verify_evidence(evidence, VerifyOptions())  # a report, never an exception
+    assert not result.valid and result.error is not None
+
+
+def test_a_bundles_quote_and_a_documents_time_come_from_the_one_parse() -> None:
+    bundle = Evidence.from_bytes(tdx("trust-center", "debugData_app_bundle.json").read_bytes())
+    assert bundle.bundle is not None and bundle.quote is bundle.bundle.quote and bundle.timestamp is None
+    document = Evidence.from_bytes(nitro_sample("base_2024-11-30_nondebug.cbor").read_bytes())
+    assert document.document is not None and document.timestamp == document.document.timestamp
+    assert document.sha256 == hashlib.sha256(document.raw).hexdigest()

@@ -80,6 +80,10 @@ class Evidence:
     parsed: nitro.AttestationDocument | Quote | DstackBundle | None
     problem: AttestationError | None
 
+    def __post_init__(self) -> None:
+        if (self.parsed is None) == (self.problem is None):
+            raise ValueError("evidence is either parsed or has a problem, never both or neither")
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Evidence:
         """Recognise ``data`` and parse it as its kind says (size-checked first)."""
