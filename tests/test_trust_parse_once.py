@@ -34,6 +34,7 @@ from enclavekit.services.trust.queue import TaskQueue
 from enclavekit.services.trust.service import TrustService
 from enclavekit.services.trust.settings import TrustSettings
 from enclavekit.services.trust.worker import Worker
+from tests.test_tdx_collateral import FakePccs, pccs  # noqa: F401  (the loopback PCCS fixture)
 from tests.test_trust_helpers import nitro_sample, simulator_documents, tdx
 
 PARSERS: tuple[tuple[type[Any], str], ...] = (
@@ -67,8 +68,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 
 @contextlib.contextmanager
-def trust_service(tmp_path: Path, *simulator_states: Path) -> Iterator[TrustService]:
-    service = TrustService(TrustSettings(state_dir=tmp_path / "trust", simulator_roots=simulator_states))
+def trust_service(tmp_path: Path, *simulator_states: Path, pccs_url: str | None = None) -> Iterator[TrustService]:
+    settings = TrustSettings(state_dir=tmp_path / "trust", simulator_roots=simulator_states, pccs_url=pccs_url)
+    service = TrustService(settings)
     try:
         yield service
     finally:
@@ -108,6 +110,18 @@ def test_a_tdx_quote_with_its_collateral_is_parsed_once_per_boundary(tmp_path: P
     with trust_service(tmp_path) as service:
         assert submit_then_verify(service, parses, quote, collateral=collateral) == [1, 1]
         assert set(parses) == {"Quote.from_bytes"}
+
+
+def test_a_quote_whose_collateral_the_worker_fetches_is_still_parsed_once(
+    tmp_path: Path,
+    parses: Counter[str],
+    pccs: FakePccs,  # noqa: F811
+) -> None:
+    quote = tdx("dcap-qvl", "tdx_quote").read_bytes()
+    options = TargetOptions(at=At.parse("2025-06-20T00:00:00Z"))  # the collateral's time, resolved by the worker
+    with trust_service(tmp_path, pccs_url=pccs.url) as service:
+        assert submit_then_verify(service, parses, quote, options=options) == [1, 1]
+    assert pccs.requests  # the worker fetched collateral for the quote it had parsed
 
 
 def test_the_cli_parses_each_file_once_even_when_it_adds_a_hint(tmp_path: Path, parses: Counter[str]) -> None:
