@@ -60,7 +60,7 @@ class _Stderr:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=True)
+            self._console = Console(stderr=True, soft_wrap=True)  # one message, one line (tools read it)
         return self._console
 
     def print(self, message: str, *, highlight: bool | None = None) -> None:
