@@ -23,7 +23,7 @@ branch_labels = None
 depends_on = None
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-_UTC = sa.DateTime  # stored as naive UTC; the live code's UtcDateTime adds the conversion, not the DDL
+UtcDateTime = sa.DateTime  # its DDL: the live store's UtcDateTime (naive UTC) adds a conversion, not a column type
 
 
 def upgrade() -> None:
@@ -45,12 +45,12 @@ def upgrade() -> None:
         sa.Column("verdict", sa.String(16), nullable=False),
         sa.Column("summary", _JSON, nullable=False),
         sa.Column("last_task_id", sa.String(36), nullable=True),
-        sa.Column("created_at", _UTC, nullable=False),
-        sa.Column("updated_at", _UTC, nullable=False),
-        sa.Column("last_verified_at", _UTC, nullable=True),
-        sa.Column("last_success_at", _UTC, nullable=True),
-        sa.Column("last_failure_at", _UTC, nullable=True),
-        sa.Column("next_check_at", _UTC, nullable=True),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.Column("last_verified_at", UtcDateTime, nullable=True),
+        sa.Column("last_success_at", UtcDateTime, nullable=True),
+        sa.Column("last_failure_at", UtcDateTime, nullable=True),
+        sa.Column("next_check_at", UtcDateTime, nullable=True),
         sa.Column("enabled", sa.Boolean, nullable=False),
     )
     op.create_index("ix_trust_apps_verdict", "trust_apps", ["verdict"])
@@ -75,12 +75,12 @@ def upgrade() -> None:
         sa.Column("summary", _JSON, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("worker_id", sa.String(64), nullable=True),
-        sa.Column("lease_until", _UTC, nullable=True),
-        sa.Column("not_before", _UTC, nullable=True),
-        sa.Column("enqueued_at", _UTC, nullable=True),
-        sa.Column("created_at", _UTC, nullable=False),
-        sa.Column("started_at", _UTC, nullable=True),
-        sa.Column("finished_at", _UTC, nullable=True),
+        sa.Column("lease_until", UtcDateTime, nullable=True),
+        sa.Column("not_before", UtcDateTime, nullable=True),
+        sa.Column("enqueued_at", UtcDateTime, nullable=True),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("started_at", UtcDateTime, nullable=True),
+        sa.Column("finished_at", UtcDateTime, nullable=True),
     )
     op.create_index("ix_verification_tasks_app_id", "verification_tasks", ["app_id"])
     op.create_index("ix_verification_tasks_status", "verification_tasks", ["status"])
