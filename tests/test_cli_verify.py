@@ -121,10 +121,11 @@ def test_garbage_files_are_invalid_not_crashes(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_usage_error_naming_the_path_not_an_invalid_document(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.cbor"
+    missing = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns" * 2) / "missing.cbor"
     result = run("verify", _path("base_2024-11-30_nondebug.cbor"), missing, "--at", "doc", "--json")
     assert result.returncode == 2
     assert str(missing) in result.stderr and "cannot read" in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # one line, not wrapped at 80 columns for a tool reading it
     assert result.stdout == ""  # nothing was verified: a usage error, not a verdict
     assert "Traceback" not in result.stderr
 

@@ -43,6 +43,7 @@ from enclavekit.attestation.tdx import (
     TdxPolicy,
     key_nonce_report_data,
 )
+from enclavekit.attestation.verification_time import At
 from tests.conftest import fixtures_dir
 from tests.dcap_forge import DcapPki
 
@@ -653,7 +654,9 @@ def test_allow_debug_means_the_same_with_and_without_collateral(with_collateral:
     pki = _pki()
     policy = PolicyFile(tdx=TdxPolicy(unsafe_any_measurements=True, intel_root=pki.root_der), source="test")
     collateral = (Collateral.from_json(pki.collateral_json()),) if with_collateral else ()
-    options = VerifyOptions(policy=policy, at=TDX_AT, collateral=collateral, unsafe_no_collateral=not with_collateral)
+    options = VerifyOptions(
+        policy=policy, at=At.fixed(TDX_AT), collateral=collateral, unsafe_no_collateral=not with_collateral
+    )
     debug_td = pki.quote(debug=True)
     refused = verify_evidence(debug_td, options)
     assert refused.error is not None and refused.error.code == "debug_mode"

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from enclavekit.attestation.collateral import Collateral
+from enclavekit.attestation.evidence import Evidence
+from enclavekit.attestation.verification_time import At
 from enclavekit.services.trust.graph import TrustGraph, render_svg
 from enclavekit.services.trust.model import Kind, TargetOptions, Verdict
 from enclavekit.services.trust.registry import BUILTIN_SHA256, RegistryInvalid, load_registry, parse_registry
@@ -39,8 +41,11 @@ def verify(evidence: bytes, *, now: datetime = NOW, **options: Any) -> TrustRepo
     extra = {k: options.pop(k) for k in ("collateral", "compose", "nonce", "simulator_roots", "kind") if k in options}
     if "nonce" in extra:
         options["nonce"] = True
+    if "at" in options:
+        options["at"] = At.parse(options["at"])
+    parsed = Evidence.from_bytes(evidence)
     return verify_target(
-        VerificationInput(evidence=evidence, options=TargetOptions(**options), registry=REGISTRY, **extra), now=now
+        VerificationInput(evidence=parsed, options=TargetOptions(**options), registry=REGISTRY, **extra), now=now
     )
 
 

@@ -2,26 +2,34 @@
 
 This is what ``enclavekit verify`` and the trust service share: given bytes whose kind is not known in
 advance, produce one :class:`EvidenceResult` with the project's JSON report shape.
+
+The bytes are recognised and parsed once, at the boundary, into an :class:`Evidence` (kind, bytes, SHA-256 and
+the parsed document, quote or bundle); everything after that (the time ``doc`` resolves to, the collateral's
+platform, the simulator check, the report itself) reads that value, never the bytes again.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, cast
 
 from enclavekit.attestation import nitro
 from enclavekit.attestation.errors import AttestationError, Malformed, PolicyInvalid
 from enclavekit.attestation.report import Report, VerifiedAttestation
+from enclavekit.attestation.verification_time import At, NoEvidenceTime
 
 if TYPE_CHECKING:  # TDX and dstack (and dcap-qvl) load only for TDX evidence: a Nitro check never pays for them
     from enclavekit.attestation import tdx
     from enclavekit.attestation.collateral import Collateral
+    from enclavekit.attestation.dstack import DstackBundle
     from enclavekit.attestation.policy_file import PolicyFile
+    from enclavekit.attestation.quote import Quote
 
-__all__ = ["EvidenceKind", "EvidenceResult", "VerifyOptions", "detect", "parse_at", "verify_evidence"]
+__all__ = ["Evidence", "EvidenceKind", "EvidenceResult", "VerifyOptions", "detect", "verify_evidence"]
 
 MAX_EVIDENCE_SIZE = 4 * 1024 * 1024
 """Largest evidence file accepted (dstack bundles with event logs are the largest, well under this)."""
@@ -53,23 +61,84 @@ def detect(data: bytes) -> EvidenceKind:
     return EvidenceKind.UNKNOWN
 
 
-At = Literal["now", "doc"] | datetime
+_UNRECOGNISED = (
+    "not recognised as attestation evidence (expected a Nitro COSE_Sign1 document, a DCAP quote, or a dstack bundle)"
+)
 
 
-def parse_at(text: str) -> At:
-    """``now``, ``doc`` (the evidence's own timestamp), UNIX seconds, or an ISO 8601 time (UTC if no zone)."""
-    value = text.strip()
-    if value in ("now", "doc"):
-        return value  # type: ignore[return-value]
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"verification time {text!r}: expected now, doc, UNIX seconds or an ISO 8601 time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Evidence bytes recognised and parsed once, at the boundary: what every later step reads instead of the bytes.
+
+    Making one never raises for bad evidence: ``problem`` says why the bytes are not usable (a report shows it);
+    :meth:`require` raises it where bad evidence must be refused at once (an upload).
+    """
+
+    kind: EvidenceKind
+    raw: bytes
+    sha256: str
+    parsed: nitro.AttestationDocument | Quote | DstackBundle | None
+    problem: AttestationError | None
+
+    def __post_init__(self) -> None:
+        if (self.parsed is None) == (self.problem is None):
+            raise ValueError("evidence is either parsed or has a problem, never both or neither")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Evidence:
+        """Recognise ``data`` and parse it as its kind says (size-checked first)."""
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) > MAX_EVIDENCE_SIZE:
+            problem = Malformed(f"evidence of {len(data)} bytes is over the limit of {MAX_EVIDENCE_SIZE}")
+            return cls(EvidenceKind.UNKNOWN, data, digest, None, problem)
+        kind = detect(data)
+        parsed: nitro.AttestationDocument | Quote | DstackBundle
+        try:
+            if kind is EvidenceKind.NITRO:
+                parsed = nitro.AttestationDocument.from_bytes(data)
+            elif kind is EvidenceKind.QUOTE:
+                from enclavekit.attestation.quote import Quote
+
+                parsed = Quote.parse(data)
+            elif kind is EvidenceKind.DSTACK:
+                from enclavekit.attestation.dstack import DstackBundle
+
+                parsed = DstackBundle.from_json(data)
+            else:
+                return cls(kind, data, digest, None, Malformed(_UNRECOGNISED))
+        except AttestationError as exc:
+            return cls(kind, data, digest, None, exc)
+        return cls(kind, data, digest, parsed, None)
+
+    def require(self) -> Evidence:
+        """This evidence, if it parsed; else raise why not."""
+        if self.problem is not None:
+            raise self.problem
+        return self
+
+    @property
+    def document(self) -> nitro.AttestationDocument | None:
+        """The Nitro attestation document, if this is one (and it parsed)."""
+        return self.parsed if isinstance(self.parsed, nitro.AttestationDocument) else None
+
+    @property
+    def bundle(self) -> DstackBundle | None:
+        """The dstack bundle, if this is one (and it parsed)."""
+        return cast("DstackBundle", self.parsed) if self.kind is EvidenceKind.DSTACK and self.problem is None else None
+
+    @property
+    def quote(self) -> Quote | None:
+        """The DCAP quote: the evidence itself, or the dstack bundle's."""
+        bundle = self.bundle
+        if bundle is not None:
+            return bundle.quote
+        return cast("Quote", self.parsed) if self.kind is EvidenceKind.QUOTE and self.problem is None else None
+
+    @property
+    def timestamp(self) -> datetime | None:
+        """The evidence's own time (a Nitro document's ``timestamp``); None for quotes, which carry none."""
+        document = self.document
+        return None if document is None else document.timestamp
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +146,7 @@ class VerifyOptions:
     """How to verify: which policy, at what time, which extra roots (simulator), which bypasses."""
 
     policy: PolicyFile | None = None
-    at: At = "now"
+    at: At = At.NOW
     allow_debug: bool = False
     extra_nitro_roots: tuple[bytes, ...] = ()
     collateral: tuple[Collateral, ...] = ()
@@ -131,44 +200,42 @@ class EvidenceResult:
         return ear.ear_for_error(str(self.kind), self.error, issued_at=moment).to_json()
 
 
-def verify_evidence(data: bytes, options: VerifyOptions, *, wall_clock: datetime | None = None) -> EvidenceResult:
-    """Recognise ``data`` and verify it as ``options`` say. Never raises for bad evidence or policy."""
+def verify_evidence(
+    evidence: Evidence | bytes, options: VerifyOptions, *, wall_clock: datetime | None = None
+) -> EvidenceResult:
+    """Verify ``evidence`` (parsed once: pass an :class:`Evidence`, or bytes to parse here) as ``options`` say.
+    Never raises for bad evidence or policy."""
     now = wall_clock or datetime.now(UTC)
-    if len(data) > MAX_EVIDENCE_SIZE:
-        error = Malformed(f"evidence of {len(data)} bytes is over the limit of {MAX_EVIDENCE_SIZE}")
-        return EvidenceResult(EvidenceKind.UNKNOWN, None, error, now)
-    kind = detect(data)
-    if kind is EvidenceKind.NITRO:
-        return _verify_nitro(data, options, now)
-    if kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
-        return _verify_tdx(data, kind, options, now)
-    error = Malformed(
-        "not recognised as attestation evidence (expected a Nitro COSE_Sign1 document, a DCAP quote, or a dstack "
-        "bundle)"
-    )
-    return EvidenceResult(kind, None, error, now)
+    if not isinstance(evidence, Evidence):
+        evidence = Evidence.from_bytes(evidence)
+    if evidence.kind is EvidenceKind.NITRO:
+        return _verify_nitro(evidence, options, now)
+    if evidence.kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
+        return _verify_tdx(evidence, options, now)
+    assert evidence.problem is not None
+    return EvidenceResult(evidence.kind, None, evidence.problem, now)
 
 
-def _collateral_for(data: bytes, kind: EvidenceKind, candidates: tuple[Collateral, ...]) -> Collateral | None:
+def _collateral_for(evidence: Evidence, candidates: tuple[Collateral, ...]) -> Collateral | None:
     """The collateral given for this quote's platform (the only one given, or the one with its FMSPC)."""
     if len(candidates) <= 1:
         return candidates[0] if candidates else None
+    quote = evidence.quote
+    if quote is None:
+        return candidates[0]  # the report will say what is wrong with the evidence
     import dcap_qvl
 
-    from enclavekit.attestation import dstack
-    from enclavekit.attestation.quote import Quote
-
     try:
-        quote = dstack.DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
         fmspc = dcap_qvl.parse_quote(quote.raw).fmspc().upper()
-    except (AttestationError, ValueError):
-        return candidates[0]  # the report will say what is wrong with the evidence
+    except ValueError:
+        return candidates[0]
     return next((c for c in candidates if c.tee == quote.tee and c.fmspc == fmspc), candidates[0])
 
 
-def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
+def _verify_tdx(evidence: Evidence, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
     from enclavekit.attestation import dstack, tdx
 
+    kind = evidence.kind
     policy: tdx.TdxPolicy
     if options.policy is not None:
         if options.policy.tdx is None:
@@ -179,17 +246,15 @@ def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_cl
             policy = replace(policy, allow_debug=True)
     else:
         policy = tdx.TdxPolicy(unsafe_any_measurements=True, allow_debug=options.allow_debug)
-    if options.at == "doc":
-        error = PolicyInvalid(
-            "verification time 'doc': a DCAP quote carries no timestamp of its own; give a time (or now)"
-        )
-        return EvidenceResult(kind, None, error, wall_clock)
-    now = _resolve_at(options.at, data, wall_clock)
-    collateral = _collateral_for(data, kind, options.collateral)
+    try:
+        now = options.at.resolve(now=wall_clock, evidence_time=None)
+    except NoEvidenceTime as exc:
+        return EvidenceResult(kind, None, exc, wall_clock)
+    collateral = _collateral_for(evidence, options.collateral)
     report: Report[Any]
     if kind is EvidenceKind.DSTACK:
         report = dstack.report(
-            data,
+            evidence.bundle or evidence.raw,  # the bytes only when they did not parse: the report says why
             policy,
             now=now,
             collateral=collateral,
@@ -198,12 +263,16 @@ def _verify_tdx(data: bytes, kind: EvidenceKind, options: VerifyOptions, wall_cl
         )
     else:
         report = tdx.report(
-            data, policy, now=now, collateral=collateral, unsafe_no_collateral=options.unsafe_no_collateral
+            evidence.quote or evidence.raw,
+            policy,
+            now=now,
+            collateral=collateral,
+            unsafe_no_collateral=options.unsafe_no_collateral,
         )
     return EvidenceResult(kind, report, report.error, now, dict(report.facts))
 
 
-def _verify_nitro(data: bytes, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
+def _verify_nitro(evidence: Evidence, options: VerifyOptions, wall_clock: datetime) -> EvidenceResult:
     policy: nitro.NitroPolicy
     if options.policy is not None:
         if options.policy.nitro is None:
@@ -216,18 +285,7 @@ def _verify_nitro(data: bytes, options: VerifyOptions, wall_clock: datetime) -> 
         policy = nitro.NitroPolicy(unsafe_any_measurements=True, allow_debug=options.allow_debug)
     if options.extra_nitro_roots:
         policy = replace(policy, roots=(*policy.roots, *options.extra_nitro_roots))
-    now = _resolve_at(options.at, data, wall_clock)
-    report = nitro.report(data, policy, now=now)
+    # a document that did not parse has no time of its own: check it at the wall clock, the report says why
+    now = options.at.resolve(now=wall_clock, evidence_time=evidence.timestamp or wall_clock)
+    report = nitro.report(evidence.document or evidence.raw, policy, now=now)
     return EvidenceResult(EvidenceKind.NITRO, report, report.error, now, dict(report.facts))
-
-
-def _resolve_at(at: At, data: bytes, wall_clock: datetime) -> datetime:
-    if at == "now":
-        return wall_clock
-    if at == "doc":
-        try:
-            return nitro.AttestationDocument.from_bytes(data).timestamp
-        except AttestationError:
-            return wall_clock  # the report will say why the document is unusable
-    assert isinstance(at, datetime)
-    return at

@@ -280,9 +280,10 @@ def _chain_verifier(roots: tuple[bytes, ...]) -> ChainVerifier:
 
 
 def report(
-    document: bytes, policy: NitroPolicy, *, now: datetime, chains: ChainVerifier | None = None
+    document: bytes | AttestationDocument, policy: NitroPolicy, *, now: datetime, chains: ChainVerifier | None = None
 ) -> Report[NitroAttestation]:
-    """Check ``document`` against ``policy`` at time ``now``; never raises for bad evidence.
+    """Check ``document`` (bytes, or already parsed) against ``policy`` at time ``now``; never raises for bad
+    evidence.
 
     Authenticity checks (parse, chain, signature, time) run in order and stop at the first failure; policy
     checks then all run, so a report shows every mismatch. ``chains`` is the verifier (and cache) of
@@ -291,15 +292,18 @@ def report(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     checks = CheckList()
-    try:
-        doc = AttestationDocument.from_bytes(document)
-    except UnsupportedEvidence as exc:
-        _check_other_kind(checks, document, policy, now, chains)
-        checks.failed("document.kind", exc, phase="hardware")
-        return _result(checks, None)
-    except AttestationError as exc:
-        checks.failed("document.parse", exc, phase="hardware")
-        return _result(checks, None)
+    if isinstance(document, AttestationDocument):
+        doc = document
+    else:
+        try:
+            doc = AttestationDocument.from_bytes(document)
+        except UnsupportedEvidence as exc:
+            _check_other_kind(checks, document, policy, now, chains)
+            checks.failed("document.kind", exc, phase="hardware")
+            return _result(checks, None)
+        except AttestationError as exc:
+            checks.failed("document.parse", exc, phase="hardware")
+            return _result(checks, None)
     checks.passed("document.parse", f"COSE_Sign1 ES384, module {doc.module_id}", phase="hardware")
     facts = _facts(doc)
 

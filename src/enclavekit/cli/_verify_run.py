@@ -26,14 +26,14 @@ from cryptography import x509
 from enclavekit.attestation.errors import AttestationError, CollateralInvalid, CollateralUnavailable, Malformed
 from enclavekit.attestation.evidence import (
     MAX_EVIDENCE_SIZE,
+    Evidence,
     EvidenceKind,
     EvidenceResult,
     VerifyOptions,
-    detect,
-    parse_at,
     verify_evidence,
 )
-from enclavekit.attestation.nitro import AttestationDocument, UnsafePolicyWarning
+from enclavekit.attestation.nitro import UnsafePolicyWarning
+from enclavekit.attestation.verification_time import At, AtInvalid, NoEvidenceTime
 from enclavekit.cli._roots import check_mark, simulator_roots
 from enclavekit.cli._verify_options import VerifyArgs
 from enclavekit.errors import ConfigurationError
@@ -60,7 +60,7 @@ class _Stderr:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=True)
+            self._console = Console(stderr=True, soft_wrap=True)  # one message, one line (tools read it)
         return self._console
 
     def print(self, message: str, *, highlight: bool | None = None) -> None:
@@ -95,21 +95,18 @@ def _collateral_cache() -> Path:
     return Path(base) / "enclavekit" / "collateral"
 
 
-def _with_fetched_collateral(data: bytes, options: VerifyOptions, pccs: str, err: _Stderr) -> VerifyOptions:
+def _with_fetched_collateral(evidence: Evidence, options: VerifyOptions, pccs: str, err: _Stderr) -> VerifyOptions:
     """At the edge: fetch (or reuse from the disk cache) the collateral for this quote's platform."""
-    kind = detect(data)
-    if kind not in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
-        return options
+    quote = evidence.quote
+    if quote is None:
+        return options  # not a quote, or not a usable one: the report will say what is wrong with it
     from enclavekit.attestation.collateral import fetch_collateral
-    from enclavekit.attestation.dstack import DstackBundle
-    from enclavekit.attestation.quote import Quote
 
     try:
-        quote = DstackBundle.from_json(data).quote if kind is EvidenceKind.DSTACK else Quote.parse(data)
-        moment = options.at if isinstance(options.at, datetime) else datetime.now(UTC)
+        moment = options.at.resolve(now=datetime.now(UTC), evidence_time=None)
         fetched = fetch_collateral(quote, pccs_url=pccs, now=moment, cache_dir=_collateral_cache())
-    except AttestationError:
-        return options  # the report will say what is wrong with the evidence
+    except (NoEvidenceTime, AttestationError):
+        return options  # the report will say it (a quote has no time of its own, or what the PCCS gave is bad)
     except CollateralUnavailable as exc:
         err.print(f"[yellow]warning:[/yellow] no collateral from the PCCS: {exc.message}")
         return options
@@ -123,9 +120,9 @@ def run_verify(args: VerifyArgs) -> int:
     unsafe_no_collateral, output_format, as_json = args.unsafe_no_collateral, args.output_format, args.as_json
     err = _Stderr()
     try:
-        moment = parse_at(at)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] --at: {exc}")
+        moment = At.parse(at)
+    except AtInvalid as exc:
+        err.print(f"[red]error:[/red] --at: {exc.message}")
         return 2
     unreadable = _unreadable(files)
     if unreadable:
@@ -183,14 +180,14 @@ def run_verify(args: VerifyArgs) -> int:
             err.print(f"[red]error:[/red] {path}: cannot read the evidence file ({exc.strerror})")
             tally.unreadable += 1
             continue
-        kind = detect(data)
-        if collateral_error is not None and kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
-            result = EvidenceResult(kind, None, collateral_error, datetime.now(UTC))
+        evidence = Evidence.from_bytes(data)  # parsed once: everything below reads this
+        if collateral_error is not None and evidence.kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
+            result = EvidenceResult(evidence.kind, None, collateral_error, datetime.now(UTC))
         else:
-            file_options = _with_fetched_collateral(data, options, pccs, err) if pccs else options
-            result = verify_evidence(data, file_options)
+            file_options = _with_fetched_collateral(evidence, options, pccs, err) if pccs else options
+            result = verify_evidence(evidence, file_options)
         tally.add(result)
-        hint = _hint(result, data, options)
+        hint = _hint(result, evidence, options)
         if output_format == "ear":
             _echo(json.dumps(result.to_ear()))
         elif as_json:
@@ -255,12 +252,12 @@ class _Tally:
         return f"{self.verified} verified, {self.invalid} invalid, {self.errors + self.unreadable} errors"
 
 
-def _hint(result: EvidenceResult, data: bytes, options: VerifyOptions) -> str | None:
+def _hint(result: EvidenceResult, evidence: Evidence, options: VerifyOptions) -> str | None:
     """Which flag would change this verdict, if one would (the core's messages name none)."""
     if result.error is None:
         return None
     code = result.error.code
-    if code == "chain_untrusted" and not options.extra_nitro_roots and _simulated(data):
+    if code == "chain_untrusted" and not options.extra_nitro_roots and _simulated(evidence):
         return (
             "this document is signed by enclavekit's NSM simulator, not AWS: trust its root with "
             "--trust-sim-root STATE_DIR (the folder of `enclavekit up`, default .enclavekit)"
@@ -274,19 +271,21 @@ def _hint(result: EvidenceResult, data: bytes, options: VerifyOptions) -> str | 
         )
     if code == "collateral_invalid":
         return "fix or replace the file given with --collateral"
-    if code in ("certificate_expired", "collateral_expired") and options.at == "now":
+    if code in ("certificate_expired", "collateral_expired") and options.at.is_now:
         return "--at TIME verifies as of another time (--at doc: a Nitro document's own timestamp)"
-    if code == "policy_invalid" and "verification time" in result.error.message:
+    if isinstance(result.error, NoEvidenceTime):
         return "give --at a time (UNIX seconds or ISO 8601) or now"
     return None
 
 
-def _simulated(data: bytes) -> bool:
+def _simulated(evidence: Evidence) -> bool:
     """Whether a Nitro document's root certificate is an enclavekit NSM simulator's (named so by its CA)."""
+    document = evidence.document
+    if document is None:
+        return False
     try:
-        document = AttestationDocument.from_bytes(data)
         root = x509.load_der_x509_certificate(document.cabundle[0])
-    except (AttestationError, ValueError):
+    except ValueError:
         return False
     units = root.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)
     return any(attribute.value == "NSM simulator" for attribute in units)

@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from enclavekit.attestation.errors import AttestationError, Malformed, PolicyInvalid
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, VerifyOptions, parse_at, verify_evidence
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, VerifyOptions, verify_evidence
 from enclavekit.attestation.nitro import NitroAttestation
 from enclavekit.attestation.report import Check
+from enclavekit.attestation.verification_time import At, AtInvalid
 from enclavekit.cli._app import app
 from enclavekit.cli._roots import check_mark, simulator_roots
 from enclavekit.errors import ConfigurationError
@@ -105,10 +106,13 @@ def verify_command(
     """Verify an AIR v1 receipt: format, Ed25519 signature, claims, and the policy the options give."""
     err = Console(stderr=True)
     try:
-        moment = parse_at(at)
-        if moment == "doc":
+        try:
+            moment = At.parse(at)
+        except AtInvalid as exc:
+            raise ValueError(f"--at: {exc.message}") from exc
+        if moment.evidence_time:
             raise ValueError("--at doc: give now, UNIX seconds or an ISO 8601 time")
-        now = datetime.now(UTC) if moment == "now" else moment
+        now = moment.resolve(now=datetime.now(UTC), evidence_time=None)
         if platform is not None and platform not in _PLATFORMS:
             raise ValueError(f"--platform {platform!r}: expected nitro or tdx")
         if max_age is not None and max_age <= 0:
@@ -171,7 +175,7 @@ def _verify(
     binding: AttestationBinding | None = None
     checks: list[Check] = []
     if document is not None:
-        evidence = verify_evidence(document, VerifyOptions(at=now, extra_nitro_roots=roots), wall_clock=now)
+        evidence = verify_evidence(document, VerifyOptions(at=At.fixed(now), extra_nitro_roots=roots), wall_clock=now)
         if evidence.report is not None:
             checks.extend(
                 Check(f"attestation.{c.name}", c.ok, c.detail, c.phase or "attestation", c.code)

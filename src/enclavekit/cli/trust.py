@@ -18,7 +18,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE
+from enclavekit.attestation.verification_time import At, AtInvalid
 from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.services.trust.client import TERMINAL, TrustApiError, TrustClient
@@ -245,9 +246,10 @@ def submit_command(
 ) -> None:
     """Submit evidence files to the trust service; with --wait, print each verdict and its checks."""
     try:
-        moment = parse_at(at)
-        at_text = moment.isoformat() if not isinstance(moment, str) else moment
-        TargetOptions(at=at_text)
+        try:
+            at_text = At.parse(at).text
+        except AtInvalid as exc:
+            raise ValueError(f"--at: {exc.message}") from exc
         extras = {
             "collateral": _read_limited(collateral, 1024 * 1024, "collateral") if collateral else None,
             "compose": _read_limited(compose, 1024 * 1024, "app-compose file") if compose else None,

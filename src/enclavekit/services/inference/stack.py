@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from enclavekit.errors import ConfigurationError
 from enclavekit.stack.files import write_private
+from enclavekit.stack.parts import StackPart
 from enclavekit.stack.processes import free_port
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 if TYPE_CHECKING:
     from enclavekit.kms.measured import MeasuredKmsEndpoint
 
-__all__ = ["ENCLAVE_APP", "Prepared", "expected_pcr0", "load_local", "prepare_model", "start_inference"]
+__all__ = ["ENCLAVE_APP", "STACK_PART", "Prepared", "expected_pcr0", "load_local", "prepare_model", "start_inference"]
 
 ENCLAVE_APP = "enclavekit.services.inference.enclave_app:app"
 
@@ -198,3 +199,7 @@ async def start_inference(stack: Stack) -> None:
         "simulator_root": str(state),
     }
     write_private(state / "inference" / "local.json", json.dumps(local, indent=2).encode())
+
+
+STACK_PART = StackPart("inference", order=30, start=start_inference)
+"""For ``enclavekit up``: after the KMS emulator (the model's key is bound to the enclave's PCR0)."""

@@ -22,9 +22,10 @@ from typing import Any
 
 from enclavekit.errors import ConfigurationError
 from enclavekit.stack.files import write_private
+from enclavekit.stack.parts import StackPart
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
-__all__ = ["ENCLAVE_APP", "load_local", "start_notify"]
+__all__ = ["ENCLAVE_APP", "STACK_PART", "load_local", "start_notify"]
 
 ENCLAVE_APP = "enclavekit.services.notify.enclave_app:app"
 
@@ -176,3 +177,7 @@ async def start_notify(stack: Stack) -> None:
             lambda s, port: python_command("notify", "dispatcher", "--host", host, "--port", str(port), *_sets(common)),
         )
     )
+
+
+STACK_PART = StackPart("notify", order=20, start=start_notify)
+"""For ``enclavekit up``: after the KMS emulator (its API key reaches the enclave as KMS ciphertext)."""

@@ -41,12 +41,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclavekit import __version__
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE
 from enclavekit.errors import Error, InfrastructureError, Rejected
 from enclavekit.services.trust.badge import badge_svg
 from enclavekit.services.trust.errors import BadQuery, NotFound, TrustRejected, UploadInvalid, UploadTooLarge
 from enclavekit.services.trust.graph import TrustGraph, render_svg
-from enclavekit.services.trust.model import AppRecord, Kind, TargetOptions, TaskRecord, TaskStatus, Verdict
+from enclavekit.services.trust.model import AppRecord, Kind, TargetOptions, TaskRecord, TaskStatus, Verdict, parse_at
 from enclavekit.services.trust.queue import TaskQueue
 from enclavekit.services.trust.service import Accepted, TrustService
 from enclavekit.services.trust.signing import EAR_MEDIA_TYPE
@@ -397,8 +397,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None, listen_
             kind_text = str(form.get("kind") or "").strip()
             if kind_text and kind_text not in _KINDS:
                 raise UploadInvalid(f"kind must be one of {', '.join(_KINDS)}")
-            at = str(form.get("at") or "now").strip() or "now"
-            at = _normalise_at(at)
+            at = parse_at(str(form.get("at") or "").strip() or "now")
             options = TargetOptions(
                 at=at, trust_simulator=str(form.get("trust_simulator") or "") in ("1", "on", "true")
             )
@@ -615,7 +614,7 @@ def create_app(service: TrustService, *, queue: TaskQueue | None = None, listen_
         kind_text = params.get("kind", "")
         if kind_text and kind_text not in _KINDS:
             raise UploadInvalid(f"kind must be one of {', '.join(_KINDS)}")
-        options = TargetOptions(at=_normalise_at(params.get("at", "now")))
+        options = TargetOptions(at=parse_at(params.get("at") or "now"))
         accepted = await run_in_threadpool(
             service.submit,
             b"".join(chunks),
@@ -693,12 +692,3 @@ def _page_number(text: str | None) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_PAGE))) or not 1 <= int(text) <= MAX_PAGE:
         raise BadQuery(f"page must be a whole number from 1 to {MAX_PAGE}")
     return int(text)
-
-
-def _normalise_at(text: str) -> str:
-    """``now``, ``doc``, UNIX seconds or ISO 8601 → ``now``, ``doc`` or an ISO 8601 UTC time."""
-    try:
-        moment = parse_at(text)
-    except ValueError as exc:
-        raise UploadInvalid(f"at: {exc}") from exc
-    return moment.isoformat() if isinstance(moment, datetime) else moment

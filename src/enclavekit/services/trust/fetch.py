@@ -25,10 +25,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 
 from enclavekit.attestation.collateral import fetch_collateral
-from enclavekit.attestation.dstack import DstackBundle
 from enclavekit.attestation.errors import AttestationError, CollateralUnavailable
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, detect
-from enclavekit.attestation.quote import Quote
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, Evidence
+from enclavekit.attestation.verification_time import At, NoEvidenceTime
 from enclavekit.services.trust.errors import EndpointUnavailable, EndpointUnsupported
 from enclavekit.services.trust.verification import CollateralOutcome
 
@@ -164,26 +163,27 @@ class CollateralProvider:
         self.cache_dir = cache_dir
         self.timeout = timeout
 
-    def obtain(self, evidence: bytes, *, at: datetime) -> CollateralOutcome:
-        """Blocking (call it from a thread). Never raises for bad evidence: the verifier reports that."""
-        if self.pccs_url is None:
+    def obtain(self, evidence: Evidence, *, at: At, now: datetime) -> CollateralOutcome:
+        """Collateral current at the time ``at`` resolves to (``now``: the wall clock) for the evidence's quote.
+
+        Blocking (call it from a thread). Never raises for bad evidence: the verifier reports that."""
+        quote = evidence.quote
+        if self.pccs_url is None or quote is None:
             return CollateralOutcome()
-        kind = detect(evidence)
         try:
-            if kind is EvidenceKind.DSTACK:
-                quote = DstackBundle.from_json(evidence).quote
-            elif kind is EvidenceKind.QUOTE:
-                quote = Quote.parse(evidence)
-            else:
-                return CollateralOutcome()
+            moment = at.resolve(now=now, evidence_time=evidence.timestamp)
+        except NoEvidenceTime:
+            return CollateralOutcome()  # the verifier reports that a quote has no time of its own
+        try:
             collateral = fetch_collateral(
-                quote, pccs_url=self.pccs_url, now=at, cache_dir=self.cache_dir, timeout=self.timeout
+                quote, pccs_url=self.pccs_url, now=moment, cache_dir=self.cache_dir, timeout=self.timeout
             )
         except CollateralUnavailable as exc:
+            when = moment.isoformat()
             return CollateralOutcome(
                 error_code=exc.code,
-                error=f"the PCCS is unavailable and no cached collateral is current at {at.isoformat()}: {exc.message}",
+                error=f"the PCCS is unavailable and no cached collateral is current at {when}: {exc.message}",
             )
         except AttestationError:
-            return CollateralOutcome()  # not a usable quote: the report says why
+            return CollateralOutcome()  # what the PCCS gave is not usable: the report says why
         return CollateralOutcome(collateral, f"from the PCCS at {self.pccs_url} (its disk cache reused while current)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from enclavekit.attestation.verification_time import At, AtInvalid
 from enclavekit.services.trust.errors import UploadInvalid
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "Verdict",
+    "parse_at",
 ]
 
 
@@ -65,7 +67,6 @@ class Kind(enum.StrEnum):
     ENCLAVE = "enclave"
 
 
-_AT_WORDS = ("now", "doc")
 _MAX_OPTION_TEXT = 2048
 
 
@@ -73,8 +74,8 @@ _MAX_OPTION_TEXT = 2048
 class TargetOptions:
     """How a target is verified, chosen when it is registered and kept for every re-verification.
 
-    * ``at``: ``now`` (the wall clock at each verification), ``doc`` (the evidence's own time: archived
-      evidence), or an ISO 8601 time.
+    * ``at``: when to verify (:class:`~enclavekit.attestation.verification_time.At`): ``now`` (the wall clock at
+      each verification), ``doc`` (the evidence's own time: archived evidence), or a fixed time.
     * ``pcrs``: Nitro PCRs the enclave must have (index → hex), for example PCR0 from ``stack.json``.
     * ``nonce``: ask the endpoint for a fresh document carrying a random nonce, and require it (freshness).
     * ``trust_simulator``: accept documents of the simulated NSM whose roots the service was told to trust.
@@ -82,7 +83,7 @@ class TargetOptions:
       account URI, whose SHA-512 REPORTDATA must be.
     """
 
-    at: str = "now"
+    at: At = At.NOW
     pcrs: Mapping[int, str] = field(default_factory=dict)
     nonce: bool = False
     trust_simulator: bool = False
@@ -90,11 +91,6 @@ class TargetOptions:
     acme_account: str | None = None
 
     def __post_init__(self) -> None:
-        if self.at not in _AT_WORDS:
-            try:
-                datetime.fromisoformat(self.at.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise UploadInvalid(f"at {self.at!r}: expected now, doc or an ISO 8601 time") from exc
         for index, value in self.pcrs.items():
             if not isinstance(index, int) or not 0 <= index < 32:
                 raise UploadInvalid(f"PCR index {index!r} is out of range")
@@ -106,7 +102,7 @@ class TargetOptions:
             raise UploadInvalid("acme_account must be a non-empty URI")
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at": self.at}
+        out: dict[str, Any] = {"at": self.at.text}
         if self.pcrs:
             out["pcrs"] = {str(k): v.lower() for k, v in sorted(self.pcrs.items())}
         if self.nonce:
@@ -137,13 +133,21 @@ class TargetOptions:
         if acme is not None and not isinstance(acme, str):
             raise UploadInvalid("acme_account must be a string")
         return cls(
-            at=at,
+            at=parse_at(at),
             pcrs=pcrs,
             nonce=bool(data.get("nonce", False)),
             trust_simulator=bool(data.get("trust_simulator", False)),
             report_data=None if report_data is None else report_data.lower(),
             acme_account=acme,
         )
+
+
+def parse_at(text: str) -> At:
+    """:meth:`At.parse` for untrusted input: :class:`UploadInvalid` (``at: ...``) if it is not a time."""
+    try:
+        return At.parse(text)
+    except AtInvalid as exc:
+        raise UploadInvalid(f"at: {exc.message}") from exc
 
 
 def _is_hex(value: str) -> bool:

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.attestation.collateral import MAX_COLLATERAL_SIZE, Collateral
-from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE, DstackBundle, app_info
+from enclavekit.attestation.dstack import MAX_COMPOSE_SIZE, app_info
 from enclavekit.attestation.errors import AttestationError, Malformed
-from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, EvidenceKind, detect
-from enclavekit.attestation.nitro import AttestationDocument
-from enclavekit.attestation.quote import Quote
+from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, Evidence, EvidenceKind
 from enclavekit.errors import ConfigurationError
 from enclavekit.services.trust.errors import EndpointUnsupported, NotFound, UploadInvalid, UploadTooLarge
 from enclavekit.services.trust.model import AppRecord, Kind, Source, TargetOptions, TaskRecord
@@ -59,14 +57,20 @@ class EvidenceFacts:
     name: str
 
 
-def describe_evidence(data: bytes) -> EvidenceFacts:
-    """Recognise and parse ``data`` structurally; raise :class:`Malformed` for anything that is not evidence."""
-    kind = detect(data)
-    if kind is EvidenceKind.NITRO:
-        document = AttestationDocument.from_bytes(data)
+def describe_evidence(evidence: Evidence) -> EvidenceFacts:
+    """What parsed ``evidence`` shows of itself; raise why not (:class:`Malformed`, ...) if it did not parse."""
+    evidence.require()
+    kind = evidence.kind
+    document, quote, bundle = evidence.document, evidence.quote, evidence.bundle
+    if document is not None:
         return EvidenceFacts(kind, "nitro", document.module_id, f"Nitro enclave {document.module_id}")
-    if kind is EvidenceKind.QUOTE:
-        quote = Quote.parse(data)
+    if bundle is not None:
+        try:
+            subject = app_info(bundle.event_log).app_id.hex()
+        except AttestationError:
+            subject = f"mrtd {bundle.quote.td.mr_td.hex()[:16]}" if bundle.quote.td is not None else "dstack"
+        return EvidenceFacts(kind, bundle.quote.tee, subject, f"dstack app {subject[:16]}")
+    if quote is not None:
         tee = quote.tee
         if quote.td is not None:
             subject = f"mrtd {quote.td.mr_td.hex()[:16]}"
@@ -74,17 +78,7 @@ def describe_evidence(data: bytes) -> EvidenceFacts:
             assert quote.sgx is not None
             subject = f"mrenclave {quote.sgx.mr_enclave.hex()[:16]}"
         return EvidenceFacts(kind, tee, subject, f"{tee.upper()} quote {subject}")
-    if kind is EvidenceKind.DSTACK:
-        bundle = DstackBundle.from_json(data)
-        try:
-            subject = app_info(bundle.event_log).app_id.hex()
-        except AttestationError:
-            subject = f"mrtd {bundle.quote.td.mr_td.hex()[:16]}" if bundle.quote.td is not None else "dstack"
-        return EvidenceFacts(kind, bundle.quote.tee, subject, f"dstack app {subject[:16]}")
-    raise Malformed(
-        "not recognised as attestation evidence (expected a Nitro COSE_Sign1 document, a DCAP quote, or a dstack "
-        "bundle)"
-    )
+    raise Malformed(f"no facts for evidence of kind {kind}")  # unreachable: require() refused it
 
 
 def _sha256(data: bytes) -> str:
@@ -142,7 +136,7 @@ class TrustService:
         """Accept uploaded evidence (verified from these bytes now and on every re-check)."""
         options = options or TargetOptions()
         self._check_sizes(evidence, collateral, compose)
-        facts = describe_evidence(evidence)
+        facts = describe_evidence(Evidence.from_bytes(evidence))  # the one parse of this upload: refuse or name it
         if collateral is not None:
             if facts.kind is EvidenceKind.NITRO:
                 raise UploadInvalid("collateral is for TDX/SGX quotes; this is a Nitro document")
@@ -152,10 +146,10 @@ class TrustService:
                 raise Malformed(f"collateral: {exc.message}") from exc
         if compose is not None and facts.kind is not EvidenceKind.DSTACK:
             raise UploadInvalid("an app-compose file goes with a dstack bundle (quote + event log)")
-        if facts.kind is not EvidenceKind.NITRO and options.at == "doc":
+        if facts.kind is not EvidenceKind.NITRO and options.at.evidence_time:
             raise UploadInvalid("at=doc: a DCAP quote carries no timestamp of its own; give a time (or now)")
         if options.trust_simulator and not self.simulator_roots:
-            raise UploadInvalid("this service trusts no simulator root (start it with --trust-sim-root)")
+            raise UploadInvalid("this service trusts no simulator root (its simulator_roots setting is empty)")
         target_kind = kind or (Kind.ENCLAVE if facts.kind is EvidenceKind.NITRO else Kind.APP)
         identity = hashlib.sha256()
         for piece in (
@@ -242,10 +236,10 @@ class TrustService:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if scheme not in set(supported_schemes):
             raise EndpointUnsupported(f"cannot poll {url!r}: only {', '.join(sorted(supported_schemes))} URLs")
-        if options.at == "doc":
+        if options.at.evidence_time:
             raise UploadInvalid("an endpoint gives fresh evidence: verify it at now, not at=doc")
         if options.trust_simulator and not self.simulator_roots:
-            raise UploadInvalid("this service trusts no simulator root (start it with --trust-sim-root)")
+            raise UploadInvalid("this service trusts no simulator root (its simulator_roots setting is empty)")
         ident = app_id or "e-" + _sha256(url.encode())[:20]
         existed = self._exists(ident)
         app = NewApp(

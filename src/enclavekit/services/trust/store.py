@@ -594,24 +594,21 @@ class TrustStore:
         """End the attempt ``task`` holds with a report; False (and nothing changed) if it is no longer ours."""
         now = now or _now()
         with self._write() as conn:
-            result = conn.execute(
-                tasks_table.update()
-                .where(*self._ours(task))
-                .values(
-                    status=TaskStatus.COMPLETED.value,
-                    verdict=str(outcome.verdict),
-                    valid=outcome.valid,
-                    error_code=outcome.error_code,
-                    error_message=outcome.error_message,
-                    evidence_key=outcome.evidence_key,
-                    result_bucket=outcome.result_bucket,
-                    result_key=outcome.result_key,
-                    summary=dict(outcome.summary),
-                    finished_at=now,
-                    lease_until=None,
-                )
+            ended = self._end_attempt(
+                conn,
+                task,
+                TaskStatus.COMPLETED,
+                verdict=str(outcome.verdict),
+                valid=outcome.valid,
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+                evidence_key=outcome.evidence_key,
+                result_bucket=outcome.result_bucket,
+                result_key=outcome.result_key,
+                summary=dict(outcome.summary),
+                finished_at=now,
             )
-            if result.rowcount != 1:
+            if not ended:
                 return False
             recheck = recheck_after_success if outcome.verdict is Verdict.VERIFIED else recheck_after_failure
             extra: dict[str, Any] = {}
@@ -627,20 +624,16 @@ class TrustStore:
     def retry_later(self, task: TaskRecord, *, code: str, message: str, not_before: datetime) -> bool:
         """Give the attempt back: the task is ``pending`` again, not to be claimed before ``not_before``."""
         with self._write() as conn:
-            result = conn.execute(
-                tasks_table.update()
-                .where(*self._ours(task))
-                .values(
-                    status=TaskStatus.PENDING.value,
-                    error_code=code,
-                    error_message=message,
-                    not_before=not_before,
-                    enqueued_at=None,
-                    lease_until=None,
-                    worker_id=None,
-                )
+            return self._end_attempt(
+                conn,
+                task,
+                TaskStatus.PENDING,
+                error_code=code,
+                error_message=message,
+                not_before=not_before,
+                enqueued_at=None,
+                worker_id=None,
             )
-            return result.rowcount == 1
 
     def fail(
         self,
@@ -654,24 +647,34 @@ class TrustStore:
         """End the attempt ``task`` holds without a report (``failed``); the target's verdict becomes ``error``."""
         now = now or _now()
         with self._write() as conn:
-            result = conn.execute(
-                tasks_table.update()
-                .where(*self._ours(task))
-                .values(
-                    status=TaskStatus.FAILED.value,
-                    verdict=str(Verdict.ERROR),
-                    valid=False,
-                    error_code=code,
-                    error_message=message,
-                    finished_at=now,
-                    lease_until=None,
-                )
-            )
-            if result.rowcount != 1:
-                return False
+            return self._fail_attempt(conn, task, code, message, now, recheck_after_failure)
+
+    def _end_attempt(self, conn: Connection, task: TaskRecord, status: TaskStatus, **values: Any) -> bool:
+        """The one conditional UPDATE that ends the attempt ``task`` holds: set ``status`` and ``values`` and drop
+        the lease, only while the row is still this attempt's (:meth:`_ours`); False if it no longer is."""
+        result = conn.execute(
+            tasks_table.update().where(*self._ours(task)).values(status=status.value, lease_until=None, **values)
+        )
+        return result.rowcount == 1
+
+    def _fail_attempt(
+        self, conn: Connection, task: TaskRecord, code: str, message: str, now: datetime, recheck: timedelta
+    ) -> bool:
+        """End the attempt as ``failed`` (verdict ``error``) and show the error on the target."""
+        ended = self._end_attempt(
+            conn,
+            task,
+            TaskStatus.FAILED,
+            verdict=str(Verdict.ERROR),
+            valid=False,
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+        )
+        if ended:
             summary = {"error": {"code": code, "message": message}}
-            self._update_app(conn, task, Verdict.ERROR, summary, now, now + recheck_after_failure, {})
-            return True
+            self._update_app(conn, task, Verdict.ERROR, summary, now, now + recheck, {})
+        return ended
 
     def _update_app(
         self,
@@ -746,35 +749,18 @@ class TrustStore:
                 task = _task(row)
                 if task.attempts >= max_attempts:
                     message = f"its worker stopped answering {task.attempts} time(s); giving up"
-                    conn.execute(
-                        tasks_table.update()
-                        .where(*self._ours(task))
-                        .values(
-                            status=TaskStatus.FAILED.value,
-                            verdict=str(Verdict.ERROR),
-                            valid=False,
-                            error_code="worker_lost",
-                            error_message=message,
-                            finished_at=now,
-                            lease_until=None,
-                        )
-                    )
-                    summary = {"error": {"code": "worker_lost", "message": message}}
-                    self._update_app(conn, task, Verdict.ERROR, summary, now, now + recheck_after_failure, {})
+                    self._fail_attempt(conn, task, "worker_lost", message, now, recheck_after_failure)
                     continue
-                result = conn.execute(
-                    tasks_table.update()
-                    .where(*self._ours(task))
-                    .values(
-                        status=TaskStatus.PENDING.value,
-                        enqueued_at=None,
-                        lease_until=None,
-                        worker_id=None,
-                        error_code="worker_lost",
-                        error_message="its worker stopped answering; retrying",
-                    )
+                retried = self._end_attempt(
+                    conn,
+                    task,
+                    TaskStatus.PENDING,
+                    enqueued_at=None,
+                    worker_id=None,
+                    error_code="worker_lost",
+                    error_message="its worker stopped answering; retrying",
                 )
-                if result.rowcount == 1:
+                if retried:
                     recovered.append(task.id)
         return recovered
 

@@ -1,7 +1,8 @@
 """One verification, organised by phase: the core verifier's checks, the OS registry, and what the UI shows.
 
-Pure, like the core: it takes the evidence bytes, what was fetched at the edge (collateral and how it was
-obtained), the target's options and the time, and returns a :class:`TrustReport`. The checks themselves are
+Pure, like the core: it takes the evidence (parsed once: an :class:`~enclavekit.attestation.evidence.Evidence`),
+what was fetched at the edge (collateral and how it was obtained), the target's options and the time, and
+returns a :class:`TrustReport`. The checks themselves are
 the core's (:func:`enclavekit.attestation.evidence.verify_evidence`, with a policy built from the target's
 options and the OS registry); this module adds only what a service needs around them:
 
@@ -15,7 +16,6 @@ options and the OS registry); this module adds only what a service needs around 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,16 +23,9 @@ from typing import Any
 
 from enclavekit.attestation import nitro, tdx
 from enclavekit.attestation.collateral import Collateral
-from enclavekit.attestation.dstack import DstackBundle, app_info
+from enclavekit.attestation.dstack import app_info
 from enclavekit.attestation.errors import AttestationError, PolicyInvalid
-from enclavekit.attestation.evidence import (
-    EvidenceKind,
-    EvidenceResult,
-    VerifyOptions,
-    detect,
-    parse_at,
-    verify_evidence,
-)
+from enclavekit.attestation.evidence import Evidence, EvidenceKind, EvidenceResult, VerifyOptions, verify_evidence
 from enclavekit.attestation.policy_file import PolicyFile
 from enclavekit.services.trust.graph import TrustGraph, build_graph
 from enclavekit.services.trust.model import Kind, TargetOptions, Verdict
@@ -103,9 +96,9 @@ class CollateralOutcome:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerificationInput:
-    """Everything one verification needs, already fetched."""
+    """Everything one verification needs, already fetched (and the evidence parsed)."""
 
-    evidence: bytes
+    evidence: Evidence
     options: TargetOptions
     kind: Kind = Kind.APP
     compose: bytes | None = None
@@ -217,17 +210,6 @@ def _headline_measurements(measurements: Mapping[str, Any]) -> dict[str, str]:
     return {name: str(measurements[name]) for name in _HEADLINE if name in measurements}
 
 
-def _resolve_time(at: str, now: datetime) -> datetime | str:
-    """``now`` → the wall clock; ``doc`` stays ``doc`` (the core resolves it); a time → that time."""
-    if at == "now":
-        return now
-    if at == "doc":
-        return "doc"
-    moment = parse_at(at)
-    assert isinstance(moment, datetime)
-    return moment
-
-
 # --- policies from the target's options ---------------------------------------------------------------------
 
 
@@ -247,13 +229,10 @@ class _OsChoice:
     problem: str | None = None
 
 
-def _tdx_target(data: bytes, kind: EvidenceKind) -> tuple[str | None, Mapping[str, Any] | None]:
+def _tdx_target(evidence: Evidence) -> tuple[str | None, Mapping[str, Any] | None]:
     """The OS image hash and VM config the evidence *claims* (only to choose registry entries)."""
-    if kind is not EvidenceKind.DSTACK:
-        return None, None
-    try:
-        bundle = DstackBundle.from_json(data)
-    except AttestationError:
+    bundle = evidence.bundle
+    if bundle is None:
         return None, None
     image: str | None = None
     try:
@@ -268,10 +247,10 @@ def _tdx_target(data: bytes, kind: EvidenceKind) -> tuple[str | None, Mapping[st
     return image, vm
 
 
-def _choose_os(registry: OsRegistry | None, data: bytes, kind: EvidenceKind) -> _OsChoice:
+def _choose_os(registry: OsRegistry | None, evidence: Evidence) -> _OsChoice:
     if registry is None or not registry.entries:
         return _OsChoice(Selection((), {}, "no OS registry"), (), "the OS registry has no entries")
-    image, vm = _tdx_target(data, kind)
+    image, vm = _tdx_target(evidence)
     selection = registry.select(os_image_hash=image, vm_config=vm)
     candidates = selection.entries or registry.entries
     return _OsChoice(selection, candidates)
@@ -314,12 +293,9 @@ def _core_checks(result: EvidenceResult) -> list[TrustCheck]:
     ]
 
 
-def _simulated(data: bytes, roots: Sequence[bytes]) -> bool:
-    if not roots:
-        return False
-    try:
-        document = nitro.AttestationDocument.from_bytes(data)
-    except AttestationError:
+def _simulated(evidence: Evidence, roots: Sequence[bytes]) -> bool:
+    document = evidence.document
+    if not roots or document is None:
         return False
     return bool(document.cabundle) and document.cabundle[0] in roots
 
@@ -367,15 +343,14 @@ def verify_target(data: VerificationInput, *, now: datetime) -> TrustReport:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     evidence = data.evidence
-    kind = detect(evidence)
-    at = _resolve_time(data.options.at, now)
+    kind = evidence.kind
     extra: list[TrustCheck] = []
     os_info: dict[str, Any] = {}
     choice: _OsChoice | None = None
     policy: PolicyFile
     try:
         if kind in (EvidenceKind.QUOTE, EvidenceKind.DSTACK):
-            choice = _choose_os(data.registry, evidence, kind)
+            choice = _choose_os(data.registry, evidence)
             policy = PolicyFile(tdx=_tdx_policy(data.options, choice), source="trust target")
         else:
             policy = PolicyFile(nitro=_nitro_policy(data.options, data.nonce), source="trust target")
@@ -385,7 +360,7 @@ def verify_target(data: VerificationInput, *, now: datetime) -> TrustReport:
         collateral = () if data.collateral.collateral is None else (data.collateral.collateral,)
         options = VerifyOptions(
             policy=policy,
-            at=at,  # type: ignore[arg-type]
+            at=data.options.at,
             extra_nitro_roots=data.simulator_roots if data.options.trust_simulator else (),
             collateral=collateral,
             app_compose=data.compose,
@@ -454,7 +429,7 @@ def verify_target(data: VerificationInput, *, now: datetime) -> TrustReport:
         error=error,
         verified_at=now,
         evidence_time=evidence_time,
-        evidence_sha256=hashlib.sha256(evidence).hexdigest(),
+        evidence_sha256=evidence.sha256,
         core=facts,
         ear=ear_claims,
         os=os_info,

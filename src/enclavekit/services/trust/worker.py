@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from enclavekit.attestation.collateral import Collateral
-from enclavekit.attestation.evidence import parse_at
+from enclavekit.attestation.evidence import Evidence
 from enclavekit.errors import Error, InfrastructureError
 from enclavekit.services.trust.errors import TaskTimeout
 from enclavekit.services.trust.fetch import CollateralProvider, FetcherRegistry
@@ -231,12 +230,11 @@ class Worker:
         evidence, evidence_key, nonce = await self._evidence(app)
         compose = await asyncio.to_thread(service.objects.get, app.compose_key) if app.compose_key else None
         now = self.clock()
-        at = _evidence_time(app.options.at, now)
         if app.collateral_key is not None:
             raw = await asyncio.to_thread(service.objects.get, app.collateral_key)
             collateral = CollateralOutcome(Collateral.from_json(raw), "uploaded with the evidence")
         else:
-            collateral = await asyncio.to_thread(self.collateral.obtain, evidence, at=at)
+            collateral = await asyncio.to_thread(self.collateral.obtain, evidence, at=app.options.at, now=now)
         data = VerificationInput(
             evidence=evidence,
             options=app.options,
@@ -271,18 +269,21 @@ class Worker:
         )
         return outcome, report
 
-    async def _evidence(self, app: AppRecord) -> tuple[bytes, str | None, bytes | None]:
+    async def _evidence(self, app: AppRecord) -> tuple[Evidence, str | None, bytes | None]:
+        """The evidence to verify, parsed once here (stored bytes, or fresh from the endpoint)."""
         service = self.service
         if app.source is Source.UPLOAD:
             assert app.evidence_key is not None
-            return await asyncio.to_thread(service.objects.get, app.evidence_key), app.evidence_key, None
+            stored = await asyncio.to_thread(service.objects.get, app.evidence_key)
+            return Evidence.from_bytes(stored), app.evidence_key, None
         assert app.endpoint_url is not None
         nonce = secrets.token_bytes(32) if app.options.nonce else None
         fetched = await self.fetchers.fetch(app.endpoint_url, nonce=nonce)
-        key = f"evidence/{hashlib.sha256(fetched.data).hexdigest()}"
+        evidence = Evidence.from_bytes(fetched.data)
+        key = f"evidence/{evidence.sha256}"
         if not await asyncio.to_thread(service.objects.exists, key):
             await asyncio.to_thread(service.objects.put, key, fetched.data)
-        return fetched.data, key, nonce
+        return evidence, key, nonce
 
     async def _retry(self, task: TaskRecord, code: str, message: str) -> None:
         delay = self.settings.backoff(task.attempts)
@@ -315,14 +316,6 @@ class Worker:
 
 def _infrastructure_problem(report: TrustReport) -> bool:
     return any(check.status == "error" and check.code == "collateral_unavailable" for check in report.checks)
-
-
-def _evidence_time(at: str, now: datetime) -> datetime:
-    if at in ("now", "doc"):
-        return now
-    moment = parse_at(at)
-    assert isinstance(moment, datetime)
-    return moment
 
 
 def _key_part(text: str) -> str:

@@ -24,6 +24,7 @@ from enclavekit.errors import Error
 from enclavekit.services.vault.members import registry_path
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, render
 from enclavekit.stack.files import write_private
+from enclavekit.stack.parts import StackPart
 from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENCLAVE_APP",
+    "STACK_PART",
     "expected_pcr0",
     "key_policy",
     "load_local",
@@ -232,3 +234,8 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
     local = {"nats_url": nats_url, "pcr0": [pcr0], "simulator_roots": [str(state)], "kms_url": kms_url}
     path = state / "vault" / "local.json"
     write_private(path, json.dumps(local, indent=2).encode())
+
+
+STACK_PART = StackPart("vault", order=10, start=start_vault, prepare=prepare_vault)
+"""For ``enclavekit up``: the authorization file before NATS starts; the enclaves (after the KMS emulator) before
+the other services."""

@@ -2,6 +2,13 @@
 
 Revision ID: 0001
 Revises:
+
+Frozen: this file is the schema as revision 0001 made it, written out in full, not read from ``store.py``'s live
+tables (nor their ``UtcDateTime`` type, whose DDL is a plain ``DateTime``). A migration that imported the live
+models would change what an old revision creates whenever the models change, and a database upgraded step by
+step would no longer match one created fresh. So the table definitions stand twice on purpose: a change to the
+tables in ``store.py`` goes with a new revision, and ``test_migrations_create_exactly_the_tables_the_code_uses``
+fails until the two agree.
 """
 
 from __future__ import annotations
@@ -10,14 +17,13 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from enclavekit.services.trust.store import UtcDateTime
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+UtcDateTime = sa.DateTime  # its DDL: the live store's UtcDateTime (naive UTC) adds a conversion, not a column type
 
 
 def upgrade() -> None:
