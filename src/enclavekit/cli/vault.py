@@ -1,4 +1,5 @@
-"""``enclavekit vault ...``: the vault's host bridge, and commands that act as a user's app against a running stack.
+"""``enclavekit vault ...``: the vault's host bridge and object service (``vault objects serve``), and commands
+that act as a user's app against a running stack.
 
 ``vault enroll USER --pin PIN``, ``vault secret put USER NAME --pin PIN`` (value on stdin), ``vault secret get
 USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD --new-pin NEW``,
@@ -29,8 +30,10 @@ __all__ = ["vault_app"]
 vault_app = typer.Typer(help="Personal vaults in enclaves: the host bridge and a user's commands.")
 secret_app = typer.Typer(help="Named secrets with versions.")
 pin_app = typer.Typer(help="The vault PIN.")
+objects_app = typer.Typer(help="The host's object service for vault enclaves (stores ciphertext).")
 vault_app.add_typer(secret_app, name="secret")
 vault_app.add_typer(pin_app, name="pin")
+vault_app.add_typer(objects_app, name="objects")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
@@ -124,6 +127,32 @@ def bridge_command(
             await asyncio.Event().wait()
         finally:
             await bridge.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+@objects_app.command("serve")
+def objects_serve(
+    listen: str = typer.Option(..., "--listen", help="Where vault enclaves reach it (unix://, tcp://, vsock://)."),
+    store: str = typer.Option(..., "--store", help="file:///FOLDER or s3://BUCKET."),
+    s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="An S3-compatible endpoint URL."),
+    s3_region: str | None = typer.Option(None, "--s3-region", help="The S3 region."),
+) -> None:
+    """Store the vault enclaves' encrypted objects in a folder or S3 (host side; sees only ciphertext)."""
+    from enclavekit.services.vault.object_service import ObjectService
+    from enclavekit.services.vault.objects import object_store
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+    async def run() -> None:
+        service = ObjectService(object_store(store, s3_endpoint_url=s3_endpoint, s3_region=s3_region))
+        address = await service.start(listen)
+        print(json.dumps({"ready": True, "address": address}), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await service.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
