@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from enclavekit.errors import Error
 from enclavekit.rpc import CallContext, Route, Router, RpcServer, ServerLimits
+from enclavekit.services.vault import remote_objects as wire
 from enclavekit.services.vault.core import VaultCore
 from enclavekit.services.vault.errors import VaultUnavailable
 from enclavekit.services.vault.guesses import GuessLedger
@@ -29,19 +33,7 @@ from enclavekit.services.vault.objects import (
     S3ObjectStore,
     object_store,
 )
-from enclavekit.services.vault.remote_objects import (
-    OBJECTS_DELETE,
-    OBJECTS_GET,
-    OBJECTS_LIST,
-    OBJECTS_PUT,
-    ObjectData,
-    ObjectDone,
-    ObjectKey,
-    ObjectKeys,
-    ObjectPrefix,
-    ObjectPut,
-    RemoteObjectStore,
-)
+from enclavekit.services.vault.remote_objects import RemoteObjectStore
 from enclavekit.services.vault.sealing import KmsSealer
 from tests.vault_support import VaultWorld, vault_world
 
@@ -313,7 +305,12 @@ class _LyingService:
 
     def __init__(self, answer: Callable[[str, Any], Any]) -> None:
         self.router = Router()
-        routes: tuple[Route[Any, Any], ...] = (OBJECTS_GET, OBJECTS_PUT, OBJECTS_DELETE, OBJECTS_LIST)
+        routes: tuple[Route[Any, Any], ...] = (
+            wire.OBJECTS_GET,
+            wire.OBJECTS_PUT,
+            wire.OBJECTS_DELETE,
+            wire.OBJECTS_LIST,
+        )
         for route in routes:
             self.router.add(route, self._handler(route.name, answer))
         self.server = RpcServer(
@@ -328,17 +325,17 @@ class _LyingService:
         return handle
 
 
-def _lie(name: str, request: ObjectKey | ObjectPut | ObjectPrefix) -> Any:
-    if name == OBJECTS_LIST.name:
-        return ObjectKeys.model_construct(keys=["vaults/bob/header.1", "vaults/alice/../bob/x"])
-    if name == OBJECTS_GET.name:
+def _lie(name: str, request: wire.ObjectKey | wire.ObjectPut | wire.ObjectPrefix) -> Any:
+    if name == wire.OBJECTS_LIST.name:
+        return wire.ObjectKeys.model_construct(keys=["vaults/bob/header.1", "vaults/alice/../bob/x"])
+    if name == wire.OBJECTS_GET.name:
         key = getattr(request, "key", "")
         if key.endswith("huge.1"):
-            return ObjectData.model_construct(data="A" * (5 * 1024 * 1024))  # over the client's frame limit
+            return wire.ObjectData.model_construct(data="A" * (5 * 1024 * 1024))  # over the client's frame limit
         if key.endswith("big.1"):
-            return ObjectData.model_construct(data=base64.b64encode(bytes(MAX_OBJECT + 3)).decode())
-        return ObjectData.model_construct(data="%% not base64 %%")
-    return ObjectDone()
+            return wire.ObjectData.model_construct(data=base64.b64encode(bytes(MAX_OBJECT + 3)).decode())
+        return wire.ObjectData.model_construct(data="%% not base64 %%")
+    return wire.ObjectDone()
 
 
 async def test_service_answering_out_of_bounds_is_vault_unavailable_never_a_crash(tmp_path: Path) -> None:
@@ -363,3 +360,28 @@ async def test_unreachable_object_service_is_vault_unavailable(tmp_path: Path) -
     remote = RemoteObjectStore(f"unix://{tmp_path / 'nobody.sock'}", timeout=1.0)
     assert await _code(remote.get("vaults/alice/header.1")) == "vault_unavailable"
     assert await _code(remote.list("vaults/alice/")) == "vault_unavailable"
+
+
+async def test_object_service_process_stores_the_enclaves_objects_in_s3(s3_endpoint: str, tmp_path: Path) -> None:
+    """``vault objects serve --store s3://...`` as the host runs it (its own process): what the enclave's remote
+    store puts lands in the bucket, through boto3 on the host."""
+    bucket = _s3(s3_endpoint)
+    socket_path = tmp_path / "objects.sock"
+    argv = [sys.executable, "-m", "enclavekit.cli", "vault", "objects", "serve", "--listen", f"unix://{socket_path}"]
+    argv += ["--store", f"s3://{bucket.bucket}", "--s3-endpoint", s3_endpoint, "--s3-region", "us-east-1"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
+    remote = RemoteObjectStore(f"unix://{socket_path}")
+    try:
+        assert process.stdout is not None
+        ready = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        assert ready["ready"] is True
+        await remote.put("vaults/alice/header.1", b"ciphertext")
+        assert await remote.get("vaults/alice/header.1") == b"ciphertext"
+        assert await remote.list("vaults/alice/") == ["vaults/alice/header.1"]
+        stored = bucket.client.get_object(Bucket=bucket.bucket, Key="vaults/alice/header.1")["Body"].read()
+        assert stored == b"ciphertext"
+    finally:
+        await remote.close()
+        process.terminate()
+        await process.wait()

@@ -116,20 +116,14 @@ def bridge_command(
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     roots = [aws_nitro_root(), *(load_root(folder) for folder in trust_sim_root)]
+    bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
 
-    async def run() -> None:
-        bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
+    async def start() -> dict[str, Any]:
         await bridge.start()
-        print(json.dumps({"ready": True, "enclaves": enclave}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await bridge.close()
+        return {"enclaves": enclave}
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    _serve_host_process(start, bridge.close)
 
 
 @objects_app.command("serve")
@@ -143,16 +137,25 @@ def objects_serve(
     from enclavekit.services.vault.object_service import ObjectService
     from enclavekit.services.vault.objects import object_store
 
+    service = ObjectService(object_store(store, s3_endpoint_url=s3_endpoint, s3_region=s3_region))
+
+    async def start() -> dict[str, Any]:
+        return {"address": await service.start(listen)}
+
+    _serve_host_process(start, service.close)
+
+
+def _serve_host_process(start: Callable[[], Awaitable[dict[str, Any]]], close: Callable[[], Awaitable[None]]) -> None:
+    """Log to stderr, ``start``, print the ready line (``{"ready": true, ...}``), serve until interrupted, ``close``."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
     async def run() -> None:
-        service = ObjectService(object_store(store, s3_endpoint_url=s3_endpoint, s3_region=s3_region))
-        address = await service.start(listen)
-        print(json.dumps({"ready": True, "address": address}), flush=True)
+        ready = await start()
+        print(json.dumps({"ready": True, **ready}), flush=True)
         try:
             await asyncio.Event().wait()
         finally:
-            await service.close()
+            await close()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

@@ -14,7 +14,8 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from enclavekit.errors import Error
 from enclavekit.rpc import CallContext, InvalidRequest, Router, RpcServer, ServerLimits
@@ -39,6 +40,8 @@ __all__ = ["ObjectService"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class ObjectService:
     """Serves ``store`` to vault enclaves over plain RPC (``unsafe_plaintext``: only ciphertext crosses)."""
@@ -58,39 +61,32 @@ class ObjectService:
     async def close(self) -> None:
         await self.server.close()
 
-    @staticmethod
-    def _key(key: str) -> str:
-        try:
-            return check_key(key)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-
     async def get(self, request: ObjectKey, call: CallContext) -> ObjectData:
         with _logged("get", request.key):
-            data = await self.store.get(self._key(request.key))
+            data = await self.store.get(_checked(check_key, request.key))
             return ObjectData(data=None if data is None else base64.b64encode(data).decode())
 
     async def put(self, request: ObjectPut, call: CallContext) -> ObjectDone:
         with _logged("put", request.key):
-            try:
-                data = decode_object(request.data)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
-            await self.store.put(self._key(request.key), data)
+            await self.store.put(_checked(check_key, request.key), _checked(decode_object, request.data))
             return ObjectDone()
 
     async def delete(self, request: ObjectKey, call: CallContext) -> ObjectDone:
         with _logged("delete", request.key):
-            await self.store.delete(self._key(request.key))
+            await self.store.delete(_checked(check_key, request.key))
             return ObjectDone()
 
     async def list(self, request: ObjectPrefix, call: CallContext) -> ObjectKeys:
         with _logged("list", request.prefix):
-            try:
-                prefix = check_prefix(request.prefix)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
-            return ObjectKeys(keys=await self.store.list(prefix))
+            return ObjectKeys(keys=await self.store.list(_checked(check_prefix, request.prefix)))
+
+
+def _checked(check: Callable[[str], T], value: str) -> T:
+    """``check(value)``, its ``ValueError`` answered as ``rpc_invalid_request``."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 @contextlib.contextmanager
