@@ -182,19 +182,20 @@ def prepare_vault(stack: Stack) -> None:
     stack.nats_includes.append(render(stack.state.root))
 
 
-async def start_vault(stack: Stack, *, replicas: int = 3, objects: str | None = None) -> None:
-    """Start the host's object service (``objects``: a ``file://`` or ``s3://`` URL; default the folder
-    ``STATE/vault/objects``), ``replicas`` vault enclaves (``vault-1``.., or ``vault`` alone), each holding a
-    replica of the guess ledger and reaching the others by attestation, and the host bridge in front of them."""
+async def start_vault(
+    stack: Stack, *, replicas: int = 3, objects: str | None = None, s3_endpoint: str | None = None
+) -> None:
+    """Start the host's object service (``objects``: a ``file://`` or ``s3://`` URL, ``s3_endpoint`` for an
+    S3-compatible server; default the folder ``STATE/vault/objects``), ``replicas`` vault enclaves (``vault-1``..,
+    or ``vault`` alone), each holding a replica of the guess ledger and reaching the others by attestation, and the
+    host bridge in front of them."""
     state = stack.state.root
     objects_route = f"unix://{stack.state.run / 'vault-objects.sock'}"
-    store = objects or (state / "vault" / "objects").as_uri()
+    serve = ["vault", "objects", "serve", "--listen", objects_route]
+    serve += ["--store", objects or (state / "vault" / "objects").as_uri()]
+    serve += ["--s3-endpoint", s3_endpoint] if s3_endpoint else []
     await stack.start_service(
-        ServiceSpec(
-            "vault_objects",
-            lambda s, port: python_command("vault", "objects", "serve", "--listen", objects_route, "--store", store),
-            url=lambda h, p: objects_route,
-        )
+        ServiceSpec("vault_objects", lambda s, port: python_command(*serve), url=lambda h, p: objects_route)
     )
     from enclavekit.stack.kms import ensure_local_kms
 
