@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -385,3 +386,17 @@ async def test_object_service_process_stores_the_enclaves_objects_in_s3(s3_endpo
         await remote.close()
         process.terminate()
         await process.wait()
+
+
+def test_vault_enclave_code_loads_no_aws_sdk() -> None:
+    """boto3 stays on the host: the vault enclave's app and its object store import neither boto3 nor botocore
+    (nor any host framework of tests/test_tcb.py)."""
+    from tests.test_tcb import HOST_FRAMEWORKS
+
+    code = (
+        "import sys, enclavekit.services.vault.enclave_app, enclavekit.services.vault.remote_objects\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert "enclavekit" in loaded and not loaded & HOST_FRAMEWORKS, loaded & HOST_FRAMEWORKS
