@@ -119,6 +119,8 @@ class VaultBridge:
     pcr0: Sequence[bytes]
     roots: Sequence[bytes]
     _nc: Nats | None = None
+    message_timeout: float = MESSAGE_TIMEOUT
+    """How long an enclave may take to answer a message; then it is ``enclave_lost`` (it may still run it)."""
     _members: list[_Enclave] = field(default_factory=list)
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENCY))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -127,7 +129,7 @@ class VaultBridge:
     async def start(self) -> None:
         """Connect to the enclaves (those that answer: a dead one is failed over) and subscribe."""
         policy = NitroPolicy(measurements=[{0: p} for p in self.pcr0], roots=tuple(self.roots))
-        options = ClientOptions(connect_timeout=5, default_timeout=MESSAGE_TIMEOUT, max_in_flight=256)
+        options = ClientOptions(connect_timeout=5, default_timeout=self.message_timeout, max_in_flight=256)
         self._members = [
             _Enclave(address, AttestedClient.nitro(address, policy, options=options, connect_attempts=1))
             for address in self.enclaves
