@@ -400,3 +400,24 @@ def test_vault_enclave_code_loads_no_aws_sdk() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(run.stdout.split())
     assert "enclavekit" in loaded and not loaded & HOST_FRAMEWORKS, loaded & HOST_FRAMEWORKS
+
+
+async def test_object_service_restarted_between_calls_is_reached_again(tmp_path: Path) -> None:
+    """The host restarts its object service (the stack's supervisor does after a crash): the enclave's store
+    reconnects on its own and nothing is lost (the objects are in the folder)."""
+    folder = DirectoryObjectStore(tmp_path / "objects")
+    first = ObjectService(folder)
+    address = await first.start(f"unix://{tmp_path / 'objects.sock'}")
+    remote = RemoteObjectStore(address, timeout=2.0)
+    try:
+        await remote.put("vaults/alice/header.1", b"before")
+        await first.close()
+        second = ObjectService(folder)
+        await second.start(address)
+        try:
+            assert await remote.get("vaults/alice/header.1") == b"before"
+            await remote.put("vaults/alice/header.2", b"after")
+        finally:
+            await second.close()
+    finally:
+        await remote.close()

@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from pydantic import BaseModel, Field
 
 from enclavekit.errors import Error
-from enclavekit.rpc import DEFAULT_MAX_FRAME_SIZE, ClientOptions, Route, RpcClient
+from enclavekit.rpc import DEFAULT_MAX_FRAME_SIZE, ClientOptions, ConnectionClosed, Route, RpcClient
 from enclavekit.services.vault.errors import VaultUnavailable
 from enclavekit.services.vault.objects import MAX_OBJECT, OBJECT_KEY, check_key
 
@@ -114,8 +114,8 @@ class RemoteObjectStore:
     """:class:`~enclavekit.services.vault.objects.ObjectStore` over the host's object service at ``address``.
 
     One connection, reopened after a failure; each call has ``timeout`` seconds. A failure of any kind (refused,
-    hung, closed, an answer out of bounds) raises ``vault_unavailable``; nothing is retried here (the user's
-    request fails, the app retries it).
+    hung, closed twice, an answer out of bounds) raises ``vault_unavailable``; only a connection that closed under
+    a call is retried, once (the user's request fails otherwise, and the app retries it).
     """
 
     address: str
@@ -138,13 +138,21 @@ class RemoteObjectStore:
             return self._client
 
     async def _call(self, route: Route[Any, Resp], request: BaseModel) -> Resp:
-        try:
-            client = await self._connection()
-            return await client.call(route, request, timeout=self.timeout)
-        except Error as exc:
-            raise VaultUnavailable(f"the object service failed ({exc.code}): {exc.message}"[:300]) from exc
-        except (OSError, TimeoutError) as exc:
-            raise VaultUnavailable(f"the object service is unreachable ({type(exc).__name__})") from exc
+        """One call; once more on a new connection if the connection closed under it (the service restarted, or
+        closed an idle connection): all four operations are idempotent (a put writes the same bytes again)."""
+        for attempt in (1, 2):
+            try:
+                client = await self._connection()
+                return await client.call(route, request, timeout=self.timeout)
+            except ConnectionClosed as exc:
+                if attempt == 1:
+                    continue
+                raise VaultUnavailable(f"the object service closed the connection: {exc.message}"[:300]) from exc
+            except Error as exc:
+                raise VaultUnavailable(f"the object service failed ({exc.code}): {exc.message}"[:300]) from exc
+            except (OSError, TimeoutError) as exc:
+                raise VaultUnavailable(f"the object service is unreachable ({type(exc).__name__})") from exc
+        raise AssertionError("unreachable")
 
     async def get(self, key: str) -> bytes | None:
         answer = await self._call(OBJECTS_GET, ObjectKey(key=check_key(key)))
