@@ -149,6 +149,15 @@ class VaultBridge:
         for member in self._members:
             await member.client.close()
 
+    @property
+    def _clients(self) -> list[AttestedClient]:
+        """Every enclave's attested client, in ``--enclave`` order (those down included)."""
+        return [member.client for member in self._members]
+
+    def client_for(self, user: str) -> AttestedClient:
+        """The client of the enclave ``user`` goes to now: its own, or the next live one (:meth:`candidates`)."""
+        return self.candidates(user)[0].client
+
     def candidates(self, user: str) -> list[_Enclave]:
         """The enclaves to try for ``user``'s key, in its order; those recently down go last."""
         ordered = [self._members[i] for i in enclave_order(user, len(self._members))]
