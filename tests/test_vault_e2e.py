@@ -116,7 +116,7 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "ivan", "judy", "lena"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "mike", "nina", "rita"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
@@ -333,25 +333,25 @@ async def test_killing_a_vault_enclave_fails_its_users_over_and_loses_no_guess(w
     """kill -9 one vault enclave of three (real processes): the next requests of its users go to another enclave
     (the app re-keys to it, attested, when the bridge says the key's enclave is gone), other users are untouched,
     and every guess counted before the kill still counts (the ledger is at the two survivors)."""
-    victim = world.serving("ivan")
-    assert world.serving("judy") != victim and world.serving("lena") != victim
-    async with world.client("ivan") as ivan, world.client("judy") as judy, world.client("lena") as lena:
-        for client in (ivan, judy, lena):
+    victim = world.serving("mike")
+    assert world.serving("rita") != victim and world.serving("nina") != victim
+    async with world.client("mike") as mike, world.client("rita") as rita, world.client("nina") as nina:
+        for client in (mike, rita, nina):
             await client.enroll("1593")
             await client.put_secret("k", client.user.encode(), pin="1593")
-        assert (await _code(ivan.list_secrets(pin="0000"))).attempts_left == 9
+        assert (await _code(mike.list_secrets(pin="0000"))).attempts_left == 9
         process = next(p for p in world.stack.processes if p.name == f"enclave-{victim}")
         os.kill(process.pid, signal.SIGKILL)
         await process.wait()
         try:
             started = asyncio.get_running_loop().time()
-            error = await _code(ivan.list_secrets(pin="0001"))  # same client: its key's enclave is dead
+            error = await _code(mike.list_secrets(pin="0001"))  # same client: its key's enclave is dead
             failover = asyncio.get_running_loop().time() - started
             assert error.attempts_left == 8  # served by another enclave, and the guess before the kill still counts
-            assert await ivan.get_secret("k", pin="1593") == b"ivan"
-            for client in (judy, lena):
+            assert await mike.get_secret("k", pin="1593") == b"mike"
+            for client in (rita, nina):
                 assert await client.get_secret("k", pin="1593") == client.user.encode()
-            async with world.client("ivan") as fresh:  # a new app connection goes to a live enclave at once
+            async with world.client("mike") as fresh:  # a new app connection goes to a live enclave at once
                 assert await fresh.list_secrets(pin="1593") == [{"name": "k", "versions": 1, "critical": False}]
             assert failover < 10, failover
         finally:
