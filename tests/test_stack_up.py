@@ -77,7 +77,15 @@ def test_up_writes_the_stack_contract_and_status_reports_it_live(
     names = [e["name"] for e in stack["enclaves"]]  # type: ignore[attr-defined]
     assert names[0] == "demo" and sorted(names[1:4]) == ["vault-1", "vault-2", "vault-3"]
     assert names[4:] == ["notify", "inference"]
-    for name in ("notify_api", "notify_ingest", "notify_dispatcher", "inference_gateway", "trust_web", "vault_bridge"):
+    for name in (
+        "notify_api",
+        "notify_ingest",
+        "notify_dispatcher",
+        "inference_gateway",
+        "trust_web",
+        "vault_bridge",
+        "vault_objects",
+    ):
         assert services[name]["url"], name
     for enclave in stack["enclaves"]:  # type: ignore[attr-defined]
         assert set(enclave) >= {"name", "app", "pid", "address", "pcr0"}

@@ -33,9 +33,10 @@ from enclavekit.services.vault.host import enclave_index
 from enclavekit.services.vault.ledger_peers import PEER_TIMEOUT
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_vault
 from enclavekit.services.vault.stack import expected_pcr0, load_local, prepare_vault, start_vault
-from enclavekit.services.vault.wire import MESSAGE, Message
+from enclavekit.services.vault.wire import LEDGER_SNAPSHOT, MESSAGE, LedgerSnapshotRequest, Message
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
+from tests.polling import wait_for_async
 from tests.vault_support import invite
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -96,6 +97,21 @@ class World:
         process.ready_timeout = ready_timeout
         await process.start()
 
+    async def wait_all_ready(self, timeout: float = 120.0) -> None:
+        """Poll every vault enclave's ledger replica until each answers ``ready`` (caught up with its peers): a test
+        that starts while one is still catching up would count its guesses at a smaller set than it thinks."""
+        policy = NitroPolicy(measurements=[{0: bytes.fromhex(self.local["pcr0"][0])}], roots=(load_root(self.state),))
+        for entry in [e for e in self.stack.enclaves if e["name"].startswith("vault")]:
+
+            async def ready(address: str = entry["address"]) -> bool:
+                try:
+                    async with AttestedClient.nitro(address, policy, connect_attempts=1) as enclave:
+                        return (await enclave.call(LEDGER_SNAPSHOT, LedgerSnapshotRequest(), timeout=5)).ready
+                except (Error, OSError):
+                    return False
+
+            await wait_for_async(ready, timeout, interval=0.2, what=f"{entry['name']} ready")
+
     def cut_off(self, name: str) -> None:
         """The host cuts one vault enclave off the network: frozen, it keeps its memory but answers nobody."""
         os.kill(next(p for p in self.stack.processes if p.name == f"enclave-{name}").pid, signal.SIGSTOP)
@@ -108,7 +124,8 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "ivan", "judy"):
+    users = ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "ivan", "judy")
+    for user in (*users, "mike", "nina", "rita"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
@@ -293,6 +310,7 @@ async def test_host_cutting_off_replicas_and_restarting_another_gets_no_extra_gu
 
     c = world.serving("oscar")
     a, b = [name for name in world.vault_names() if name != c]
+    await world.wait_all_ready()  # the tests before restarted replicas: every one must have caught up first
     async with world.client("oscar") as oscar:
         await oscar.enroll("2468", invitation=world.invite("oscar"))
     assert (await _fresh_call(world, "oscar", wrong)).attempts_left == 9
@@ -321,6 +339,36 @@ async def test_host_cutting_off_replicas_and_restarting_another_gets_no_extra_gu
         world.reconnect(b)
     await asyncio.wait_for(restart, 120)  # with A back, C catches up from A and B and serves
     assert (await _fresh_call(world, "oscar", wrong)).attempts_left == 5  # 1 + 3 + this one: nothing forgotten
+
+
+async def test_killing_a_vault_enclave_fails_its_users_over_and_loses_no_guess(world: World) -> None:
+    """kill -9 one vault enclave of three (real processes): the next requests of its users go to another enclave
+    (the app re-keys to it, attested, when the bridge says the key's enclave is gone), other users are untouched,
+    and every guess counted before the kill still counts (the ledger is at the two survivors)."""
+    victim = world.serving("mike")
+    assert world.serving("rita") != victim and world.serving("nina") != victim
+    async with world.client("mike") as mike, world.client("rita") as rita, world.client("nina") as nina:
+        for client in (mike, rita, nina):
+            await client.enroll("1593", invitation=world.invite(client.user))
+            await client.put_secret("k", client.user.encode(), pin="1593")
+        assert (await _code(mike.list_secrets(pin="0000"))).attempts_left == 9
+        process = next(p for p in world.stack.processes if p.name == f"enclave-{victim}")
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        try:
+            started = asyncio.get_running_loop().time()
+            error = await _code(mike.list_secrets(pin="0001"))  # same client: its key's enclave is dead
+            failover = asyncio.get_running_loop().time() - started
+            assert error.attempts_left == 8  # served by another enclave, and the guess before the kill still counts
+            assert await mike.get_secret("k", pin="1593") == b"mike"
+            for client in (rita, nina):
+                assert await client.get_secret("k", pin="1593") == client.user.encode()
+            async with world.client("mike") as fresh:  # a new app connection goes to a live enclave at once
+                assert await fresh.list_secrets(pin="1593") == [{"name": "k", "versions": 1, "critical": False}]
+            assert failover < 10, failover
+        finally:
+            await world.restart(victim)  # the host brings it back: a new member that catches up from the two others
+    await world.wait_all_ready()
 
 
 async def test_bad_input_on_every_subject_is_a_specific_error_never_a_crash(world: World) -> None:

@@ -107,7 +107,9 @@ def _hostile(world: World, tmp_path: Path, change: str) -> bytes:
     return data
 
 
-def _launch(world: World, tmp_path: Path, *args: str, state: Path | None = None) -> subprocess.Popen[str]:
+def _launch(
+    world: World, tmp_path: Path, *args: str, state: Path | None = None, objects: bool = True
+) -> subprocess.Popen[str]:
     argv = [
         sys.executable,
         "-m",
@@ -117,6 +119,7 @@ def _launch(world: World, tmp_path: Path, *args: str, state: Path | None = None)
         str(state or world.state),
         "--listen",
         f"unix://{tmp_path / 'vault.sock'}",
+        *(["--set", f"objects_route=unix://{tmp_path / 'objects.sock'}"] if objects else []),
         *args,
     ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -222,6 +225,7 @@ def test_host_launching_the_vault_with_a_changed_config_is_refused_at_boot(
         "kms_region=eu-west-1",
         "replicas=1",
         "quorum=1",
+        "objects={state}",
     ],
 )
 def test_old_host_settings_that_decided_trust_are_refused_at_boot(world: World, tmp_path: Path, setting: str) -> None:
@@ -239,6 +243,12 @@ def test_old_host_settings_that_decided_trust_are_refused_at_boot(world: World, 
 
 def test_vault_without_its_measured_config_is_refused_at_boot(world: World, tmp_path: Path) -> None:
     assert "--config" in _refused(_launch(world, tmp_path))
+
+
+def test_vault_without_the_hosts_object_route_is_refused_at_boot(world: World, tmp_path: Path) -> None:
+    """The enclave has no disk of its own (Nitro): it boots only with a route to the host's object service."""
+    error = _refused(_launch(world, tmp_path, "--config", str(world.config_path), objects=False))
+    assert "objects_route" in error
 
 
 def test_host_listing_more_peers_than_the_measured_replicas_is_refused_at_boot(world: World, tmp_path: Path) -> None:

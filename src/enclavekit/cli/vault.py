@@ -1,4 +1,5 @@
-"""``enclavekit vault ...``: the vault's host bridge, and commands that act as a user's app against a running stack.
+"""``enclavekit vault ...``: the vault's host bridge and object service (``vault objects serve``), and commands
+that act as a user's app against a running stack.
 
 ``vault enroll USER --pin PIN --invite CODE``, ``vault secret put USER NAME --pin PIN`` (value on stdin),
 ``vault secret get USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD
@@ -31,8 +32,10 @@ __all__ = ["vault_app"]
 vault_app = typer.Typer(help="Personal vaults in enclaves: the host bridge and a user's commands.")
 secret_app = typer.Typer(help="Named secrets with versions.")
 pin_app = typer.Typer(help="The vault PIN.")
+objects_app = typer.Typer(help="The host's object service for vault enclaves (stores ciphertext).")
 vault_app.add_typer(secret_app, name="secret")
 vault_app.add_typer(pin_app, name="pin")
+vault_app.add_typer(objects_app, name="objects")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
@@ -118,21 +121,50 @@ def bridge_command(
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     roots = [aws_nitro_root(), *(load_root(folder) for folder in trust_sim_root)]
-
-    async def run() -> None:
+    bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
+    if registry:
         from enclavekit.services.vault.members import MemberRegistry
 
-        bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
-        if registry:
-            bridge.registry = MemberRegistry(registry)
+        bridge.registry = MemberRegistry(registry)
+
+    async def start() -> dict[str, Any]:
         await bridge.start()
-        print(json.dumps({"ready": True, "enclaves": enclave}), flush=True)
+        return {"enclaves": enclave}
+
+    _serve_host_process(start, bridge.close)
+
+
+@objects_app.command("serve")
+def objects_serve(
+    listen: str = typer.Option(..., "--listen", help="Where vault enclaves reach it (unix://, tcp://, vsock://)."),
+    store: str = typer.Option(..., "--store", help="file:///FOLDER or s3://BUCKET."),
+    s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="An S3-compatible endpoint URL."),
+    s3_region: str | None = typer.Option(None, "--s3-region", help="The S3 region."),
+) -> None:
+    """Store the vault enclaves' encrypted objects in a folder or S3 (host side; sees only ciphertext)."""
+    from enclavekit.services.vault.object_service import ObjectService
+    from enclavekit.services.vault.objects import object_store
+
+    service = ObjectService(object_store(store, s3_endpoint_url=s3_endpoint, s3_region=s3_region))
+
+    async def start() -> dict[str, Any]:
+        return {"address": await service.start(listen)}
+
+    _serve_host_process(start, service.close)
+
+
+def _serve_host_process(start: Callable[[], Awaitable[dict[str, Any]]], close: Callable[[], Awaitable[None]]) -> None:
+    """Log to stderr, ``start``, print the ready line (``{"ready": true, ...}``), serve until interrupted, ``close``."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+    async def run() -> None:
+        ready = await start()
+        print(json.dumps({"ready": True, **ready}), flush=True)
         try:
             await asyncio.Event().wait()
         finally:
-            await bridge.close()
+            await close()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

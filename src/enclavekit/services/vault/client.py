@@ -4,6 +4,11 @@ The client asks the vault for its key (``OwnerSpace.{user}.forVault.key`` with a
 attestation document — chain, pinned PCR0, the nonce — and takes the X25519 key it binds
 (:func:`verify_vault_key`). Every request is then an envelope to that key with a single-use ephemeral key
 (:mod:`~enclavekit.services.vault.envelope`); the host relays bytes it cannot read.
+
+It never waits forever: connecting to NATS gives up after ``connect_timeout`` (a closed port at once), a request
+after ``timeout``; both raise :class:`VaultUnreachable` (``vault_unreachable``). When the bridge answers that the
+enclave holding its key is gone (``enclave_unreachable``: nothing was delivered) the client fetches and verifies a
+key again — another enclave's — re-seals the request and sends it again, within the same ``timeout``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
@@ -26,8 +33,9 @@ from enclavekit.attestation.nitro import NitroPolicy, verify
 from enclavekit.errors import Error, InfrastructureError
 from enclavekit.services.vault.envelope import RequestEnvelope, open_response, seal_request
 from enclavekit.services.vault.nats_auth import for_app, for_vault
+from enclavekit.services.vault.wire import ENCLAVE_LOST, ENCLAVE_UNREACHABLE
 
-__all__ = ["VaultCallFailed", "VaultClient", "VaultError", "verify_vault_key"]
+__all__ = ["VaultCallFailed", "VaultClient", "VaultError", "VaultUnreachable", "verify_vault_key"]
 
 
 class VaultError(Error):
@@ -53,6 +61,22 @@ class VaultCallFailed(InfrastructureError):
     code = "vault_call_failed"
 
 
+class VaultUnreachable(VaultCallFailed):
+    """NATS did not accept the connection in time, or nothing answered a request within the timeout."""
+
+    code = "vault_unreachable"
+
+
+class _NotDelivered(VaultCallFailed):
+    """The bridge reached no enclave holding the key the request was sealed to: nothing ran; re-key and resend."""
+
+    code = ENCLAVE_UNREACHABLE
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py's error callback: the failure is raised to the caller, not logged with a traceback."""
+
+
 def verify_vault_key(document: bytes, *, pcr0: Sequence[bytes], roots: Sequence[bytes], nonce: bytes) -> bytes:
     """The vault's X25519 key, if ``document`` is a valid, fresh (``nonce``) attestation of a pinned image."""
     policy = NitroPolicy(measurements=[{0: p} for p in pcr0], roots=tuple(roots), nonce=nonce)
@@ -72,6 +96,7 @@ class VaultClient:
     pcr0: Sequence[bytes]
     roots: Sequence[bytes]
     timeout: float = 30.0
+    connect_timeout: float = 3.0
     _nc: Nats | None = None
     _vault_key: bytes | None = None
     _waiting: dict[bytes, tuple[RequestEnvelope, asyncio.Future[bytes]]] = field(default_factory=dict)
@@ -79,9 +104,27 @@ class VaultClient:
     session: str | None = None
 
     async def __aenter__(self) -> VaultClient:
-        self._nc = await nats.connect(self.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
-        await self._nc.subscribe(for_app(self.user, ">"), cb=self._on_message)
-        await self._nc.flush()
+        where = urlsplit(self.nats_url)
+        try:
+            # max_reconnect_attempts=0 would retry an unreachable server forever (nats-py); 1 gives up at once.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.nats_url,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.05,
+                    connect_timeout=self.connect_timeout,
+                    error_cb=_quiet,
+                ),
+                self.connect_timeout * 2,
+            )
+            await self._nc.subscribe(for_app(self.user, ">"), cb=self._on_message)
+            await asyncio.wait_for(self._nc.flush(), self.connect_timeout)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            if self._nc is not None:
+                await self._nc.close()
+            # the URL carries the user's NATS password: name only the host and port
+            raise VaultUnreachable(f"NATS at {where.hostname}:{where.port}: {type(exc).__name__}: {exc}") from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -98,7 +141,10 @@ class VaultClient:
             except (ValueError, AttributeError):
                 return
             if waiter is not None and not waiter.done():
-                waiter.set_result(answer)
+                if "error" in answer:
+                    waiter.set_exception(VaultUnreachable(f"no vault enclave answered: {answer['error']}"))
+                else:
+                    waiter.set_result(answer)
             return
         message_id = bytes.fromhex(headers.get("Vault-Message-Id", "")) if "Vault-Message-Id" in headers else b""
         pending = self._waiting.pop(message_id, None)
@@ -107,7 +153,12 @@ class VaultClient:
         request, future = pending
         if future.done():
             return
+        if headers.get("Vault-Error") == ENCLAVE_UNREACHABLE:
+            future.set_exception(_NotDelivered("the enclave holding the vault key is gone"))
+            return
         if "Vault-Error" in headers:
+            if headers["Vault-Error"] == ENCLAVE_LOST:
+                self._vault_key = None  # that enclave is gone: the next request takes another's key
             future.set_exception(VaultCallFailed(f"the vault bridge refused the request: {headers['Vault-Error']}"))
             return
         try:
@@ -115,7 +166,7 @@ class VaultClient:
         except Error as exc:
             future.set_exception(exc)
 
-    async def vault_key(self) -> bytes:
+    async def vault_key(self, *, timeout: float | None = None) -> bytes:
         """Ask for, verify and remember the vault's attested key."""
         if self._vault_key is not None:
             return self._vault_key
@@ -125,26 +176,33 @@ class VaultClient:
         self._key_waiters[nonce] = waiter
         await self._nc.publish(for_vault(self.user, "key"), json.dumps({"nonce": nonce}).encode())
         try:
-            answer = await asyncio.wait_for(waiter, self.timeout)
+            answer = await asyncio.wait_for(waiter, self.timeout if timeout is None else timeout)
         except TimeoutError as exc:
-            raise VaultCallFailed("the vault did not answer for its key") from exc
+            raise VaultUnreachable(f"the vault did not answer for its key within {self.timeout} s") from exc
+        finally:
+            self._key_waiters.pop(nonce, None)
         document = base64.b64decode(answer["document"])
         self._vault_key = verify_vault_key(document, pcr0=self.pcr0, roots=self.roots, nonce=bytes.fromhex(nonce))
         return self._vault_key
 
     async def call(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send ``op`` with ``payload`` in an envelope; the vault's ``ok`` answer, or raise :class:`VaultError`."""
+        """Send ``op`` with ``payload`` in an envelope; the vault's ``ok`` answer, or raise :class:`VaultError`.
+
+        A request the bridge could deliver to no enclave holding the key is re-sealed to a freshly fetched key
+        and sent again until ``timeout``: it never ran, so resending is safe for every operation."""
         assert self._nc is not None
-        key = await self.vault_key()
-        request = seal_request(key, self.user, op, json.dumps(payload).encode(), now=time.time())
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[request.message_id] = (request, future)
-        await self._nc.publish(for_vault(self.user, op), request.data)
-        try:
-            data = await asyncio.wait_for(future, self.timeout)
-        except TimeoutError as exc:
-            self._waiting.pop(request.message_id, None)
-            raise VaultCallFailed(f"no answer to {op} within {self.timeout} s") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            key = await self.vault_key(timeout=max(0.001, deadline - loop.time()))
+            try:
+                data = await self._send(key, op, payload, deadline)
+                break
+            except _NotDelivered:
+                self._vault_key = None
+                if loop.time() + 0.1 >= deadline:
+                    raise VaultUnreachable(f"no vault enclave took {op} within {self.timeout} s") from None
+                await asyncio.sleep(0.1)
         answer = json.loads(data)
         if "error" in answer:
             error = answer["error"]
@@ -157,6 +215,20 @@ class VaultClient:
         if isinstance(result.get("session"), str):
             self.session = result["session"]
         return result
+
+    async def _send(self, key: bytes, op: str, payload: dict[str, Any], deadline: float) -> bytes:
+        assert self._nc is not None
+        request = seal_request(key, self.user, op, json.dumps(payload).encode(), now=time.time())
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[request.message_id] = (request, future)
+        try:
+            # Vault-Key: which enclave's key this is sealed to (a routing hint; the enclave's decryption checks it)
+            await self._nc.publish(for_vault(self.user, op), request.data, headers={"Vault-Key": key.hex()})
+            return await asyncio.wait_for(future, max(0.001, deadline - asyncio.get_running_loop().time()))
+        except TimeoutError as exc:
+            raise VaultUnreachable(f"no answer to {op} within {self.timeout} s") from exc
+        finally:
+            self._waiting.pop(request.message_id, None)
 
     # --- the operations ---------------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ certificate must chain to, ledger replicas and quorum, the attestation roots pee
 limit). Launch settings (``--set``) may only choose routes for ciphertext: ``kms_route`` (a TCP path to the measured
 KMS endpoint; TLS ends in the enclave) and the emulator's credentials,
 ``ledger_peers`` (peer addresses; a peer counts only if it attests with this PCR0 under the measured roots),
-``objects`` (default ``STATE/vault/objects``). Any other setting is refused at boot (``forbidden_launch_setting``).
+``objects_route`` (the host's object service: the enclave has no disk; every object it stores is ciphertext,
+:mod:`~enclavekit.services.vault.remote_objects`). Any other setting is refused at boot (``forbidden_launch_setting``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from nacl.bindings import crypto_scalarmult_base
@@ -41,7 +41,7 @@ from enclavekit.enclave.runtime import EnclaveContext
 from enclavekit.enclave.tracks import enclave_kms_client
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
-from enclavekit.rpc import CallContext
+from enclavekit.rpc import CallContext, parse_address
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
@@ -54,10 +54,10 @@ from enclavekit.services.vault.envelope import (
 from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
-from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import pin as pin_operations
 from enclavekit.services.vault.operations import secret as secret_operations
+from enclavekit.services.vault.remote_objects import RemoteObjectStore
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
@@ -314,10 +314,11 @@ def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnc
     key_id = config.kms_key_id
     kms = enclave_kms_client(context, config.kms_endpoint)
     check_key_policy(kms.get_key_policy(key_id), context.pcr0)
-    objects = DirectoryObjectStore(context.state_dir / "vault" / "objects")
-    if settings.get("objects"):
-        objects = DirectoryObjectStore(Path(settings["objects"]))
-    return VaultCore(ledger, KmsSealer(kms, key_id), objects)
+    route = settings.get("objects_route")
+    if not route:
+        raise ConfigurationError("the vault enclave needs objects_route (the host's object service; it has no disk)")
+    parse_address(route)
+    return VaultCore(ledger, KmsSealer(kms, key_id), RemoteObjectStore(route))
 
 
 def build_app(name: str = "vault", state: VaultEnclave | None = None) -> tuple[EnclaveApp, VaultEnclave]:

@@ -64,12 +64,12 @@ MAX_ROOTS: Final = 4
 MAX_ROOT_PEM: Final = 8 * 1024
 MAX_REPLICAS: Final = 15
 ALLOWED_LAUNCH_SETTINGS: Final = frozenset(
-    {"kms_route", "kms_access_key_id", "kms_secret_access_key", "ledger_peers", "objects"}
+    {"kms_route", "kms_access_key_id", "kms_secret_access_key", "ledger_peers", "objects_route"}
 )
 """Host launch settings the vault accepts: routes that carry only ciphertext (the TCP route to the measured KMS
 endpoint — TLS ends in the enclave and checks the measured CA — the emulator's unchecked credentials, the peers'
-addresses, the folder of encrypted objects). Any other (``kms_url``, ``trust_sim_root``, ``kms_key_id``...) is
-refused at boot."""
+addresses, the host's object service for encrypted objects). Any other (``kms_url``, ``trust_sim_root``,
+``kms_key_id``, the former ``objects`` folder...) is refused at boot."""
 
 
 class NotAnOperator(VaultRejected):

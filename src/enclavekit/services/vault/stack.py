@@ -4,8 +4,9 @@ key bound to its PCR0, the vault enclaves (``stack.json`` enclaves ``vault-1``..
 Order (as for notify): create the KMS key (its provisioning policy lets the operator bind it once and releases
 nothing) → write the measured configuration naming it (``STATE/vault/enclave-config.json``: key id, replicas and
 quorum, the simulator's root certificate, the guess limit) → compute PCR0 → bind the key to that PCR0 with a
-policy nobody can change → boot with ``--config``. The host passes only routes (``ledger_peers``; ``kms_route``
-where KMS is reached through a proxy).
+policy nobody can change → boot with ``--config``. The host passes only routes (``ledger_peers``; ``objects_route``,
+its object service ``vault objects serve`` in front of the folder or S3; ``kms_route`` where KMS is reached through
+a proxy).
 
 :func:`prepare_vault` must run before the stack starts NATS (it adds the authorization file to the server's
 configuration); :func:`start_vault` after the KMS emulator. ``STATE/vault/local.json`` records what the
@@ -184,10 +185,21 @@ def prepare_vault(stack: Stack) -> None:
     stack.nats_includes.append(render(stack.state.root))
 
 
-async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
-    """Start ``replicas`` vault enclaves (``vault-1``.., or ``vault`` alone), each holding a replica of the guess
-    ledger and reaching the others by attestation, and the host bridge in front of them."""
+async def start_vault(
+    stack: Stack, *, replicas: int = 3, objects: str | None = None, s3_endpoint: str | None = None
+) -> None:
+    """Start the host's object service (``objects``: a ``file://`` or ``s3://`` URL, ``s3_endpoint`` for an
+    S3-compatible server; default the folder ``STATE/vault/objects``), ``replicas`` vault enclaves (``vault-1``..,
+    or ``vault`` alone), each holding a replica of the guess ledger and reaching the others by attestation, and the
+    host bridge in front of them."""
     state = stack.state.root
+    objects_route = f"unix://{stack.state.run / 'vault-objects.sock'}"
+    serve = ["vault", "objects", "serve", "--listen", objects_route]
+    serve += ["--store", objects or (state / "vault" / "objects").as_uri()]
+    serve += ["--s3-endpoint", s3_endpoint] if s3_endpoint else []
+    await stack.start_service(
+        ServiceSpec("vault_objects", lambda s, port: python_command(*serve), url=lambda h, p: objects_route)
+    )
     from enclavekit.stack.kms import ensure_local_kms
 
     local_kms = await ensure_local_kms(stack)
@@ -200,7 +212,7 @@ async def start_vault(stack: Stack, *, replicas: int = 3) -> None:
 
     async def start(name: str) -> str:
         peers = ",".join(address for other, address in sockets.items() if other != name)
-        settings = ["--config", str(config_path)]
+        settings = ["--config", str(config_path), "--set", f"objects_route={objects_route}"]
         if peers:
             settings += ["--set", f"ledger_peers={peers}"]
         enclave = await stack.start_enclave(EnclaveSpec(name, ENCLAVE_APP, tuple(settings)))

@@ -8,7 +8,7 @@ Only an envelope that does not open at all is answered with an RPC error (``enve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,8 @@ from enclavekit.rpc import Route
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
 
 __all__ = [
+    "ENCLAVE_LOST",
+    "ENCLAVE_UNREACHABLE",
     "KEY",
     "LEDGER_MERGE",
     "LEDGER_SNAPSHOT",
@@ -33,6 +35,13 @@ __all__ = [
 _USER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _LEDGER_KEY_PATTERN = r"^(?:[A-Za-z0-9_-]{1,64}|invite:[0-9a-f]{24})$"
 """A ledger entry's key: a user id, or ``invite:{id}`` (an invitation code's single-use record, ADR 0021)."""
+
+ENCLAVE_UNREACHABLE: Final = "enclave_unreachable"
+"""The bridge's ``Vault-Error`` for a message that reached no enclave holding the key it is sealed to (the enclave
+died or restarted): nothing ran, the app fetches a key again and re-seals (ADR 0023)."""
+ENCLAVE_LOST: Final = "enclave_lost"
+"""The bridge's ``Vault-Error`` for a message whose enclave died or stopped answering while it was in flight: it
+may have run; the app decides whether to send it again."""
 
 
 class Message(BaseModel):
