@@ -358,7 +358,7 @@ async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attest
     from enclavekit.services.vault.ledger_peers import merge_binding
     from enclavekit.services.vault.wire import LEDGER_MERGE, LedgerMerge
 
-    entry = GuessEntry(generation=1, locked=True)  # the host would like to lock (or reset) alice's vault
+    entry = GuessEntry(generation=1, locked_at=1)  # the host would like to lock (or reset) alice's vault
     other_image = NsmSimulator(world.state, app={"other.py": b"not the vault"})  # same CA, another PCR0
     forged = other_image.client().attestation(user_data=merge_binding("alice", entry))
     async with world.enclave("alice") as enclave:

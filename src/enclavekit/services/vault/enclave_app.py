@@ -43,6 +43,7 @@ from enclavekit.enclave.tracks import enclave_kms_client
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext
+from enclavekit.services.vault.backup import Backup
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
@@ -58,7 +59,9 @@ from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import pin as pin_operations
+from enclavekit.services.vault.operations import recovery as recovery_operations
 from enclavekit.services.vault.operations import secret as secret_operations
+from enclavekit.services.vault.recovery import RecoveryDesk
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
@@ -100,7 +103,7 @@ class Opened:
 
 
 def _operations() -> dict[str, Handler]:
-    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS}
+    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS, **recovery_operations.OPERATIONS}
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -153,6 +156,8 @@ class VaultEnclave:
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
     operations: dict[str, Handler] = field(default_factory=_operations)
+    recovery: RecoveryDesk | None = None
+    """Pending recoveries' tokens (memory only); made on first use (``operations.recovery.desk``)."""
 
     @property
     def public_key(self) -> bytes:
@@ -316,7 +321,8 @@ def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnc
     objects = DirectoryObjectStore(context.state_dir / "vault" / "objects")
     if settings.get("objects"):
         objects = DirectoryObjectStore(Path(settings["objects"]))
-    return VaultCore(ledger, KmsSealer(kms, key_id), objects)
+    backup = Backup(objects, KmsSealer(kms, key_id, purpose="backup"))
+    return VaultCore(ledger, KmsSealer(kms, key_id), objects, backup=backup)
 
 
 def build_app(name: str = "vault", state: VaultEnclave | None = None) -> tuple[EnclaveApp, VaultEnclave]:

@@ -44,6 +44,9 @@ __all__ = [
 
 DEFAULT_GUESS_LIMIT: Final = 10
 MAX_SLOTS: Final = 256
+_ENTRY_FIELDS: Final = frozenset(
+    {"attempts", "cleared", "generation", "version", "locked_at", "limit", "recovery", "recovery_closed"}
+)
 """Coordinator boots remembered per entry; an entry with more slots is refused (a bound, not a policy)."""
 
 
@@ -70,19 +73,40 @@ class GuessEntry:
     cleared: Mapping[str, int] = field(default_factory=dict)
     generation: int = 0
     version: int = 0
-    locked: bool = False
+    locked_at: int = 0
+    """The generation that reached the guess limit (0: none). It locks that generation for good; only a recovery,
+    which makes a newer generation, leaves it behind (:mod:`~enclavekit.services.vault.recovery`)."""
     limit: int = DEFAULT_GUESS_LIMIT
+    recovery: tuple[int, int, str] = (0, 0, "")
+    """The latest recovery started: (number, due time in unix seconds, SHA-256 hex of its claim). Merged by
+    maximum, so the first start of a number is kept and a concurrent one can only push the due time later."""
+    recovery_closed: int = 0
+    """The highest recovery number cancelled or completed: a recovery is pending while its number is above it."""
 
     def __post_init__(self) -> None:
         if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
             raise ValueError("guess entry has too many slots")
-        if any(c < 0 for c in (*self.attempts.values(), *self.cleared.values())) or self.generation < 0:
+        if (
+            any(c < 0 for c in (*self.attempts.values(), *self.cleared.values()))
+            or min(self.generation, self.locked_at, self.recovery[0], self.recovery[1], self.recovery_closed) < 0
+        ):
             raise ValueError("guess entry counts are non-negative")
+        if len(self.recovery[2]) > 64:
+            raise ValueError("guess entry recovery claim is a SHA-256 hex digest")
         check_guess_limit(self.limit)
 
     @property
     def enrolled(self) -> bool:
         return self.generation > 0
+
+    @property
+    def locked(self) -> bool:
+        """The current generation reached the guess limit."""
+        return self.locked_at > 0 and self.locked_at >= self.generation
+
+    @property
+    def recovery_pending(self) -> bool:
+        return self.recovery[0] > self.recovery_closed
 
     @property
     def uncleared(self) -> int:
@@ -100,8 +124,10 @@ class GuessEntry:
             cleared=_merge_counts(self.cleared, other.cleared),
             generation=max(self.generation, other.generation),
             version=max(self.version, other.version),
-            locked=self.locked or other.locked,
+            locked_at=max(self.locked_at, other.locked_at),
             limit=self._merged_limit(other),
+            recovery=max(self.recovery, other.recovery),
+            recovery_closed=max(self.recovery_closed, other.recovery_closed),
         )
 
     def _merged_limit(self, other: GuessEntry) -> int:
@@ -115,14 +141,16 @@ class GuessEntry:
             "cleared": dict(self.cleared),
             "generation": self.generation,
             "version": self.version,
-            "locked": self.locked,
+            "locked_at": self.locked_at,
             "limit": self.limit,
+            "recovery": list(self.recovery),
+            "recovery_closed": self.recovery_closed,
         }
 
     @classmethod
     def from_json(cls, raw: object) -> GuessEntry:
         """Parse an entry a peer sent; raises ValueError on anything malformed."""
-        if not isinstance(raw, dict) or set(raw) != {"attempts", "cleared", "generation", "version", "locked", "limit"}:
+        if not isinstance(raw, dict) or set(raw) != _ENTRY_FIELDS:
             raise ValueError("malformed guess entry")
         counts: list[dict[str, int]] = []
         for name in ("attempts", "cleared"):
@@ -132,10 +160,25 @@ class GuessEntry:
             ):
                 raise ValueError(f"malformed guess entry {name}")
             counts.append(dict(value))
-        ints = [raw[n] for n in ("generation", "version", "limit")]
-        if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool:
+        ints = [raw[n] for n in ("generation", "version", "locked_at", "limit", "recovery_closed")]
+        recovery = raw["recovery"]
+        if (
+            not all(type(v) is int for v in ints)
+            or not isinstance(recovery, list)
+            or len(recovery) != 3
+            or not (type(recovery[0]) is int and type(recovery[1]) is int and isinstance(recovery[2], str))
+        ):
             raise ValueError("malformed guess entry fields")
-        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2])
+        return cls(
+            counts[0],
+            counts[1],
+            ints[0],
+            ints[1],
+            ints[2],
+            ints[3],
+            (recovery[0], recovery[1], recovery[2]),
+            ints[4],
+        )
 
 
 class Replica(Protocol):
@@ -335,5 +378,28 @@ class GuessLedger:
     async def lock_out(self, user: str, known: GuessEntry) -> GuessEntry:
         """The limit is reached: lock for good."""
         return await self._quorum(
-            user, known.merge(GuessEntry(generation=known.generation, locked=True, limit=known.limit))
+            user, known.merge(GuessEntry(generation=known.generation, locked_at=known.generation, limit=known.limit))
         )
+
+    async def start_recovery(self, user: str, known: GuessEntry, *, number: int, due: int, claim: str) -> GuessEntry:
+        """Record recovery ``number`` (due at ``due``, claimed by the holder of the claim hashed to ``claim``)."""
+        return await self._quorum(user, known.merge(GuessEntry(recovery=(number, due, claim), limit=known.limit)))
+
+    async def close_recovery(self, user: str, known: GuessEntry, number: int) -> GuessEntry:
+        """Recovery ``number`` is cancelled: it can never complete (``recovery_closed`` only grows)."""
+        return await self._quorum(user, known.merge(GuessEntry(recovery_closed=number, limit=known.limit)))
+
+    async def complete_recovery(
+        self, user: str, known: GuessEntry, *, generation: int, version: int, limit: int
+    ) -> GuessEntry:
+        """Recovery ``known.recovery`` completed: ``generation`` (its header and state already stored) is current,
+        every attempt known so far is cleared, and the recovery is closed."""
+        update = GuessEntry(
+            attempts=known.attempts,
+            cleared=known.attempts,
+            generation=generation,
+            version=version,
+            limit=known.limit if known.enrolled else check_guess_limit(limit),
+            recovery_closed=known.recovery[0],
+        )
+        return await self._quorum(user, known.merge(update))
