@@ -3,8 +3,10 @@
 ``vault enroll USER --pin PIN``, ``vault secret put USER NAME --pin PIN`` (value on stdin), ``vault secret get
 USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD --new-pin NEW``,
 ``vault audit USER --pin PIN`` (verifies the hash chain), ``vault credentials USER`` (issues the user's NATS
-credentials and reloads the server). Each takes ``--state DIR`` and ``--json``. A vault error exits 1 and, with
-``--json``, prints ``{"error": {"code", "message", "attempts_left"?}}`` (``pin_invalid``, ``vault_locked``...).
+credentials and reloads the server), ``vault recover start|status|cancel|token|complete USER`` (delayed,
+cancellable recovery; ``--qr`` shows the claim or token as a QR code in the terminal). Each takes ``--state DIR``
+and ``--json``. A vault error exits 1 and, with ``--json``, prints ``{"error": {"code", "message",
+"attempts_left"?}}`` (``pin_invalid``, ``vault_locked``...).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ secret_app = typer.Typer(help="Named secrets with versions.")
 pin_app = typer.Typer(help="The vault PIN.")
 vault_app.add_typer(secret_app, name="secret")
 vault_app.add_typer(pin_app, name="pin")
+recover_app = typer.Typer(help="Delayed, cancellable recovery (a forgotten PIN, a locked vault, a lost ledger).")
+vault_app.add_typer(recover_app, name="recover")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
@@ -151,7 +155,7 @@ def enroll_command(
     as_json: bool = JSON,
 ) -> None:
     """Create USER's vault with PIN."""
-    result = _run_as_user(state, user, as_json, lambda c: c.enroll(pin, limit=limit))
+    result = _run_as_user(state, user, as_json, lambda c: _with_device(c, state, c.enroll(pin, limit=limit)))
     result.pop("session", None)
     _emit({"user": user, **result}, as_json, f"enrolled {user} ({result['attempts_left']} attempts)")
 
@@ -238,3 +242,124 @@ def audit_command(user: str = typer.Argument(...), pin: str = PIN, state: Path =
     result = _run_as_user(state, user, as_json, audit)
     lines = [f"{r['seq']}\t{r['op']}\t{r.get('name', '')}" for r in result["records"]]
     _emit(result, as_json, "\n".join([*lines, f"head {result['head']} (chain verified)"]))
+
+
+# --- devices and recovery (ADR 0022) ------------------------------------------------------------------------------
+
+
+def _device_path(state: Path, user: str) -> Path:
+    """This CLI's device key for USER's vault (Ed25519, 0600): enrolled at ``vault enroll``; signs cancels."""
+    return state / "vault" / "users" / f"{user}.device.key"
+
+
+def _claim_path(state: Path, user: str) -> Path:
+    """The claim of the recovery this CLI started for USER (0600): only it gets the token."""
+    return state / "vault" / "users" / f"{user}.recovery.json"
+
+
+async def _with_device(client: Any, state: Path, enrolled: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    from enclavekit.client.identity import load_or_create
+
+    result = await enrolled
+    device, _ = load_or_create(_device_path(state, client.user))
+    await client.add_device(device.public_key)  # with the session enrollment opened
+    return {**result, "device": device.public_key.hex()}
+
+
+def _qr(text: str, as_json: bool) -> None:
+    import segno
+
+    segno.make(text, error="m").terminal(out=sys.stderr if as_json else sys.stdout, compact=True)
+
+
+def _when(due: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+
+
+@recover_app.command("start")
+def recover_start(
+    user: str = typer.Argument(...),
+    qr: bool = typer.Option(False, "--qr", help="Also show the claim as a QR code (to carry to another device)."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Start a recovery of USER's vault: it completes after the measured delay unless an enrolled device cancels."""
+    from enclavekit.stack.files import write_private
+
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_start())
+    claim = result.pop("claim")
+    write_private(_claim_path(state, user), json.dumps({"recovery": result["recovery"], "claim": claim}).encode())
+    if qr:
+        _qr(f"enclavekit-vault:recover?user={user}&claim={claim}", as_json)
+    _emit(
+        {"user": user, **result, "claim_file": str(_claim_path(state, user))},
+        as_json,
+        f"recovery {result['recovery']} started; due at {_when(result['due'])} (enrolled devices can cancel it)",
+    )
+
+
+@recover_app.command("status")
+def recover_status(user: str = typer.Argument(...), state: Path = STATE, as_json: bool = JSON) -> None:
+    """Is a recovery of USER's vault pending, and when is it due."""
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_status())
+    text = f"recovery {result['recovery']} pending, due at {_when(result['due'])}" if result["pending"] else "none"
+    _emit({"user": user, **result}, as_json, text)
+
+
+@recover_app.command("cancel")
+def recover_cancel(
+    user: str = typer.Argument(...),
+    pin: str | None = typer.Option(None, "--pin", help="Cancel with the PIN instead of this CLI's device key."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Cancel the pending recovery, signed by this CLI's enrolled device key (or with --pin)."""
+    from enclavekit.client.identity import load
+
+    device = None
+    if pin is None:
+        try:
+            device = load(_device_path(state, user))
+        except Error as exc:
+            _fail(exc.to_json(), as_json)
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_cancel(device, pin=pin))
+    result.pop("session", None)
+    _emit({"user": user, **result}, as_json, "recovery cancelled")
+
+
+@recover_app.command("token")
+def recover_token(
+    user: str = typer.Argument(...),
+    claim: str | None = typer.Option(None, "--claim", help="The claim (default: the one `recover start` saved)."),
+    qr: bool = typer.Option(False, "--qr", help="Show the token as a QR code in the terminal."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Get the single-use, short-lived token of a due recovery (for its starter's claim)."""
+    if claim is None:
+        try:
+            claim = str(json.loads(_claim_path(state, user).read_text())["claim"])
+        except (OSError, ValueError, KeyError) as exc:
+            _fail({"code": "no_claim", "message": f"no recovery claim for {user} here: {exc}"[:300]}, as_json)
+    known = claim
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_token(known))
+    if qr:
+        _qr(f"enclavekit-vault:recover?user={user}&token={result['token']}", as_json)
+    _emit({"user": user, **result}, as_json, f"token {result['token']} (single use, until {_when(result['expires'])})")
+
+
+@recover_app.command("complete")
+def recover_complete(
+    user: str = typer.Argument(...),
+    token: str = typer.Option(..., "--token", help="The token `recover token` showed."),
+    new_pin: str = typer.Option(..., "--new-pin", help="The vault's new PIN."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Complete a due recovery: the vault's backup comes back under NEW_PIN; guesses start afresh."""
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_complete(token, new_pin))
+    result.pop("session", None)
+    _claim_path(state, user).unlink(missing_ok=True)
+    _emit({"user": user, **result}, as_json, f"vault recovered (generation {result['generation']})")

@@ -28,7 +28,7 @@ from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
-from enclavekit.services.vault.nats_auth import for_app
+from enclavekit.services.vault.nats_auth import RECOVERY_NOTICE, for_app
 from enclavekit.services.vault.wire import KEY, MESSAGE, Message, VaultKeyRequest
 
 __all__ = ["VaultBridge", "enclave_index", "parse_subject"]
@@ -36,6 +36,8 @@ __all__ = ["VaultBridge", "enclave_index", "parse_subject"]
 logger = logging.getLogger(__name__)
 
 CONCURRENCY: Final = 64
+NOTIFIED_OPS: Final = frozenset({"recover.start", "recover.cancel", "recover.complete"})
+"""Operations the bridge announces on ``forApp.recovery`` (ADR 0022: a hint; the vault's status is the truth)."""
 
 
 def enclave_index(user: str, enclaves: int) -> int:
@@ -122,6 +124,9 @@ class VaultBridge:
                     await self._nc.publish(for_app(user, op), b"", headers={**headers, "Vault-Error": outcome})
                     return
                 await self._nc.publish(for_app(user, op), base64.b64decode(reply.envelope), headers=headers)
+                if op in NOTIFIED_OPS:  # every device of the user hears of it at once (and asks the vault)
+                    notice = {"user": user, "op": op, "at": int(time.time())}
+                    await self._nc.publish(for_app(user, RECOVERY_NOTICE), json.dumps(notice).encode())
             except (ValueError, AttributeError, Error) as exc:  # garbage on the key subject, a bad user token
                 outcome = getattr(exc, "code", "bad_request")
             finally:
