@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.channel.keys import ClientIdentityKey
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.nsm import load_root
@@ -39,6 +40,9 @@ from enclavekit.stack.up import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+RECOVERY_DELAY = 5
+"""The stack's measured recovery delay in seconds (24 h in production): the recovery tests wait it out."""
+
 
 @dataclass
 class World:
@@ -49,6 +53,8 @@ class World:
     """Every request the host relayed (tapped with the bridge's own credentials)."""
     answers: list[bytes] = field(default_factory=list)
     """Every answer a user received."""
+    needles: list[bytes] = field(default_factory=list)
+    """More values the host must never see (tokens, claims, new PINs), added by the tests that made them."""
 
     def client(self, user: str) -> VaultClient:
         creds = credentials(self.state, user)
@@ -100,14 +106,15 @@ class World:
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
-    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "rita", "lena"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
     try:
         await stack.start_nats()
         expected_pcr0(state.root)  # creates the simulator's CA, which the KMS emulator trusts
-        await start_vault(stack)  # starts the stack's KMS emulator (HTTPS, its CA measured) when none runs
+        # starts the stack's KMS emulator (HTTPS, its CA measured) when none runs
+        await start_vault(stack, recovery_delay=RECOVERY_DELAY)
         state.write_stack(stack.snapshot())  # the CLI finds the NATS server (to reload users) through it
         built = World(stack, state.root, load_local(state.root))
         tap = await nats.connect(credentials(state.root, BRIDGE_USER).url(built.local["nats_url"]))
@@ -389,12 +396,87 @@ async def test_one_users_credentials_cannot_call_anothers_vault(world: World) ->
         await nc.close()
 
 
+async def _until_due(client: VaultClient, claim: str) -> str:
+    """Poll for the recovery's token until the measured delay has passed (the enclave's clock, not a sleep)."""
+    deadline = asyncio.get_running_loop().time() + RECOVERY_DELAY + 60
+    while True:
+        try:
+            return str((await client.recover_token(claim))["token"])
+        except VaultError as exc:
+            if exc.remote_code != "recovery_not_due" or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+async def test_recovery_waits_out_the_delay_and_an_enrolled_device_cancels_it_through_nats(world: World) -> None:
+    device = ClientIdentityKey.generate()
+    notices: list[dict[str, Any]] = []
+
+    async def on_notice(notice: dict[str, Any]) -> None:
+        notices.append(notice)
+
+    async with world.client("rita") as phone, world.client("rita") as new_phone:
+        await phone.enroll("2468")
+        await phone.put_secret("seed", b"recovered-seed-9c1e", pin="2468", critical=True)
+        await phone.add_device(device.public_key)
+        await phone.watch_recovery(on_notice)
+        first = await new_phone.recover_start()  # whoever can publish on rita's subjects: her, or the operator
+        assert first["pending"] and first["recovery"] == 1
+        deadline = asyncio.get_running_loop().time() + 60  # the enrolled phone hears of it within a minute
+        while not any(n.get("op") == "recover.start" for n in notices):
+            assert asyncio.get_running_loop().time() < deadline, notices
+            await asyncio.sleep(0.05)
+        status = await phone.recover_status()  # the notice is a hint; the vault says what is pending
+        assert status == {"pending": True, "recovery": 1, "due": first["due"]}
+        assert (await _code(new_phone.recover_start())).remote_code == "recovery_pending"  # no new delay clock
+        assert not (await phone.recover_cancel(device))["pending"]
+        assert (await _code(new_phone.recover_token(first["claim"]))).remote_code == "no_recovery"
+        again = await new_phone.recover_start()
+        assert again["recovery"] == 2
+        token = await _until_due(new_phone, again["claim"])
+        assert (await _code(new_phone.recover_complete(token, "12"))).remote_code == "pin_format"
+        assert (await new_phone.recover_complete(token, "975310"))["generation"] == 2
+        assert await new_phone.get_secret("seed", pin="975310") == b"recovered-seed-9c1e"
+        assert (await _code(new_phone.recover_complete(token, "975310"))).remote_code == "recovery_token_invalid"
+        assert (await _code(phone.get_secret("seed", pin="2468"))).remote_code == "pin_invalid"
+    world.needles += [first["claim"].encode(), again["claim"].encode(), token.encode(), b'"new_pin": "975310"']
+
+
+async def test_a_locked_vault_whose_ledger_was_lost_comes_back_only_through_recovery(world: World) -> None:
+    """Every vault enclave restarts at once (a full stop of ``enclavekit up``): the ledger forgets every user and
+    every stored vault fails closed — recovery is the way back. Runs after every other test that uses the vault."""
+    async with world.client("lena") as lena:
+        await lena.enroll("1357", limit=2)
+        await lena.put_secret("note", b"lena-note-51d2", pin="1357")
+        for guess in ("0000", "0001"):
+            await _code(lena.list_secrets(pin=guess))
+        assert (await _code(lena.list_secrets(pin="1357"))).remote_code == "vault_locked"
+    await asyncio.gather(*(world.restart(name, ready_timeout=120) for name in world.vault_names()))
+
+    async def right(client: VaultClient) -> VaultError:
+        return await _code(client.list_secrets(pin="1357"))
+
+    assert (await _fresh_call(world, "lena", right)).remote_code == "ledger_unavailable"
+
+    async def recover(client: VaultClient) -> bytes:
+        assert (await _code(client.enroll("2222"))).remote_code == "already_enrolled"  # no fresh start over it
+        started = await client.recover_start()
+        token = await _until_due(client, started["claim"])
+        await client.recover_complete(token, "864200")
+        world.needles.extend([started["claim"].encode(), token.encode(), b'"new_pin": "864200"'])
+        return await client.get_secret("note", pin="864200")
+
+    assert await _fresh_call(world, "lena", recover) == b"lena-note-51d2"
+
+
 async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
     # runs last in this module: everything above crossed the host
     secret_values = [b"abandon ability able", b"hunter2", b"carpe diem", b"second-value-7f3a"]
+    secret_values += [b"recovered-seed-9c1e", b"lena-note-51d2"]
     pins = [b"2468", b"975310", b"1111", b"8642", b"1357", b"2580", b"4321", b"1470"]
     needles: list[bytes] = []
-    for value in secret_values + [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]:
+    pins_json = [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]
+    for value in secret_values + pins_json + world.needles:
         needles += [value, value.hex().encode(), base64.b64encode(value)]
     haystacks: list[tuple[str, bytes]] = [(f"nats {s}", d) for s, d in world.captured]
     haystacks += [("nats answer", d) for d in world.answers]
