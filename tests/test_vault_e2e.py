@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,15 +151,20 @@ async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> 
         assert error.remote_code == "pin_invalid" and error.attempts_left == 9
 
 
+def _cli(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """``enclavekit vault ARGS --state STATE --json`` as the user's app would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+    )
+
+
 async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
     def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
-        run = subprocess.run(
-            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
-            input=stdin,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
-        )
+        run = _cli(world, *args, stdin=stdin)
         return run.returncode, json.loads(run.stdout or b"null")
 
     def both() -> list[tuple[int, Any]]:
@@ -177,6 +183,45 @@ async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: Wor
     assert results[3][0] == 1 and results[3][1]["error"]["code"] == "pin_invalid"
     assert results[3][1]["error"]["attempts_left"] == 1
     assert results[4][0] == 1 and results[4][1]["error"]["code"] == "vault_locked"
+
+
+async def test_cli_recovery_shows_qr_codes_cancels_with_its_device_key_and_completes_after_the_delay(
+    world: World,
+) -> None:
+    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any, str]:
+        run = _cli(world, *args, stdin=stdin)
+        return run.returncode, json.loads(run.stdout or b"null"), run.stderr.decode(errors="replace")
+
+    def scenario() -> list[tuple[int, Any, str]]:
+        steps = [
+            cli("enroll", "cleo", "--pin", "2580"),  # registers this CLI's device key
+            cli("secret", "put", "cleo", "motto", "--pin", "2580", stdin=b"cleo-motto-3be1"),
+            cli("recover", "start", "cleo", "--qr"),
+            cli("recover", "status", "cleo"),
+            cli("recover", "cancel", "cleo"),  # signed by the enrolled device key
+            cli("recover", "start", "cleo"),
+        ]
+        deadline = time.monotonic() + RECOVERY_DELAY + 60
+        while (token := cli("recover", "token", "cleo", "--qr"))[0] != 0 and time.monotonic() < deadline:
+            assert token[1]["error"]["code"] == "recovery_not_due", token
+            time.sleep(0.5)
+        steps.append(token)
+        new_pin = ("--new-pin", "135799")
+        steps.append(cli("recover", "complete", "cleo", "--token", str(token[1].get("token")), *new_pin))
+        steps.append(cli("secret", "get", "cleo", "motto", "--pin", "135799"))
+        return steps
+
+    enrolled, put, started, status, cancelled, again, token, completed, got = await asyncio.to_thread(scenario)
+    assert enrolled[0] == 0 and len(enrolled[1]["device"]) == 64, enrolled
+    assert put[0] == 0, put
+    assert started[0] == 0 and started[1]["pending"] and "\u2588" in started[2], started  # the QR, on stderr
+    assert status[:2] == (0, {"user": "cleo", "pending": True, "recovery": 1, "due": started[1]["due"]})
+    assert cancelled[0] == 0 and cancelled[1]["pending"] is False, cancelled
+    assert again[0] == 0 and again[1]["recovery"] == 2, again
+    assert token[0] == 0 and "\u2588" in token[2], token
+    assert completed[0] == 0 and completed[1]["generation"] == 2, completed
+    assert got[0] == 0 and got[1]["value"] == "cleo-motto-3be1", got
+    world.needles += [token[1]["token"].encode(), b'"new_pin": "135799"']
 
 
 async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world: World) -> None:
@@ -472,7 +517,7 @@ async def test_a_locked_vault_whose_ledger_was_lost_comes_back_only_through_reco
 async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
     # runs last in this module: everything above crossed the host
     secret_values = [b"abandon ability able", b"hunter2", b"carpe diem", b"second-value-7f3a"]
-    secret_values += [b"recovered-seed-9c1e", b"lena-note-51d2"]
+    secret_values += [b"recovered-seed-9c1e", b"lena-note-51d2", b"cleo-motto-3be1"]
     pins = [b"2468", b"975310", b"1111", b"8642", b"1357", b"2580", b"4321", b"1470"]
     needles: list[bytes] = []
     pins_json = [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]
