@@ -476,15 +476,18 @@ async def test_recovery_waits_out_the_delay_and_an_enrolled_device_cancels_it_th
         assert (await _code(new_phone.recover_start())).remote_code == "recovery_pending"  # no new delay clock
         assert not (await phone.recover_cancel(device))["pending"]
         assert (await _code(new_phone.recover_token(first["claim"]))).remote_code == "no_recovery"
+        second = await new_phone.recover_start()
+        assert not (await phone.recover_cancel(pin="2468"))["pending"]  # whoever knows the PIN needs no recovery
         again = await new_phone.recover_start()
-        assert again["recovery"] == 2
+        assert (second["recovery"], again["recovery"]) == (2, 3)
         token = await _until_due(new_phone, again["claim"])
         assert (await _code(new_phone.recover_complete(token, "12"))).remote_code == "pin_format"
         assert (await new_phone.recover_complete(token, "975310"))["generation"] == 2
         assert await new_phone.get_secret("seed", pin="975310") == b"recovered-seed-9c1e"
         assert (await _code(new_phone.recover_complete(token, "975310"))).remote_code == "recovery_token_invalid"
         assert (await _code(phone.get_secret("seed", pin="2468"))).remote_code == "pin_invalid"
-    world.needles += [first["claim"].encode(), again["claim"].encode(), token.encode(), b'"new_pin": "975310"']
+    claims = [first["claim"].encode(), second["claim"].encode(), again["claim"].encode()]
+    world.needles += [*claims, token.encode(), b'"new_pin": "975310"']
 
 
 async def test_a_locked_vault_whose_ledger_was_lost_comes_back_only_through_recovery(world: World) -> None:

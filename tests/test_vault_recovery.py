@@ -135,15 +135,20 @@ async def test_cancel_by_an_enrolled_device_kills_the_recovery_for_good(world: V
     assert (again.number, again.due) == (2, int(T0) + 10 + DELAY)
 
 
-async def test_the_pin_cancels_too_and_a_claim_of_another_start_gets_no_token(world: VaultWorld) -> None:
+async def test_the_right_pin_during_the_delay_kills_the_recovery(world: VaultWorld) -> None:
     core = _core(world)
     await _enrolled(core, ClientIdentityKey.generate())
     desk = RecoveryDesk(core, delay=DELAY)
-    await desk.start("alice", now=T0)
+    _, claim = await desk.start("alice", now=T0)  # the operator's, while alice still has her PIN
     with pytest.raises(RecoveryClaimInvalid):
         await desk.token("alice", "00" * 32, now=T0 + DELAY)
-    await core.unlock("alice", "2468")  # the caller (the operation) checks the PIN, then cancels
-    assert not (await desk.cancel("alice")).pending
+    with pytest.raises(PinInvalid):
+        await core.unlock("alice", "0000")
+    assert (await desk.status("alice")).pending  # a wrong PIN cancels nothing
+    await core.unlock("alice", "2468")
+    assert not (await desk.status("alice")).pending
+    with pytest.raises(NoRecovery):
+        await desk.token("alice", claim, now=T0 + DELAY)
     with pytest.raises(NoRecovery):
         await desk.cancel("alice")
 

@@ -204,6 +204,8 @@ class VaultCore:
             keys = await self._keys(pin, user, material, header.generation, header.argon2)
             if keys.pin_matches(user, header.generation, header.verifier):
                 entry = await self.ledger.clear(user, attempt)
+                if entry.recovery_pending:  # whoever knows the PIN needs no recovery: a started one dies (ADR 0022)
+                    entry = await self.ledger.close_recovery(user, entry, entry.recovery[0])
                 return Unlocked(user, keys, entry)
             if attempt.entry.uncleared >= attempt.entry.limit:
                 await self._lock(user, attempt.entry)

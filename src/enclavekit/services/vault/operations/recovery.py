@@ -61,8 +61,11 @@ async def cancel(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     if "device" in request.payload:
         device, signature = _hex(request.payload, "device", 32), _hex(request.payload, "signature", 64)
         return (await desk(vault).cancel(request.user, device=device, signature=signature)).to_json()
-    opened = await vault.unlock(request)  # the PIN (a counted guess) or a PIN-checked session
-    return {**(await desk(vault).cancel(request.user)).to_json(), "session": opened.session}
+    opened = await vault.unlock(request)  # the right PIN closes a pending recovery itself; a session does not
+    state = await desk(vault).status(request.user)
+    if state.pending:
+        state = await desk(vault).cancel(request.user)
+    return {**state.to_json(), "session": opened.session}
 
 
 async def token(vault: VaultEnclave, request: Request) -> dict[str, Any]:
