@@ -3,8 +3,8 @@
 Every unlock counts the guess at a majority of the ledger replicas *before* the material is unsealed or the
 PIN stretched (:mod:`~enclavekit.services.vault.guesses`), and checks the PIN every time: a warm vault (material
 already in memory) never skips the check (the reference's warm vault accepted a wrong PIN). At the limit the
-vault locks for good and its sealed material is deleted; a host that restores the deleted blob gains nothing,
-the ledger says locked.
+vault locks (until a recovery, :mod:`~enclavekit.services.vault.recovery`) and its sealed material is deleted;
+a host that restores the deleted blob gains nothing, the ledger says locked.
 
 The header (``vaults/{user}/header.{generation}``, JSON) holds the KMS blob of the material, the Argon2id cost
 and the PIN verifier — nothing the host can test a guess against without the enclave. Its generation must be

@@ -2,8 +2,10 @@
 
 Each user's entry is a join-semilattice (a CRDT): ``attempts`` and ``cleared`` are grow-only counters with one
 slot per coordinator boot (merged by per-slot maximum), ``generation`` (which PIN setting is current) and
-``version`` (the newest stored state) only grow, and ``locked`` never unsets. Merging is idempotent, commutative
-and associative, so a replayed, reordered or duplicated message can only repeat what is already known.
+``version`` (the newest stored state) only grow, and ``locked_at`` (the generation that hit the limit) never goes
+down — only a recovery's newer generation leaves it behind; a pending recovery's number, due time and claim hash
+and the highest closed recovery only grow (:mod:`~enclavekit.services.vault.recovery`). Merging is idempotent,
+commutative and associative, so a replayed, reordered or duplicated message can only repeat what is already known.
 
 The entry lives in the memory of the vault enclaves' *replicas* (never on the host's disk). A coordinator (the
 enclave serving the user) writes by sending its merged entry to every replica and waiting for a **majority** to
@@ -376,7 +378,7 @@ class GuessLedger:
         return await self._quorum(user, known.merge(update))
 
     async def lock_out(self, user: str, known: GuessEntry) -> GuessEntry:
-        """The limit is reached: lock for good."""
+        """The limit is reached: lock this generation for good (a recovery makes a newer one)."""
         return await self._quorum(
             user, known.merge(GuessEntry(generation=known.generation, locked_at=known.generation, limit=known.limit))
         )
