@@ -465,6 +465,13 @@ async def test_recovery_waits_out_the_delay_and_an_enrolled_device_cancels_it_th
         await phone.put_secret("seed", b"recovered-seed-9c1e", pin="2468", critical=True)
         await phone.add_device(device.public_key)
         await phone.watch_recovery(on_notice)
+        for op, payload in [
+            ("recover.token", {"claim": "zz"}),
+            ("recover.complete", {"token": "00" * 17, "new_pin": "1234"}),
+            ("recover.cancel", {"device": device.public_key.hex(), "signature": 7}),
+            ("device.add", {"pin": "2468", "device": "00" * 31}),
+        ]:
+            assert (await _code(new_phone.call(op, payload))).remote_code == "bad_payload", op
         first = await new_phone.recover_start()  # whoever can publish on rita's subjects: her, or the operator
         assert first["pending"] and first["recovery"] == 1
         deadline = asyncio.get_running_loop().time() + 60  # the enrolled phone hears of it within a minute

@@ -24,6 +24,7 @@ from enclavekit.services.vault.errors import (
 )
 from enclavekit.services.vault.guesses import GuessEntry, MemoryReplica
 from enclavekit.services.vault.recovery import (
+    MAX_DEVICES,
     DeviceNotEnrolled,
     NoRecovery,
     RecoveryClaimInvalid,
@@ -199,6 +200,20 @@ async def test_a_vault_whose_ledger_entry_was_lost_is_recovered_not_re_enrolled(
     unlocked = await desk.complete("alice", token, "975310", now=T0 + DELAY)
     assert unlocked.entry.limit == 5 and unlocked.entry.generation == 2
     assert await _secret(_core(world), "975310") == b"abandon ability able"
+
+
+async def test_a_vault_enrolls_at_most_sixteen_devices_each_once(world: VaultWorld) -> None:
+    core = _core(world)
+    unlocked = await core.enroll("alice", "2468")
+    store = core.store(unlocked)
+    devices = [ClientIdentityKey.generate().public_key for _ in range(MAX_DEVICES)]
+    for device in devices:
+        await add_device(store, device)
+    assert len(await add_device(store, devices[0])) == MAX_DEVICES  # the same key again: nothing new
+    with pytest.raises(DeviceNotEnrolled):
+        await add_device(store, ClientIdentityKey.generate().public_key)
+    with pytest.raises(DeviceNotEnrolled):
+        await add_device(store, b"\x01" * 31)
 
 
 async def test_nothing_to_recover_for_a_user_without_a_vault(world: VaultWorld) -> None:
