@@ -198,6 +198,7 @@ async def test_cli_recovery_shows_qr_codes_cancels_with_its_device_key_and_compl
             cli("secret", "put", "cleo", "motto", "--pin", "2580", stdin=b"cleo-motto-3be1"),
             cli("recover", "start", "cleo", "--qr"),
             cli("recover", "status", "cleo"),
+            cli("recover", "watch", "cleo", "--timeout", "1"),
             cli("recover", "cancel", "cleo"),  # signed by the enrolled device key
             cli("recover", "start", "cleo"),
         ]
@@ -211,11 +212,12 @@ async def test_cli_recovery_shows_qr_codes_cancels_with_its_device_key_and_compl
         steps.append(cli("secret", "get", "cleo", "motto", "--pin", "135799"))
         return steps
 
-    enrolled, put, started, status, cancelled, again, token, completed, got = await asyncio.to_thread(scenario)
+    enrolled, put, started, status, watched, cancelled, again, token, completed, got = await asyncio.to_thread(scenario)
     assert enrolled[0] == 0 and len(enrolled[1]["device"]) == 64, enrolled
     assert put[0] == 0, put
     assert started[0] == 0 and started[1]["pending"] and "\u2588" in started[2], started  # the QR, on stderr
     assert status[:2] == (0, {"user": "cleo", "pending": True, "recovery": 1, "due": started[1]["due"]})
+    assert watched[:2] == status[:2], watched  # the watcher prints the status at once (one JSON line: no change)
     assert cancelled[0] == 0 and cancelled[1]["pending"] is False, cancelled
     assert again[0] == 0 and again[1]["recovery"] == 2, again
     assert token[0] == 0 and "\u2588" in token[2], token

@@ -3,7 +3,7 @@
 ``vault enroll USER --pin PIN``, ``vault secret put USER NAME --pin PIN`` (value on stdin), ``vault secret get
 USER NAME --pin PIN``, ``vault secret list USER --pin PIN``, ``vault pin change USER --pin OLD --new-pin NEW``,
 ``vault audit USER --pin PIN`` (verifies the hash chain), ``vault credentials USER`` (issues the user's NATS
-credentials and reloads the server), ``vault recover start|status|cancel|token|complete USER`` (delayed,
+credentials and reloads the server), ``vault recover start|status|watch|cancel|token|complete USER`` (delayed,
 cancellable recovery; ``--qr`` shows the claim or token as a QR code in the terminal). Each takes ``--state DIR``
 and ``--json``. A vault error exits 1 and, with ``--json``, prints ``{"error": {"code", "message",
 "attempts_left"?}}`` (``pin_invalid``, ``vault_locked``...).
@@ -306,6 +306,40 @@ def recover_status(user: str = typer.Argument(...), state: Path = STATE, as_json
     result = _run_as_user(state, user, as_json, lambda c: c.recover_status())
     text = f"recovery {result['recovery']} pending, due at {_when(result['due'])}" if result["pending"] else "none"
     _emit({"user": user, **result}, as_json, text)
+
+
+@recover_app.command("watch")
+def recover_watch(
+    user: str = typer.Argument(...),
+    timeout: float = typer.Option(0, "--timeout", min=0, help="Stop after this many seconds (0: until Ctrl-C)."),
+    interval: float = typer.Option(30, "--interval", min=1, help="Ask the vault at least this often (seconds)."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Print USER's recovery status at once and on every change: on each notice, and every --interval seconds (a
+    host that drops notices delays the news by at most that)."""
+
+    async def watch(client: Any) -> dict[str, Any]:
+        notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await client.watch_recovery(notices.put)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        last: dict[str, Any] | None = None
+        while True:
+            status = await client.recover_status()
+            if status != last:
+                pending = f"recovery {status['recovery']} pending, due at {_when(status['due'])}"
+                typer.echo(
+                    json.dumps({"user": user, **status}) if as_json else (pending if status["pending"] else "none")
+                )
+                last = status
+            wait = interval if deadline is None else min(interval, deadline - loop.time())
+            if wait <= 0:
+                return dict(status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(notices.get(), wait)
+
+    _run_as_user(state, user, as_json, watch)
 
 
 @recover_app.command("cancel")
