@@ -9,6 +9,8 @@ operations per second with many users.
 * ``round_trip`` — the real processes of ``enclavekit up``'s vault (nats-server with per-user authorization, KMS
   emulator, vault enclave, host bridge): one user's ``secret.put`` and ``secret.get`` with a session (no PIN, so
   no Argon2id), sequential, measured at the client.
+* ``recovery`` (``--recovery``, alone) — in process as ``unlock``: enrollment without and with the backup key, and
+  each recovery step (start, a device's cancel on a cold enclave, token, complete with the new PIN's Argon2id).
 * ``ops_per_second`` — USERS users enrolled (each with its own invitation code), then every user's client runs
   ``secret.get`` with its session in a loop for a few seconds, all at once.
 * ``invitation`` — what an invitation adds to an enrollment, in process: parsing the code and checking the
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from enclavekit.channel.keys import ClientIdentityKey
 from enclavekit.client.identity import load as load_identity
 from enclavekit.kms import KmsClient
 from enclavekit.nsm import NsmSimulator, load_root
+from enclavekit.services.vault.backup import Backup
 from enclavekit.services.vault.client import VaultClient
 from enclavekit.services.vault.core import VaultCore
 from enclavekit.services.vault.guesses import GuessLedger, MemoryReplica
@@ -41,6 +46,7 @@ from enclavekit.services.vault.invitation import admit, issue, parse_code
 from enclavekit.services.vault.keys import ARGON2, stretch_pin
 from enclavekit.services.vault.nats_auth import add_user, credentials
 from enclavekit.services.vault.objects import DirectoryObjectStore
+from enclavekit.services.vault.recovery import RecoveryDesk, add_device, cancel_message
 from enclavekit.services.vault.sealing import KmsSealer
 from enclavekit.services.vault.stack import (
     expected_pcr0,
@@ -63,7 +69,10 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _in_process(root: Path) -> Iterator[Callable[..., VaultCore]]:
+    """A KMS emulator over HTTP, a simulated vault image with a key bound to its PCR0, 3 in-memory replicas; yields
+    a factory of (re)started vault enclaves (``backup=True``: keeping a backup, as the real enclave does)."""
     import boto3
 
     from enclavekit.kms import EmulatorThread, open_service
@@ -84,7 +93,7 @@ async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
         key_id = kms.create_key(Policy=key_policy(simulator.pcr(0).hex()))["KeyMetadata"]["KeyId"]
         replicas = [MemoryReplica() for _ in range(3)]
 
-        def enclave() -> VaultCore:
+        def enclave(*, backup: bool = False) -> VaultCore:
             client = KmsClient.connect(
                 simulator.client().attestation,
                 region_name="us-east-1",
@@ -92,8 +101,18 @@ async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
                 aws_access_key_id="b",
                 aws_secret_access_key=secret,
             )
-            return VaultCore(GuessLedger(replicas), KmsSealer(client, key_id), DirectoryObjectStore(root / "objects"))
+            objects = DirectoryObjectStore(root / "objects")
+            core = VaultCore(GuessLedger(replicas), KmsSealer(client, key_id), objects)
+            if backup:
+                core.backup = Backup(objects, KmsSealer(client, key_id, purpose="backup"))
+            return core
 
+        yield enclave
+    service.keystore.close()
+
+
+async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
+    with _in_process(root) as enclave:
         warm = enclave()
         await warm.enroll("bench", "2468")
         warm_ms, cold_ms, argon_ms = [], [], []
@@ -109,12 +128,51 @@ async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
             started = time.perf_counter()
             stretch_pin("2468", "bench", material, ARGON2)
             argon_ms.append((time.perf_counter() - started) * 1000)
-    service.keystore.close()
     out = {"warm": _stats(warm_ms), "cold": _stats(cold_ms), "argon2id": _stats(argon_ms)}
     out["argon2id_share_of_warm_p50"] = round(out["argon2id"]["p50_ms"] / out["warm"]["p50_ms"], 3)
     out["argon2id_share_of_cold_p50"] = round(out["argon2id"]["p50_ms"] / out["cold"]["p50_ms"], 3)
     out["params"] = ARGON2.name
     return out
+
+
+async def _recovery(root: Path, rounds: int) -> dict[str, Any]:
+    """Enrollment without and with the backup (one more KMS data key and object), and each recovery step."""
+    with _in_process(root) as enclave:
+        plain, backed = enclave(), enclave(backup=True)
+        enroll_ms, enroll_backup_ms, start_ms, cancel_ms, token_ms, complete_ms = [], [], [], [], [], []
+        device = ClientIdentityKey.generate()
+        for n in range(rounds):
+            started = time.perf_counter()
+            await plain.enroll(f"plain{n}", "2468")
+            enroll_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            unlocked = await backed.enroll(f"backed{n}", "2468")
+            enroll_backup_ms.append((time.perf_counter() - started) * 1000)
+            await add_device(backed.store(unlocked), device.public_key)
+            desk = RecoveryDesk(enclave(backup=True), delay=1)  # a cold enclave: the backup key is unsealed
+            status, _ = await desk.start(f"backed{n}", now=0)
+            started = time.perf_counter()
+            signature = device.sign(cancel_message(f"backed{n}", status.number))
+            await desk.cancel(f"backed{n}", device=device.public_key, signature=signature)
+            cancel_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            _, claim = await desk.start(f"backed{n}", now=10)
+            start_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            token, _ = await desk.token(f"backed{n}", claim, now=11)
+            token_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            await desk.complete(f"backed{n}", token, "975310", now=11)
+            complete_ms.append((time.perf_counter() - started) * 1000)
+    return {
+        "enroll": _stats(enroll_ms),
+        "enroll_with_backup": _stats(enroll_backup_ms),
+        "recover_start": _stats(start_ms),
+        "recover_cancel_by_device_cold": _stats(cancel_ms),
+        "recover_token": _stats(token_ms),
+        "recover_complete": _stats(complete_ms),
+        "params": ARGON2.name,
+    }
 
 
 async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> dict[str, Any]:
@@ -250,9 +308,11 @@ async def _invitation(rounds: int) -> dict[str, Any]:
     return {"verify": _stats(verify_ms), "admit": _stats(admit_ms), "code_chars": len(code)}
 
 
-async def _main(quick: bool, users: int | None) -> dict[str, Any]:
+async def _main(quick: bool, users: int | None, recovery: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
+        if recovery:
+            return {"recovery": await _recovery(root / "recovery", 5 if quick else 20)}
         unlock = await _unlock(root / "unlock", 5 if quick else 20)
         nats_figures = await _through_nats(
             root / "stack", 20 if quick else 200, users or (10 if quick else 100), 3 if quick else 10
@@ -271,11 +331,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--users", type=int, default=None, help="users for ops/s (default 10 with --quick, else 100)")
     parser.add_argument("--invitation-only", action="store_true", help="only the invitation figures (seconds)")
+    parser.add_argument("--recovery", action="store_true", help="only the backup and recovery figures (in process)")
     args = parser.parse_args()
     if args.invitation_only:
         figures = {"invitation": asyncio.run(_invitation(2000))}
     else:
-        figures = asyncio.run(_main(args.quick, args.users))
+        figures = asyncio.run(_main(args.quick, args.users, args.recovery))
     if args.json:
         print(json.dumps(figures))
         return

@@ -47,7 +47,7 @@ def _populate(state: Path) -> dict[str, str]:
         registry.record_ledger(
             {
                 "alice": GuessEntry(attempts={"s1": 2}, cleared={"s1": 1}, generation=1),
-                "bob": GuessEntry(attempts={"s1": 3}, generation=1, locked=True, limit=3),
+                "bob": GuessEntry(attempts={"s1": 3}, generation=1, locked_at=1, limit=3),
                 used.ledger_key: GuessEntry(claims=frozenset({"alice"})),
             },
             now - 10,

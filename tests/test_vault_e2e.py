@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 import pytest_asyncio
 
 from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.channel.keys import ClientIdentityKey
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.nsm import load_root
@@ -40,6 +42,9 @@ from tests.polling import wait_for_async
 from tests.vault_support import invite
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+RECOVERY_DELAY = 5
+"""The stack's measured recovery delay in seconds (24 h in production): the recovery tests wait it out."""
 
 
 @dataclass
@@ -58,6 +63,9 @@ class World:
         code = invite(self.state, user, **options)
         self.codes.append(code)
         return code
+
+    needles: list[bytes] = field(default_factory=list)
+    """More values the host must never see (tokens, claims, new PINs), added by the tests that made them."""
 
     def client(self, user: str) -> VaultClient:
         creds = credentials(self.state, user)
@@ -125,14 +133,15 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     state = StateDir(tmp_path_factory.mktemp("vault-stack") / "state")
     state.create()
     users = ("alice", "bob", "carol", "dave", "erin", "mallory", "frank", "henry", "oscar", "ivan", "judy")
-    for user in (*users, "mike", "nina", "rita"):
+    for user in (*users, "mike", "nina", "rita", "tara", "lena"):
         add_user(state.root, user)
     stack = Stack(state)
     prepare_vault(stack)
     try:
         await stack.start_nats()
         expected_pcr0(state.root)  # creates the simulator's CA, which the KMS emulator trusts
-        await start_vault(stack)  # starts the stack's KMS emulator (HTTPS, its CA measured) when none runs
+        # starts the stack's KMS emulator (HTTPS, its CA measured) when none runs
+        await start_vault(stack, recovery_delay=RECOVERY_DELAY)
         state.write_stack(stack.snapshot())  # the CLI finds the NATS server (to reload users) through it
         built = World(stack, state.root, load_local(state.root))
         tap = await nats.connect(credentials(state.root, BRIDGE_USER).url(built.local["nats_url"]))
@@ -168,15 +177,20 @@ async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> 
         assert error.remote_code == "pin_invalid" and error.attempts_left == 9
 
 
+def _cli(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """``enclavekit vault ARGS --state STATE --json`` as the user's app would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+    )
+
+
 async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
     def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
-        run = subprocess.run(
-            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
-            input=stdin,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
-        )
+        run = _cli(world, *args, stdin=stdin)
         return run.returncode, json.loads(run.stdout or b"null")
 
     def both() -> list[tuple[int, Any]]:
@@ -198,6 +212,47 @@ async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: Wor
     assert results[3][0] == 1 and results[3][1]["error"]["code"] == "pin_invalid"
     assert results[3][1]["error"]["attempts_left"] == 1
     assert results[4][0] == 1 and results[4][1]["error"]["code"] == "vault_locked"
+
+
+async def test_cli_recovery_shows_qr_codes_cancels_with_its_device_key_and_completes_after_the_delay(
+    world: World,
+) -> None:
+    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any, str]:
+        run = _cli(world, *args, stdin=stdin)
+        return run.returncode, json.loads(run.stdout or b"null"), run.stderr.decode(errors="replace")
+
+    def scenario() -> list[tuple[int, Any, str]]:
+        steps = [
+            cli("enroll", "cleo", "--pin", "2580", "--invite", world.invite("cleo")),  # registers the device key
+            cli("secret", "put", "cleo", "motto", "--pin", "2580", stdin=b"cleo-motto-3be1"),
+            cli("recover", "start", "cleo", "--qr"),
+            cli("recover", "status", "cleo"),
+            cli("recover", "watch", "cleo", "--timeout", "1"),
+            cli("recover", "cancel", "cleo"),  # signed by the enrolled device key
+            cli("recover", "start", "cleo"),
+        ]
+        deadline = time.monotonic() + RECOVERY_DELAY + 60
+        while (token := cli("recover", "token", "cleo", "--qr"))[0] != 0 and time.monotonic() < deadline:
+            assert token[1]["error"]["code"] == "recovery_not_due", token
+            time.sleep(0.5)
+        steps.append(token)
+        new_pin = ("--new-pin", "135799")
+        steps.append(cli("recover", "complete", "cleo", "--token", str(token[1].get("token")), *new_pin))
+        steps.append(cli("secret", "get", "cleo", "motto", "--pin", "135799"))
+        return steps
+
+    enrolled, put, started, status, watched, cancelled, again, token, completed, got = await asyncio.to_thread(scenario)
+    assert enrolled[0] == 0 and len(enrolled[1]["device"]) == 64, enrolled
+    assert put[0] == 0, put
+    assert started[0] == 0 and started[1]["pending"] and "\u2588" in started[2], started  # the QR, on stderr
+    assert status[:2] == (0, {"user": "cleo", "pending": True, "recovery": 1, "due": started[1]["due"]})
+    assert watched[:2] == status[:2], watched  # the watcher prints the status at once (one JSON line: no change)
+    assert cancelled[0] == 0 and cancelled[1]["pending"] is False, cancelled
+    assert again[0] == 0 and again[1]["recovery"] == 2, again
+    assert token[0] == 0 and "\u2588" in token[2], token
+    assert completed[0] == 0 and completed[1]["generation"] == 2, completed
+    assert got[0] == 0 and got[1]["value"] == "cleo-motto-3be1", got
+    world.needles += [token[1]["token"].encode(), b'"new_pin": "135799"']
 
 
 async def test_critical_secret_needs_the_pin_on_every_read_and_is_audited(world: World) -> None:
@@ -417,7 +472,7 @@ async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attest
     from enclavekit.services.vault.ledger_peers import merge_binding
     from enclavekit.services.vault.wire import LEDGER_MERGE, LedgerMerge
 
-    entry = GuessEntry(generation=1, locked=True)  # the host would like to lock (or reset) alice's vault
+    entry = GuessEntry(generation=1, locked_at=1)  # the host would like to lock (or reset) alice's vault
     other_image = NsmSimulator(world.state, app={"other.py": b"not the vault"})  # same CA, another PCR0
     forged = other_image.client().attestation(user_data=merge_binding("alice", entry))
     async with world.enclave("alice") as enclave:
@@ -519,14 +574,101 @@ async def test_operator_sees_members_their_vault_state_and_invitations_never_the
     assert b"2468" not in registry and all(code.encode() not in registry for code in world.codes)
 
 
+async def _until_due(client: VaultClient, claim: str) -> str:
+    """Poll for the recovery's token until the measured delay has passed (the enclave's clock, not a sleep)."""
+    deadline = asyncio.get_running_loop().time() + RECOVERY_DELAY + 60
+    while True:
+        try:
+            return str((await client.recover_token(claim))["token"])
+        except VaultError as exc:
+            if exc.remote_code != "recovery_not_due" or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+async def test_recovery_waits_out_the_delay_and_an_enrolled_device_cancels_it_through_nats(world: World) -> None:
+    device = ClientIdentityKey.generate()
+    notices: list[dict[str, Any]] = []
+
+    async def on_notice(notice: dict[str, Any]) -> None:
+        notices.append(notice)
+
+    async with world.client("tara") as phone, world.client("tara") as new_phone:
+        await phone.enroll("2468", invitation=world.invite("tara"))
+        await phone.put_secret("seed", b"recovered-seed-9c1e", pin="2468", critical=True)
+        await phone.add_device(device.public_key)
+        await phone.watch_recovery(on_notice)
+        for op, payload in [
+            ("recover.token", {"claim": "zz"}),
+            ("recover.complete", {"token": "00" * 17, "new_pin": "1234"}),
+            ("recover.cancel", {"device": device.public_key.hex(), "signature": 7}),
+            ("device.add", {"pin": "2468", "device": "00" * 31}),
+        ]:
+            assert (await _code(new_phone.call(op, payload))).remote_code == "bad_payload", op
+        first = await new_phone.recover_start()  # whoever can publish on tara's subjects: her, or the operator
+        assert first["pending"] and first["recovery"] == 1
+        deadline = asyncio.get_running_loop().time() + 60  # the enrolled phone hears of it within a minute
+        while not any(n.get("op") == "recover.start" for n in notices):
+            assert asyncio.get_running_loop().time() < deadline, notices
+            await asyncio.sleep(0.05)
+        status = await phone.recover_status()  # the notice is a hint; the vault says what is pending
+        assert status == {"pending": True, "recovery": 1, "due": first["due"]}
+        assert (await _code(new_phone.recover_start())).remote_code == "recovery_pending"  # no new delay clock
+        assert not (await phone.recover_cancel(device))["pending"]
+        assert (await _code(new_phone.recover_token(first["claim"]))).remote_code == "no_recovery"
+        second = await new_phone.recover_start()
+        assert not (await phone.recover_cancel(pin="2468"))["pending"]  # whoever knows the PIN needs no recovery
+        again = await new_phone.recover_start()
+        assert (second["recovery"], again["recovery"]) == (2, 3)
+        token = await _until_due(new_phone, again["claim"])
+        assert (await _code(new_phone.recover_complete(token, "12"))).remote_code == "pin_format"
+        assert (await new_phone.recover_complete(token, "975310"))["generation"] == 2
+        assert await new_phone.get_secret("seed", pin="975310") == b"recovered-seed-9c1e"
+        assert (await _code(new_phone.recover_complete(token, "975310"))).remote_code == "recovery_token_invalid"
+        assert (await _code(phone.get_secret("seed", pin="2468"))).remote_code == "pin_invalid"
+    claims = [first["claim"].encode(), second["claim"].encode(), again["claim"].encode()]
+    world.needles += [*claims, token.encode(), b'"new_pin": "975310"']
+
+
+async def test_a_locked_vault_whose_ledger_was_lost_comes_back_only_through_recovery(world: World) -> None:
+    """Every vault enclave restarts at once (a full stop of ``enclavekit up``): the ledger forgets every user and
+    every stored vault fails closed — recovery is the way back. Runs after every other test that uses the vault."""
+    async with world.client("lena") as lena:
+        await lena.enroll("1357", limit=2, invitation=world.invite("lena"))
+        await lena.put_secret("note", b"lena-note-51d2", pin="1357")
+        for guess in ("0000", "0001"):
+            await _code(lena.list_secrets(pin=guess))
+        assert (await _code(lena.list_secrets(pin="1357"))).remote_code == "vault_locked"
+    await asyncio.gather(*(world.restart(name, ready_timeout=120) for name in world.vault_names()))
+
+    async def right(client: VaultClient) -> VaultError:
+        return await _code(client.list_secrets(pin="1357"))
+
+    assert (await _fresh_call(world, "lena", right)).remote_code == "ledger_unavailable"
+
+    async def recover(client: VaultClient) -> bytes:
+        assert (
+            await _code(client.enroll("2222", invitation=world.invite("lena")))
+        ).remote_code == "already_enrolled"  # no fresh start over it
+        started = await client.recover_start()
+        token = await _until_due(client, started["claim"])
+        await client.recover_complete(token, "864200")
+        world.needles.extend([started["claim"].encode(), token.encode(), b'"new_pin": "864200"'])
+        return await client.get_secret("note", pin="864200")
+
+    assert await _fresh_call(world, "lena", recover) == b"lena-note-51d2"
+
+
 async def test_host_sees_no_pin_and_no_secret_in_traffic_objects_or_logs(world: World) -> None:
     # runs last in this module: everything above crossed the host
     secret_values = [b"abandon ability able", b"hunter2", b"carpe diem", b"second-value-7f3a"]
+    secret_values += [b"recovered-seed-9c1e", b"lena-note-51d2", b"cleo-motto-3be1"]
     pins = [b"2468", b"975310", b"1111", b"8642", b"1357", b"2580", b"4321", b"1470"]
     needles: list[bytes] = []
     codes = [code.encode() for code in world.codes]  # the host never holds an invitation code either
     assert codes
-    for value in secret_values + codes + [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]:
+    pins_json = [b'"pin": "' + p + b'"' for p in pins] + [b'"pin":"' + p + b'"' for p in pins]
+    for value in secret_values + codes + pins_json + world.needles:
         needles += [value, value.hex().encode(), base64.b64encode(value)]
     haystacks: list[tuple[str, bytes]] = [(f"nats {s}", d) for s, d in world.captured]
     haystacks += [("nats answer", d) for d in world.answers]

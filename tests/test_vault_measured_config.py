@@ -158,6 +158,11 @@ MUTATIONS: list[Callable[[dict[str, Any]], Any]] = [
     lambda d: d.update(guess_limit=0),
     lambda d: d.update(guess_limit=256),
     lambda d: d.update(guess_limit="10"),
+    lambda d: d.update(recovery={"delay_s": 0}),
+    lambda d: d.update(recovery={"delay_s": 31 * 24 * 3600}),
+    lambda d: d.update(recovery={"delay_s": "86400"}),
+    lambda d: d.update(recovery={"delay": 5}),
+    lambda d: d.update(recovery=[]),
 ]
 
 

@@ -17,7 +17,7 @@ NOW = 1_800_000_000.0
 def test_replica_snapshots_are_joined_so_a_stale_replica_hides_no_guess_or_lock() -> None:
     fresh = GuessEntry(attempts={"a": 3}, cleared={"a": 1}, generation=1)
     stale = GuessEntry(attempts={"a": 1}, generation=1)
-    locked = GuessEntry(generation=1, locked=True)
+    locked = GuessEntry(generation=1, locked_at=1)
     joined = join_snapshots(
         [
             {"alice": stale.to_json(), "bob": locked.to_json()},

@@ -8,6 +8,8 @@ user's NATS credentials and reloads the server). The operator's commands: ``vaul
 [--ttl 7d]``, ``vault invite list``, ``vault members`` (what the bridge's member registry holds; never data or
 PINs). Each takes ``--state DIR`` and ``--json``. A vault error exits 1 and, with ``--json``, prints ``{"error":
 {"code", "message", "attempts_left"?}}`` (``pin_invalid``, ``vault_locked``, ``invitation_used``...).
+``vault recover start|status|watch|cancel|token|complete USER``: delayed, cancellable recovery (``--qr`` shows the
+claim or token as a QR code in the terminal).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ objects_app = typer.Typer(help="The host's object service for vault enclaves (st
 vault_app.add_typer(secret_app, name="secret")
 vault_app.add_typer(pin_app, name="pin")
 vault_app.add_typer(objects_app, name="objects")
+recover_app = typer.Typer(help="Delayed, cancellable recovery (a forgotten PIN, a locked vault, a lost ledger).")
+vault_app.add_typer(recover_app, name="recover")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")
@@ -193,7 +197,9 @@ def enroll_command(
     as_json: bool = JSON,
 ) -> None:
     """Create USER's vault with PIN, admitted by an operator's invitation code (single use, expiring)."""
-    result = _run_as_user(state, user, as_json, lambda c: c.enroll(pin, invitation=invite, limit=limit))
+    result = _run_as_user(
+        state, user, as_json, lambda c: _with_device(c, state, c.enroll(pin, invitation=invite, limit=limit))
+    )
     result.pop("session", None)
     _emit({"user": user, **result}, as_json, f"enrolled {user} ({result['attempts_left']} attempts)")
 
@@ -390,3 +396,152 @@ def members_command(state: Path = STATE, as_json: bool = JSON) -> None:
         for m in members
     ]
     _emit({"members": rows}, as_json, "\n".join(lines) or "no members")
+
+
+# --- devices and recovery (ADR 0022) ------------------------------------------------------------------------------
+
+
+def _device_path(state: Path, user: str) -> Path:
+    """This CLI's device key for USER's vault (Ed25519, 0600): enrolled at ``vault enroll``; signs cancels."""
+    return state / "vault" / "users" / f"{user}.device.key"
+
+
+def _claim_path(state: Path, user: str) -> Path:
+    """The claim of the recovery this CLI started for USER (0600): only it gets the token."""
+    return state / "vault" / "users" / f"{user}.recovery.json"
+
+
+async def _with_device(client: Any, state: Path, enrolled: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    from enclavekit.client.identity import load_or_create
+
+    result = await enrolled
+    device, _ = load_or_create(_device_path(state, client.user))
+    await client.add_device(device.public_key)  # with the session enrollment opened
+    return {**result, "device": device.public_key.hex()}
+
+
+def _qr(text: str, as_json: bool) -> None:
+    import segno
+
+    segno.make(text, error="m").terminal(out=sys.stderr if as_json else sys.stdout, compact=True)
+
+
+@recover_app.command("start")
+def recover_start(
+    user: str = typer.Argument(...),
+    qr: bool = typer.Option(False, "--qr", help="Also show the claim as a QR code (to carry to another device)."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Start a recovery of USER's vault: it completes after the measured delay unless an enrolled device cancels."""
+    from enclavekit.stack.files import write_private
+
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_start())
+    claim = result.pop("claim")
+    write_private(_claim_path(state, user), json.dumps({"recovery": result["recovery"], "claim": claim}).encode())
+    if qr:
+        _qr(f"enclavekit-vault:recover?user={user}&claim={claim}", as_json)
+    _emit(
+        {"user": user, **result, "claim_file": str(_claim_path(state, user))},
+        as_json,
+        f"recovery {result['recovery']} started; due at {_when(result['due'])} (enrolled devices can cancel it)",
+    )
+
+
+@recover_app.command("status")
+def recover_status(user: str = typer.Argument(...), state: Path = STATE, as_json: bool = JSON) -> None:
+    """Is a recovery of USER's vault pending, and when is it due."""
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_status())
+    text = f"recovery {result['recovery']} pending, due at {_when(result['due'])}" if result["pending"] else "none"
+    _emit({"user": user, **result}, as_json, text)
+
+
+@recover_app.command("watch")
+def recover_watch(
+    user: str = typer.Argument(...),
+    timeout: float = typer.Option(0, "--timeout", min=0, help="Stop after this many seconds (0: until Ctrl-C)."),
+    interval: float = typer.Option(30, "--interval", min=1, help="Ask the vault at least this often (seconds)."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Print USER's recovery status at once and on every change: on each notice, and every --interval seconds (a
+    host that drops notices delays the news by at most that)."""
+
+    async def watch(client: Any) -> dict[str, Any]:
+        notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await client.watch_recovery(notices.put)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        last: dict[str, Any] | None = None
+        while True:
+            status = await client.recover_status()
+            if status != last:
+                pending = f"recovery {status['recovery']} pending, due at {_when(status['due'])}"
+                typer.echo(
+                    json.dumps({"user": user, **status}) if as_json else (pending if status["pending"] else "none")
+                )
+                last = status
+            wait = interval if deadline is None else min(interval, deadline - loop.time())
+            if wait <= 0:
+                return dict(status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(notices.get(), wait)
+
+    _run_as_user(state, user, as_json, watch)
+
+
+@recover_app.command("cancel")
+def recover_cancel(
+    user: str = typer.Argument(...),
+    pin: str | None = typer.Option(None, "--pin", help="Cancel with the PIN instead of this CLI's device key."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Cancel the pending recovery, signed by this CLI's enrolled device key (or with --pin)."""
+    from enclavekit.client.identity import load
+
+    device = None
+    if pin is None:
+        try:
+            device = load(_device_path(state, user))
+        except Error as exc:
+            _fail(exc.to_json(), as_json)
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_cancel(device, pin=pin))
+    result.pop("session", None)
+    _emit({"user": user, **result}, as_json, "recovery cancelled")
+
+
+@recover_app.command("token")
+def recover_token(
+    user: str = typer.Argument(...),
+    claim: str | None = typer.Option(None, "--claim", help="The claim (default: the one `recover start` saved)."),
+    qr: bool = typer.Option(False, "--qr", help="Show the token as a QR code in the terminal."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Get the single-use, short-lived token of a due recovery (for its starter's claim)."""
+    if claim is None:
+        try:
+            claim = str(json.loads(_claim_path(state, user).read_text())["claim"])
+        except (OSError, ValueError, KeyError) as exc:
+            _fail({"code": "no_claim", "message": f"no recovery claim for {user} here: {exc}"[:300]}, as_json)
+    known = claim
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_token(known))
+    if qr:
+        _qr(f"enclavekit-vault:recover?user={user}&token={result['token']}", as_json)
+    _emit({"user": user, **result}, as_json, f"token {result['token']} (single use, until {_when(result['expires'])})")
+
+
+@recover_app.command("complete")
+def recover_complete(
+    user: str = typer.Argument(...),
+    token: str = typer.Option(..., "--token", help="The token `recover token` showed."),
+    new_pin: str = typer.Option(..., "--new-pin", help="The vault's new PIN."),
+    state: Path = STATE,
+    as_json: bool = JSON,
+) -> None:
+    """Complete a due recovery: the vault's backup comes back under NEW_PIN; guesses start afresh."""
+    result = _run_as_user(state, user, as_json, lambda c: c.recover_complete(token, new_pin))
+    result.pop("session", None)
+    _claim_path(state, user).unlink(missing_ok=True)
+    _emit({"user": user, **result}, as_json, f"vault recovered (generation {result['generation']})")

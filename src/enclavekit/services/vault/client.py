@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,9 +31,11 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
 from enclavekit.attestation.nitro import NitroPolicy, verify
+from enclavekit.channel.protocols import IdentitySigner
 from enclavekit.errors import Error, InfrastructureError
 from enclavekit.services.vault.envelope import RequestEnvelope, open_response, seal_request
-from enclavekit.services.vault.nats_auth import for_app, for_vault
+from enclavekit.services.vault.nats_auth import RECOVERY_NOTICE, for_app, for_vault
+from enclavekit.services.vault.recovery import cancel_message
 from enclavekit.services.vault.wire import ENCLAVE_LOST, ENCLAVE_UNREACHABLE
 
 __all__ = ["VaultCallFailed", "VaultClient", "VaultError", "VaultUnreachable", "verify_vault_key"]
@@ -259,3 +262,47 @@ class VaultClient:
     async def audit(self, *, pin: str) -> tuple[list[dict[str, Any]], str]:
         answer = await self.call("audit.get", {"pin": pin})
         return list(answer["records"]), str(answer["head"])
+
+    # --- devices and recovery (docs/vault.md, ADR 0022) -------------------------------------------------------
+
+    async def add_device(self, device: bytes, *, pin: str | None = None) -> dict[str, Any]:
+        """Enroll ``device`` (a raw Ed25519 public key): it may then cancel recoveries. PIN, or the session."""
+        auth: dict[str, Any] = {"pin": pin} if pin is not None else {"session": self.session}
+        return await self.call("device.add", {**auth, "device": device.hex()})
+
+    async def recover_start(self) -> dict[str, Any]:
+        """Start a recovery: ``{pending, recovery, due, claim}`` — keep the claim, it alone gets the token."""
+        return await self.call("recover.start", {})
+
+    async def recover_status(self) -> dict[str, Any]:
+        """``{pending, recovery, due}``, from the vault (the notices on ``forApp.recovery`` are only a hint)."""
+        return await self.call("recover.status", {})
+
+    async def recover_cancel(self, device: IdentitySigner | None = None, *, pin: str | None = None) -> dict[str, Any]:
+        """Cancel the pending recovery, signed by an enrolled ``device`` key, or with the PIN."""
+        if device is None:
+            return await self.call("recover.cancel", {"pin": pin})
+        number = int((await self.recover_status())["recovery"])
+        signature = device.sign(cancel_message(self.user, number))
+        return await self.call("recover.cancel", {"device": device.public_key.hex(), "signature": signature.hex()})
+
+    async def recover_token(self, claim: str) -> dict[str, Any]:
+        """``{token, expires}`` once the recovery is due (``recovery_not_due`` before)."""
+        return await self.call("recover.token", {"claim": claim})
+
+    async def recover_complete(self, token: str, new_pin: str) -> dict[str, Any]:
+        """Restore the vault with ``new_pin``: ``{generation, audit_head, session}``."""
+        return await self.call("recover.complete", {"token": token, "new_pin": new_pin})
+
+    async def watch_recovery(self, callback: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Call ``callback`` with each notice on ``OwnerSpace.{user}.forApp.recovery`` (a hint: ask the status)."""
+        assert self._nc is not None
+
+        async def on_notice(msg: Msg) -> None:
+            with contextlib.suppress(ValueError):
+                notice = json.loads(msg.data)
+                if isinstance(notice, dict):
+                    await callback(notice)
+
+        await self._nc.subscribe(for_app(self.user, RECOVERY_NOTICE), cb=on_notice)
+        await self._nc.flush()

@@ -3,8 +3,8 @@
 Every unlock counts the guess at a majority of the ledger replicas *before* the material is unsealed or the
 PIN stretched (:mod:`~enclavekit.services.vault.guesses`), and checks the PIN every time: a warm vault (material
 already in memory) never skips the check (the reference's warm vault accepted a wrong PIN). At the limit the
-vault locks for good and its sealed material is deleted; a host that restores the deleted blob gains nothing,
-the ledger says locked.
+vault locks (until a recovery, :mod:`~enclavekit.services.vault.recovery`) and its sealed material is deleted;
+a host that restores the deleted blob gains nothing, the ledger says locked.
 
 The header (``vaults/{user}/header.{generation}``, JSON) holds the KMS blob of the material, the Argon2id cost
 and the PIN verifier — nothing the host can test a guess against without the enclave. Its generation must be
@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from enclavekit.services.vault.backup import Backup
 from enclavekit.services.vault.errors import (
     AlreadyEnrolled,
     LedgerUnavailable,
@@ -134,6 +135,8 @@ class VaultCore:
     locked_here: set[str] = field(default_factory=set)
     """Users this enclave locked (its sessions for them end at once; another enclave's lock ends them on expiry)."""
     _stretch_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STRETCH_CONCURRENCY))
+    backup: Backup | None = None
+    """Wraps every generation's state key under the user's backup key (recovery); None: no backup is kept."""
 
     async def _keys(
         self, pin: str, user: str, material: bytes, entry: GuessEntry, generation: int, params: Argon2Params
@@ -175,6 +178,8 @@ class VaultCore:
         keys = await self._keys(pin, user, material, entry, generation, self.argon2)
         header = Header(user, generation, sealed, keys.pin_verifier(user, generation), self.argon2)
         await self.objects.put(header_key(user, generation), header.to_bytes())
+        if self.backup is not None:
+            await self.backup.write(user, generation, keys.state)
         self._remember(user, generation, sealed, material)
         return keys
 
@@ -217,6 +222,8 @@ class VaultCore:
             keys = await self._keys(pin, user, material, attempt.entry, header.generation, header.argon2)
             if keys.pin_matches(user, header.generation, header.verifier):
                 entry = await self.ledger.clear(user, attempt)
+                if entry.recovery_pending:  # whoever knows the PIN needs no recovery: a started one dies (ADR 0022)
+                    entry = await self.ledger.close_recovery(user, entry, entry.recovery[0])
                 return Unlocked(user, keys, entry)
             if attempt.entry.uncleared >= attempt.entry.limit:
                 await self._lock(user, attempt.entry)
@@ -254,5 +261,50 @@ class VaultCore:
                 user, store.entry, generation=generation, version=new_index.version
             )
             await self.objects.delete(header_key(user, old.entry.generation))
+            if self.backup is not None:
+                await self.backup.forget(user, old.entry.generation)
             await store.forget_generation(old_index)
             return Unlocked(user, keys, entry)
+
+    async def open_backup(self, user: str, known: GuessEntry) -> tuple[VaultStore, list[int]]:
+        """``user``'s state opened with the backup key, without the PIN (recovery only: the caller checked why), and
+        the generations that have a backup. The current generation's — or, when the ledger lost the user
+        (``known`` not enrolled), the newest stored one's: then nothing detects a host that restores older
+        objects (docs/vault.md, recovery)."""
+        if self.backup is None:
+            raise StateRolledBack(f"{user}'s vault keeps no backup")
+        stored = await self.backup.generations(user)
+        generation = known.generation if known.enrolled else (stored[0] if stored else 0)
+        if generation == 0:
+            raise NotEnrolled(f"{user} has no vault backup")
+        at = known if known.enrolled else GuessEntry(generation=generation)
+        return VaultStore(self.objects, self.ledger, user, await self.backup.state_key(user, generation), at), stored
+
+    async def restore(self, user: str, new_pin: str, known: GuessEntry, *, limit: int) -> Unlocked:
+        """Complete a recovery (the caller holds the ledger lock and checked the recovery is due and claimed): open
+        the backup of the current generation — or, when the ledger lost the user, of the newest one stored — and
+        re-encrypt it into a new generation with ``new_pin``; one ledger write makes it current, clears the
+        attempts and closes the recovery; the old generation's objects are deleted after."""
+        check_pin_format(new_pin)
+        store, stored = await self.open_backup(user, known)
+        old_index = await store.load()
+        new_generation = max(store.entry.generation, *stored, known.locked_at) + 1
+        epoch = known.epoch if known.enrolled else secrets.token_hex(16)  # a ledger that lost the user: a new epoch
+        keys = await self._write_header(user, new_pin, GuessEntry(epoch=epoch), new_generation)
+        new_index, _ = await store.rekey(keys.state, new_generation)
+        entry = await self.ledger.complete_recovery(
+            user, known, generation=new_generation, version=new_index.version, limit=limit, epoch=epoch
+        )
+        if entry.epoch != epoch:
+            raise AlreadyEnrolled(f"{user} was enrolled or recovered at the same moment by another request")
+        if self.backup is not None:
+            for old in stored:
+                await self.backup.forget(user, old)
+        for key in await self.objects.list(f"vaults/{user}/"):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith("header.") and name != f"header.{new_generation}":
+                await self.objects.delete(key)
+        await store.forget_generation(old_index)
+        self.locked_here.discard(user)
+        logger.warning("vault of %s recovered into generation %d", user, new_generation)
+        return Unlocked(user, keys, entry)

@@ -42,6 +42,7 @@ from enclavekit.enclave.tracks import enclave_kms_client
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext, parse_address
+from enclavekit.services.vault.backup import Backup
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
@@ -56,7 +57,9 @@ from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryR
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import pin as pin_operations
+from enclavekit.services.vault.operations import recovery as recovery_operations
 from enclavekit.services.vault.operations import secret as secret_operations
+from enclavekit.services.vault.recovery import RecoveryDesk
 from enclavekit.services.vault.remote_objects import RemoteObjectStore
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
@@ -98,7 +101,7 @@ class Opened:
 
 
 def _operations() -> dict[str, Handler]:
-    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS}
+    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS, **recovery_operations.OPERATIONS}
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -151,6 +154,8 @@ class VaultEnclave:
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
     operations: dict[str, Handler] = field(default_factory=_operations)
+    recovery: RecoveryDesk | None = None
+    """Pending recoveries' tokens (memory only); made on first use (``operations.recovery.desk``)."""
 
     @property
     def public_key(self) -> bytes:
@@ -318,7 +323,9 @@ def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnc
     if not route:
         raise ConfigurationError("the vault enclave needs objects_route (the host's object service; it has no disk)")
     parse_address(route)
-    return VaultCore(ledger, KmsSealer(kms, key_id), RemoteObjectStore(route))
+    objects = RemoteObjectStore(route)
+    backup = Backup(objects, KmsSealer(kms, key_id, purpose="backup"))
+    return VaultCore(ledger, KmsSealer(kms, key_id), objects, backup=backup)
 
 
 def build_app(name: str = "vault", state: VaultEnclave | None = None) -> tuple[EnclaveApp, VaultEnclave]:

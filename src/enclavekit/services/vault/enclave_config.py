@@ -10,7 +10,8 @@ once here into frozen dataclasses; unknown fields are refused::
      "ledger": {"replicas": 3, "quorum": 2},
      "attestation_roots": ["-----BEGIN CERTIFICATE-----..."],
      "guess_limit": 10,
-     "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...]}
+     "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...],
+     "recovery": {"delay_s": 86400}}
 
 * ``kms``: the key that seals every user's material (its policy must release only to this PCR0: checked at boot),
   and the endpoint with the CA its certificate must chain to (absent: AWS KMS in ``region``, system roots).
@@ -21,6 +22,8 @@ once here into frozen dataclasses; unknown fields are refused::
   local stack the NSM simulator's root (its certificate is in the file, so it is measured).
 * ``guess_limit``: the limit a vault gets when the enrolling user names none (1..255).
 * ``operator_keys``: the keys that sign operator documents (invitation codes, proposals); optional, at most 16.
+* ``recovery.delay_s``: how long a started recovery waits for a cancel before it can complete (1 s .. 30 days;
+  absent: 24 h). Measured like the rest: a host that shortens it boots another PCR0 (ADR 0022).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from enclavekit.enclave.measured_config import (
 from enclavekit.errors import ConfigurationError
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.services.vault.errors import VaultRejected
+from enclavekit.services.vault.recovery import DEFAULT_RECOVERY_DELAY, MAX_RECOVERY_DELAY
 
 __all__ = [
     "ALLOWED_LAUNCH_SETTINGS",
@@ -93,6 +97,8 @@ class VaultEnclaveConfig:
     operator_keys: tuple[bytes, ...] = ()
     """Raw Ed25519 public keys whose signatures the vault accepts on operator documents (invitations,
     proposals): :meth:`require_operator_signature`."""
+    recovery_delay: int = DEFAULT_RECOVERY_DELAY
+    """Seconds a started recovery waits for a cancel before it can complete (ADR 0022)."""
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VaultEnclaveConfig:
@@ -101,7 +107,7 @@ class VaultEnclaveConfig:
         top = config_object(
             document,
             "configuration",
-            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys"},
+            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys", "recovery"},
         )
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
@@ -126,7 +132,11 @@ class VaultEnclaveConfig:
         if type(limit) is not int or not 1 <= limit <= 255:
             raise InvalidEnclaveConfig("guess_limit must be an integer in 1..255")
         operators = operator_keys(top.get("operator_keys"))
-        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators)
+        recovery = config_object(top.get("recovery", {}), "recovery", {"delay_s"})
+        delay = recovery.get("delay_s", DEFAULT_RECOVERY_DELAY)
+        if type(delay) is not int or not 1 <= delay <= MAX_RECOVERY_DELAY:
+            raise InvalidEnclaveConfig(f"recovery.delay_s must be an integer in 1..{MAX_RECOVERY_DELAY}")
+        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators, delay)
 
     def require_operator_signature(self, message: bytes, signature: bytes) -> bytes:
         """The operator key (one of the measured ``operator_keys``) whose Ed25519 signature over ``message`` this
@@ -168,6 +178,7 @@ def vault_config_document(
     quorum: int = 2,
     guess_limit: int = 10,
     operator_keys: tuple[bytes, ...] = (),
+    recovery_delay: int | None = None,
 ) -> bytes:
     """The canonical bytes of a vault configuration (checked by parsing it back)."""
     pems = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode() for der in roots_der]
@@ -180,6 +191,8 @@ def vault_config_document(
         "attestation_roots": pems,
         "guess_limit": guess_limit,
     } | ({"operator_keys": [key.hex() for key in operator_keys]} if operator_keys else {})
+    if recovery_delay is not None:
+        document["recovery"] = {"delay_s": recovery_delay}
     data = canonical(document)
     VaultEnclaveConfig.from_bytes(data)
     return data

@@ -2,8 +2,10 @@
 
 Each user's entry is a join-semilattice (a CRDT): ``attempts`` and ``cleared`` are grow-only counters with one
 slot per coordinator boot (merged by per-slot maximum), ``generation`` (which PIN setting is current) and
-``version`` (the newest stored state) only grow, and ``locked`` never unsets. Merging is idempotent, commutative
-and associative, so a replayed, reordered or duplicated message can only repeat what is already known.
+``version`` (the newest stored state) only grow, and ``locked_at`` (the generation that hit the limit) never goes
+down — only a recovery's newer generation leaves it behind; a pending recovery's number, due time and claim hash
+and the highest closed recovery only grow (:mod:`~enclavekit.services.vault.recovery`). Merging is idempotent,
+commutative and associative, so a replayed, reordered or duplicated message can only repeat what is already known.
 
 The entry lives in the memory of the vault enclaves' *replicas* (never on the host's disk). A coordinator (the
 enclave serving the user) writes by sending its merged entry to every replica and waiting for a **majority** to
@@ -70,7 +72,9 @@ def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 
 _EPOCH: Final = re.compile(r"(?:[0-9a-f]{32})?")
-_FIELDS: Final = frozenset({"attempts", "cleared", "generation", "version", "locked", "limit", "epoch"})
+_FIELDS: Final = frozenset(
+    {"attempts", "cleared", "generation", "version", "locked_at", "limit", "epoch", "recovery", "recovery_closed"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,9 @@ class GuessEntry:
     cleared: Mapping[str, int] = field(default_factory=dict)
     generation: int = 0
     version: int = 0
-    locked: bool = False
+    locked_at: int = 0
+    """The generation that reached the guess limit (0: none). It locks that generation for good; only a recovery,
+    which makes a newer generation, leaves it behind (:mod:`~enclavekit.services.vault.recovery`)."""
     limit: int = DEFAULT_GUESS_LIMIT
     epoch: str = ""
     """The enrollment this entry belongs to: 32 hex digits drawn by the enclave that enrolled the user. The vault's
@@ -89,14 +95,24 @@ class GuessEntry:
     restarted, put back by the host after it enrolled the same name again) can test no PIN."""
     claims: frozenset[str] = frozenset()
     """Invitation entries only (key ``invite:{id}``): the users who claimed the code, grow-only."""
+    recovery: tuple[int, int, str] = (0, 0, "")
+    """The latest recovery started: (number, due time in unix seconds, SHA-256 hex of its claim). Merged by
+    maximum, so the first start of a number is kept and a concurrent one can only push the due time later."""
+    recovery_closed: int = 0
+    """The highest recovery number cancelled or completed: a recovery is pending while its number is above it."""
 
     def __post_init__(self) -> None:
         if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
             raise ValueError("guess entry has too many slots")
         if len(self.claims) > MAX_CLAIMS or not all(isinstance(c, str) and 0 < len(c) <= 64 for c in self.claims):
             raise ValueError("guess entry claims are at most 8 user ids")
-        if any(c < 0 for c in (*self.attempts.values(), *self.cleared.values())) or self.generation < 0:
+        if (
+            any(c < 0 for c in (*self.attempts.values(), *self.cleared.values()))
+            or min(self.generation, self.locked_at, self.recovery[0], self.recovery[1], self.recovery_closed) < 0
+        ):
             raise ValueError("guess entry counts are non-negative")
+        if len(self.recovery[2]) > 64:
+            raise ValueError("guess entry recovery claim is a SHA-256 hex digest")
         check_guess_limit(self.limit)
         if not _EPOCH.fullmatch(self.epoch):
             raise ValueError("guess entry epoch is empty or 32 hex digits")
@@ -104,6 +120,15 @@ class GuessEntry:
     @property
     def enrolled(self) -> bool:
         return self.generation > 0
+
+    @property
+    def locked(self) -> bool:
+        """The current generation reached the guess limit."""
+        return self.locked_at > 0 and self.locked_at >= self.generation
+
+    @property
+    def recovery_pending(self) -> bool:
+        return self.recovery[0] > self.recovery_closed
 
     @property
     def uncleared(self) -> int:
@@ -121,10 +146,12 @@ class GuessEntry:
             cleared=_merge_counts(self.cleared, other.cleared),
             generation=max(self.generation, other.generation),
             version=max(self.version, other.version),
-            locked=self.locked or other.locked,
+            locked_at=max(self.locked_at, other.locked_at),
             limit=self._merged_limit(other),
             epoch=max(self.epoch, other.epoch),  # two racing enrollments: one deterministic winner everywhere
             claims=frozenset(sorted(self.claims | other.claims)[:MAX_CLAIMS]),
+            recovery=max(self.recovery, other.recovery),
+            recovery_closed=max(self.recovery_closed, other.recovery_closed),
         )
 
     def _merged_limit(self, other: GuessEntry) -> int:
@@ -138,9 +165,11 @@ class GuessEntry:
             "cleared": dict(self.cleared),
             "generation": self.generation,
             "version": self.version,
-            "locked": self.locked,
+            "locked_at": self.locked_at,
             "limit": self.limit,
             "epoch": self.epoch,
+            "recovery": list(self.recovery),
+            "recovery_closed": self.recovery_closed,
         }
         if self.claims:  # only invitation entries have claims; a user's entry is unchanged
             out["claims"] = sorted(self.claims)
@@ -162,10 +191,28 @@ class GuessEntry:
             ):
                 raise ValueError(f"malformed guess entry {name}")
             counts.append(dict(value))
-        ints = [raw[n] for n in ("generation", "version", "limit")]
-        if not all(type(v) is int for v in ints) or type(raw["locked"]) is not bool or type(raw["epoch"]) is not str:
+        ints = [raw[n] for n in ("generation", "version", "locked_at", "limit", "recovery_closed")]
+        recovery = raw["recovery"]
+        if (
+            not all(type(v) is int for v in ints)
+            or type(raw["epoch"]) is not str
+            or not isinstance(recovery, list)
+            or len(recovery) != 3
+            or not (type(recovery[0]) is int and type(recovery[1]) is int and isinstance(recovery[2], str))
+        ):
             raise ValueError("malformed guess entry fields")
-        return cls(counts[0], counts[1], ints[0], ints[1], raw["locked"], ints[2], raw["epoch"], frozenset(claims))
+        return cls(
+            attempts=counts[0],
+            cleared=counts[1],
+            generation=ints[0],
+            version=ints[1],
+            locked_at=ints[2],
+            limit=ints[3],
+            epoch=raw["epoch"],
+            claims=frozenset(claims),
+            recovery=(recovery[0], recovery[1], recovery[2]),
+            recovery_closed=ints[4],
+        )
 
 
 class Replica(Protocol):
@@ -374,7 +421,32 @@ class GuessLedger:
         return await self._quorum(user, known.merge(update))
 
     async def lock_out(self, user: str, known: GuessEntry) -> GuessEntry:
-        """The limit is reached: lock for good."""
+        """The limit is reached: lock this generation for good (a recovery makes a newer one)."""
         return await self._quorum(
-            user, known.merge(GuessEntry(generation=known.generation, locked=True, limit=known.limit))
+            user, known.merge(GuessEntry(generation=known.generation, locked_at=known.generation, limit=known.limit))
         )
+
+    async def start_recovery(self, user: str, known: GuessEntry, *, number: int, due: int, claim: str) -> GuessEntry:
+        """Record recovery ``number`` (due at ``due``, claimed by the holder of the claim hashed to ``claim``)."""
+        return await self._quorum(user, known.merge(GuessEntry(recovery=(number, due, claim), limit=known.limit)))
+
+    async def close_recovery(self, user: str, known: GuessEntry, number: int) -> GuessEntry:
+        """Recovery ``number`` is cancelled: it can never complete (``recovery_closed`` only grows)."""
+        return await self._quorum(user, known.merge(GuessEntry(recovery_closed=number, limit=known.limit)))
+
+    async def complete_recovery(
+        self, user: str, known: GuessEntry, *, generation: int, version: int, limit: int, epoch: str
+    ) -> GuessEntry:
+        """Recovery ``known.recovery`` completed: ``generation`` (its header and state already stored) is current,
+        every attempt known so far is cleared, and the recovery is closed. ``epoch`` is the entry's (a new one when
+        the ledger had lost the user); the caller checks the answer names it."""
+        update = GuessEntry(
+            attempts=known.attempts,
+            cleared=known.attempts,
+            generation=generation,
+            version=version,
+            limit=known.limit if known.enrolled else check_guess_limit(limit),
+            epoch=epoch,
+            recovery_closed=known.recovery[0],
+        )
+        return await self._quorum(user, known.merge(update))

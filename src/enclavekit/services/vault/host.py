@@ -45,7 +45,7 @@ from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions, ConnectionClosed, ConnectionFailed, DeadlineExceeded, RpcClient
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
 from enclavekit.services.vault.members import MemberRegistry, join_snapshots
-from enclavekit.services.vault.nats_auth import for_app
+from enclavekit.services.vault.nats_auth import RECOVERY_NOTICE, for_app
 from enclavekit.services.vault.wire import (
     ENCLAVE_LOST,
     ENCLAVE_UNREACHABLE,
@@ -68,6 +68,8 @@ DOWN_FOR: Final = 2.0
 """Seconds an enclave that refused a connection is passed over before it is tried again."""
 KEY_TIMEOUT: Final = 5.0
 MESSAGE_TIMEOUT: Final = 60.0
+NOTIFIED_OPS: Final = frozenset({"recover.start", "recover.cancel", "recover.complete"})
+"""Operations the bridge announces on ``forApp.recovery`` (ADR 0022: a hint; the vault's status is the truth)."""
 
 
 def enclave_index(user: str, enclaves: int) -> int:
@@ -290,6 +292,9 @@ class VaultBridge:
         except Error as exc:
             return await refuse(str(exc.to_json().get("code", exc.code)))
         await self._nc.publish(for_app(user, op), base64.b64decode(reply.envelope), headers=headers)
+        if op in NOTIFIED_OPS:  # every device of the user hears of it at once (and asks the vault)
+            notice = {"user": user, "op": op, "at": int(time.time())}
+            await self._nc.publish(for_app(user, RECOVERY_NOTICE), json.dumps(notice).encode())
         return f"relayed to {member.address}"
 
     async def _handle(self, msg: Msg) -> None:

@@ -26,6 +26,7 @@ from enclavekit.stack.files import write_private
 
 __all__ = [
     "BRIDGE_USER",
+    "RECOVERY_NOTICE",
     "SERVICES_USER",
     "Credentials",
     "add_user",
@@ -42,6 +43,11 @@ SERVICES_USER: Final = "services"
 
 def for_vault(user: str, op: str) -> str:
     return f"OwnerSpace.{check_user(user)}.forVault.{op}"
+
+
+RECOVERY_NOTICE: Final = "recovery"
+"""``OwnerSpace.{user}.forApp.recovery``: where the bridge tells the user's devices that a recovery operation
+was relayed (a hint without secrets; each device then asks the vault for the status)."""
 
 
 def for_app(user: str, op: str) -> str:

@@ -20,9 +20,13 @@ from enclavekit.services.vault.keys import MATERIAL_SIZE
 __all__ = ["KmsSealer", "Sealer", "encryption_context"]
 
 
-def encryption_context(user: str, generation: int) -> dict[str, str]:
-    """The KMS encryption context of one user's material of one generation."""
-    return {"enclavekit:service": "vault", "enclavekit:vault-user": user, "enclavekit:generation": str(generation)}
+def encryption_context(user: str, generation: int, purpose: str | None = None) -> dict[str, str]:
+    """The KMS encryption context of one user's material of one generation (or, with ``purpose``, of another key
+    of that user: ``backup``, which does not depend on the PIN — :mod:`~enclavekit.services.vault.backup`)."""
+    context = {"enclavekit:service": "vault", "enclavekit:vault-user": user, "enclavekit:generation": str(generation)}
+    if purpose is not None:
+        context["enclavekit:purpose"] = purpose
+    return context
 
 
 class Sealer(Protocol):
@@ -39,6 +43,9 @@ class KmsSealer:
 
     kms: KmsClient
     key_id: str
+    purpose: str | None = None
+    """None for the PIN material; ``backup`` for the backup key (another encryption context: one blob never
+    stands for the other)."""
 
     async def seal(self, user: str, generation: int) -> tuple[bytes, bytes]:
         key = await asyncio.to_thread(
@@ -46,13 +53,16 @@ class KmsSealer:
             self.key_id,
             key_spec=None,
             number_of_bytes=MATERIAL_SIZE,
-            encryption_context=encryption_context(user, generation),
+            encryption_context=encryption_context(user, generation, self.purpose),
         )
         return key.plaintext, key.ciphertext_blob
 
     async def unseal(self, user: str, generation: int, sealed: bytes) -> bytes:
         material = await asyncio.to_thread(
-            self.kms.decrypt, sealed, encryption_context=encryption_context(user, generation), key_id=self.key_id
+            self.kms.decrypt,
+            sealed,
+            encryption_context=encryption_context(user, generation, self.purpose),
+            key_id=self.key_id,
         )
         if len(material) != MATERIAL_SIZE:
             raise ValueError("unsealed material has the wrong size")

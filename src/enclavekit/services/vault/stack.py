@@ -107,15 +107,23 @@ def key_policy(pcr0_hex: str) -> str:
 
 
 def provision_vault_config(
-    state: Path, kms_url: str, endpoint: MeasuredKmsEndpoint, *, ca_file: Path | None = None, replicas: int = 3
+    state: Path,
+    kms_url: str,
+    endpoint: MeasuredKmsEndpoint,
+    *,
+    ca_file: Path | None = None,
+    replicas: int = 3,
+    recovery_delay: int | None = None,
 ) -> tuple[Path, str]:
     """The vault's measured configuration file and its PCR0, made once per state folder and KMS endpoint and
     reused while the image (and so PCR0) is unchanged; otherwise a new key, a new file, a new binding. The record
     ``STATE/vault/kms-key.json`` names the key and the PCR0 it was bound to. ``kms_url`` is where this host
-    reaches the KMS (verifying ``ca_file`` when given); ``endpoint`` is what the measured configuration names."""
+    reaches the KMS (verifying ``ca_file`` when given); ``endpoint`` is what the measured configuration names.
+    ``recovery_delay`` (seconds; None: the default 24 h) is measured too: tests use a short one."""
     from enclavekit.client.identity import load_or_create
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.enclave_config import VaultEnclaveConfig, vault_config_document
+    from enclavekit.services.vault.recovery import DEFAULT_RECOVERY_DELAY
     from enclavekit.stack.kms import boto3_kms
 
     path, record = state / "vault" / "enclave-config.json", state / "vault" / "kms-key.json"
@@ -133,6 +141,7 @@ def provision_vault_config(
             and existing.replicas == replicas
             and existing.kms_endpoint == endpoint
             and existing.operator_keys == operators
+            and existing.recovery_delay == (recovery_delay or DEFAULT_RECOVERY_DELAY)
         ):
             return path, pcr0
     except (FileNotFoundError, ValueError, Error):
@@ -158,6 +167,7 @@ def provision_vault_config(
         replicas=replicas,
         quorum=replicas // 2 + 1,
         operator_keys=operators,
+        recovery_delay=recovery_delay,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -186,12 +196,17 @@ def prepare_vault(stack: Stack) -> None:
 
 
 async def start_vault(
-    stack: Stack, *, replicas: int = 3, objects: str | None = None, s3_endpoint: str | None = None
+    stack: Stack,
+    *,
+    replicas: int = 3,
+    objects: str | None = None,
+    s3_endpoint: str | None = None,
+    recovery_delay: int | None = None,
 ) -> None:
     """Start the host's object service (``objects``: a ``file://`` or ``s3://`` URL, ``s3_endpoint`` for an
     S3-compatible server; default the folder ``STATE/vault/objects``), ``replicas`` vault enclaves (``vault-1``..,
     or ``vault`` alone), each holding a replica of the guess ledger and reaching the others by attestation, and the
-    host bridge in front of them."""
+    host bridge in front of them (``recovery_delay``: the measured recovery delay in seconds, None for 24 h)."""
     state = stack.state.root
     objects_route = f"unix://{stack.state.run / 'vault-objects.sock'}"
     serve = ["vault", "objects", "serve", "--listen", objects_route]
@@ -205,7 +220,13 @@ async def start_vault(
     local_kms = await ensure_local_kms(stack)
     kms_url = local_kms.url
     config_path, pcr0 = await asyncio.to_thread(
-        provision_vault_config, state, kms_url, local_kms.measured(), ca_file=local_kms.ca_file, replicas=replicas
+        provision_vault_config,
+        state,
+        kms_url,
+        local_kms.measured(),
+        ca_file=local_kms.ca_file,
+        replicas=replicas,
+        recovery_delay=recovery_delay,
     )
     names = [f"vault-{i}" for i in range(1, replicas + 1)] if replicas > 1 else ["vault"]
     sockets = {name: f"unix://{stack.state.run / (name + '.sock')}" for name in names}
