@@ -21,6 +21,7 @@ from typing import Any
 import typer
 
 from enclavekit.cli._app import app
+from enclavekit.cli._vault_vote import proposal_app, vote_app
 from enclavekit.errors import Error
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StateDir
 
@@ -31,6 +32,8 @@ secret_app = typer.Typer(help="Named secrets with versions.")
 pin_app = typer.Typer(help="The vault PIN.")
 vault_app.add_typer(secret_app, name="secret")
 vault_app.add_typer(pin_app, name="pin")
+vault_app.add_typer(vote_app, name="vote")
+vault_app.add_typer(proposal_app, name="proposal")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")

@@ -59,6 +59,7 @@ from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import pin as pin_operations
 from enclavekit.services.vault.operations import secret as secret_operations
+from enclavekit.services.vault.operations import voting as voting_operations
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
@@ -100,7 +101,7 @@ class Opened:
 
 
 def _operations() -> dict[str, Handler]:
-    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS}
+    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS, **voting_operations.OPERATIONS}
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -153,6 +154,8 @@ class VaultEnclave:
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
     operations: dict[str, Handler] = field(default_factory=_operations)
+    endorser: voting_operations.Endorser = field(default_factory=voting_operations.Endorser)
+    """The key that endorses this enclave's ballots (``vote.cast``), bound to its attestation."""
 
     @property
     def public_key(self) -> bytes:

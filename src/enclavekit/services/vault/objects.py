@@ -32,7 +32,8 @@ __all__ = [
 
 MAX_OBJECT: Final = 1024 * 1024
 _USER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_KEY: Final = re.compile(r"vaults/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9._-]{1,128}){1,3}")
+_KEY: Final = re.compile(r"(vaults|ballots)/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9._-]{1,128}){1,3}")
+"""``vaults/{user}/...`` (a user's encrypted state) and ``ballots/{proposal}/...`` (public ballot boxes)."""
 
 
 class InvalidUser(VaultRejected):

@@ -1,0 +1,178 @@
+"""``vote.cast`` ``{pin|session, proposal, choice}``, ``vote.proof`` ``{pin|session, proposal}`` and
+``vote.results`` ``{proposal}`` — ``proposal`` is the operator-signed document
+(:class:`~enclavekit.services.vault.proposal.SignedProposal`), checked against the measured operator keys.
+
+Casting: the proposal must be open by this enclave's clock and offer the choice; the user's identity seed (32
+random bytes in the encrypted vault state, made on the first vote, re-encrypted with the rest on a PIN change)
+gives the voting key; the ballot goes to the public box, endorsed by this enclave's endorser key, and the state
+records the vote. A second vote on a proposal is **refused** (``already_voted``) — by the state and, should the
+host roll the state back, by the box, which holds one ballot per voting key (and the tally counts one per key).
+A proof (after the close) re-derives the key, tallies the box and returns the path of the user's leaf; a ballot
+that the box lacks is ``ballot_not_counted`` — the voter sees the host's censorship.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from enclavekit.errors import Error
+from enclavekit.services.vault.ballot import (
+    SEED_SIZE,
+    Ballot,
+    Results,
+    ResultsNotReady,
+    ballot_key,
+    endorser_binding,
+    endorser_key,
+    raw_public,
+    read_box,
+    verify_endorser,
+    voting_key,
+)
+from enclavekit.services.vault.errors import VaultRejected
+from enclavekit.services.vault.operations import BadPayload, Handler, Request
+from enclavekit.services.vault.proposal import Proposal, SignedProposal
+from enclavekit.services.vault.secret_store import SecretStore
+
+if TYPE_CHECKING:
+    from enclavekit.services.vault.enclave_app import VaultEnclave
+    from enclavekit.services.vault.state import VaultStore
+
+__all__ = ["OPERATIONS", "AlreadyVoted", "BallotNotCounted", "Endorser", "NotVoted"]
+
+MAX_VERIFIED_ENDORSERS: Final = 4096
+
+
+class AlreadyVoted(VaultRejected):
+    """One vote per user per proposal: a second is refused."""
+
+    code = "already_voted"
+
+
+class NotVoted(VaultRejected):
+    """A proof was asked for a proposal this vault cast no vote on."""
+
+    code = "not_voted"
+
+
+class BallotNotCounted(VaultRejected):
+    """The user voted, but the box the host serves has no valid ballot of the user's key: it was dropped."""
+
+    code = "ballot_not_counted"
+
+
+@dataclass
+class Endorser:
+    """This enclave's endorser key (made at boot, memory only), the proposals whose box already holds its
+    attestation document, and the endorser keys of other boots it has verified."""
+
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    published: set[str] = field(default_factory=set)
+    verified: set[bytes] = field(default_factory=set)
+
+    @property
+    def public(self) -> bytes:
+        return raw_public(self.key)
+
+
+def _proposal(vault: VaultEnclave, request: Request) -> Proposal:
+    if vault.config is None:
+        raise VaultRejected("the vault enclave has not booted")
+    if "proposal" not in request.payload:
+        raise BadPayload("proposal is the operator-signed proposal document")
+    return SignedProposal.from_json(request.payload["proposal"]).verify(vault.config.require_operator_signature)
+
+
+def _voting_meta(store: VaultStore) -> dict[str, Any]:
+    assert store.index is not None
+    meta: dict[str, Any] = json.loads(json.dumps(store.index.meta))  # a deep copy to change
+    return meta
+
+
+async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Results:
+    if now < proposal.closes_at:
+        raise ResultsNotReady(f"proposal {proposal.id} closes at {proposal.closes_at}")
+    context = vault._context
+    assert context is not None
+    endorser = vault.endorser
+
+    async def check(document: bytes, key: bytes) -> bool:
+        if key in endorser.verified or key == endorser.public:
+            return True
+        try:
+            verify_endorser(document, key, pcr0=[context.pcr0], roots=vault.roots)
+        except Error:
+            return False
+        if len(endorser.verified) < MAX_VERIFIED_ENDORSERS:
+            endorser.verified.add(key)
+        return True
+
+    return await read_box(vault.require_core().objects, proposal, check)
+
+
+async def cast(vault: VaultEnclave, request: Request) -> dict[str, Any]:
+    proposal = _proposal(vault, request)
+    proposal.check_open(request.now)
+    choice = proposal.check_choice(request.payload.get("choice"))
+    opened = await vault.unlock(request)
+    core = vault.require_core()
+    async with core.ledger.lock(request.user):
+        store = core.store(opened.unlocked)
+        await store.load()
+        meta = _voting_meta(store)
+        voting = meta.setdefault("voting", {"seed": secrets.token_bytes(SEED_SIZE).hex(), "cast": {}})
+        if proposal.id in voting["cast"]:
+            raise AlreadyVoted(f"this vault already voted on {proposal.id}")
+        key = voting_key(bytes.fromhex(voting["seed"]), proposal.id)
+        public = raw_public(key)
+        if await core.objects.get(ballot_key(proposal.id, public)) is not None:
+            raise AlreadyVoted(f"the box already holds this vault's ballot on {proposal.id}")
+        endorser = vault.endorser
+        if proposal.id not in endorser.published:
+            assert vault._context is not None
+            document = await vault._context.attest(user_data=endorser_binding(endorser.public))
+            await core.objects.put(endorser_key(proposal.id, endorser.public), document)
+            endorser.published.add(proposal.id)
+        timestamp = int(request.now)
+        ballot = Ballot.cast(proposal, key, choice, timestamp, endorser.key)
+        await core.objects.put(ballot_key(proposal.id, public), ballot.to_bytes())
+        voting["cast"][proposal.id] = {"choice": choice, "at": timestamp}
+        await store.commit({}, meta)
+        head = await SecretStore(store).record("vote.cast", now=request.now, proposal=proposal.id)
+    return {
+        "proposal": proposal.id,
+        "leaf": ballot.leaf.hex(),
+        "timestamp": timestamp,
+        "audit_head": head,
+        "session": opened.session,
+    }
+
+
+async def proof(vault: VaultEnclave, request: Request) -> dict[str, Any]:
+    proposal = _proposal(vault, request)
+    if request.now < proposal.closes_at:
+        raise ResultsNotReady(f"proposal {proposal.id} closes at {proposal.closes_at}")
+    opened = await vault.unlock(request)
+    index = opened.store.index or await opened.store.load()
+    voting = index.meta.get("voting", {})
+    if proposal.id not in voting.get("cast", {}):
+        raise NotVoted(f"this vault cast no vote on {proposal.id}")
+    public = raw_public(voting_key(bytes.fromhex(voting["seed"]), proposal.id))
+    results = await _results(vault, proposal, request.now)
+    inclusion = results.proof_for(public)
+    if inclusion is None:
+        raise BallotNotCounted(f"the ballot box of {proposal.id} does not count this vault's ballot")
+    return {"proof": inclusion.to_json(), "session": opened.session}
+
+
+async def results(vault: VaultEnclave, request: Request) -> dict[str, Any]:
+    proposal = _proposal(vault, request)
+    return (await _results(vault, proposal, request.now)).to_json()
+
+
+OPERATIONS: Final[dict[str, Handler]] = {"vote.cast": cast, "vote.proof": proof, "vote.results": results}
