@@ -65,7 +65,7 @@ def independent_verify(proof: dict[str, Any], root_hex: str) -> bool:
     for step in proof["path"]:
         sibling = bytes.fromhex(step["hash"])
         node = hashlib.sha256(sibling + node if step["side"] == "left" else node + sibling).digest()
-    return node.hex() == root_hex == proof["root"]
+    return bool(node.hex() == root_hex == proof["root"])
 
 
 def independent_leaf(leaf: dict[str, Any]) -> str:
