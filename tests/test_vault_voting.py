@@ -321,6 +321,22 @@ def test_host_cannot_stuff_the_box_with_keys_it_made_up_or_alter_a_vote() -> Non
             forged.verify(proposal, [raw_public(enclave)])
 
 
+def test_a_known_ballot_skips_its_signature_checks_but_an_altered_copy_is_checked_again() -> None:
+    proposal = _proposal()
+    enclave = Ed25519PrivateKey.generate()
+    ballots, _ = _box(proposal, 6, enclave)
+    known: set[bytes] = set()
+    first = tally(proposal, ballots, [raw_public(enclave)], known=known)
+    assert len(known) == 6
+    b = ballots[0]
+    altered = Ballot(b.proposal, b.voting_key, "abstain", b.timestamp, b.signature, b.endorser, b.endorsement)
+    again = tally(proposal, [altered, *ballots[1:]], [raw_public(enclave)], known=known)
+    assert again.rejected == 1 and again.counts["abstain"] == 0
+    assert tally(proposal, ballots, [raw_public(enclave)], known=known).to_json() == first.to_json()
+    other = Proposal(proposal.id, proposal.title, proposal.choices, proposal.opens_at + 1, proposal.closes_at)
+    assert tally(other, ballots, [raw_public(enclave)], known=known).rejected == 6  # known for another document
+
+
 def test_endorser_key_counts_only_with_an_attestation_of_the_vault_image(operator_world: dict[str, Any]) -> None:
     state: Path = operator_world["state"]
     vault_image: NsmSimulator = operator_world["image"]

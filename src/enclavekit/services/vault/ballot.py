@@ -64,6 +64,8 @@ BALLOT_FORMAT: Final = "enclavekit-vault-ballot"
 MAX_BALLOT_BYTES: Final = 4 * 1024
 MAX_ENDORSER_DOCUMENT: Final = 32 * 1024
 SEED_SIZE: Final = 32
+MAX_KNOWN: Final = 1_000_000
+"""Verified ballot digests an enclave remembers (32 MiB of digests at most)."""
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEX128: Final = re.compile(r"[0-9a-f]{128}")
 
@@ -155,6 +157,11 @@ class Ballot:
             raw_public(endorser),
             endorser.sign(endorsement_message(proposal.id, public)),
         )
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the whole ballot (what :func:`tally` remembers as verified)."""
+        return hashlib.sha256(self.to_bytes()).digest()
 
     @property
     def leaf(self) -> bytes:
@@ -265,15 +272,25 @@ class Results:
         return None
 
 
-def tally(proposal: Proposal, ballots: Iterable[Ballot], endorsers: Iterable[bytes]) -> Results:
+def tally(
+    proposal: Proposal, ballots: Iterable[Ballot], endorsers: Iterable[bytes], *, known: set[bytes] | None = None
+) -> Results:
     """Count the ballots that verify, one per voting key (if a key appears twice, the earliest ballot — then the
-    smallest signature — counts: deterministic, and a replayed or restored vote never counts twice)."""
+    smallest signature — counts: deterministic, and a replayed or restored vote never counts twice).
+
+    ``known``: digests of (proposal, ballot) pairs that already verified — their two signatures are not checked
+    again (an enclave re-tallies the box for every proof); new ones are added."""
     trusted = frozenset(endorsers)
     kept: dict[bytes, Ballot] = {}
     rejected = 0
+    scope = hashlib.sha256(proposal.signing_bytes()).digest()
     for ballot in ballots:
+        digest = hashlib.sha256(scope + ballot.digest).digest() if known is not None else b""
         try:
-            ballot.verify(proposal, trusted)
+            if known is None or digest not in known or ballot.endorser not in trusted:
+                ballot.verify(proposal, trusted)
+                if known is not None and len(known) < MAX_KNOWN:
+                    known.add(digest)
         except BallotInvalid:
             rejected += 1
             continue
@@ -301,9 +318,12 @@ async def read_box(
     objects: ObjectStore,
     proposal: Proposal,
     check_endorser: Callable[[bytes, bytes], Awaitable[bool]],
+    *,
+    known: set[bytes] | None = None,
 ) -> Results:
     """The tally of the ballot box of ``proposal`` in ``objects``. ``check_endorser(document, key)`` says whether
-    an endorser document verifies (the caller caches and uses :func:`verify_endorser`)."""
+    an endorser document verifies (the caller caches and uses :func:`verify_endorser`); ``known`` as for
+    :func:`tally`."""
     prefix = f"ballots/{proposal.id}/"
     ballots: list[Ballot] = []
     endorsers: set[bytes] = set()
@@ -327,5 +347,5 @@ async def read_box(
                 unreadable += 1
                 continue
             ballots.append(ballot)
-    results = tally(proposal, ballots, endorsers)
+    results = tally(proposal, ballots, endorsers, known=known)
     return Results(results.proposal, results.ballots, results.tree, results.rejected + unreadable)

@@ -74,6 +74,8 @@ class Endorser:
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     published: set[str] = field(default_factory=set)
     verified: set[bytes] = field(default_factory=set)
+    known: set[bytes] = field(default_factory=set)
+    """Digests of ballots whose signatures verified (any proposal: the digest covers the proposal id)."""
 
     @property
     def public(self) -> bytes:
@@ -112,7 +114,7 @@ async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Resul
             endorser.verified.add(key)
         return True
 
-    return await read_box(vault.require_core().objects, proposal, check)
+    return await read_box(vault.require_core().objects, proposal, check, known=endorser.known)
 
 
 async def cast(vault: VaultEnclave, request: Request) -> dict[str, Any]:
