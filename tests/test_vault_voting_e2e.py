@@ -221,3 +221,71 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
     finally:
         for client in clients.values():
             await client.__aexit__(None, None, None)
+
+
+async def test_operator_cli_signs_and_lists_proposals_and_refuses_bad_ones(world: World) -> None:
+    def run() -> list[tuple[int, Any]]:
+        return [
+            _cli(
+                world,
+                "proposal",
+                "create",
+                "--id",
+                "cli-one",
+                "--title",
+                "Open the garden?",
+                "--choice",
+                "yes",
+                "--choice",
+                "no",
+                "--opens",
+                "2030-01-01T00:00:00",
+                "--closes",
+                "2030-01-08T00:00:00+00:00",
+            ),
+            _cli(
+                world,
+                "proposal",
+                "create",
+                "--title",
+                "One choice",
+                "--choice",
+                "only",
+                "--opens",
+                "now",
+                "--closes",
+                str(int(time.time()) + 60),
+            ),
+            _cli(
+                world,
+                "proposal",
+                "create",
+                "--title",
+                "Bad time",
+                "--choice",
+                "a",
+                "--choice",
+                "b",
+                "--opens",
+                "tomorrow",
+                "--closes",
+                "later",
+            ),
+            _cli(world, "proposal", "list"),
+            _cli(world, "vote", "results", "cli-one"),
+            _cli(world, "vote", "results", "no-such-proposal"),
+        ]
+
+    created, one_choice, bad_time, listed, not_ready, unknown = await asyncio.to_thread(run)
+    assert created[0] == 0, created
+    assert created[1]["proposal"]["opens_at"] == 1893456000 and created[1]["proposal"]["choices"] == ["yes", "no"]
+    assert one_choice[0] == 1 and one_choice[1]["error"]["code"] == "proposal_invalid"
+    assert bad_time[0] == 1 and bad_time[1]["error"]["code"] == "bad_time"
+    assert listed[0] == 0
+    assert {"id": "cli-one", "status": "upcoming"}.items() <= next(
+        p for p in listed[1]["proposals"] if p["id"] == "cli-one"
+    ).items()
+    assert not_ready[0] == 1 and not_ready[1]["error"]["code"] == "results_not_ready"
+    assert unknown[0] == 1 and unknown[1]["error"]["code"] == "proposal_invalid"
+    async with world.client("alice") as alice:  # operator-signed, so the vault gets to the window: not yet open
+        assert await _code(alice.cast_vote(created[1], "yes", pin="975310")) == "voting_closed"

@@ -36,10 +36,10 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 PIN = typer.Option(..., "--pin", help="The vault PIN (4 to 8 digits).")
 
 
-def _emit(result: dict[str, Any] | list[Any], as_json: bool, text: str) -> None:
-    import json
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    from enclavekit.cli.vault import _emit as emit
 
-    typer.echo(json.dumps(result) if as_json else text)
+    emit(result, as_json, text)
 
 
 def _fail(error: dict[str, Any], as_json: bool) -> None:
@@ -58,10 +58,15 @@ def _when(text: str) -> int:
     return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
-def _published(state: Path, proposal_id: str) -> dict[str, Any]:
+def _published(state: Path, proposal_id: str, as_json: bool) -> dict[str, Any]:
+    """The published proposal's document (what the app sends to the vault), or exit 1 with the error."""
     from enclavekit.services.vault.proposal_board import load_proposal
 
-    return load_proposal(state, proposal_id).to_json()
+    try:
+        return load_proposal(state, proposal_id).to_json()
+    except Error as exc:
+        _fail(exc.to_json(), as_json)
+    raise AssertionError("unreachable")
 
 
 def _results(state: Path, proposal_id: str) -> dict[str, Any]:
@@ -127,7 +132,7 @@ def proposal_list(state: Path = STATE, as_json: bool = JSON) -> None:
         status = "upcoming" if now < p.opens_at else "open" if now < p.closes_at else "closed"
         rows.append({**p.to_json(), "status": status})
     lines = [f"{r['id']}\t{r['status']}\t{r['title']}\t{'/'.join(r['choices'])}" for r in rows]
-    _emit(rows, as_json, "\n".join(lines))
+    _emit({"proposals": rows}, as_json, "\n".join(lines))
 
 
 @vote_app.command("cast")
@@ -142,10 +147,7 @@ def vote_cast(
     """Vote CHOICE on PROPOSAL (one vote per user and proposal: a second is refused)."""
     from enclavekit.cli.vault import _run_as_user
 
-    try:
-        document = _published(state, proposal)
-    except Error as exc:
-        _fail(exc.to_json(), as_json)
+    document = _published(state, proposal, as_json)
     result = _run_as_user(state, user, as_json, lambda c: c.cast_vote(document, choice, pin=pin))
     _emit(result, as_json, f"voted on {proposal} (leaf {result['leaf']})")
 
@@ -175,10 +177,7 @@ def vote_proof(
     from enclavekit.cli.vault import _run_as_user
     from enclavekit.services.vault.merkle import InclusionProof, verify_inclusion
 
-    try:
-        document = _published(state, proposal)
-    except Error as exc:
-        _fail(exc.to_json(), as_json)
+    document = _published(state, proposal, as_json)
     result = _run_as_user(state, user, as_json, lambda c: c.vote_proof(document, pin=pin))
     try:
         root = bytes.fromhex(_results(state, proposal)["root"])
