@@ -270,6 +270,11 @@ def _box(
     return ballots, seeds
 
 
+_BOX_ENDORSER = Ed25519PrivateKey.generate()
+_BOX = _box(_proposal(), 12, _BOX_ENDORSER)
+_BOX_RESULTS = tally(_proposal(), _BOX[0], [raw_public(_BOX_ENDORSER)]).to_json()
+
+
 def test_tally_counts_endorsed_ballots_once_each_sorted_by_voting_key_with_independent_leaves() -> None:
     proposal = _proposal()
     endorser = Ed25519PrivateKey.generate()
@@ -282,6 +287,17 @@ def test_tally_counts_endorsed_ballots_once_each_sorted_by_voting_key_with_indep
     hashes = [independent_leaf(leaf) for leaf in results["leaves"]]
     assert hashes == [leaf["hash"] for leaf in results["leaves"]]
     assert results["root"] == independent_root([bytes.fromhex(h) for h in hashes]).hex()
+
+
+@given(st.permutations(range(12)), st.lists(st.integers(min_value=0, max_value=11), max_size=6))
+@settings(max_examples=30, deadline=None)
+def test_results_do_not_depend_on_box_order_and_a_replayed_ballot_counts_once(
+    order: list[int], replayed: list[int]
+) -> None:
+    proposal = _proposal()
+    ballots, _ = _BOX
+    shuffled = [ballots[i] for i in order] + [ballots[i] for i in replayed]
+    assert tally(proposal, shuffled, [raw_public(_BOX_ENDORSER)]).to_json() == _BOX_RESULTS
 
 
 def test_host_cannot_stuff_the_box_with_keys_it_made_up_or_alter_a_vote() -> None:
