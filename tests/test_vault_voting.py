@@ -26,8 +26,10 @@ from enclavekit.services.vault.ballot import (
     endorser_binding,
     endorser_key,
     leaf_hash,
+    open_sealed,
     raw_public,
     read_box,
+    seal_ballot,
     tally,
     verify_endorser,
     voting_key,
@@ -351,6 +353,27 @@ def test_a_known_ballot_skips_its_signature_checks_but_an_altered_copy_is_checke
     assert tally(proposal, ballots, [raw_public(enclave)], known=known).to_json() == first.to_json()
     other = Proposal(proposal.id, proposal.title, proposal.choices, proposal.opens_at + 1, proposal.closes_at)
     assert tally(other, ballots, [raw_public(enclave)], known=known).rejected == 6  # known for another document
+
+
+def test_a_sealed_ballot_opens_only_with_its_box_key_for_its_proposal() -> None:
+    proposal = _proposal()
+    ballots, _ = _box(proposal, 1, Ed25519PrivateKey.generate())
+    key, other = hashlib.sha256(b"box key").digest(), hashlib.sha256(b"another").digest()
+    sealed = seal_ballot(key, "k1", ballots[0])
+    assert open_sealed(sealed, proposal.id, {"k1": key}) == ballots[0]
+    assert ballots[0].voting_key.hex().encode() not in sealed
+    refused = [
+        (sealed, proposal.id, {"k1": other}),  # another key
+        (sealed, "other", {"k1": key}),  # moved to another proposal's box
+        (sealed, proposal.id, {"k2": key}),  # unknown key id
+        (sealed.replace(b'"k1"', b'"k2"'), proposal.id, {"k2": key}),  # relabelled key id (bound as data)
+        (b"garbage", proposal.id, {"k1": key}),
+        (b'{"key": "k1", "box": "%%%"}', proposal.id, {"k1": key}),
+        (b"x" * 10_000, proposal.id, {"k1": key}),
+    ]
+    for data, pid, keys in refused:
+        with pytest.raises(BallotInvalid):
+            open_sealed(data, pid, keys)
 
 
 def test_endorser_key_counts_only_with_an_attestation_of_the_vault_image(operator_world: dict[str, Any]) -> None:

@@ -133,6 +133,13 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         pins[changer] = "86420"
         await clients[changer].call("secret.list", {"pin": pins[changer]})  # a new session under the new PIN
 
+        # While open, the box holds sealed ballots only: no voting key, no vote, in any name or byte the host sees.
+        box = world.state / "vault" / "objects" / "ballots"
+        names = sorted(path.name for path in box.rglob("*") if path.is_file())
+        assert not [name for name in names if name.startswith("ballot-")]
+        assert len([name for name in names if name.startswith("sealed-")]) == len(choice)
+        sealed_files = [path.read_bytes() for path in box.rglob("sealed-*")]
+
         # The host stuffs the box: a ballot with a key it made up, endorsed by an enclave image of its own.
         objects = DirectoryObjectStore(world.state / "vault" / "objects")
         host_endorser = Ed25519PrivateKey.generate()
@@ -192,15 +199,21 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         assert set(cli_proof) == {"leaf", "index", "path", "root"}
 
         # Censorship is visible to the voter: the host drops a ballot, the voter's proof says so.
+        # (It drops the clear ballot and every sealed one, which would re-open into it.)
         victim = users[3]
         victim_key = published["mascot"]["leaves"][proofs[("mascot", victim)]["index"]]["voting_key"]
-        kept = await objects.get(ballot_key("mascot", bytes.fromhex(victim_key)))
-        await objects.delete(ballot_key("mascot", bytes.fromhex(victim_key)))
+        dropped = [ballot_key("mascot", bytes.fromhex(victim_key))]
+        dropped += [name for name in await objects.list("ballots/mascot/") if "/sealed-" in name]
+        kept = {name: await objects.get(name) for name in dropped}
+        for name in dropped:
+            await objects.delete(name)
         try:
             assert await _code(clients[victim].vote_proof(documents["mascot"])) == "ballot_not_counted"
         finally:
-            assert kept is not None
-            await objects.put(ballot_key("mascot", bytes.fromhex(victim_key)), kept)
+            for name, data in kept.items():
+                assert data is not None
+                await objects.put(name, data)
+        assert (await clients[victim].vote_proof(documents["mascot"])) == proofs[("mascot", victim)]
         assert await _code(clients[users[4]].cast_vote(documents["mascot"], "owl")) == "voting_closed"
 
         # Host blindness: no PIN anywhere the host looks, and nothing the host relays or stores for a user holds
@@ -213,7 +226,7 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         ]
         for (_, u), key in voting_keys.items():
             needles = [key.encode(), bytes.fromhex(key), base64.b64encode(bytes.fromhex(key))]
-            for data in [*relayed, *world.answers, *stored]:
+            for data in [*relayed, *world.answers, *stored, *sealed_files]:
                 assert not any(needle in data for needle in needles), u
         for user, pin in pins.items():
             for needle in (f'"pin": "{pin}"'.encode(), f'"pin":"{pin}"'.encode()):

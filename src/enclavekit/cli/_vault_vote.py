@@ -9,7 +9,8 @@
 each with ``--state DIR`` and ``--json``. ``proposal create`` signs with the local operator key
 (``STATE/vault/operator.key``, measured in the vault's configuration) and publishes on the board
 (``STATE/vault/proposals/``). ``results`` recomputes the tally from the public ballot box — verifying every
-ballot, every endorser's attestation and the proposal's operator signature — and needs no vault at all; ``proof``
+ballot, every endorser's attestation and the proposal's operator signature — once a vault has opened the ballots,
+sealed until the close (it asks one to, as the NATS user ``-board``, and checks that both tallies agree); ``proof``
 asks the user's vault for the path and checks it against that same root. Registered by :mod:`enclavekit.cli.vault`.
 """
 
@@ -69,8 +70,15 @@ def _published(state: Path, proposal_id: str, as_json: bool) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def _results(state: Path, proposal_id: str) -> dict[str, Any]:
-    """The tally recomputed from the box: the proposal must carry a measured operator key's signature."""
+BOARD_USER = "-board"
+"""The NATS identity the commands use to ask a vault to open a closed proposal's sealed ballots (no vault needed:
+``vote.results`` takes no PIN)."""
+
+
+def _results(state: Path, proposal_id: str, as_json: bool) -> dict[str, Any]:
+    """The tally recomputed from the box (the proposal must carry a measured operator key's signature). If ballots
+    are still sealed after the close, a vault opens them first; its tally must equal the recomputed one."""
+    from enclavekit.cli.vault import _run_as_user
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.enclave_config import VaultEnclaveConfig
     from enclavekit.services.vault.objects import DirectoryObjectStore
@@ -82,10 +90,17 @@ def _results(state: Path, proposal_id: str) -> dict[str, Any]:
     signed = load_proposal(state, proposal_id)
     signed.verify(config.require_operator_signature)
     objects = DirectoryObjectStore(state / "vault" / "objects")
+    vault_root = None
+    sealed = any("/sealed-" in name for name in asyncio.run(objects.list(f"ballots/{proposal_id}/")))
+    if sealed and time.time() >= signed.proposal.closes_at:
+        answer = _run_as_user(state, BOARD_USER, as_json, lambda c: c.vote_results(signed.to_json()))
+        vault_root = answer["root"]
     pcr0 = [bytes.fromhex(p) for p in local["pcr0"]]
     roots = [load_root(Path(folder)) for folder in local["simulator_roots"]]
-    results = asyncio.run(box_results(objects, signed, pcr0=pcr0, roots=roots, now=time.time()))
-    return results.to_json()
+    results = asyncio.run(box_results(objects, signed, pcr0=pcr0, roots=roots, now=time.time())).to_json()
+    if vault_root is not None and vault_root != results["root"]:
+        _fail({"code": "results_mismatch", "message": "the vault's tally differs from the box's"}, as_json)
+    return results
 
 
 @proposal_app.command("create")
@@ -156,7 +171,7 @@ def vote_cast(
 def vote_results(proposal: str = typer.Argument(...), state: Path = STATE, as_json: bool = JSON) -> None:
     """The results of a closed proposal, recomputed and verified from the public ballot box."""
     try:
-        result = _results(state, proposal)
+        result = _results(state, proposal, as_json)
     except FileNotFoundError:
         _fail({"code": "no_stack", "message": f"no vault in {state} (enclavekit up)"}, as_json)
     except Error as exc:
@@ -180,7 +195,7 @@ def vote_proof(
     document = _published(state, proposal, as_json)
     result = _run_as_user(state, user, as_json, lambda c: c.vote_proof(document, pin=pin))
     try:
-        root = bytes.fromhex(_results(state, proposal)["root"])
+        root = bytes.fromhex(_results(state, proposal, as_json)["root"])
         verify_inclusion(InclusionProof.from_json(result), root)
     except Error as exc:
         _fail(exc.to_json(), as_json)

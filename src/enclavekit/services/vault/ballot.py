@@ -9,10 +9,12 @@
   to the enclave's attestation (``user_data = SHA-256("enclavekit vault ballot endorser v1\\0" ‖ key)``) — over
   ``"enclavekit vault ballot v1\\0" ‖ proposal id ‖ "\\0" ‖ voting key``: only a vault enclave, after checking the
   user's vault and the proposal, can make a voting key count. The host cannot stuff the box with keys it made up.
-* **Box.** ``ballots/{proposal}/ballot-{voting key hex}`` (one per key: a second ballot of a key replaces nothing
-  and is not written) and ``ballots/{proposal}/endorser-{key hex}`` (the attestation document of an endorser key),
-  in the vault's object store. Public: there is nothing secret in a ballot but the link to its voter, which the
-  box does not hold.
+* **Box.** ``ballots/{proposal}/`` in the vault's object store. While the proposal is open it holds only
+  *sealed* ballots (``sealed-{random}``: XChaCha20-Poly1305 under a data key of the box, whose KMS blob is
+  ``key-{key id}`` — released by KMS only to the vault image) and the endorsers' attestation documents
+  (``endorser-{key}``): the host sees that a user's request wrote *a* ballot, not which key or vote. After the close
+  a vault enclave opens them all and writes the clear ballots ``ballot-{voting key}`` at once, in key order, so the
+  order and timing of those writes tell nothing about who cast which.
 * **Tally.** Anyone with the box and the vault's PCR0 and roots computes the same results (:func:`tally`,
   :func:`read_box`): the valid ballots (signature, endorsement by a verified endorser, a choice of the proposal, a
   timestamp in its window), one per voting key, as Merkle leaves ``SHA-256(voting key ‖ vote ‖ signature)`` sorted
@@ -21,10 +23,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,10 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enclavekit.attestation.nitro import AttestationDocument, NitroPolicy, verify
-from enclavekit.services.vault.errors import VaultRejected
+from enclavekit.services.vault.errors import StateCorrupt, VaultRejected
 from enclavekit.services.vault.merkle import InclusionProof, MerkleTree
 from enclavekit.services.vault.objects import ObjectStore
 from enclavekit.services.vault.proposal import Proposal
+from enclavekit.services.vault.state import open_object, seal_object
 
 __all__ = [
     "BALLOT_FORMAT",
@@ -48,12 +53,18 @@ __all__ = [
     "Results",
     "ResultsNotReady",
     "ballot_key",
+    "box_key_context",
+    "box_key_id",
+    "box_key_name",
     "endorsement_message",
     "endorser_binding",
     "endorser_key",
     "leaf_hash",
+    "open_sealed",
     "raw_public",
     "read_box",
+    "seal_ballot",
+    "sealed_name",
     "tally",
     "verify_endorser",
     "vote_message",
@@ -120,6 +131,55 @@ def ballot_key(proposal_id: str, voting_public: bytes) -> str:
 
 def endorser_key(proposal_id: str, endorser_public: bytes) -> str:
     return f"ballots/{proposal_id}/endorser-{endorser_public.hex()}"
+
+
+def sealed_name(proposal_id: str) -> str:
+    """A sealed ballot's object: a random name, so that the box says nothing about whose it is."""
+    return f"ballots/{proposal_id}/sealed-{secrets.token_hex(16)}"
+
+
+def box_key_name(proposal_id: str, key_id: str) -> str:
+    """The KMS blob of a data key sealing ballots of one proposal (``key_id``: :func:`box_key_id` of the blob)."""
+    return f"ballots/{proposal_id}/key-{key_id}"
+
+
+def box_key_id(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def box_key_context(proposal_id: str) -> dict[str, str]:
+    """The KMS encryption context of a proposal's ballot-box keys."""
+    return {"enclavekit:service": "vault", "enclavekit:ballot-box": proposal_id}
+
+
+def _sealed_ad(proposal_id: str, key_id: str) -> bytes:
+    return b"enclavekit vault sealed ballot v1\x00" + proposal_id.encode() + b"\x00" + key_id.encode()
+
+
+def seal_ballot(key: bytes, key_id: str, ballot: Ballot) -> bytes:
+    """``{"key", "box"}``: the ballot under a data key of the proposal's box (until the close)."""
+    box = seal_object(key, _sealed_ad(ballot.proposal, key_id), ballot.to_bytes())
+    return json.dumps({"key": key_id, "box": base64.b64encode(box).decode()}).encode()
+
+
+def open_sealed(data: bytes, proposal_id: str, keys: Mapping[str, bytes]) -> Ballot:
+    """The ballot in a sealed object, given the box's data keys by key id; :class:`BallotInvalid` otherwise."""
+    try:
+        if len(data) > 2 * MAX_BALLOT_BYTES:
+            raise ValueError("too large")
+        raw = json.loads(data)
+        key_id = str(raw["key"])
+        box = base64.b64decode(raw["box"], validate=True)
+        key = keys[key_id]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BallotInvalid("a sealed ballot does not parse, or its key is unknown") from exc
+    try:
+        ballot = Ballot.from_bytes(open_object(key, _sealed_ad(proposal_id, key_id), box))
+    except StateCorrupt as exc:
+        raise BallotInvalid("a sealed ballot does not open under its key") from exc
+    if ballot.proposal != proposal_id:
+        raise BallotInvalid("a sealed ballot names another proposal")
+    return ballot
 
 
 def _verify(public: bytes, signature: bytes, message: bytes) -> bool:

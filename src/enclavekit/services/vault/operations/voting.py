@@ -4,15 +4,18 @@
 
 Casting: the proposal must be open by this enclave's clock and offer the choice; the user's identity seed (32
 random bytes in the encrypted vault state, made on the first vote, re-encrypted with the rest on a PIN change)
-gives the voting key; the ballot goes to the public box, endorsed by this enclave's endorser key, and the state
-records the vote. A second vote on a proposal is **refused** (``already_voted``) — by the state and, should the
-host roll the state back, by the box, which holds one ballot per voting key (and the tally counts one per key).
+gives the voting key; the ballot, endorsed by this enclave's endorser key, goes to the box *sealed* (under a KMS
+data key only the vault image can open) until the close, and the state records the vote. A second vote on a
+proposal is **refused** (``already_voted``) by the state; should the host roll the state back, the voting key is
+the same and the tally counts one ballot per key. After the close, the first results or proof opens the box.
 A proof (after the close) re-derives the key, tallies the box and returns the path of the user's leaf; a ballot
 that the box lacks is ``ballot_not_counted`` — the voter sees the host's censorship.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -24,19 +27,27 @@ from enclavekit.errors import Error
 from enclavekit.services.vault.ballot import (
     SEED_SIZE,
     Ballot,
+    BallotInvalid,
     Results,
     ResultsNotReady,
     ballot_key,
+    box_key_context,
+    box_key_id,
+    box_key_name,
     endorser_binding,
     endorser_key,
+    open_sealed,
     raw_public,
     read_box,
+    seal_ballot,
+    sealed_name,
     verify_endorser,
     voting_key,
 )
 from enclavekit.services.vault.errors import VaultRejected
 from enclavekit.services.vault.operations import BadPayload, Handler, Request
 from enclavekit.services.vault.proposal import Proposal, SignedProposal
+from enclavekit.services.vault.sealing import KmsSealer
 from enclavekit.services.vault.secret_store import SecretStore
 
 if TYPE_CHECKING:
@@ -46,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS", "AlreadyVoted", "BallotNotCounted", "Endorser", "NotVoted"]
 
 MAX_VERIFIED_ENDORSERS: Final = 4096
+MAX_OPEN_PROPOSALS: Final = 256
 
 
 class AlreadyVoted(VaultRejected):
@@ -74,6 +86,10 @@ class Endorser:
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     published: set[str] = field(default_factory=set)
     verified: set[bytes] = field(default_factory=set)
+    box_keys: dict[str, tuple[str, bytes]] = field(default_factory=dict, repr=False)
+    """This boot's data key per proposal, sealing its ballots until the close (memory; the blob is in the box)."""
+    opened_keys: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    """Data keys of the boxes already released by KMS, by SHA-256 of their blob."""
     known: set[bytes] = field(default_factory=set)
     """Digests of ballots whose signatures verified (any proposal: the digest covers the proposal id)."""
 
@@ -96,9 +112,83 @@ def _voting_meta(store: VaultStore) -> dict[str, Any]:
     return meta
 
 
+def _kms(vault: VaultEnclave) -> KmsSealer:
+    sealer = vault.require_core().sealer
+    if not isinstance(sealer, KmsSealer):
+        raise VaultRejected("ballots are sealed with the vault's KMS key, and this vault has none")
+    return sealer
+
+
+async def _box_key(vault: VaultEnclave, proposal_id: str) -> tuple[str, bytes]:
+    """This boot's data key for the proposal's ballots: made by KMS on the first vote (its blob and the endorser's
+    attestation document go to the box), then kept in memory."""
+    endorser = vault.endorser
+    key = endorser.box_keys.get(proposal_id)
+    if key is not None:
+        return key
+    objects, sealer = vault.require_core().objects, _kms(vault)
+    if proposal_id not in endorser.published:
+        assert vault._context is not None
+        document = await vault._context.attest(user_data=endorser_binding(endorser.public))
+        await objects.put(endorser_key(proposal_id, endorser.public), document)
+        endorser.published.add(proposal_id)
+    made = await asyncio.to_thread(
+        sealer.kms.generate_data_key,
+        sealer.key_id,
+        key_spec=None,
+        number_of_bytes=32,
+        encryption_context=box_key_context(proposal_id),
+    )
+    key_id = box_key_id(made.ciphertext_blob)
+    await objects.put(box_key_name(proposal_id, key_id), made.ciphertext_blob)
+    if len(endorser.box_keys) >= MAX_OPEN_PROPOSALS:  # a proposal evicted here gets another key: both are opened
+        endorser.box_keys.pop(next(iter(endorser.box_keys)))
+    endorser.box_keys[proposal_id] = (key_id, made.plaintext)
+    return key_id, made.plaintext
+
+
+async def _open_box(vault: VaultEnclave, proposal: Proposal) -> None:
+    """After the close: open every sealed ballot and write the clear ones that are missing, all at once and in
+    voting-key order (what the host learns from these writes is the set of ballots, not who cast which)."""
+    objects, sealer, endorser = vault.require_core().objects, _kms(vault), vault.endorser
+    prefix = f"ballots/{proposal.id}/"
+    names = await objects.list(prefix)
+    keys: dict[str, bytes] = {}
+    for name in names:
+        blob = await objects.get(name) if name.startswith(prefix + "key-") else None
+        if blob is None or name != box_key_name(proposal.id, box_key_id(blob)):
+            continue
+        digest = hashlib.sha256(blob).digest()
+        if digest not in endorser.opened_keys:
+            try:
+                endorser.opened_keys[digest] = await asyncio.to_thread(
+                    sealer.kms.decrypt, blob, encryption_context=box_key_context(proposal.id), key_id=sealer.key_id
+                )
+            except Error:
+                continue  # not a box key of this vault: its ballots stay sealed, and uncounted
+        keys[box_key_id(blob)] = endorser.opened_keys[digest]
+    clear: dict[bytes, Ballot] = {}
+    for name in names:
+        data = await objects.get(name) if name.startswith(prefix + "sealed-") else None
+        if data is None:
+            continue
+        try:
+            ballot = open_sealed(data, proposal.id, keys)
+        except BallotInvalid:
+            continue
+        held = clear.get(ballot.voting_key)
+        if held is None or (ballot.timestamp, ballot.signature) < (held.timestamp, held.signature):
+            clear[ballot.voting_key] = ballot
+    present = set(names)
+    for public in sorted(clear):
+        if ballot_key(proposal.id, public) not in present:
+            await objects.put(ballot_key(proposal.id, public), clear[public].to_bytes())
+
+
 async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Results:
     if now < proposal.closes_at:
         raise ResultsNotReady(f"proposal {proposal.id} closes at {proposal.closes_at}")
+    await _open_box(vault, proposal)
     context = vault._context
     assert context is not None
     endorser = vault.endorser
@@ -131,18 +221,10 @@ async def cast(vault: VaultEnclave, request: Request) -> dict[str, Any]:
         if proposal.id in voting["cast"]:
             raise AlreadyVoted(f"this vault already voted on {proposal.id}")
         key = voting_key(bytes.fromhex(voting["seed"]), proposal.id)
-        public = raw_public(key)
-        if await core.objects.get(ballot_key(proposal.id, public)) is not None:
-            raise AlreadyVoted(f"the box already holds this vault's ballot on {proposal.id}")
-        endorser = vault.endorser
-        if proposal.id not in endorser.published:
-            assert vault._context is not None
-            document = await vault._context.attest(user_data=endorser_binding(endorser.public))
-            await core.objects.put(endorser_key(proposal.id, endorser.public), document)
-            endorser.published.add(proposal.id)
+        key_id, box_key = await _box_key(vault, proposal.id)
         timestamp = int(request.now)
-        ballot = Ballot.cast(proposal, key, choice, timestamp, endorser.key)
-        await core.objects.put(ballot_key(proposal.id, public), ballot.to_bytes())
+        ballot = Ballot.cast(proposal, key, choice, timestamp, vault.endorser.key)
+        await core.objects.put(sealed_name(proposal.id), seal_ballot(box_key, key_id, ballot))
         voting["cast"][proposal.id] = {"choice": choice, "at": timestamp}
         await store.commit({}, meta)
         head = await SecretStore(store).record("vote.cast", now=request.now, proposal=proposal.id)
