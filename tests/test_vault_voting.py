@@ -231,6 +231,37 @@ def test_malformed_or_oversized_proposal_is_proposal_invalid(document: Any) -> N
         SignedProposal.from_json(document)
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None)
+def test_any_json_as_a_proposal_or_ballot_is_a_specific_rejection_never_a_crash(data: st.DataObject) -> None:
+    """Arbitrary JSON, alone or in place of one field of a valid document."""
+    valid_proposal = sign_proposal(_proposal(), Ed25519PrivateKey.generate().sign).to_json()
+    valid_ballot = _box(_proposal(), 1, Ed25519PrivateKey.generate())[0][0].to_json()
+    value = data.draw(_JSON)
+    field = data.draw(st.sampled_from([None, *sorted(valid_proposal["proposal"])]))
+    if field is not None:
+        valid_proposal["proposal"][field] = value
+        value = valid_proposal
+    try:
+        parsed = SignedProposal.from_json(value)
+    except ProposalInvalid:
+        pass
+    else:  # a field replaced by a value that is valid there: it parsed into exactly that document
+        assert parsed.to_json() == value
+    ballot_field = data.draw(st.sampled_from(sorted(valid_ballot)))
+    valid_ballot[ballot_field] = data.draw(_JSON)
+    for candidate in (valid_ballot, data.draw(_JSON)):
+        with pytest.raises(BallotInvalid):  # parsed or not, it never counts: no endorser is trusted here
+            Ballot.from_json(candidate).verify(_proposal(), [])
+
+
 def test_votes_are_accepted_only_while_the_proposal_is_open_by_the_injected_clock() -> None:
     proposal = _proposal(opens=1_000, closes=2_000)
     for too_early in (0, 999, 999.999):

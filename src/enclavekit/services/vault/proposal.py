@@ -81,10 +81,10 @@ class Proposal:
         if not isinstance(self.title, str) or not 1 <= len(self.title) <= MAX_TITLE:
             raise ProposalInvalid(f"a proposal title is 1..{MAX_TITLE} characters")
         choices = self.choices
-        if not 2 <= len(choices) <= MAX_CHOICES or len(set(choices)) != len(choices):
-            raise ProposalInvalid(f"a proposal offers 2..{MAX_CHOICES} distinct choices")
         if not all(isinstance(c, str) and _CHOICE.fullmatch(c) for c in choices):
             raise ProposalInvalid("a choice is 1..64 characters, no '|' and no control character")
+        if not 2 <= len(choices) <= MAX_CHOICES or len(set(choices)) != len(choices):
+            raise ProposalInvalid(f"a proposal offers 2..{MAX_CHOICES} distinct choices")
         if type(self.opens_at) is not int or type(self.closes_at) is not int or self.opens_at < 0:
             raise ProposalInvalid("opens_at and closes_at are Unix seconds (integers)")
         if not self.opens_at < self.closes_at <= self.opens_at + MAX_WINDOW:
