@@ -224,6 +224,7 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         stored = [
             path.read_bytes() for path in (world.state / "vault" / "objects" / "vaults").rglob("*") if path.is_file()
         ]
+        stored += [path.read_bytes() for path in (world.state / "logs").glob("*.log")]
         for (_, u), key in voting_keys.items():
             needles = [key.encode(), bytes.fromhex(key), base64.b64encode(bytes.fromhex(key))]
             for data in [*relayed, *world.answers, *stored, *sealed_files]:
