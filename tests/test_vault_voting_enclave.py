@@ -93,6 +93,12 @@ async def test_votes_count_only_while_open_by_the_enclave_clock_once_per_user_an
         proof = (await _call(restarted, "vote.proof", user, CLOSES + 5, pin=pin, proposal=proposal))["proof"]
         assert independent_verify(proof, results["root"])
     assert await _code(restarted, "vote.proof", "ann", CLOSES, pin="1234", proposal=proposal) == "pin_invalid"
+    objects = restarted.require_core().objects
+    clear = [name for name in await objects.list("ballots/p1/") if "/ballot-" in name]
+    assert len(clear) == 2
+    await objects.put(clear[0], b"replaced by the host")  # the sealed original is still there: it is put back
+    await objects.delete(clear[1])
+    assert await _call(restarted, "vote.results", "anyone", CLOSES + 9, proposal=proposal) == results
 
 
 async def test_an_enclave_without_the_operators_signature_or_with_a_bad_payload_refuses_to_vote(

@@ -58,6 +58,7 @@ __all__ = ["OPERATIONS", "AlreadyVoted", "BallotNotCounted", "Endorser", "NotVot
 
 MAX_VERIFIED_ENDORSERS: Final = 4096
 MAX_OPEN_PROPOSALS: Final = 256
+MAX_OPENED_KEYS: Final = 4096
 
 
 class AlreadyVoted(VaultRejected):
@@ -161,11 +162,14 @@ async def _open_box(vault: VaultEnclave, proposal: Proposal) -> None:
         digest = hashlib.sha256(blob).digest()
         if digest not in endorser.opened_keys:
             try:
-                endorser.opened_keys[digest] = await asyncio.to_thread(
+                opened = await asyncio.to_thread(
                     sealer.kms.decrypt, blob, encryption_context=box_key_context(proposal.id), key_id=sealer.key_id
                 )
             except Error:
                 continue  # not a box key of this vault: its ballots stay sealed, and uncounted
+            if len(endorser.opened_keys) >= MAX_OPENED_KEYS:
+                endorser.opened_keys.pop(next(iter(endorser.opened_keys)))
+            endorser.opened_keys[digest] = opened
         keys[box_key_id(blob)] = endorser.opened_keys[digest]
     clear: dict[bytes, Ballot] = {}
     for name in names:
@@ -180,9 +184,10 @@ async def _open_box(vault: VaultEnclave, proposal: Proposal) -> None:
         if held is None or (ballot.timestamp, ballot.signature) < (held.timestamp, held.signature):
             clear[ballot.voting_key] = ballot
     present = set(names)
-    for public in sorted(clear):
-        if ballot_key(proposal.id, public) not in present:
-            await objects.put(ballot_key(proposal.id, public), clear[public].to_bytes())
+    for public in sorted(clear):  # a clear ballot the host removed or replaced is written again
+        name, data = ballot_key(proposal.id, public), clear[public].to_bytes()
+        if name not in present or await objects.get(name) != data:
+            await objects.put(name, data)
 
 
 async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Results:
@@ -194,7 +199,7 @@ async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Resul
     endorser = vault.endorser
 
     async def check(document: bytes, key: bytes) -> bool:
-        if key in endorser.verified or key == endorser.public:
+        if key in endorser.verified:  # its own key too: it counts only as anyone else would count it
             return True
         try:
             verify_endorser(document, key, pcr0=[context.pcr0], roots=vault.roots)
