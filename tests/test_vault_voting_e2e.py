@@ -198,7 +198,7 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         assert code == 0 and cli_proof == proofs[("budget", cli_voter)]
         assert set(cli_proof) == {"leaf", "index", "path", "root"}
 
-        # Censorship is visible to the voter: the host drops a ballot, the voter's proof says so.
+        # Censorship is visible: the host drops a ballot, and the box no longer holds as many as the ledger counted.
         # (It drops the clear ballot and every sealed one, which would re-open into it.)
         victim = users[3]
         victim_key = published["mascot"]["leaves"][proofs[("mascot", victim)]["index"]]["voting_key"]
@@ -208,7 +208,7 @@ async def test_fifty_users_vote_on_two_proposals_and_every_proof_verifies_agains
         for name in dropped:
             await objects.delete(name)
         try:
-            assert await _code(clients[victim].vote_proof(documents["mascot"])) == "ballot_not_counted"
+            assert await _code(clients[victim].vote_proof(documents["mascot"])) == "box_incomplete"
         finally:
             for name, data in kept.items():
                 assert data is not None

@@ -17,6 +17,7 @@ from enclavekit.channel.keys import SessionKeys
 from enclavekit.enclave.runtime import EnclaveContext
 from enclavekit.errors import Error
 from enclavekit.nsm import load_root
+from enclavekit.services.vault.ballot import ballot_counter
 from enclavekit.services.vault.enclave_app import VaultEnclave
 from enclavekit.services.vault.enclave_config import VaultEnclaveConfig, vault_config_document
 from enclavekit.services.vault.operations import Request
@@ -87,18 +88,33 @@ async def test_votes_count_only_while_open_by_the_enclave_clock_once_per_user_an
     )
 
     restarted = _enclave(storage, operator)  # another boot: it must open what the first one sealed, through KMS
+    objects = restarted.require_core().objects
+    sealed = [name for name in await objects.list("ballots/p1/") if "/sealed-" in name]
+    assert len(sealed) == 2
+    withheld = await objects.get(sealed[0])
+    assert withheld is not None
+    await objects.delete(sealed[0])  # the host shows the vault one sealed ballot of two, to unmix it
+    assert await _code(restarted, "vote.results", "anyone", CLOSES, proposal=proposal) == "box_incomplete"
+    assert not [name for name in await objects.list("ballots/p1/") if "/ballot-" in name]  # nothing opened
+    await objects.put(sealed[0], withheld)
     results = await _call(restarted, "vote.results", "anyone", CLOSES, proposal=proposal)
     assert results["counts"] == {"yes": 1, "no": 1}
     for user, pin in (("ann", "4321"), ("ben", "5678")):
         proof = (await _call(restarted, "vote.proof", user, CLOSES + 5, pin=pin, proposal=proposal))["proof"]
         assert independent_verify(proof, results["root"])
     assert await _code(restarted, "vote.proof", "ann", CLOSES, pin="1234", proposal=proposal) == "pin_invalid"
-    objects = restarted.require_core().objects
     clear = [name for name in await objects.list("ballots/p1/") if "/ballot-" in name]
     assert len(clear) == 2
     await objects.put(clear[0], b"replaced by the host")  # the sealed original is still there: it is put back
     await objects.delete(clear[1])
     assert await _call(restarted, "vote.results", "anyone", CLOSES + 9, proposal=proposal) == results
+
+
+async def test_a_user_cannot_take_the_name_of_a_ballot_counter(world: tuple[VaultWorld, Ed25519PrivateKey]) -> None:
+    storage, operator = world
+    vault = _enclave(storage, operator)
+    counter = ballot_counter("p1")
+    assert await _code(vault, "enroll", counter, OPENS, pin="1234") == "invalid_user"
 
 
 async def test_an_enclave_without_the_operators_signature_or_with_a_bad_payload_refuses_to_vote(

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from enclavekit.attestation.nitro import AttestationDocument, NitroPolicy, verify
 from enclavekit.services.vault.errors import StateCorrupt, VaultRejected
 from enclavekit.services.vault.merkle import InclusionProof, MerkleTree
-from enclavekit.services.vault.objects import ObjectStore
+from enclavekit.services.vault.objects import RESERVED_PREFIX, ObjectStore
 from enclavekit.services.vault.proposal import Proposal
 from enclavekit.services.vault.state import open_object, seal_object
 
@@ -52,6 +52,7 @@ __all__ = [
     "BallotInvalid",
     "Results",
     "ResultsNotReady",
+    "ballot_counter",
     "ballot_key",
     "box_key_context",
     "box_key_id",
@@ -145,6 +146,11 @@ def box_key_name(proposal_id: str, key_id: str) -> str:
 
 def box_key_id(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def ballot_counter(proposal_id: str) -> str:
+    """The guess-ledger entry that counts a proposal's ballots (a name no user can have: ``objects.check_user``)."""
+    return RESERVED_PREFIX + "box-" + hashlib.sha256(proposal_id.encode()).hexdigest()[:32]
 
 
 def box_key_context(proposal_id: str) -> dict[str, str]:

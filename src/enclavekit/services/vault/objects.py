@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_OBJECT",
+    "RESERVED_PREFIX",
     "DirectoryObjectStore",
     "InvalidUser",
     "ObjectStore",
@@ -32,6 +33,8 @@ __all__ = [
 
 MAX_OBJECT: Final = 1024 * 1024
 _USER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RESERVED_PREFIX: Final = "--"
+"""Ledger entries of the vault's own (a proposal's ballot counter), never a user's."""
 _KEY: Final = re.compile(r"(vaults|ballots)/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9._-]{1,128}){1,3}")
 """``vaults/{user}/...`` (a user's encrypted state) and ``ballots/{proposal}/...`` (public ballot boxes)."""
 
@@ -45,6 +48,8 @@ class InvalidUser(VaultRejected):
 def check_user(user: str) -> str:
     if not isinstance(user, str) or not _USER.fullmatch(user):
         raise InvalidUser("a user id is 1..64 characters of A-Z a-z 0-9 _ -")
+    if user.startswith(RESERVED_PREFIX):
+        raise InvalidUser(f"user ids starting with {RESERVED_PREFIX} are the vault's own (ballot counters)")
     return user
 
 

@@ -15,9 +15,11 @@ that the box lacks is ``ballot_not_counted`` — the voter sees the host's censo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,6 +32,7 @@ from enclavekit.services.vault.ballot import (
     BallotInvalid,
     Results,
     ResultsNotReady,
+    ballot_counter,
     ballot_key,
     box_key_context,
     box_key_id,
@@ -54,7 +57,9 @@ if TYPE_CHECKING:
     from enclavekit.services.vault.enclave_app import VaultEnclave
     from enclavekit.services.vault.state import VaultStore
 
-__all__ = ["OPERATIONS", "AlreadyVoted", "BallotNotCounted", "Endorser", "NotVoted"]
+__all__ = ["OPERATIONS", "AlreadyVoted", "BallotNotCounted", "BoxIncomplete", "Endorser", "NotVoted"]
+
+CheckEndorser = Callable[[bytes, bytes], Awaitable[bool]]
 
 MAX_VERIFIED_ENDORSERS: Final = 4096
 MAX_OPEN_PROPOSALS: Final = 256
@@ -71,6 +76,13 @@ class NotVoted(VaultRejected):
     """A proof was asked for a proposal this vault cast no vote on."""
 
     code = "not_voted"
+
+
+class BoxIncomplete(VaultRejected):
+    """The box shows fewer valid ballots than the ledger counted casts: ballots were withheld or removed. Nothing is
+    opened (a partial opening would unmix the ballots shown); results wait until the host serves the whole box."""
+
+    code = "box_incomplete"
 
 
 class BallotNotCounted(VaultRejected):
@@ -148,41 +160,54 @@ async def _box_key(vault: VaultEnclave, proposal_id: str) -> tuple[str, bytes]:
     return key_id, made.plaintext
 
 
-async def _open_box(vault: VaultEnclave, proposal: Proposal) -> None:
-    """After the close: open every sealed ballot and write the clear ones that are missing, all at once and in
-    voting-key order (what the host learns from these writes is the set of ballots, not who cast which)."""
-    objects, sealer, endorser = vault.require_core().objects, _kms(vault), vault.endorser
+async def _open_box(vault: VaultEnclave, proposal: Proposal, check: CheckEndorser) -> None:
+    """After the close: open every sealed ballot and write the clear ones that are missing (or were replaced), all
+    at once and in voting-key order — the host learns the set of ballots, not who cast which. Only if the box holds
+    at least as many valid ballots as the ledger counted casts (:class:`BoxIncomplete` otherwise): a host that
+    shows a vault part of the sealed ballots, to unmix them, gets nothing written."""
+    core = vault.require_core()
+    objects = core.objects
     prefix = f"ballots/{proposal.id}/"
     names = await objects.list(prefix)
     keys: dict[str, bytes] = {}
+    endorsers: set[bytes] = set()
+    existing: list[Ballot] = []
+    sealed: list[bytes] = []
     for name in names:
-        blob = await objects.get(name) if name.startswith(prefix + "key-") else None
-        if blob is None or name != box_key_name(proposal.id, box_key_id(blob)):
-            continue
-        digest = hashlib.sha256(blob).digest()
-        if digest not in endorser.opened_keys:
-            try:
-                opened = await asyncio.to_thread(
-                    sealer.kms.decrypt, blob, encryption_context=box_key_context(proposal.id), key_id=sealer.key_id
-                )
-            except Error:
-                continue  # not a box key of this vault: its ballots stay sealed, and uncounted
-            if len(endorser.opened_keys) >= MAX_OPENED_KEYS:
-                endorser.opened_keys.pop(next(iter(endorser.opened_keys)))
-            endorser.opened_keys[digest] = opened
-        keys[box_key_id(blob)] = endorser.opened_keys[digest]
-    clear: dict[bytes, Ballot] = {}
-    for name in names:
-        data = await objects.get(name) if name.startswith(prefix + "sealed-") else None
+        data = await objects.get(name)
+        leaf = name.removeprefix(prefix)
         if data is None:
             continue
+        if leaf.startswith("sealed-"):
+            sealed.append(data)
+        elif leaf.startswith("ballot-"):
+            with contextlib.suppress(BallotInvalid):
+                existing.append(Ballot.from_bytes(data))
+        elif leaf.startswith("endorser-") and len(leaf) == 9 + 64:
+            with contextlib.suppress(ValueError):
+                if await check(data, bytes.fromhex(leaf.removeprefix("endorser-"))):
+                    endorsers.add(bytes.fromhex(leaf.removeprefix("endorser-")))
+        elif leaf.startswith("key-") and name == box_key_name(proposal.id, box_key_id(data)):
+            opened = await _open_key(vault, proposal.id, data)
+            if opened is not None:
+                keys[box_key_id(data)] = opened
+    clear: dict[bytes, Ballot] = {}
+    for data in sealed:
         try:
-            ballot = open_sealed(data, proposal.id, keys)
+            ballot = open_sealed(data, proposal.id, keys).verify(proposal, endorsers)
         except BallotInvalid:
             continue
         held = clear.get(ballot.voting_key)
         if held is None or (ballot.timestamp, ballot.signature) < (held.timestamp, held.signature):
             clear[ballot.voting_key] = ballot
+    valid = set(clear)
+    for ballot in existing:
+        with contextlib.suppress(BallotInvalid):
+            valid.add(ballot.verify(proposal, endorsers).voting_key)
+    entry = await core.ledger.read(ballot_counter(proposal.id))
+    cast = sum(entry.attempts.values())
+    if len(valid) < cast:
+        raise BoxIncomplete(f"the box of {proposal.id} shows {len(valid)} valid ballots; {cast} were cast")
     present = set(names)
     for public in sorted(clear):  # a clear ballot the host removed or replaced is written again
         name, data = ballot_key(proposal.id, public), clear[public].to_bytes()
@@ -190,16 +215,31 @@ async def _open_box(vault: VaultEnclave, proposal: Proposal) -> None:
             await objects.put(name, data)
 
 
-async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Results:
-    if now < proposal.closes_at:
-        raise ResultsNotReady(f"proposal {proposal.id} closes at {proposal.closes_at}")
-    await _open_box(vault, proposal)
+async def _open_key(vault: VaultEnclave, proposal_id: str, blob: bytes) -> bytes | None:
+    """A box data key, released by KMS to this image (cached), or None when it is not one of this vault's."""
+    endorser, sealer = vault.endorser, _kms(vault)
+    digest = hashlib.sha256(blob).digest()
+    if digest not in endorser.opened_keys:
+        try:
+            opened = await asyncio.to_thread(
+                sealer.kms.decrypt, blob, encryption_context=box_key_context(proposal_id), key_id=sealer.key_id
+            )
+        except Error:
+            return None
+        if len(endorser.opened_keys) >= MAX_OPENED_KEYS:
+            endorser.opened_keys.pop(next(iter(endorser.opened_keys)))
+        endorser.opened_keys[digest] = opened
+    return endorser.opened_keys[digest]
+
+
+def _endorser_check(vault: VaultEnclave) -> CheckEndorser:
+    """Whether an endorser document in the box is a vault enclave's (cached): exactly what anyone else checks."""
     context = vault._context
     assert context is not None
     endorser = vault.endorser
 
     async def check(document: bytes, key: bytes) -> bool:
-        if key in endorser.verified:  # its own key too: it counts only as anyone else would count it
+        if key in endorser.verified:
             return True
         try:
             verify_endorser(document, key, pcr0=[context.pcr0], roots=vault.roots)
@@ -209,7 +249,15 @@ async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Resul
             endorser.verified.add(key)
         return True
 
-    return await read_box(vault.require_core().objects, proposal, check, known=endorser.known)
+    return check
+
+
+async def _results(vault: VaultEnclave, proposal: Proposal, now: float) -> Results:
+    if now < proposal.closes_at:
+        raise ResultsNotReady(f"proposal {proposal.id} closes at {proposal.closes_at}")
+    check = _endorser_check(vault)
+    await _open_box(vault, proposal, check)
+    return await read_box(vault.require_core().objects, proposal, check, known=vault.endorser.known)
 
 
 async def cast(vault: VaultEnclave, request: Request) -> dict[str, Any]:
@@ -226,6 +274,9 @@ async def cast(vault: VaultEnclave, request: Request) -> dict[str, Any]:
         if proposal.id in voting["cast"]:
             raise AlreadyVoted(f"this vault already voted on {proposal.id}")
         key = voting_key(bytes.fromhex(voting["seed"]), proposal.id)
+        counter = ballot_counter(proposal.id)
+        async with core.ledger.lock(counter):  # counted before it is written: a crash can only over-count
+            await core.ledger.begin_attempt(counter, await core.ledger.read(counter))
         key_id, box_key = await _box_key(vault, proposal.id)
         timestamp = int(request.now)
         ballot = Ballot.cast(proposal, key, choice, timestamp, vault.endorser.key)
