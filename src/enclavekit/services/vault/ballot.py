@@ -14,7 +14,8 @@
   ``key-{key id}`` — released by KMS only to the vault image) and the endorsers' attestation documents
   (``endorser-{key}``): the host sees that a user's request wrote *a* ballot, not which key or vote. After the close
   a vault enclave opens them all and writes the clear ballots ``ballot-{voting key}`` at once, in key order, so the
-  order and timing of those writes tell nothing about who cast which.
+  order and timing of those writes tell nothing about who cast which — and only if the box shows as many valid
+  ballots as the ledger counted casts (:func:`ballot_counter`), so that withholding some unmixes nothing.
 * **Tally.** Anyone with the box and the vault's PCR0 and roots computes the same results (:func:`tally`,
   :func:`read_box`): the valid ballots (signature, endorsement by a verified endorser, a choice of the proposal, a
   timestamp in its window), one per voting key, as Merkle leaves ``SHA-256(voting key ‖ vote ‖ signature)`` sorted

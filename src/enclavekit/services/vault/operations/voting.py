@@ -7,9 +7,10 @@ random bytes in the encrypted vault state, made on the first vote, re-encrypted 
 gives the voting key; the ballot, endorsed by this enclave's endorser key, goes to the box *sealed* (under a KMS
 data key only the vault image can open) until the close, and the state records the vote. A second vote on a
 proposal is **refused** (``already_voted``) by the state; should the host roll the state back, the voting key is
-the same and the tally counts one ballot per key. After the close, the first results or proof opens the box.
-A proof (after the close) re-derives the key, tallies the box and returns the path of the user's leaf; a ballot
-that the box lacks is ``ballot_not_counted`` — the voter sees the host's censorship.
+the same and the tally counts one ballot per key. Each cast is counted in the guess ledger (at a majority) before
+its ballot is written. After the close, the first results or proof opens the box — if it shows as many valid
+ballots as were counted (``box_incomplete`` otherwise: withheld or dropped ballots). A proof re-derives the key,
+tallies the box and returns the path of the user's leaf (``ballot_not_counted`` when a complete box lacks it).
 """
 
 from __future__ import annotations
