@@ -20,6 +20,7 @@ from enclavekit.nsm import load_root
 from enclavekit.services.vault.ballot import ballot_counter
 from enclavekit.services.vault.enclave_app import VaultEnclave
 from enclavekit.services.vault.enclave_config import VaultEnclaveConfig, vault_config_document
+from enclavekit.services.vault.objects import InvalidUser
 from enclavekit.services.vault.operations import Request
 from enclavekit.services.vault.operations import pin as pin_operations
 from enclavekit.services.vault.proposal import Proposal, sign_proposal
@@ -70,7 +71,7 @@ async def test_votes_count_only_while_open_by_the_enclave_clock_once_per_user_an
     vault = _enclave(storage, operator)
     proposal = sign_proposal(Proposal("p1", "Yes or no?", ("yes", "no"), OPENS, CLOSES), operator.sign).to_json()
     for user, pin in (("ann", "1234"), ("ben", "5678")):
-        await _call(vault, "enroll", user, OPENS - 100, pin=pin)
+        await vault.require_core().enroll(user, pin)
     assert await _code(vault, "vote.cast", "ann", OPENS - 1, pin="1234", proposal=proposal, choice="yes") == (
         "voting_closed"
     )
@@ -114,7 +115,8 @@ async def test_a_user_cannot_take_the_name_of_a_ballot_counter(world: tuple[Vaul
     storage, operator = world
     vault = _enclave(storage, operator)
     counter = ballot_counter("p1")
-    assert await _code(vault, "enroll", counter, OPENS, pin="1234") == "invalid_user"
+    with pytest.raises(InvalidUser):
+        await vault.require_core().enroll(counter, "1234")
 
 
 async def test_an_enclave_without_the_operators_signature_or_with_a_bad_payload_refuses_to_vote(
@@ -122,7 +124,7 @@ async def test_an_enclave_without_the_operators_signature_or_with_a_bad_payload_
 ) -> None:
     storage, operator = world
     vault = _enclave(storage, operator)
-    await _call(vault, "enroll", "cid", OPENS, pin="2468")
+    await vault.require_core().enroll("cid", "2468")
     good = sign_proposal(Proposal("p2", "Which?", ("a", "b"), OPENS, CLOSES), operator.sign).to_json()
     forged = sign_proposal(Proposal("p2", "Which?", ("a", "b"), OPENS, CLOSES), Ed25519PrivateKey.generate().sign)
     cases: list[tuple[dict[str, Any], str]] = [
