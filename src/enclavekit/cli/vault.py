@@ -26,6 +26,7 @@ from typing import Any
 import typer
 
 from enclavekit.cli._app import app
+from enclavekit.cli._vault_vote import proposal_app, vote_app
 from enclavekit.errors import Error
 from enclavekit.stack.state import DEFAULT_STATE_DIR, StateDir
 
@@ -40,6 +41,8 @@ vault_app.add_typer(pin_app, name="pin")
 vault_app.add_typer(objects_app, name="objects")
 recover_app = typer.Typer(help="Delayed, cancellable recovery (a forgotten PIN, a locked vault, a lost ledger).")
 vault_app.add_typer(recover_app, name="recover")
+vault_app.add_typer(vote_app, name="vote")
+vault_app.add_typer(proposal_app, name="proposal")
 app.add_typer(vault_app, name="vault")
 
 STATE = typer.Option(DEFAULT_STATE_DIR, "--state", help="State folder of the local stack.")

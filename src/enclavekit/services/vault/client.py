@@ -306,3 +306,24 @@ class VaultClient:
 
         await self._nc.subscribe(for_app(self.user, RECOVERY_NOTICE), cb=on_notice)
         await self._nc.flush()
+
+    # --- voting (operations/voting.py); ``proposal`` is the operator-signed document as published -------------
+
+    def _auth(self, pin: str | None) -> dict[str, Any]:
+        return {"pin": pin} if pin is not None else {"session": self.session}
+
+    async def cast_vote(self, proposal: dict[str, Any], choice: str, *, pin: str | None = None) -> dict[str, Any]:
+        """Vote ``choice`` on ``proposal`` (with the PIN, or the session of an earlier call)."""
+        answer = await self.call("vote.cast", {**self._auth(pin), "proposal": proposal, "choice": choice})
+        answer.pop("session", None)
+        return answer
+
+    async def vote_proof(self, proposal: dict[str, Any], *, pin: str | None = None) -> dict[str, Any]:
+        """After the close: ``{"leaf", "index", "path": [{"hash", "side"}], "root"}`` of this user's ballot."""
+        answer = await self.call("vote.proof", {**self._auth(pin), "proposal": proposal})
+        return dict(answer["proof"])
+
+    async def vote_results(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        """After the close: the tally the vault computes from the box (``{"proposal", "root", "counts",
+        "leaves"}``); anyone can recompute it (``proposal_board.box_results``)."""
+        return await self.call("vote.results", {"proposal": proposal})

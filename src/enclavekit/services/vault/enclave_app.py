@@ -59,6 +59,7 @@ from enclavekit.services.vault.operations import BadPayload, Handler, Request, U
 from enclavekit.services.vault.operations import pin as pin_operations
 from enclavekit.services.vault.operations import recovery as recovery_operations
 from enclavekit.services.vault.operations import secret as secret_operations
+from enclavekit.services.vault.operations import voting as voting_operations
 from enclavekit.services.vault.recovery import RecoveryDesk
 from enclavekit.services.vault.remote_objects import RemoteObjectStore
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
@@ -101,7 +102,12 @@ class Opened:
 
 
 def _operations() -> dict[str, Handler]:
-    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS, **recovery_operations.OPERATIONS}
+    return {
+        **pin_operations.OPERATIONS,
+        **secret_operations.OPERATIONS,
+        **recovery_operations.OPERATIONS,
+        **voting_operations.OPERATIONS,
+    }
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -156,6 +162,8 @@ class VaultEnclave:
     operations: dict[str, Handler] = field(default_factory=_operations)
     recovery: RecoveryDesk | None = None
     """Pending recoveries' tokens (memory only); made on first use (``operations.recovery.desk``)."""
+    endorser: voting_operations.Endorser = field(default_factory=voting_operations.Endorser)
+    """The key that endorses this enclave's ballots (``vote.cast``), bound to its attestation."""
 
     @property
     def public_key(self) -> bytes:

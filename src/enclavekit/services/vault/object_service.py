@@ -104,4 +104,7 @@ def _logged(what: str, key: str) -> Iterator[None]:
         raise VaultUnavailable(f"the object store failed ({type(exc).__name__})") from exc
     finally:
         elapsed = (time.perf_counter() - started) * 1000
-        logger.info("vault objects %s %s outcome=%s ms=%.1f", what, key, outcome, elapsed)
+        # The folder, not the object's name: a ballot's name is its voting key, which the log must not pair with
+        # the moment (and so the user) of a request.
+        folder = key if key.endswith("/") else key.rsplit("/", 1)[0] + "/"
+        logger.info("vault objects %s %s outcome=%s ms=%.1f", what, folder, outcome, elapsed)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_OBJECT",
     "OBJECT_KEY",
+    "RESERVED_PREFIX",
     "DirectoryObjectStore",
     "InvalidUser",
     "ObjectStore",
@@ -40,8 +41,11 @@ __all__ = [
 
 MAX_OBJECT: Final = 1024 * 1024
 _USER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-OBJECT_KEY: Final = re.compile(r"vaults/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9._-]{1,128}){1,3}")
-"""What a vault object key looks like (``..`` is refused separately, by :func:`check_key`)."""
+OBJECT_KEY: Final = re.compile(r"(vaults|ballots)/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9._-]{1,128}){1,3}")
+"""An object key: ``vaults/{user}/...`` (a user's encrypted state) or ``ballots/{proposal}/...`` (public ballot
+boxes); ``..`` is refused separately, by :func:`check_key`."""
+RESERVED_PREFIX: Final = "--"
+"""Ledger entries of the vault's own (a proposal's ballot counter), never a user's."""
 
 
 class InvalidUser(VaultRejected):
@@ -53,6 +57,8 @@ class InvalidUser(VaultRejected):
 def check_user(user: str) -> str:
     if not isinstance(user, str) or not _USER.fullmatch(user):
         raise InvalidUser("a user id is 1..64 characters of A-Z a-z 0-9 _ -")
+    if user.startswith(RESERVED_PREFIX):
+        raise InvalidUser(f"user ids starting with {RESERVED_PREFIX} are the vault's own (ballot counters)")
     return user
 
 

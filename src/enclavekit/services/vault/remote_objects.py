@@ -50,7 +50,7 @@ MAX_LISTED: Final = 20_000
 """Keys one list may return: a vault holds at most 10,000 items, plus its indexes and headers."""
 MAX_DATA_B64: Final = (MAX_OBJECT * 4) // 3 + 4
 _KEY_PATTERN: Final = "^" + OBJECT_KEY.pattern + "$"
-_PREFIX: Final = re.compile(r"vaults/[A-Za-z0-9_-]{1,64}/")
+_PREFIX: Final = re.compile(r"(vaults|ballots)/[A-Za-z0-9_-]{1,64}/")
 
 Resp = TypeVar("Resp", bound=BaseModel)
 
@@ -69,7 +69,7 @@ class ObjectPut(BaseModel):
 
 class ObjectPrefix(BaseModel):
     model_config = {"extra": "forbid"}
-    prefix: str = Field(max_length=80, pattern=r"^vaults/[A-Za-z0-9_-]{1,64}/$")
+    prefix: str = Field(max_length=80, pattern="^" + _PREFIX.pattern + "$")
 
 
 class ObjectData(BaseModel):
@@ -92,7 +92,8 @@ OBJECTS_LIST = Route("vault.objects.list", ObjectPrefix, ObjectKeys)
 
 
 def check_prefix(prefix: str) -> str:
-    """A list prefix is one user's folder, ``vaults/{user}/`` (what the vault ever lists)."""
+    """A list prefix is one user's folder, ``vaults/{user}/``, or one proposal's ballot box, ``ballots/{id}/`` (what
+    the vault ever lists)."""
     if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"not a vault object prefix: {prefix!r}")
     return prefix
