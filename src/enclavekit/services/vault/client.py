@@ -24,8 +24,9 @@ from nats.aio.msg import Msg
 
 from enclavekit.attestation.nitro import NitroPolicy, verify
 from enclavekit.errors import Error, InfrastructureError
+from enclavekit.services.vault.connection import body_digest
 from enclavekit.services.vault.envelope import RequestEnvelope, open_response, seal_request
-from enclavekit.services.vault.nats_auth import for_app, for_vault
+from enclavekit.services.vault.nats_auth import for_app, for_vault, peer_for_vault
 
 __all__ = ["VaultCallFailed", "VaultClient", "VaultError", "verify_vault_key"]
 
@@ -77,10 +78,12 @@ class VaultClient:
     _waiting: dict[bytes, tuple[RequestEnvelope, asyncio.Future[bytes]]] = field(default_factory=dict)
     _key_waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     session: str | None = None
+    _peer_keys: dict[str, bytes] = field(default_factory=dict)
 
     async def __aenter__(self) -> VaultClient:
         self._nc = await nats.connect(self.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
         await self._nc.subscribe(for_app(self.user, ">"), cb=self._on_message)
+        await self._nc.subscribe(f"MessageSpace.{self.user}.forApp.>", cb=self._on_message)
         await self._nc.flush()
         return self
 
@@ -89,7 +92,8 @@ class VaultClient:
             await self._nc.close()
 
     async def _on_message(self, msg: Msg) -> None:
-        op = msg.subject.split(".", 3)[3]
+        parts = msg.subject.split(".", 4 if msg.subject.startswith("MessageSpace.") else 3)
+        op = parts[-1]
         headers = msg.headers or {}
         if op == "key":
             try:
@@ -115,31 +119,43 @@ class VaultClient:
         except Error as exc:
             future.set_exception(exc)
 
-    async def vault_key(self) -> bytes:
-        """Ask for, verify and remember the vault's attested key."""
-        if self._vault_key is not None:
+    async def vault_key(self, peer: str | None = None) -> bytes:
+        """Ask for, verify and remember the vault's attested key (or ``peer``'s vault's: the same image)."""
+        if peer is None and self._vault_key is not None:
             return self._vault_key
+        if peer is not None and peer in self._peer_keys:
+            return self._peer_keys[peer]
         assert self._nc is not None
         nonce = secrets.token_hex(16)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._key_waiters[nonce] = waiter
-        await self._nc.publish(for_vault(self.user, "key"), json.dumps({"nonce": nonce}).encode())
+        subject = for_vault(self.user, "key") if peer is None else peer_for_vault(peer, self.user, "key")
+        await self._nc.publish(subject, json.dumps({"nonce": nonce}).encode())
         try:
             answer = await asyncio.wait_for(waiter, self.timeout)
         except TimeoutError as exc:
             raise VaultCallFailed("the vault did not answer for its key") from exc
         document = base64.b64decode(answer["document"])
-        self._vault_key = verify_vault_key(document, pcr0=self.pcr0, roots=self.roots, nonce=bytes.fromhex(nonce))
+        key = verify_vault_key(document, pcr0=self.pcr0, roots=self.roots, nonce=bytes.fromhex(nonce))
+        if peer is not None:
+            self._peer_keys[peer] = key
+            return key
+        self._vault_key = key
         return self._vault_key
 
-    async def call(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send ``op`` with ``payload`` in an envelope; the vault's ``ok`` answer, or raise :class:`VaultError`."""
+    async def call(
+        self, op: str, payload: dict[str, Any], *, peer: str | None = None, message_id: bytes | None = None
+    ) -> dict[str, Any]:
+        """Send ``op`` with ``payload`` in an envelope (to ``peer``'s vault, or to the own); the vault's ``ok``
+        answer, or raise :class:`VaultError`."""
         assert self._nc is not None
-        key = await self.vault_key()
-        request = seal_request(key, self.user, op, json.dumps(payload).encode(), now=time.time())
+        key = await self.vault_key(peer)
+        target = self.user if peer is None else peer
+        request = seal_request(key, target, op, json.dumps(payload).encode(), now=time.time(), message_id=message_id)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[request.message_id] = (request, future)
-        await self._nc.publish(for_vault(self.user, op), request.data)
+        subject = for_vault(self.user, op) if peer is None else peer_for_vault(peer, self.user, op)
+        await self._nc.publish(subject, request.data)
         try:
             data = await asyncio.wait_for(future, self.timeout)
         except TimeoutError as exc:
@@ -154,7 +170,7 @@ class VaultClient:
                 attempts_left=error.get("attempts_left"),
             )
         result: dict[str, Any] = answer["ok"]
-        if isinstance(result.get("session"), str):
+        if peer is None and isinstance(result.get("session"), str):
             self.session = result["session"]
         return result
 
@@ -183,3 +199,108 @@ class VaultClient:
     async def audit(self, *, pin: str) -> tuple[list[dict[str, Any]], str]:
         answer = await self.call("audit.get", {"pin": pin})
         return list(answer["records"]), str(answer["head"])
+
+    # --- connections (docs/vault.md, "Connections") -------------------------------------------------------------
+
+    def _auth(self, pin: str | None) -> dict[str, Any]:
+        return {"pin": pin} if pin is not None else {"session": self.session}
+
+    async def peer_call(
+        self, connection: str, op: str, body: dict[str, Any], *, pin: str | None = None
+    ) -> dict[str, Any]:
+        """``op`` on the connected peer's vault: this vault signs the request (its connection key; the PIN or
+        the session opens it), then the envelope goes to the peer's attested vault."""
+        message_id = secrets.token_bytes(16)
+        signed = await self.call(
+            "connection.sign",
+            {
+                **self._auth(pin),
+                "connection": connection,
+                "op": op,
+                "message_id": message_id.hex(),
+                "body": body_digest(body),
+            },
+        )
+        return await self.call(op, {**body, "auth": signed["auth"]}, peer=str(signed["peer"]), message_id=message_id)
+
+    async def invite(
+        self, *, grant: dict[str, Any] | None = None, ttl: float | None = None, pin: str | None = None
+    ) -> dict[str, Any]:
+        """A single-use invitation (give it to the other user out of band) granting ``grant`` to whoever uses it."""
+        extra = {} if ttl is None else {"ttl": ttl}
+        return dict((await self.call("connection.invite", {**self._auth(pin), "grant": grant, **extra}))["invitation"])
+
+    async def accept(
+        self, invitation: dict[str, Any], *, grant: dict[str, Any] | None = None, pin: str | None = None
+    ) -> dict[str, Any]:
+        """Use ``invitation``: a new key in this vault, the inviter's vault consumes the invitation, this vault
+        records the connection. Returns ``{connection, peer, granted}`` (``granted``: what the inviter shares)."""
+        inviter = str(invitation["inviter"])
+        prepared = await self.call("connection.accept", {**self._auth(pin), "inviter": inviter, "grant": grant})
+        body = {"invitation": invitation["id"], "token": invitation["token"], "key": prepared["key"], "grant": grant}
+        accepted = await self.call("connection.accept", body, peer=inviter)
+        await self.call(
+            "connection.confirm",
+            {
+                "session": self.session,
+                "pending": prepared["pending"],
+                "connection": accepted["connection"],
+                "key": accepted["key"],
+                "granted": accepted["granted"],
+            },
+        )
+        return {"connection": accepted["connection"], "peer": inviter, "granted": accepted["granted"]}
+
+    async def connections(self, *, pin: str | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("connection.list", self._auth(pin)))["connections"])
+
+    async def revoke(self, connection: str, *, pin: str | None = None) -> None:
+        await self.call("connection.revoke", {**self._auth(pin), "connection": connection})
+
+    async def grant(self, connection: str, grant: dict[str, Any], *, pin: str | None = None) -> None:
+        await self.call("connection.grant", {**self._auth(pin), "connection": connection, "grant": grant})
+
+    async def rotate(self, connection: str, *, pin: str | None = None) -> str:
+        """A new key for this side of ``connection``, announced to the peer's vault (signed by the old key)."""
+        message_id = secrets.token_bytes(16)
+        payload = {**self._auth(pin), "connection": connection, "message_id": message_id.hex()}
+        rotated = await self.call("connection.rotate", payload)
+        body = {"key": rotated["key"], "auth": rotated["auth"]}
+        await self.call("connection.rotate", body, peer=str(rotated["peer"]), message_id=message_id)
+        return str(rotated["key"])
+
+    async def set_profile(self, fields: dict[str, str | None], *, pin: str | None = None) -> list[str]:
+        return list((await self.call("profile.set", {**self._auth(pin), "fields": fields}))["fields"])
+
+    async def profile(self, fields: list[str] | None = None, *, pin: str | None = None) -> dict[str, str]:
+        return dict((await self.call("profile.get", {**self._auth(pin), "fields": fields}))["fields"])
+
+    async def peer_profile(
+        self, connection: str, fields: list[str] | None = None, *, pin: str | None = None
+    ) -> dict[str, str]:
+        """The connected peer's profile fields that the connection shares (asking for another is refused)."""
+        return dict((await self.peer_call(connection, "profile.get", {"fields": fields}, pin=pin))["fields"])
+
+    async def peer_secret(self, connection: str, name: str, *, pin: str | None = None) -> bytes:
+        answer = await self.peer_call(connection, "secret.get", {"name": name}, pin=pin)
+        return base64.b64decode(answer["value"])
+
+    async def send_message(self, connection: str, text: str, *, pin: str | None = None) -> dict[str, Any]:
+        """Deliver ``text`` to the peer's vault (its answer is the delivery receipt), then keep it in the outbox."""
+        ident = secrets.token_hex(16)
+        delivered = await self.peer_call(connection, "message.send", {"id": ident, "text": text}, pin=pin)
+        at = delivered["delivered_at"]
+        payload = {"session": self.session, "connection": connection, "id": ident, "text": text, "delivered_at": at}
+        await self.call("message.sent", payload)
+        return {"id": ident, "delivered_at": at}
+
+    async def messages(self, *, pin: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        answer = await self.call("message.list", self._auth(pin))
+        return {"inbox": list(answer["inbox"]), "outbox": list(answer["outbox"])}
+
+    async def read_message(self, ident: str, *, pin: str | None = None) -> dict[str, Any]:
+        """Mark an inbox message read and send the read receipt to its sender's vault."""
+        entry = dict((await self.call("message.read", {**self._auth(pin), "id": ident}))["message"])
+        body = {"id": ident, "read_at": entry["read_at"]}
+        await self.peer_call(str(entry["connection"]), "message.receipt", body)
+        return entry

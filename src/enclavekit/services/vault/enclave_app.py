@@ -43,6 +43,7 @@ from enclavekit.enclave.tracks import enclave_kms_client
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext
+from enclavekit.services.vault.connection import VaultClosed
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
@@ -57,7 +58,12 @@ from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryR
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
+from enclavekit.services.vault.operations import calls as call_operations
+from enclavekit.services.vault.operations import connections as connection_operations
+from enclavekit.services.vault.operations import contracts as contract_operations
+from enclavekit.services.vault.operations import messages as message_operations
 from enclavekit.services.vault.operations import pin as pin_operations
+from enclavekit.services.vault.operations import profile as profile_operations
 from enclavekit.services.vault.operations import secret as secret_operations
 from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
@@ -66,12 +72,14 @@ from enclavekit.services.vault.wire import (
     LEDGER_MERGE,
     LEDGER_SNAPSHOT,
     MESSAGE,
+    PEER,
     LedgerEntry,
     LedgerMerge,
     LedgerSnapshot,
     LedgerSnapshotRequest,
     Message,
     MessageReply,
+    PeerMessage,
     VaultKey,
     VaultKeyRequest,
 )
@@ -83,6 +91,7 @@ logger = logging.getLogger(__name__)
 SESSION_TTL: Final = 300.0
 MAX_SESSIONS: Final = 10_000
 MAX_PAYLOAD: Final = 96 * 1024
+MAX_OPEN: Final = 1024
 
 
 class SessionInvalid(VaultRejected):
@@ -100,7 +109,26 @@ class Opened:
 
 
 def _operations() -> dict[str, Handler]:
-    return {**pin_operations.OPERATIONS, **secret_operations.OPERATIONS}
+    return {
+        **pin_operations.OPERATIONS,
+        **secret_operations.OPERATIONS,
+        **connection_operations.OPERATIONS,
+        **profile_operations.OPERATIONS,
+        **message_operations.OPERATIONS,
+        **call_operations.OPERATIONS,
+        **contract_operations.OPERATIONS,
+    }
+
+
+def _peer_operations() -> dict[str, Handler]:
+    """What another user's app (through a connection or a data contract) may ask this vault."""
+    return {
+        **connection_operations.PEER_OPERATIONS,
+        **profile_operations.PEER_OPERATIONS,
+        **message_operations.PEER_OPERATIONS,
+        **call_operations.PEER_OPERATIONS,
+        **contract_operations.PEER_OPERATIONS,
+    }
 
 
 def check_key_policy(policy_text: str, pcr0: bytes, user: str = "policy-check") -> None:
@@ -153,6 +181,13 @@ class VaultEnclave:
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _context: EnclaveContext | None = None
     operations: dict[str, Handler] = field(default_factory=_operations)
+    peer_operations: dict[str, Handler] = field(default_factory=_peer_operations)
+    open_vaults: OrderedDict[str, Unlocked] = field(default_factory=OrderedDict)
+    """Vaults their owners unlocked since this enclave started (LRU, ``MAX_OPEN``): the only ones it can serve to
+    connected peers, whose requests carry no PIN (docs/vault.md, *Connections*)."""
+    _state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    signals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Call signalling waiting for each user's app (memory only, bounded; see operations/calls.py)."""
 
     @property
     def public_key(self) -> bytes:
@@ -164,6 +199,7 @@ class VaultEnclave:
         app.on_shutdown(self._shutdown)
         app.route(KEY)(self.key)
         app.route(MESSAGE)(self.message)
+        app.route(PEER)(self.peer_message)
         app.route(LEDGER_MERGE)(self.ledger_merge)
         app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
 
@@ -238,7 +274,7 @@ class VaultEnclave:
         document = await self._context.attest(nonce=nonce, public_key=self.public_key)
         return VaultKey(document=base64.b64encode(document).decode(), public_key=self.public_key.hex())
 
-    async def message(self, request: Message, call: CallContext) -> MessageReply:
+    async def message(self, request: Message, call: CallContext, *, sender: str | None = None) -> MessageReply:
         try:
             data = base64.b64decode(request.envelope, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -247,10 +283,17 @@ class VaultEnclave:
         if opened.user != request.user or opened.op != request.op:
             raise EnvelopeInvalid("the envelope names another user or operation than its subject")
         self.guard.check(opened.message_id, opened.timestamp, now=self.clock())
-        answer = await self._answer(opened)
+        answer = await self._answer(opened, sender)
         return MessageReply(envelope=base64.b64encode(seal_response(opened, answer)).decode())
 
-    async def _answer(self, opened: OpenedRequest) -> bytes:
+    async def peer_message(self, request: PeerMessage, call: CallContext) -> MessageReply:
+        """A request from ``request.sender``'s app to ``request.user``'s vault: the same envelope, another registry
+        of operations, each of which checks the connection (or contract) and its capability."""
+        return await self.message(
+            Message(user=request.user, op=request.op, envelope=request.envelope), call, sender=request.sender
+        )
+
+    async def _answer(self, opened: OpenedRequest, sender: str | None = None) -> bytes:
         try:
             if len(opened.payload) > MAX_PAYLOAD:
                 raise BadPayload("payload too large")
@@ -260,10 +303,11 @@ class VaultEnclave:
                 raise BadPayload("payload is not JSON") from exc
             if not isinstance(payload, dict):
                 raise BadPayload("payload is not a JSON object")
-            handler = self.operations.get(opened.op)
+            handler = (self.operations if sender is None else self.peer_operations).get(opened.op)
             if handler is None:
                 raise UnknownOp(f"unknown operation {opened.op!r}")
-            result = await handler(self, Request(opened.user, opened.op, payload, self.clock()))
+            request = Request(opened.user, opened.op, payload, self.clock(), sender, opened.message_id.hex())
+            result = await handler(self, request)
             body: dict[str, Any] = {"ok": result}
         except PinInvalid as exc:
             body = {"error": {"code": exc.code, "message": exc.message, "attempts_left": exc.attempts_left}}
@@ -283,6 +327,10 @@ class VaultEnclave:
         """A new session token for a PIN-checked vault (memory only, ``SESSION_TTL`` seconds)."""
         token = secrets.token_hex(32)
         self.sessions[token] = (unlocked, self.clock() + SESSION_TTL)
+        self.open_vaults[unlocked.user] = unlocked
+        self.open_vaults.move_to_end(unlocked.user)
+        while len(self.open_vaults) > MAX_OPEN:
+            self.open_vaults.popitem(last=False)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return token
@@ -306,6 +354,24 @@ class VaultEnclave:
             raise VaultLocked(f"{request.user}'s vault is locked")
         assert isinstance(token, str)
         return Opened(held[0], core.store(held[0]), False, token)
+
+    def state_lock(self, user: str) -> asyncio.Lock:
+        """Serialises the connection operations' read-change-commit of one user's state (owner's and peers')."""
+        return self._state_locks.setdefault(user, asyncio.Lock())
+
+    async def open_for_peer(self, user: str) -> VaultStore:
+        """``user``'s state for a peer's request: only while the owner's unlock is held here, and only of the
+        generation the ledger names now (a PIN change or a lock closes it); the ledger's version is read afresh,
+        so a host that restores older objects is refused as for the owner."""
+        core = self.require_core()
+        held = self.open_vaults.get(user)
+        if held is None or user in core.locked_here:
+            raise VaultClosed(f"{user}'s vault is not open: its owner has not unlocked it here")
+        entry = await core.ledger.read(user)
+        if entry.locked or entry.generation != held.entry.generation:
+            self.open_vaults.pop(user, None)
+            raise VaultClosed(f"{user}'s vault is not open: its owner has not unlocked it here")
+        return VaultStore(core.objects, core.ledger, user, held.keys.state, entry)
 
 
 def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnclaveConfig) -> VaultCore:

@@ -4,7 +4,10 @@ It subscribes to ``OwnerSpace.*.forVault.>`` with the bridge's NATS credentials 
 ``OwnerSpace.*.forApp.>``), calls the enclave over the attested session (pinned PCR0) and publishes the opaque
 answer to ``OwnerSpace.{user}.forApp.{op}`` with the request's message id (``Vault-Message-Id``, from the
 envelope's clear header). An envelope the enclave refuses outright is answered with a ``Vault-Error`` header;
-no answer ever carries anything the host could read. One log line per message: user, operation, outcome, time.
+no answer ever carries anything the host could read. ``MessageSpace.{target}.forVault.{sender}.{op}`` (one user's
+app asking another user's vault: connections, data contracts) is relayed the same way to the target's enclave
+(``vault.peer``, naming the sender) and answered on ``MessageSpace.{sender}.forApp.{target}.{op}``.
+One log line per message: user, operation, outcome, time.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
-from enclavekit.services.vault.nats_auth import for_app
-from enclavekit.services.vault.wire import KEY, MESSAGE, Message, VaultKeyRequest
+from enclavekit.services.vault.nats_auth import for_app as own_for_app
+from enclavekit.services.vault.nats_auth import peer_for_app
+from enclavekit.services.vault.wire import KEY, MESSAGE, PEER, Message, PeerMessage, VaultKeyRequest
 
-__all__ = ["VaultBridge", "enclave_index", "parse_subject"]
+__all__ = ["VaultBridge", "enclave_index", "parse_peer_subject", "parse_subject"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ def parse_subject(subject: str) -> tuple[str, str] | None:
     if len(parts) != 4 or parts[0] != "OwnerSpace" or parts[2] != "forVault" or not parts[1] or not parts[3]:
         return None
     return parts[1], parts[3]
+
+
+def parse_peer_subject(subject: str) -> tuple[str, str, str] | None:
+    """``MessageSpace.{target}.forVault.{sender}.{op}`` → (target, sender, op), or None."""
+    parts = subject.split(".", 4)
+    if len(parts) != 5 or parts[0] != "MessageSpace" or parts[2] != "forVault" or not all(parts[1:]):
+        return None
+    return parts[1], parts[3], parts[4]
 
 
 @dataclass
@@ -71,6 +83,7 @@ class VaultBridge:
             await client.connect()
         self._nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
         await self._nc.subscribe("OwnerSpace.*.forVault.>", cb=self._on_message)
+        await self._nc.subscribe("MessageSpace.*.forVault.>", cb=self._on_message)
         await self._nc.flush()
 
     async def close(self) -> None:
@@ -93,10 +106,17 @@ class VaultBridge:
     async def _handle(self, msg: Msg) -> None:
         assert self._nc is not None and self._clients
         started = time.perf_counter()
-        parsed = parse_subject(msg.subject)
-        if parsed is None:
+        parsed, peer = parse_subject(msg.subject), parse_peer_subject(msg.subject)
+        if parsed is not None:
+            (user, op), sender = parsed, None
+        elif peer is not None:
+            user, sender, op = peer
+        else:
             return
-        user, op = parsed
+
+        def for_app(user: str, op: str) -> str:  # the answer's subject: the owner's app, or the sender's
+            return own_for_app(user, op) if sender is None else peer_for_app(sender, user, op)
+
         enclave = self.client_for(user)
         outcome = "relayed"
         async with self._slots:
@@ -113,10 +133,13 @@ class VaultBridge:
                     outcome = "envelope_invalid"
                     await self._nc.publish(for_app(user, op), b"", headers={**headers, "Vault-Error": outcome})
                     return
+                envelope = base64.b64encode(msg.data).decode()
                 try:
-                    reply = await enclave.call(
-                        MESSAGE, Message(user=user, op=op, envelope=base64.b64encode(msg.data).decode())
-                    )
+                    if sender is None:
+                        reply = await enclave.call(MESSAGE, Message(user=user, op=op, envelope=envelope))
+                    else:
+                        request = PeerMessage(user=user, sender=sender, op=op, envelope=envelope)
+                        reply = await enclave.call(PEER, request)
                 except Error as exc:
                     outcome = str(exc.to_json().get("code", exc.code))
                     await self._nc.publish(for_app(user, op), b"", headers={**headers, "Vault-Error": outcome})
@@ -127,8 +150,9 @@ class VaultBridge:
             finally:
                 self.handled += 1
                 logger.info(
-                    "vault message user=%s op=%s outcome=%s ms=%.1f",
+                    "vault message user=%s%s op=%s outcome=%s ms=%.1f",
                     user,
+                    "" if sender is None else f" from={sender}",
                     op,
                     outcome,
                     (time.perf_counter() - started) * 1000,

@@ -1,0 +1,251 @@
+"""Connections between vaults end to end, each piece its own process (the stack of ``test_vault_e2e``: a real
+nats-server with per-user authorization, the KMS emulator, three vault enclaves, the host bridge). Two users
+connect, share one profile field and not another, message with receipts, rotate a key and revoke; a third user
+cannot reach either vault — neither on NATS (the server refuses the subject) nor through the vault (no connection);
+what the host relays and stores holds no profile value or message."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import nats
+import pytest
+
+from enclavekit.services.vault.client import VaultClient, VaultError
+from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, new_key, sign
+from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, peer_for_vault
+from tests.test_vault_e2e import World, _code, _fresh_call, world
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+__all__ = ["world"]  # the module's stack (a fixture)
+
+SECRETS = [b"Alice Liddell-9q", b"alice-private-mail-9q@example.org", b"meet at noon-9q", b"bob-shared-wifi-9q"]
+
+
+async def _tap(world: World) -> list[tuple[str, bytes]]:
+    """What the host sees of vault-to-vault traffic (the bridge's own credentials)."""
+    captured: list[tuple[str, bytes]] = []
+    tap = await nats.connect(credentials(world.state, BRIDGE_USER).url(world.local["nats_url"]))
+
+    async def on_request(msg: Any) -> None:
+        captured.append((msg.subject, msg.data))
+
+    await tap.subscribe("MessageSpace.*.forVault.>", cb=on_request)
+    await tap.flush()
+    world.captured_peer = captured  # type: ignore[attr-defined]
+    world.peer_tap = tap  # type: ignore[attr-defined]
+    return captured
+
+
+async def _connected(inviter: VaultClient, invitee: VaultClient, grant: dict[str, Any] | None = None) -> str:
+    """Connect two vaults whose owners have sessions; the inviter grants ``grant`` (the profile's name)."""
+    grant = grant or {"profile": ["name"]}
+    invitation = await inviter.invite(grant=grant)
+    accepted = await invitee.accept(invitation)
+    assert accepted["granted"] == {"profile": [], "secrets": [], "messages": False, "calls": False} | grant
+    return str(accepted["connection"])
+
+
+async def test_two_users_connect_share_one_field_not_another_message_with_receipts_and_revoke(world: World) -> None:
+    await _tap(world)
+    async with world.client("alice") as alice, world.client("bob") as bob, world.client("carol") as carol:
+        await alice.enroll("2468")
+        await bob.enroll("1357")
+        await carol.enroll("9753")
+        await alice.set_profile({"name": SECRETS[0].decode(), "email": SECRETS[1].decode()}, pin="2468")
+        await bob.put_secret("wifi", SECRETS[3], pin="1357")
+        invitation = await alice.invite(grant={"profile": ["name"], "messages": True}, pin="2468")
+        accepted = await bob.accept(invitation, grant={"messages": True, "secrets": ["wifi"]}, pin="1357")
+        connection = accepted["connection"]
+        # the invitation was single use: nobody else (nor bob again) can use it
+        assert (await _code(carol.accept(invitation, pin="9753"))).remote_code == "invitation_invalid"
+
+        assert await bob.peer_profile(connection, ["name"]) == {"name": SECRETS[0].decode()}
+        assert await bob.peer_profile(connection) == {"name": SECRETS[0].decode()}  # only what is shared
+        assert (await _code(bob.peer_profile(connection, ["email"]))).remote_code == "capability_denied"
+        assert await alice.peer_secret(connection, "wifi", pin="2468") == SECRETS[3]
+        assert (await _code(alice.peer_secret(connection, "other"))).remote_code == "capability_denied"
+        both = {c["peer"]: c for c in await alice.connections()} | {c["peer"]: c for c in await bob.connections()}
+        assert both["bob"]["status"] == both["alice"]["status"] == "active"
+        assert both["bob"]["connection"] == both["alice"]["connection"] == connection
+
+        sent = await bob.send_message(connection, SECRETS[2].decode())
+        assert sent["delivered_at"] > 0  # the delivery receipt: alice's vault stored it
+        inbox = (await alice.messages())["inbox"]
+        assert [(m["from"], m["text"], m["read_at"]) for m in inbox] == [("bob", SECRETS[2].decode(), None)]
+        await alice.read_message(inbox[0]["id"])
+        outbox = (await bob.messages())["outbox"]
+        assert outbox[0]["id"] == sent["id"] and outbox[0]["delivered_at"] == sent["delivered_at"]
+        assert outbox[0]["read_at"] is not None  # the read receipt reached bob's vault
+        # alice granted bob messages, bob granted alice messages too: the reply goes through
+        await alice.send_message(connection, "reply-9q")
+
+        await bob.rotate(connection)  # a new key on bob's side, announced to alice's vault with the old one
+        assert await bob.peer_profile(connection, ["name"]) == {"name": SECRETS[0].decode()}
+
+        await alice.grant(connection, {"profile": ["name", "email"]})  # sharing changes per connection
+        assert (await bob.peer_profile(connection, ["email"]))["email"] == SECRETS[1].decode()
+        assert (await _code(bob.send_message(connection, "x"))).remote_code == "capability_denied"
+
+        await alice.revoke(connection)  # at once: the next read is refused
+        assert (await _code(bob.peer_profile(connection, ["name"]))).remote_code == "connection_refused"
+        assert (await _code(alice.peer_secret(connection, "wifi"))).remote_code == "connection_refused"
+        records, _ = await alice.audit(pin="2468")
+        ops = [r["op"] for r in records]
+        assert ops.count("peer.profile.get") == 4 and "connection.revoke" in ops and "message.received" in ops
+        assert all(r.get("peer") == "bob" for r in records if r["op"] == "peer.profile.get")
+
+
+async def test_third_user_cannot_reach_either_vault(world: World) -> None:
+    async with world.client("dave") as dave, world.client("erin") as erin, world.client("mallory") as mallory:
+        await dave.enroll("2580")
+        await erin.enroll("4321")
+        await mallory.enroll("8642")
+        await dave.set_profile({"name": "Dave"}, pin="2580")
+        connection = await _connected(dave, erin)
+        assert await erin.peer_profile(connection, pin="4321") == {"name": "Dave"}
+
+        # NATS: mallory's credentials may not publish as erin, nor read erin's answers
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc).lower())
+
+        nc = await nats.connect(credentials(world.state, "mallory").url(world.local["nats_url"]), error_cb=on_error)
+        try:
+            await nc.publish(peer_for_vault("dave", "erin", "profile.get"), b"x")
+            await nc.subscribe("MessageSpace.erin.forApp.>")
+            deadline = asyncio.get_running_loop().time() + 5
+            while len(errors) < 2:
+                assert asyncio.get_running_loop().time() < deadline, errors
+                await asyncio.sleep(0.02)
+            assert all("permissions violation" in e for e in errors)
+        finally:
+            await nc.close()
+
+        # The vault: as herself, mallory reaches dave's vault but no connection lets her in — not with erin's
+        # connection id signed by another key, not with none, not by replaying an invitation she never got
+        message_id = secrets.token_bytes(16)
+        body: dict[str, Any] = {"fields": ["name"]}
+        at = time.time()
+        forged = Authorization(
+            "connection",
+            connection,
+            at,
+            sign(
+                new_key(),
+                authorization_message(
+                    kind="connection",
+                    ident=connection,
+                    sender="mallory",
+                    target="dave",
+                    op="profile.get",
+                    message_id=message_id.hex(),
+                    at=at,
+                    digest=body_digest(body),
+                ),
+            ),
+        )
+        call = mallory.call("profile.get", {**body, "auth": forged.to_json()}, peer="dave", message_id=message_id)
+        assert (await _code(call)).remote_code == "connection_refused"
+        assert (await _code(mallory.call("profile.get", body, peer="dave"))).remote_code == "authorization_invalid"
+        guess = {"invitation": "0" * 32, "token": "00" * 32, "key": "11" * 32}
+        assert (await _code(mallory.call("connection.accept", guess, peer="dave"))).remote_code == (
+            "invitation_invalid"
+        )
+        # and a signature by erin's vault cannot be moved to another body (by the host, or erin's app)
+        message_id = secrets.token_bytes(16)
+        signed = await erin.call(
+            "connection.sign",
+            {
+                "session": erin.session,
+                "connection": connection,
+                "op": "profile.get",
+                "message_id": message_id.hex(),
+                "body": body_digest(body),
+            },
+        )
+        moved = erin.call("profile.get", {"fields": [], "auth": signed["auth"]}, peer="dave", message_id=message_id)
+        assert (await _code(moved)).remote_code == "connection_refused"
+
+
+async def test_a_closed_vault_serves_no_peer_until_its_owner_unlocks_it(world: World) -> None:
+    """The data key is derived from the owner's PIN: after the enclave restarts, peers wait for the owner."""
+    async with world.client("frank") as frank, world.client("henry") as henry:
+        await frank.enroll("1111")
+        await henry.enroll("2222")
+        await frank.set_profile({"name": "Frank"}, pin="1111")
+        connection = await _connected(frank, henry)
+    await world.restart(world.serving("frank"))
+
+    async def read(client: VaultClient) -> VaultError:
+        return await _code(client.peer_profile(connection, pin="2222"))
+
+    assert (await _fresh_call(world, "henry", read)).remote_code == "vault_closed"
+
+    async def unlock(client: VaultClient) -> Any:
+        return await client.profile(pin="1111")
+
+    assert await _fresh_call(world, "frank", unlock) == {"name": "Frank"}
+
+    async def read_again(client: VaultClient) -> dict[str, str]:
+        return await client.peer_profile(connection, pin="2222")
+
+    assert await _fresh_call(world, "henry", read_again) == {"name": "Frank"}
+
+
+async def test_bad_input_on_peer_subjects_is_a_specific_error_never_a_crash(world: World) -> None:
+    async with world.client("oscar") as oscar, world.client("alice") as alice:
+        await oscar.enroll("3690")
+        answers: list[dict[str, str]] = []
+        nc = await nats.connect(credentials(world.state, "oscar").url(world.local["nats_url"]))
+
+        async def on_answer(msg: Any) -> None:
+            answers.append(dict(msg.headers or {}))
+
+        await nc.subscribe("MessageSpace.oscar.forApp.>", cb=on_answer)
+        for op in ("profile.get", "message.send", "connection.accept", "nonsense"):
+            for data in (b"", b"\x01", secrets.token_bytes(300)):
+                await nc.publish(peer_for_vault("alice", "oscar", op), data)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len([a for a in answers if "Vault-Error" in a]) < 12:
+            assert asyncio.get_running_loop().time() < deadline, answers
+            await asyncio.sleep(0.05)
+        assert {a["Vault-Error"] for a in answers} == {"envelope_invalid"}
+        await nc.close()
+        bad: list[tuple[str, dict[str, Any], str]] = [
+            ("nonsense", {}, "unknown_op"),
+            ("secret.list", {}, "unknown_op"),  # the owner's operations are not a peer's
+            ("profile.get", {"auth": {"kind": "x"}}, "authorization_invalid"),
+            ("connection.accept", {"invitation": "../x", "token": "00", "key": "11"}, "vault_rejected"),
+            ("connection.accept", {"invitation": "a", "token": "zz", "key": "11"}, "bad_payload"),
+        ]
+        for op, payload, code in bad:
+            assert (await _code(oscar.call(op, payload, peer="alice"))).remote_code == code, op
+        assert (await _code(oscar.set_profile({"../x": "y"}))).remote_code == "vault_rejected"
+        assert (await _code(oscar.set_profile({"big": "x" * 5000}))).remote_code == "vault_rejected"
+        assert (await _code(oscar.invite(grant={"profile": "name"}))).remote_code == "capability_denied"
+        assert (await _code(oscar.invite(ttl=10**9))).remote_code == "invitation_invalid"
+        assert await alice.profile(pin="2468")  # alice's vault still serves: nothing crashed
+
+
+async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_logs(world: World) -> None:
+    import base64
+
+    captured: list[tuple[str, bytes]] = getattr(world, "captured_peer", [])
+    await world.peer_tap.close()  # type: ignore[attr-defined]
+    needles: list[bytes] = []
+    for value in SECRETS:
+        needles += [value, value.hex().encode(), base64.b64encode(value)]
+    haystacks = [(f"nats {s}", d) for s, d in captured] + [("nats answer", d) for d in world.answers]
+    for path in world.state.rglob("*"):
+        if path.is_file() and "users" not in path.parts and path.suffix != ".sock":
+            haystacks.append((str(path), path.read_bytes()))
+    assert len(captured) > 20 and any("objects" in name for name, _ in haystacks)
+    for name, data in haystacks:
+        for needle in needles:
+            assert needle not in data, f"{needle!r} found in {name}"
