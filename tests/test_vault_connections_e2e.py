@@ -233,6 +233,39 @@ async def test_bad_input_on_peer_subjects_is_a_specific_error_never_a_crash(worl
         assert await alice.profile(pin="2468")  # alice's vault still serves: nothing crashed
 
 
+async def test_call_signalling_needs_the_calls_capability_and_turn_credentials_are_per_call(world: World) -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    async with world.client("carol") as carol, world.client("erin") as erin:
+        await carol.profile(pin="9753")
+        await erin.profile(pin="4321")
+        connection = await _connected(carol, erin, {"calls": True})  # carol takes calls from erin, not back
+        call = secrets.token_hex(16)
+        await erin.signal(connection, "offer", call, sdp="v=0 offer-sdp")
+        await erin.signal(connection, "ice", call, candidate="candidate:1 1 udp 1 192.0.2.1 5000 typ host")
+        waiting = await carol.signals()
+        assert [(s["kind"], s["call"], s["from"]) for s in waiting] == [("offer", call, "erin"), ("ice", call, "erin")]
+        assert waiting[0]["sdp"] == "v=0 offer-sdp" and await carol.signals() == []  # fetched once
+        denied = await _code(carol.signal(connection, "answer", call, sdp="v=0 answer-sdp"))
+        assert denied.remote_code == "capability_denied"  # erin did not grant carol calls
+        await erin.grant(connection, {"calls": True})
+        await carol.signal(connection, "answer", call, sdp="v=0 answer-sdp")
+        assert [s["kind"] for s in await erin.signals()] == ["answer"]
+
+        relay = await carol.turn(connection, call)
+        expiry, name = relay["username"].split(":", 1)
+        assert name == f"{call}:carol" and 0 < int(expiry) - time.time() <= 300
+        secret = (world.state / "vault" / "turn-secret").read_bytes().strip()  # what coturn is configured with
+        expected = base64.b64encode(hmac.new(secret, relay["username"].encode(), hashlib.sha1).digest()).decode()
+        assert relay["credential"] == expected and relay["urls"] == ["turn:127.0.0.1:3478"]
+
+        await carol.revoke(connection)
+        assert (await _code(erin.signal(connection, "hangup", call))).remote_code == "connection_refused"
+        assert (await _code(carol.turn(connection, call))).remote_code == "capability_denied"
+
+
 async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_logs(world: World) -> None:
     import base64
 

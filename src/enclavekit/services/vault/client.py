@@ -304,3 +304,18 @@ class VaultClient:
         body = {"id": ident, "read_at": entry["read_at"]}
         await self.peer_call(str(entry["connection"]), "message.receipt", body)
         return entry
+
+    # --- calls: signalling through the vaults; the media is the apps' business ----------------------------------
+
+    async def signal(self, connection: str, kind: str, call: str, *, pin: str | None = None, **fields: str) -> None:
+        """Send ``call.{kind}`` (offer, answer, ice, hangup) for ``call`` to the connected peer's vault."""
+        await self.peer_call(connection, f"call.{kind}", {"call": call, **fields}, pin=pin)
+
+    async def signals(self, *, pin: str | None = None) -> list[dict[str, Any]]:
+        """The call signalling waiting in this vault (fetched once)."""
+        return list((await self.call("call.signals", self._auth(pin)))["signals"])
+
+    async def turn(self, connection: str, call: str, *, pin: str | None = None) -> dict[str, Any]:
+        """Short-lived TURN relay credentials for ``call`` (RTCIceServer shape, with ``expires_at``)."""
+        answer = await self.call("call.turn", {**self._auth(pin), "connection": connection, "call": call})
+        return dict(answer["turn"])

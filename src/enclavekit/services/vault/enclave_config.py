@@ -10,7 +10,8 @@ once here into frozen dataclasses; unknown fields are refused::
      "ledger": {"replicas": 3, "quorum": 2},
      "attestation_roots": ["-----BEGIN CERTIFICATE-----..."],
      "guess_limit": 10,
-     "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...]}
+     "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...],
+     "turn": {"urls": ["turn:turn.example.org:3478"], "secret": "...", "ttl": 300}}
 
 * ``kms``: the key that seals every user's material (its policy must release only to this PCR0: checked at boot),
   and the endpoint with the CA its certificate must chain to (absent: AWS KMS in ``region``, system roots).
@@ -21,6 +22,8 @@ once here into frozen dataclasses; unknown fields are refused::
   local stack the NSM simulator's root (its certificate is in the file, so it is measured).
 * ``guess_limit``: the limit a vault gets when the enrolling user names none (1..255).
 * ``operator_keys``: the keys that sign operator documents (invitation codes, proposals); optional, at most 16.
+* ``turn``: the TURN relay for calls (``services/vault/turn.py``): its URLs, the secret it shares with the vault
+  (coturn's ``static-auth-secret``) and the lifetime of the per-call credentials; optional (no calls' relay).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from enclavekit.enclave.measured_config import (
 from enclavekit.errors import ConfigurationError
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.services.vault.errors import VaultRejected
+from enclavekit.services.vault.turn import TurnConfig
 
 __all__ = [
     "ALLOWED_LAUNCH_SETTINGS",
@@ -93,6 +97,8 @@ class VaultEnclaveConfig:
     operator_keys: tuple[bytes, ...] = ()
     """Raw Ed25519 public keys whose signatures the vault accepts on operator documents (invitations,
     proposals): :meth:`require_operator_signature`."""
+    turn: TurnConfig | None = None
+    """The TURN relay whose per-call credentials the vault issues (``call.turn``); None: calls get none."""
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VaultEnclaveConfig:
@@ -101,7 +107,7 @@ class VaultEnclaveConfig:
         top = config_object(
             document,
             "configuration",
-            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys"},
+            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys", "turn"},
         )
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
@@ -126,7 +132,8 @@ class VaultEnclaveConfig:
         if type(limit) is not int or not 1 <= limit <= 255:
             raise InvalidEnclaveConfig("guess_limit must be an integer in 1..255")
         operators = operator_keys(top.get("operator_keys"))
-        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators)
+        turn = None if top.get("turn") is None else TurnConfig.from_json(top.get("turn"))
+        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators, turn)
 
     def require_operator_signature(self, message: bytes, signature: bytes) -> bytes:
         """The operator key (one of the measured ``operator_keys``) whose Ed25519 signature over ``message`` this
@@ -168,6 +175,7 @@ def vault_config_document(
     quorum: int = 2,
     guess_limit: int = 10,
     operator_keys: tuple[bytes, ...] = (),
+    turn: TurnConfig | None = None,
 ) -> bytes:
     """The canonical bytes of a vault configuration (checked by parsing it back)."""
     pems = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode() for der in roots_der]
@@ -180,6 +188,8 @@ def vault_config_document(
         "attestation_roots": pems,
         "guess_limit": guess_limit,
     } | ({"operator_keys": [key.hex() for key in operator_keys]} if operator_keys else {})
+    if turn is not None:
+        document["turn"] = turn.to_json()
     data = canonical(document)
     VaultEnclaveConfig.from_bytes(data)
     return data
