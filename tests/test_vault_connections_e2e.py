@@ -16,14 +16,21 @@ import pytest
 
 from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, new_key, sign
-from enclavekit.services.vault.nats_auth import BRIDGE_USER, credentials, peer_for_vault
+from enclavekit.services.vault.data_contract import offer_contract
+from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, peer_for_vault
 from tests.test_vault_e2e import World, _code, _fresh_call, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 __all__ = ["world"]  # the module's stack (a fixture)
 
-SECRETS = [b"Alice Liddell-9q", b"alice-private-mail-9q@example.org", b"meet at noon-9q", b"bob-shared-wifi-9q"]
+SECRETS = [
+    b"Alice Liddell-9q",
+    b"alice-private-mail-9q@example.org",
+    b"meet at noon-9q",
+    b"bob-shared-wifi-9q",
+    b"12 Rue du Contrat-9q",
+]
 
 
 async def _tap(world: World) -> list[tuple[str, bytes]]:
@@ -264,6 +271,75 @@ async def test_call_signalling_needs_the_calls_capability_and_turn_credentials_a
         await carol.revoke(connection)
         assert (await _code(erin.signal(connection, "hangup", call))).remote_code == "connection_refused"
         assert (await _code(carol.turn(connection, call))).remote_code == "capability_denied"
+
+
+async def test_business_reads_under_its_contract_and_is_refused_after_revocation_and_expiry(world: World) -> None:
+    add_user(world.state, "acme", server_pid=world.stack.services["nats"]["pid"])  # the business's NATS identity
+    business_key = new_key()
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # until the server has re-read its authorization file
+        try:
+            probe = await nats.connect(credentials(world.state, "acme").url(world.local["nats_url"]))
+            await probe.close()
+            break
+        except Exception:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+
+    def offer(fields: list[str], lifetime: float) -> tuple[dict[str, Any], str]:
+        contract, signature = offer_contract(
+            business_key,
+            business="acme",
+            user="henry",
+            fields=fields,
+            purpose="parcel delivery",
+            expires_at=time.time() + lifetime,
+        )
+        return contract.to_json(), signature.hex()
+
+    async with world.client("henry") as henry, world.client("acme") as acme, world.client("mallory") as mallory:
+        await henry.set_profile({"name": "Henry", "address": SECRETS[4].decode(), "phone": "555-0100"}, pin="2222")
+        contract, signature = offer(["name", "address"], 3600)
+        await henry.accept_contract(contract, signature)
+        ident = contract["id"]
+        assert await acme.contract_read("henry", ident, business_key, ["address"]) == {"address": SECRETS[4].decode()}
+        assert await acme.contract_read("henry", ident, business_key) == {
+            "name": "Henry",
+            "address": SECRETS[4].decode(),
+        }
+        denied = await _code(acme.contract_read("henry", ident, business_key, ["phone"]))
+        assert denied.remote_code == "capability_denied"  # not in the contract
+        stolen = await _code(mallory.contract_read("henry", ident, business_key, ["name"]))
+        assert stolen.remote_code == "connection_refused"  # even with the key, only the business's identity
+        forged = await _code(acme.contract_read("henry", ident, new_key(), ["name"]))
+        assert forged.remote_code == "connection_refused"
+        tampered = dict(contract, fields=["name", "address", "phone"])  # the business's signature no longer holds
+        assert (await _code(henry.accept_contract(tampered, signature))).remote_code == "contract_invalid"
+
+        await henry.revoke_contract(ident)
+        refused = await _code(acme.contract_read("henry", ident, business_key, ["name"]))
+        assert refused.remote_code == "contract_revoked"
+
+        short, short_signature = offer(["name"], 4)
+        await henry.accept_contract(short, short_signature)
+        assert await acme.contract_read("henry", short["id"], business_key) == {"name": "Henry"}
+        deadline = asyncio.get_running_loop().time() + 30
+        code = None
+        while code is None:  # poll until the contract's end has passed: then every read is refused
+            try:
+                await acme.contract_read("henry", short["id"], business_key)
+            except VaultError as exc:
+                code = exc.remote_code
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
+        assert code == "contract_expired"
+        assert time.time() >= short["expires_at"]
+        listed = {c["contract"]: c["status"] for c in await henry.contracts()}
+        assert listed == {ident: "revoked", short["id"]: "expired"}
+        records, _ = await henry.audit(pin="2222")
+        reads = [r for r in records if r["op"] == "peer.profile.get"]
+        assert len(reads) >= 3 and all(r["business"] == "acme" and r["purpose"] == "parcel delivery" for r in reads)
+        assert [r["op"] for r in records].count("contract.accept") == 2
 
 
 async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_logs(world: World) -> None:

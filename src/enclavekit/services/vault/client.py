@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from enclavekit.attestation.nitro import NitroPolicy, verify
 from enclavekit.errors import Error, InfrastructureError
-from enclavekit.services.vault.connection import body_digest
+from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, sign
 from enclavekit.services.vault.envelope import RequestEnvelope, open_response, seal_request
 from enclavekit.services.vault.nats_auth import for_app, for_vault, peer_for_vault
 
@@ -319,3 +319,38 @@ class VaultClient:
         """Short-lived TURN relay credentials for ``call`` (RTCIceServer shape, with ``expires_at``)."""
         answer = await self.call("call.turn", {**self._auth(pin), "connection": connection, "call": call})
         return dict(answer["turn"])
+
+    # --- business data contracts ------------------------------------------------------------------------------
+
+    async def accept_contract(
+        self, contract: dict[str, Any], signature: str, *, pin: str | None = None
+    ) -> dict[str, Any]:
+        """Accept a business's signed data contract (this client is the user's app)."""
+        payload = {**self._auth(pin), "contract": contract, "signature": signature}
+        return await self.call("contract.accept", payload)
+
+    async def revoke_contract(self, contract: str, *, pin: str | None = None) -> None:
+        await self.call("contract.revoke", {**self._auth(pin), "contract": contract})
+
+    async def contracts(self, *, pin: str | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("contract.list", self._auth(pin)))["contracts"])
+
+    async def contract_read(
+        self, user: str, contract: str, business_key: bytes, fields: list[str] | None = None
+    ) -> dict[str, str]:
+        """As the business (this client's user; ``business_key`` the Ed25519 seed its contracts name): read
+        ``user``'s profile fields under ``contract``."""
+        message_id, body, now = secrets.token_bytes(16), {"fields": fields}, time.time()
+        message = authorization_message(
+            kind="contract",
+            ident=contract,
+            sender=self.user,
+            target=user,
+            op="profile.get",
+            message_id=message_id.hex(),
+            at=now,
+            digest=body_digest(body),
+        )
+        auth = Authorization("contract", contract, now, sign(business_key, message)).to_json()
+        answer = await self.call("profile.get", {**body, "auth": auth}, peer=user, message_id=message_id)
+        return dict(answer["fields"])

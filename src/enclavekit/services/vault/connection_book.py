@@ -35,12 +35,14 @@ from enclavekit.services.vault.connection import (
     tokens_match,
     verify,
 )
+from enclavekit.services.vault.data_contract import ContractExpired, ContractInvalid, ContractRevoked, DataContract
 from enclavekit.services.vault.errors import VaultRejected
 from enclavekit.services.vault.secret_store import SecretStore
 
 __all__ = ["MAX_CONNECTIONS", "MAX_MESSAGE", "MAX_PROFILE_VALUE", "ConnectionBook", "MessageNotFound"]
 
 MAX_CONNECTIONS: Final = 1000
+MAX_CONTRACTS: Final = 1000
 MAX_INVITATIONS: Final = 100
 MAX_PROFILE_FIELDS: Final = 64
 MAX_PROFILE_VALUE: Final = 4096
@@ -305,19 +307,13 @@ class ConnectionBook(SecretStore):
         return {name: (await self.store.read_item(profile[name])).decode() for name in names}
 
     async def shared_profile(
-        self,
-        record: dict[str, Any],
-        fields: tuple[str, ...] | None,
-        *,
-        granted: tuple[str, ...],
-        now: float,
-        **who: Any,
+        self, fields: tuple[str, ...] | None, *, granted: tuple[str, ...], now: float, **who: Any
     ) -> dict[str, str]:
         """A peer's (or business's) read of profile fields: every field asked must be granted; audited."""
         asked = granted if fields is None else fields
         denied = [f for f in asked if f not in granted]
         if denied:
-            raise CapabilityDenied(f"not shared with this {record.get('kind', 'connection')}: {', '.join(denied)}")
+            raise CapabilityDenied(f"not shared with this connection or contract: {', '.join(denied)}")
         values = await self.profile(tuple(asked))
         meta = await self._meta()
         await self._commit(meta, now, "peer.profile.get", fields=sorted(values), **who)
@@ -403,3 +399,75 @@ class ConnectionBook(SecretStore):
                 text = (await self.store.read_item(entry["item"])).decode()
                 out[box].append({k: v for k, v in entry.items() if k != "item"} | {"text": text})
         return out
+
+    # --- business data contracts ------------------------------------------------------------------------------
+
+    async def accept_contract(self, contract: DataContract, signature: bytes, *, now: float) -> None:
+        contract.check_signature(signature)
+        if contract.user != self.store.user:
+            raise ContractInvalid(f"the contract is for {contract.user}, not {self.store.user}")
+        if contract.expires_at <= now:
+            raise ContractInvalid("the contract has expired")
+        meta = await self._meta()
+        if contract.id in meta["contracts"] or len(meta["contracts"]) >= MAX_CONTRACTS:
+            raise ContractInvalid("this contract was already accepted (or the vault holds too many)")
+        meta["contracts"][contract.id] = {
+            "contract": contract.to_json(),
+            "signature": signature.hex(),
+            "status": "active",
+            "accepted_at": now,
+            "revoked_at": None,
+        }
+        await self._commit(
+            meta,
+            now,
+            "contract.accept",
+            contract=contract.id,
+            business=contract.business,
+            fields=list(contract.fields),
+            purpose=contract.purpose,
+        )
+
+    async def revoke_contract(self, ident: str, *, now: float) -> None:
+        meta = await self._meta()
+        record = meta["contracts"].get(ident)
+        if record is None:
+            raise ContractRevoked(f"no contract {ident}")
+        record.update(status="revoked", revoked_at=now)
+        await self._commit(meta, now, "contract.revoke", contract=ident, business=record["contract"]["business"])
+
+    async def contracts(self, now: float) -> list[dict[str, Any]]:
+        meta = await self._meta()
+        listed = []
+        for ident, record in sorted(meta["contracts"].items()):
+            expired = record["contract"]["expires_at"] <= now
+            status = "expired" if record["status"] == "active" and expired else record["status"]
+            listed.append(
+                {"contract": ident, **record["contract"], "status": status, "revoked_at": record["revoked_at"]}
+            )
+        return listed
+
+    async def check_contract(
+        self, authorization: Authorization, *, sender: str, op: str, message_id: str, digest: str, now: float
+    ) -> DataContract:
+        """The accepted, unrevoked, unexpired contract this business request comes under, its signature checked."""
+        meta = await self._meta()
+        record = meta["contracts"].get(authorization.id)
+        if authorization.kind != "contract" or record is None or record["status"] != "active":
+            raise ContractRevoked("no accepted contract of that id (or it was revoked)")
+        contract = DataContract.from_json(record["contract"])
+        if now >= contract.expires_at:
+            raise ContractExpired("the contract has expired")
+        if sender != contract.business:
+            raise ConnectionRefused("the contract is another business's")
+        verify(
+            authorization,
+            contract.key,
+            sender=sender,
+            target=self.store.user,
+            op=op,
+            message_id=message_id,
+            digest=digest,
+            now=now,
+        )
+        return contract

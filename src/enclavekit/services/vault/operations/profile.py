@@ -1,8 +1,8 @@
 """Profile and personal data, shared per connection. The owner's: ``profile.set`` ``{fields: {name: text|null}}``
 and ``profile.get`` ``{fields?}``. A connected peer's: ``profile.get`` ``{fields?, auth}`` (only fields the
-connection grants: asking for any other is ``capability_denied``; without ``fields``, every granted field that is
-set) and ``secret.get`` ``{name, auth}`` (a secret the connection grants; never a critical one). Each peer read is
-in the owner's audit feed."""
+connection — or a business's accepted data contract — grants: asking for any other is ``capability_denied``;
+without ``fields``, every granted field that is set) and ``secret.get`` ``{name, auth}`` (a secret the connection
+grants; never a critical one). Each peer read is in the owner's audit feed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 from enclavekit.services.vault.connection import Capabilities, check_field
 from enclavekit.services.vault.connection_book import ConnectionBook
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, payload_str
-from enclavekit.services.vault.operations.connections import through_connection
+from enclavekit.services.vault.operations.connections import peer_auth, through_connection
+from enclavekit.services.vault.operations.contracts import through_contract
 
 if TYPE_CHECKING:
     from enclavekit.services.vault.enclave_app import VaultEnclave
@@ -49,16 +50,25 @@ async def get_fields(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 
 
 async def peer_get_fields(vault: VaultEnclave, request: Request) -> dict[str, Any]:
+    """Through a connection (its ``profile`` grant) or a business's data contract (its ``fields``)."""
+    fields = asked_fields(request.payload)
+    authorization, _ = peer_auth(request)
     async with vault.state_lock(request.user):
+        if authorization.kind == "contract":
+            book, contract = await through_contract(vault, request)
+            values = await book.shared_profile(
+                fields,
+                granted=contract.fields,
+                now=request.now,
+                contract=contract.id,
+                business=request.sender,
+                purpose=contract.purpose,
+            )
+            return {"fields": values}
         book, connection, record = await through_connection(vault, request)
         granted = Capabilities.from_json(record["granted"]).profile
         values = await book.shared_profile(
-            record,
-            asked_fields(request.payload),
-            granted=granted,
-            now=request.now,
-            connection=connection,
-            peer=request.sender,
+            fields, granted=granted, now=request.now, connection=connection, peer=request.sender
         )
     return {"fields": values}
 
