@@ -7,12 +7,18 @@ what the host relays and stores holds no profile value or message."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 import pytest
+import pytest_asyncio
 
 from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, new_key, sign
@@ -30,11 +36,13 @@ SECRETS = [
     b"meet at noon-9q",
     b"bob-shared-wifi-9q",
     b"12 Rue du Contrat-9q",
+    b"hello from the cli-9q",
 ]
 
 
-async def _tap(world: World) -> list[tuple[str, bytes]]:
-    """What the host sees of vault-to-vault traffic (the bridge's own credentials)."""
+@pytest_asyncio.fixture(scope="module", loop_scope="module", autouse=True)
+async def peer_traffic(world: World) -> AsyncIterator[list[tuple[str, bytes]]]:
+    """What the host sees of vault-to-vault traffic in this module (tapped with the bridge's own credentials)."""
     captured: list[tuple[str, bytes]] = []
     tap = await nats.connect(credentials(world.state, BRIDGE_USER).url(world.local["nats_url"]))
 
@@ -43,9 +51,8 @@ async def _tap(world: World) -> list[tuple[str, bytes]]:
 
     await tap.subscribe("MessageSpace.*.forVault.>", cb=on_request)
     await tap.flush()
-    world.captured_peer = captured  # type: ignore[attr-defined]
-    world.peer_tap = tap  # type: ignore[attr-defined]
-    return captured
+    yield captured
+    await tap.close()
 
 
 async def _connected(inviter: VaultClient, invitee: VaultClient, grant: dict[str, Any] | None = None) -> str:
@@ -58,7 +65,6 @@ async def _connected(inviter: VaultClient, invitee: VaultClient, grant: dict[str
 
 
 async def test_two_users_connect_share_one_field_not_another_message_with_receipts_and_revoke(world: World) -> None:
-    await _tap(world)
     async with world.client("alice") as alice, world.client("bob") as bob, world.client("carol") as carol:
         await alice.enroll("2468")
         await bob.enroll("1357")
@@ -342,11 +348,69 @@ async def test_business_reads_under_its_contract_and_is_refused_after_revocation
         assert [r["op"] for r in records].count("contract.accept") == 2
 
 
-async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_logs(world: World) -> None:
+async def test_cli_connects_shares_messages_revokes_and_runs_a_contract_with_json_and_exit_codes(world: World) -> None:
+    def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
+        run = subprocess.run(
+            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
+        )
+        return run.returncode, json.loads(run.stdout or b"null")
+
+    def script() -> dict[str, tuple[int, Any]]:
+        out = {
+            "enroll-ann": cli("enroll", "ann", "--pin", "1212"),
+            "enroll-ben": cli("enroll", "ben", "--pin", "3434"),
+            "set": cli("profile", "set", "ann", "--pin", "1212", "--field", "name=Ann", "--field", "email=a@x.org"),
+            "invite": cli("connection", "invite", "ann", "--pin", "1212", "--share-field", "name", "--messages"),
+        }
+        invitation = json.dumps(out["invite"][1]["invitation"])
+        out["accept"] = cli("connection", "accept", "ben", "-", "--pin", "3434", stdin=invitation.encode())
+        connection = out["accept"][1]["connection"]
+        out["shared"] = cli("profile", "get", "ben", "--pin", "3434", "--connection", connection)
+        out["not-shared"] = cli(
+            "profile", "get", "ben", "--pin", "3434", "--connection", connection, "--field", "email"
+        )
+        out["send"] = cli("message", "send", "ben", connection, SECRETS[5].decode(), "--pin", "3434")
+        out["inbox"] = cli("message", "list", "ann", "--pin", "1212")
+        out["list"] = cli("connection", "list", "ann", "--pin", "1212")
+        out["revoke"] = cli("connection", "revoke", "ann", connection, "--pin", "1212")
+        out["after-revoke"] = cli("profile", "get", "ben", "--pin", "3434", "--connection", connection)
+        out["offer"] = cli("contract", "offer", "shop", "ann", "--field", "name", "--purpose", "receipts")
+        out["contract-accept"] = cli("contract", "accept", "ann", json.dumps(out["offer"][1]), "--pin", "1212")
+        ident = out["offer"][1]["contract"]["id"]
+        out["read"] = cli("contract", "read", "shop", "ann", ident)
+        out["contracts"] = cli("contract", "list", "ann", "--pin", "1212")
+        out["contract-revoke"] = cli("contract", "revoke", "ann", ident, "--pin", "1212")
+        out["read-revoked"] = cli("contract", "read", "shop", "ann", ident)
+        out["bad-offer"] = cli("contract", "accept", "ann", "not json", "--pin", "1212")
+        return out
+
+    out = await asyncio.to_thread(script)
+    for step in ("enroll-ann", "enroll-ben", "set", "invite", "accept", "shared", "send", "inbox", "list", "revoke"):
+        assert out[step][0] == 0, (step, out[step])
+    assert out["shared"][1]["fields"] == {"name": "Ann"}
+    assert out["not-shared"][0] == 1 and out["not-shared"][1]["error"]["code"] == "capability_denied"
+    assert out["inbox"][1]["inbox"][0]["text"] == SECRETS[5].decode() and out["send"][1]["delivered_at"] > 0
+    assert [c["peer"] for c in out["list"][1]["connections"]] == ["ben"]
+    assert out["after-revoke"][0] == 1 and out["after-revoke"][1]["error"]["code"] == "connection_refused"
+    for step in ("offer", "contract-accept", "read", "contracts", "contract-revoke"):
+        assert out[step][0] == 0, (step, out[step])
+    assert out["read"][1]["fields"] == {"name": "Ann"}
+    assert [c["status"] for c in out["contracts"][1]["contracts"]] == ["active"]
+    assert out["read-revoked"][0] == 1 and out["read-revoked"][1]["error"]["code"] == "contract_revoked"
+    assert out["bad-offer"][0] == 1 and out["bad-offer"][1]["error"]["code"] == "bad_input"
+
+
+async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_logs(
+    world: World, peer_traffic: list[tuple[str, bytes]]
+) -> None:
+    # runs last in this module: everything above crossed the host
     import base64
 
-    captured: list[tuple[str, bytes]] = getattr(world, "captured_peer", [])
-    await world.peer_tap.close()  # type: ignore[attr-defined]
+    captured = list(peer_traffic)
     needles: list[bytes] = []
     for value in SECRETS:
         needles += [value, value.hex().encode(), base64.b64encode(value)]

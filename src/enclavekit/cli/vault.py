@@ -238,3 +238,15 @@ def audit_command(user: str = typer.Argument(...), pin: str = PIN, state: Path =
     result = _run_as_user(state, user, as_json, audit)
     lines = [f"{r['seq']}\t{r['op']}\t{r.get('name', '')}" for r in result["records"]]
     _emit(result, as_json, "\n".join([*lines, f"head {result['head']} (chain verified)"]))
+
+
+# Feature groups in their own modules (they use the helpers above).
+from enclavekit.cli._vault_connection import connection_app  # noqa: E402
+from enclavekit.cli._vault_contract import contract_app  # noqa: E402
+from enclavekit.cli._vault_message import message_app  # noqa: E402
+from enclavekit.cli._vault_profile import profile_app  # noqa: E402
+
+vault_app.add_typer(connection_app, name="connection")
+vault_app.add_typer(profile_app, name="profile")
+vault_app.add_typer(message_app, name="message")
+vault_app.add_typer(contract_app, name="contract")
