@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +21,7 @@ from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, new_key, sign
 from enclavekit.services.vault.data_contract import offer_contract
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, peer_for_vault
-from tests.test_vault_e2e import World, _code, _fresh_call, world
+from tests.test_vault_e2e import World, _code, _fresh_call, server_refuses, vault_cli, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -123,22 +120,9 @@ async def test_third_user_cannot_reach_either_vault(world: World) -> None:
         assert await erin.peer_profile(connection, pin="4321") == {"name": "Dave"}
 
         # NATS: mallory's credentials may not publish as erin, nor read erin's answers
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc).lower())
-
-        nc = await nats.connect(credentials(world.state, "mallory").url(world.local["nats_url"]), error_cb=on_error)
-        try:
-            await nc.publish(peer_for_vault("dave", "erin", "profile.get"), b"x")
-            await nc.subscribe("MessageSpace.erin.forApp.>")
-            deadline = asyncio.get_running_loop().time() + 5
-            while len(errors) < 2:
-                assert asyncio.get_running_loop().time() < deadline, errors
-                await asyncio.sleep(0.02)
-            assert all("permissions violation" in e for e in errors)
-        finally:
-            await nc.close()
+        await server_refuses(
+            world, "mallory", peer_for_vault("dave", "erin", "profile.get"), "MessageSpace.erin.forApp.>"
+        )
 
         # The vault: as herself, mallory reaches dave's vault but no connection lets her in — not with erin's
         # connection id signed by another key, not with none, not by replaying an invitation she never got
@@ -350,14 +334,7 @@ async def test_business_reads_under_its_contract_and_is_refused_after_revocation
 
 async def test_cli_connects_shares_messages_revokes_and_runs_a_contract_with_json_and_exit_codes(world: World) -> None:
     def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
-        run = subprocess.run(
-            [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
-            input=stdin,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "ENCLAVEKIT_LOG_LEVEL": "WARNING"},
-        )
-        return run.returncode, json.loads(run.stdout or b"null")
+        return vault_cli(world.state, *args, stdin=stdin)
 
     def script() -> dict[str, tuple[int, Any]]:
         out = {

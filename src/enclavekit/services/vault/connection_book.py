@@ -256,17 +256,19 @@ class ConnectionBook(SecretStore):
             raise ConnectionRefused("no active connection lets this sender reach this vault")
         if record["peer"] != sender or record["peer_key"] is None:
             raise ConnectionRefused("no active connection lets this sender reach this vault")
-        verify(
-            authorization,
-            bytes.fromhex(record["peer_key"]),
-            sender=sender,
-            target=self.store.user,
-            op=op,
-            message_id=message_id,
-            digest=digest,
-            now=now,
-        )
+        verify(authorization, bytes.fromhex(record["peer_key"]), **self._bound(sender, op, message_id, digest, now))
         return authorization.id, dict(record)
+
+    def _bound(self, sender: str, op: str, message_id: str, digest: str, now: float) -> dict[str, Any]:
+        """What a peer request's authorization must be bound to (for :func:`verify`)."""
+        return {
+            "sender": sender,
+            "target": self.store.user,
+            "op": op,
+            "message_id": message_id,
+            "digest": digest,
+            "now": now,
+        }
 
     async def peer_rotated(self, connection: str, new_key: bytes, *, now: float) -> None:
         meta = await self._meta()
@@ -460,14 +462,5 @@ class ConnectionBook(SecretStore):
             raise ContractExpired("the contract has expired")
         if sender != contract.business:
             raise ConnectionRefused("the contract is another business's")
-        verify(
-            authorization,
-            contract.key,
-            sender=sender,
-            target=self.store.user,
-            op=op,
-            message_id=message_id,
-            digest=digest,
-            now=now,
-        )
+        verify(authorization, contract.key, **self._bound(sender, op, message_id, digest, now))
         return contract

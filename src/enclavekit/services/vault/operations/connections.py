@@ -29,7 +29,7 @@ from enclavekit.services.vault.operations import BadPayload, Handler, Request, p
 if TYPE_CHECKING:
     from enclavekit.services.vault.enclave_app import VaultEnclave
 
-__all__ = ["OPERATIONS", "PEER_OPERATIONS", "peer_auth", "through_connection"]
+__all__ = ["OPERATIONS", "PEER_OPERATIONS", "peer_auth", "peer_book", "through_connection"]
 
 
 def _hex(payload: Mapping[str, Any], key: str, size: int) -> bytes:
@@ -59,18 +59,19 @@ async def through_connection(vault: VaultEnclave, request: Request) -> tuple[Con
     """For a peer request (the caller holds ``vault.state_lock(request.user)``): the target's open state, and the
     active connection that lets the sender in — checked on every request: it exists, is not revoked, names the
     sender, and its key signed this very message, operation and body recently."""
+    book, authorization, bound = await peer_book(vault, request)
+    connection, record = await book.check_peer(authorization, **bound)
+    return book, connection, record
+
+
+async def peer_book(vault: VaultEnclave, request: Request) -> tuple[ConnectionBook, Authorization, dict[str, Any]]:
+    """The target's open state, the request's authorization, and what it must be bound to (sender, operation,
+    message id, body digest, time) — for :meth:`ConnectionBook.check_peer` or ``check_contract``."""
     authorization, digest = peer_auth(request)
     book = ConnectionBook(await vault.open_for_peer(request.user))
     assert request.sender is not None
-    connection, record = await book.check_peer(
-        authorization,
-        sender=request.sender,
-        op=request.op,
-        message_id=request.message_id,
-        digest=digest,
-        now=request.now,
-    )
-    return book, connection, record
+    bound = {"sender": request.sender, "op": request.op, "message_id": request.message_id, "digest": digest}
+    return book, authorization, {**bound, "now": request.now}
 
 
 async def invite(vault: VaultEnclave, request: Request) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from enclavekit.services.vault.connection_book import ConnectionBook
 from enclavekit.services.vault.data_contract import DataContract
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, payload_str
-from enclavekit.services.vault.operations.connections import peer_auth
+from enclavekit.services.vault.operations.connections import peer_book
 
 if TYPE_CHECKING:
     from enclavekit.services.vault.enclave_app import VaultEnclave
@@ -21,18 +21,8 @@ __all__ = ["OPERATIONS", "PEER_OPERATIONS", "through_contract"]
 
 async def through_contract(vault: VaultEnclave, request: Request) -> tuple[ConnectionBook, DataContract]:
     """For a business's request (the caller holds ``vault.state_lock``): the user's open state and the contract."""
-    authorization, digest = peer_auth(request)
-    book = ConnectionBook(await vault.open_for_peer(request.user))
-    assert request.sender is not None
-    contract = await book.check_contract(
-        authorization,
-        sender=request.sender,
-        op=request.op,
-        message_id=request.message_id,
-        digest=digest,
-        now=request.now,
-    )
-    return book, contract
+    book, authorization, bound = await peer_book(vault, request)
+    return book, await book.check_contract(authorization, **bound)
 
 
 async def accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
