@@ -7,6 +7,7 @@ what the host relays and stores holds no profile value or message."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import time
@@ -20,7 +21,9 @@ import pytest_asyncio
 from enclavekit.services.vault.client import VaultClient, VaultError
 from enclavekit.services.vault.connection import Authorization, authorization_message, body_digest, new_key, sign
 from enclavekit.services.vault.data_contract import offer_contract
+from enclavekit.services.vault.envelope import open_response, seal_request
 from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, peer_for_vault
+from enclavekit.services.vault.wire import PEER, PeerMessage
 from tests.test_vault_e2e import World, _code, _fresh_call, server_refuses, vault_cli, world
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -150,7 +153,7 @@ async def test_third_user_cannot_reach_either_vault(world: World) -> None:
         call = mallory.call("profile.get", {**body, "auth": forged.to_json()}, peer="dave", message_id=message_id)
         assert (await _code(call)).remote_code == "connection_refused"
         assert (await _code(mallory.call("profile.get", body, peer="dave"))).remote_code == "authorization_invalid"
-        guess = {"invitation": "0" * 32, "token": "00" * 32, "key": "11" * 32}
+        guess = {"invitation": "0" * 32, "token": "00" * 32, "key": "11" * 32, "proof": "22" * 64}
         assert (await _code(mallory.call("connection.accept", guess, peer="dave"))).remote_code == (
             "invitation_invalid"
         )
@@ -168,6 +171,33 @@ async def test_third_user_cannot_reach_either_vault(world: World) -> None:
         )
         moved = erin.call("profile.get", {"fields": [], "auth": signed["auth"]}, peer="dave", message_id=message_id)
         assert (await _code(moved)).remote_code == "connection_refused"
+
+
+async def test_host_misstating_who_accepts_an_invitation_is_refused_and_uses_nothing_up(world: World) -> None:
+    """The bridge names the sender of a peer request. A host that relays bob's acceptance as mallory's gets
+    ``invitation_invalid`` (the acceptance is signed for bob), and the invitation still works for bob."""
+    async with world.client("alice") as alice, world.client("bob") as bob:
+        await alice.profile(pin="2468")
+        await bob.profile(pin="1357")
+        invitation = await alice.invite(grant={"profile": ["name"]})
+        prepared = await bob.call(
+            "connection.accept", {"session": bob.session, "inviter": "alice", "invitation": invitation["id"]}
+        )
+        body = {"invitation": invitation["id"], "token": invitation["token"], "key": prepared["key"]}
+        body["proof"] = prepared["proof"]
+        request = seal_request(
+            await bob.vault_key("alice"), "alice", "connection.accept", json.dumps(body).encode(), now=time.time()
+        )
+        async with world.enclave("alice") as enclave:  # the host, relaying it under another name
+            relayed = PeerMessage(
+                user="alice", sender="mallory", op="connection.accept", envelope=base64.b64encode(request.data).decode()
+            )
+            reply = await enclave.call(PEER, relayed)
+        answer = json.loads(open_response(request, base64.b64decode(reply.envelope)))
+        assert answer["error"]["code"] == "invitation_invalid"
+        accepted = await bob.call("connection.accept", body, peer="alice")  # a fresh envelope, the true sender
+        assert len(accepted["connection"]) == 32
+        assert "mallory" not in [c["peer"] for c in await alice.connections()]
 
 
 async def test_a_closed_vault_serves_no_peer_until_its_owner_unlocks_it(world: World) -> None:
@@ -231,7 +261,6 @@ async def test_bad_input_on_peer_subjects_is_a_specific_error_never_a_crash(worl
 
 
 async def test_call_signalling_needs_the_calls_capability_and_turn_credentials_are_per_call(world: World) -> None:
-    import base64
     import hashlib
     import hmac
 
@@ -385,8 +414,6 @@ async def test_host_sees_no_profile_value_or_message_in_peer_traffic_objects_or_
     world: World, peer_traffic: list[tuple[str, bytes]]
 ) -> None:
     # runs last in this module: everything above crossed the host
-    import base64
-
     captured = list(peer_traffic)
     needles: list[bytes] = []
     for value in SECRETS:

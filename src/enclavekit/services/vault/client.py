@@ -236,8 +236,17 @@ class VaultClient:
         """Use ``invitation``: a new key in this vault, the inviter's vault consumes the invitation, this vault
         records the connection. Returns ``{connection, peer, granted}`` (``granted``: what the inviter shares)."""
         inviter = str(invitation["inviter"])
-        prepared = await self.call("connection.accept", {**self._auth(pin), "inviter": inviter, "grant": grant})
-        body = {"invitation": invitation["id"], "token": invitation["token"], "key": prepared["key"], "grant": grant}
+        prepared = await self.call(
+            "connection.accept",
+            {**self._auth(pin), "inviter": inviter, "invitation": invitation["id"], "grant": grant},
+        )
+        body = {
+            "invitation": invitation["id"],
+            "token": invitation["token"],
+            "key": prepared["key"],
+            "proof": prepared["proof"],
+            "grant": grant,
+        }
         accepted = await self.call("connection.accept", body, peer=inviter)
         await self.call(
             "connection.confirm",

@@ -38,9 +38,11 @@ __all__ = [
     "ConnectionRefused",
     "InvitationInvalid",
     "VaultClosed",
+    "acceptance_message",
     "authorization_message",
     "body_digest",
     "canonical",
+    "check_acceptance",
     "check_field",
     "new_key",
     "public_key",
@@ -237,6 +239,21 @@ def verify(
         Ed25519PublicKey.from_public_bytes(key).verify(authorization.signature, message)
     except (InvalidSignature, ValueError) as exc:
         raise ConnectionRefused("the authorization is not signed by the key this connection names") from exc
+
+
+def acceptance_message(*, invitation: str, sender: str, inviter: str, key: bytes) -> bytes:
+    """What the accepting vault signs with its new connection key: its user's name is bound (the bridge names the
+    sender of a peer request; this proves it to the inviter's vault) and the key is proven held."""
+    fields = {"invitation": invitation, "from": sender, "to": inviter, "key": key.hex()}
+    return b"enclavekit vault connection acceptance v1\x00" + canonical(fields)
+
+
+def check_acceptance(proof: bytes, *, invitation: str, sender: str, inviter: str, key: bytes) -> None:
+    try:
+        message = acceptance_message(invitation=invitation, sender=sender, inviter=inviter, key=key)
+        Ed25519PublicKey.from_public_bytes(key).verify(proof, message)
+    except (InvalidSignature, ValueError) as exc:
+        raise InvitationInvalid("the acceptance is not signed by its key for this sender and invitation") from exc
 
 
 def tokens_match(expected_digest: str, token: bytes) -> bool:

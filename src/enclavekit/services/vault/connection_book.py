@@ -26,7 +26,9 @@ from enclavekit.services.vault.connection import (
     CapabilityDenied,
     ConnectionRefused,
     InvitationInvalid,
+    acceptance_message,
     authorization_message,
+    check_acceptance,
     check_field,
     new_key,
     public_key,
@@ -99,20 +101,28 @@ class ConnectionBook(SecretStore):
         return ident, token, now + ttl
 
     async def consume_invitation(
-        self, ident: str, token: bytes, *, peer: str, peer_key: bytes, received: Capabilities, now: float
+        self,
+        ident: str,
+        token: bytes,
+        *,
+        peer: str,
+        peer_key: bytes,
+        proof: bytes,
+        received: Capabilities,
+        now: float,
     ) -> tuple[str, bytes, Capabilities]:
-        """The inviter's side of an acceptance: the right token uses the invitation up (an expired one too); a wrong
-        token changes nothing. Returns (the new connection's id, this side's public key, what this side grants)."""
+        """The inviter's side of an acceptance: the right token with a valid proof uses the invitation up (an
+        expired one too); anything else changes nothing. Returns (the new connection's id, this side's public key,
+        what this side grants)."""
         meta = await self._meta()
         invitation = meta["invitations"].get(ident)
         if invitation is None or not tokens_match(str(invitation["digest"]), token):
             raise InvitationInvalid("no such invitation (or it was used)")
+        check_acceptance(proof, invitation=ident, sender=peer, inviter=self.store.user, key=peer_key)
         del meta["invitations"][ident]
         if invitation["expires"] <= now:
             await self._commit(meta, now, "connection.invitation_expired", invitation=ident)
             raise InvitationInvalid("the invitation expired")
-        if len(peer_key) != 32:
-            raise InvitationInvalid("the accepting vault's key is 32 bytes")
         self._check_room(meta)
         connection, own = _short_id(), new_key()
         granted = Capabilities.from_json(invitation["granted"])
@@ -146,14 +156,19 @@ class ConnectionBook(SecretStore):
             "revoked_at": None,
         }
 
-    async def prepare(self, inviter: str, granted: Capabilities, *, now: float) -> tuple[str, bytes]:
-        """The accepting side, before it asks the inviter's vault: a pending record and its new key."""
+    async def prepare(
+        self, inviter: str, invitation: str, granted: Capabilities, *, now: float
+    ) -> tuple[str, bytes, bytes]:
+        """The accepting side, before it asks the inviter's vault: a pending record, its new key, and the proof
+        (:func:`acceptance_message`) that this vault, for this user, holds it."""
         meta = await self._meta()
         self._check_room(meta)
         pending, own = "pending-" + _short_id()[:16], new_key()
         meta["connections"][pending] = self._record(inviter, own, None, granted, Capabilities(), "pending", now)
         await self._commit(meta, now, "connection.accept", peer=inviter)
-        return pending, public_key(own)
+        key = public_key(own)
+        proof = sign(own, acceptance_message(invitation=invitation, sender=self.store.user, inviter=inviter, key=key))
+        return pending, key, proof
 
     async def confirm(
         self, pending: str, connection: str, *, peer_key: bytes, received: Capabilities, now: float

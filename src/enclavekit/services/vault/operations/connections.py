@@ -1,12 +1,15 @@
 """Connections. The owner's operations: ``connection.invite`` ``{grant?, ttl?}``, ``connection.accept``
-``{inviter, grant?}`` (a pending record and a new key), ``connection.confirm`` ``{pending, connection, key,
-granted?}``, ``connection.list``, ``connection.revoke`` ``{connection}``, ``connection.grant`` ``{connection,
-grant}``, ``connection.sign`` ``{connection, op, message_id, body}`` (this vault's signature for one request to the
-peer's vault) and ``connection.rotate`` ``{connection, message_id}`` — each with ``pin`` or ``session``.
+``{inviter, invitation, grant?}`` (a pending record, a new key and its proof), ``connection.confirm`` ``{pending,
+connection, key, granted?}``, ``connection.list``, ``connection.revoke`` ``{connection}``, ``connection.grant``
+``{connection, grant}``, ``connection.sign`` ``{connection, op, message_id, body}`` (this vault's signature for
+one request to the peer's vault) and ``connection.rotate`` ``{connection, message_id}`` — each with ``pin`` or
+``session``.
 
 A peer's operations (``MessageSpace.{user}.forVault.{sender}.{op}``): ``connection.accept`` ``{invitation, token,
-key, grant?}`` (the invitation is the authorization: single use, short-lived) and ``connection.rotate`` ``{key,
-auth}`` (signed by the key it replaces). :func:`through_connection` is the check every other peer operation makes.
+key, proof, grant?}`` (the invitation is the authorization: single use, short-lived; ``proof`` is the new key's
+signature binding the accepting user's name, which the host bridge could otherwise misstate) and
+``connection.rotate`` ``{key, auth}`` (signed by the key it replaces). :func:`through_connection` is the check
+every other peer operation makes.
 """
 
 from __future__ import annotations
@@ -89,12 +92,14 @@ async def invite(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 async def accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
     inviter = check_field(payload_str(request.payload, "inviter"), "user")
+    invitation = check_field(payload_str(request.payload, "invitation"), "invitation")
     if inviter == request.user:
         raise BadPayload("a vault does not connect to itself")
     granted = Capabilities.from_json(request.payload.get("grant"))
     async with vault.state_lock(request.user):
-        pending, key = await ConnectionBook(opened.store).prepare(inviter, granted, now=request.now)
-    return {"pending": pending, "key": key.hex(), "session": opened.session}
+        book = ConnectionBook(opened.store)
+        pending, key, proof = await book.prepare(inviter, invitation, granted, now=request.now)
+    return {"pending": pending, "key": key.hex(), "proof": proof.hex(), "session": opened.session}
 
 
 async def confirm(vault: VaultEnclave, request: Request) -> dict[str, Any]:
@@ -159,14 +164,14 @@ async def peer_accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     assert request.sender is not None
     payload = request.payload
     invitation = check_field(payload_str(payload, "invitation"), "invitation")
-    token, key = _hex(payload, "token", 32), _hex(payload, "key", 32)
+    token, key, proof = _hex(payload, "token", 32), _hex(payload, "key", 32), _hex(payload, "proof", 64)
     received = Capabilities.from_json(payload.get("grant"))
     if request.sender == request.user:
         raise ConnectionRefused("a vault does not connect to itself")
     async with vault.state_lock(request.user):
         book = ConnectionBook(await vault.open_for_peer(request.user))
         connection, own, granted = await book.consume_invitation(
-            invitation, token, peer=request.sender, peer_key=key, received=received, now=request.now
+            invitation, token, peer=request.sender, peer_key=key, proof=proof, received=received, now=request.now
         )
     return {"connection": connection, "key": own.hex(), "granted": granted.to_json()}
 
