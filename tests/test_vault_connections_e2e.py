@@ -104,13 +104,29 @@ async def test_two_users_connect_share_one_field_not_another_message_with_receip
         assert (await bob.peer_profile(connection, ["email"]))["email"] == SECRETS[1].decode()
         assert (await _code(bob.send_message(connection, "x"))).remote_code == "capability_denied"
 
-        await alice.revoke(connection)  # at once: the next read is refused
+        # bob's vault signs a read before the revocation; sent after it, alice's vault itself refuses it
+        message_id, body = secrets.token_bytes(16), {"fields": ["name"]}
+        presigned = await bob.call(
+            "connection.sign",
+            {
+                "session": bob.session,
+                "connection": connection,
+                "op": "profile.get",
+                "message_id": message_id.hex(),
+                "body": body_digest(body),
+            },
+        )
+        assert await alice.revoke(connection)  # at once, and bob's vault was told
+        late = bob.call("profile.get", {**body, "auth": presigned["auth"]}, peer="alice", message_id=message_id)
+        assert (await _code(late)).remote_code == "connection_refused"
         assert (await _code(bob.peer_profile(connection, ["name"]))).remote_code == "connection_refused"
         assert (await _code(alice.peer_secret(connection, "wifi"))).remote_code == "connection_refused"
+        assert [c["status"] for c in await bob.connections()] == ["revoked"]
         records, _ = await alice.audit(pin="2468")
         ops = [r["op"] for r in records]
         assert ops.count("peer.profile.get") == 4 and "connection.revoke" in ops and "message.received" in ops
         assert all(r.get("peer") == "bob" for r in records if r["op"] == "peer.profile.get")
+        assert "connection.revoked_by_peer" in [r["op"] for r in (await bob.audit(pin="1357"))[0]]
 
 
 async def test_third_user_cannot_reach_either_vault(world: World) -> None:

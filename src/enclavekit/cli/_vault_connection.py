@@ -108,11 +108,10 @@ def revoke(
     state: Path = STATE,
     as_json: bool = JSON,
 ) -> None:
-    """Revoke a connection: the peer's next request is refused."""
+    """Revoke a connection: the peer's next request is refused (and the peer's vault is told, if it is open)."""
 
     async def go(client: Any) -> dict[str, Any]:
-        await client.revoke(connection, pin=pin)
-        return {"connection": connection, "revoked": True}
+        return {"connection": connection, "revoked": True, "peer_told": await client.revoke(connection, pin=pin)}
 
     result = _run_as_user(state, user, as_json, go)
     _emit(result, as_json, f"revoked {connection}")

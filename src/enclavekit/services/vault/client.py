@@ -263,8 +263,28 @@ class VaultClient:
     async def connections(self, *, pin: str | None = None) -> list[dict[str, Any]]:
         return list((await self.call("connection.list", self._auth(pin)))["connections"])
 
-    async def revoke(self, connection: str, *, pin: str | None = None) -> None:
-        await self.call("connection.revoke", {**self._auth(pin), "connection": connection})
+    async def revoke(self, connection: str, *, pin: str | None = None) -> bool:
+        """Revoke ``connection`` in this vault (at once), then tell the peer's vault, with a notice this vault signed
+        before it destroyed its key. Returns whether the peer's vault took note (it may be closed; the revocation
+        holds regardless: its requests are refused here)."""
+        message_id = secrets.token_bytes(16)
+        payload = {"connection": connection, "op": "connection.revoke", "message_id": message_id.hex()}
+        try:
+            notice = await self.call("connection.sign", {**self._auth(pin), **payload, "body": body_digest({})})
+        except VaultError as exc:
+            if exc.remote_code != "connection_refused":  # already revoked (by either side): revoke here only
+                raise
+            notice = None
+        await self.call("connection.revoke", {**self._auth(pin if notice is None else None), "connection": connection})
+        if notice is None:
+            return False
+        try:
+            await self.call(
+                "connection.revoke", {"auth": notice["auth"]}, peer=str(notice["peer"]), message_id=message_id
+            )
+        except (VaultError, VaultCallFailed):
+            return False
+        return True
 
     async def grant(self, connection: str, grant: dict[str, Any], *, pin: str | None = None) -> None:
         await self.call("connection.grant", {**self._auth(pin), "connection": connection, "grant": grant})

@@ -209,14 +209,16 @@ class ConnectionBook(SecretStore):
             for ident, r in sorted(meta["connections"].items())
         ]
 
-    async def revoke(self, connection: str, *, now: float) -> None:
-        """At once: the next request on this connection, either way, is refused; the own key is destroyed."""
+    async def revoke(self, connection: str, *, now: float, by_peer: bool = False) -> None:
+        """At once: the next request on this connection, either way, is refused; the own key is destroyed.
+        ``by_peer``: the peer's vault announced its own revocation (audited as ``connection.revoked_by_peer``)."""
         meta = await self._meta()
         record = meta["connections"].get(connection)
         if record is None:
             raise ConnectionRefused(f"no connection {connection}")
         record.update(status="revoked", revoked_at=now, key=None)
-        await self._commit(meta, now, "connection.revoke", connection=connection, peer=record["peer"])
+        op = "connection.revoked_by_peer" if by_peer else "connection.revoke"
+        await self._commit(meta, now, op, connection=connection, peer=record["peer"])
 
     async def grant(self, connection: str, granted: Capabilities, *, now: float) -> None:
         meta = await self._meta()

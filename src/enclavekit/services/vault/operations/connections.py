@@ -8,7 +8,8 @@ one request to the peer's vault) and ``connection.rotate`` ``{connection, messag
 A peer's operations (``MessageSpace.{user}.forVault.{sender}.{op}``): ``connection.accept`` ``{invitation, token,
 key, proof, grant?}`` (the invitation is the authorization: single use, short-lived; ``proof`` is the new key's
 signature binding the accepting user's name, which the host bridge could otherwise misstate) and
-``connection.rotate`` ``{key, auth}`` (signed by the key it replaces). :func:`through_connection` is the check
+``connection.rotate`` ``{key, auth}`` (signed by the key it replaces), ``connection.revoke`` ``{auth}`` (the peer
+revoked on its side). :func:`through_connection` is the check
 every other peer operation makes.
 """
 
@@ -176,6 +177,14 @@ async def peer_accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     return {"connection": connection, "key": own.hex(), "granted": granted.to_json()}
 
 
+async def peer_revoke(vault: VaultEnclave, request: Request) -> dict[str, Any]:
+    """The peer revoked the connection on its side and says so (signed by its key, before it destroyed it)."""
+    async with vault.state_lock(request.user):
+        book, connection, _ = await through_connection(vault, request)
+        await book.revoke(connection, now=request.now, by_peer=True)
+    return {"revoked": True}
+
+
 async def peer_rotate(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     key = _hex(request.payload, "key", 32)
     async with vault.state_lock(request.user):
@@ -194,4 +203,8 @@ OPERATIONS: Final[dict[str, Handler]] = {
     "connection.sign": sign,
     "connection.rotate": rotate,
 }
-PEER_OPERATIONS: Final[dict[str, Handler]] = {"connection.accept": peer_accept, "connection.rotate": peer_rotate}
+PEER_OPERATIONS: Final[dict[str, Handler]] = {
+    "connection.accept": peer_accept,
+    "connection.rotate": peer_rotate,
+    "connection.revoke": peer_revoke,
+}
