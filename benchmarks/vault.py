@@ -21,6 +21,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +103,12 @@ async def _unlock(root: Path, rounds: int) -> dict[str, Any]:
     return out
 
 
-async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> dict[str, Any]:
+@asynccontextmanager
+async def running_vault(root: Path, names: list[str]) -> AsyncIterator[list[VaultClient]]:
+    """The vault of ``enclavekit up`` (nats-server with per-user authorization, KMS emulator, vault enclaves, host
+    bridge), each piece its own process, and one connected client per name; stopped on exit."""
     state = StateDir(root / "state")
     state.create()
-    names = [f"user{i:03d}" for i in range(users)]
     for name in names:
         add_user(state.root, name)
     stack = Stack(state)
@@ -121,6 +125,15 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         ]
         for client in clients:
             await client.__aenter__()
+        yield clients
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    finally:
+        await stack.stop()
+
+
+async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> dict[str, Any]:
+    async with running_vault(root, [f"user{i:03d}" for i in range(users)]) as clients:
         started = time.perf_counter()
         slots = asyncio.Semaphore(4)  # the enclave stretches 2 PINs at a time; keep its queue short
 
@@ -157,19 +170,15 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         started = time.perf_counter()
         await asyncio.gather(*(loop(c) for c in clients))
         elapsed = time.perf_counter() - started
-        for client in clients:
-            await client.__aexit__(None, None, None)
-        return {
-            "round_trip": {"secret_put": _stats(put_ms), "secret_get": _stats(get_ms)},
-            "ops_per_second": {
-                "users": users,
-                "secret_get_per_s": round(done / elapsed, 1),
-                "seconds": round(elapsed, 1),
-            },
-            "enroll_all_s": round(enroll_s, 1),
-        }
-    finally:
-        await stack.stop()
+    return {
+        "round_trip": {"secret_put": _stats(put_ms), "secret_get": _stats(get_ms)},
+        "ops_per_second": {
+            "users": users,
+            "secret_get_per_s": round(done / elapsed, 1),
+            "seconds": round(elapsed, 1),
+        },
+        "enroll_all_s": round(enroll_s, 1),
+    }
 
 
 async def _main(quick: bool, users: int | None) -> dict[str, Any]:
