@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -185,7 +186,7 @@ class VaultEnclave:
     open_vaults: OrderedDict[str, Unlocked] = field(default_factory=OrderedDict)
     """Vaults their owners unlocked since this enclave started (LRU, ``MAX_OPEN``): the only ones it can serve to
     connected peers, whose requests carry no PIN (docs/vault.md, *Connections*)."""
-    _state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _state_locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
     signals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Call signalling waiting for each user's app (memory only, bounded; see operations/calls.py)."""
 
@@ -307,7 +308,8 @@ class VaultEnclave:
             if handler is None:
                 raise UnknownOp(f"unknown operation {opened.op!r}")
             request = Request(opened.user, opened.op, payload, self.clock(), sender, opened.message_id.hex())
-            result = await handler(self, request)
+            async with self.state_lock(opened.user):  # its owner's and its peers' operations, one at a time
+                result = await handler(self, request)
             body: dict[str, Any] = {"ok": result}
         except PinInvalid as exc:
             body = {"error": {"code": exc.code, "message": exc.message, "attempts_left": exc.attempts_left}}
@@ -355,9 +357,21 @@ class VaultEnclave:
         assert isinstance(token, str)
         return Opened(held[0], core.store(held[0]), False, token)
 
-    def state_lock(self, user: str) -> asyncio.Lock:
-        """Serialises the connection operations' read-change-commit of one user's state (owner's and peers')."""
-        return self._state_locks.setdefault(user, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def state_lock(self, user: str) -> AsyncIterator[None]:
+        """Serialises the operations on one user's vault (the owner's and the peers'): each reads the index, changes
+        it and commits the next version, so two at once would write the same version and one change would be lost.
+        (The bridge sends all of a user's messages, the peers' included, to one enclave.) A user's lock lives only
+        while operations on it run or wait, so names that anyone can send to do not pile up."""
+        entry = self._state_locks.setdefault(user, (asyncio.Lock(), [0]))
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._state_locks[user]
 
     async def open_for_peer(self, user: str) -> VaultStore:
         """``user``'s state for a peer's request: only while the owner's unlock is held here, and only of the

@@ -53,6 +53,9 @@ def _call_id(request: Request) -> str:
 
 
 def _waiting(vault: VaultEnclave, user: str, now: float) -> list[dict[str, Any]]:
+    """``user``'s unexpired signals; queues of vaults no longer open here are dropped (so at most ``MAX_OPEN``)."""
+    for other in [u for u in vault.signals if u not in vault.open_vaults]:
+        del vault.signals[other]
     queue = [s for s in vault.signals.get(user, []) if s["at"] > now - SIGNAL_TTL]
     vault.signals[user] = queue
     return queue
@@ -67,8 +70,7 @@ async def peer_signal(vault: VaultEnclave, request: Request) -> dict[str, Any]:
         if not value or len(value.encode()) > (MAX_SDP if carries == "sdp" else MAX_CANDIDATE):
             raise BadPayload(f"{carries} is too large (or empty)")
         signal[carries] = value
-    async with vault.state_lock(request.user):
-        _, connection, record = await through_connection(vault, request)
+    _, connection, record = await through_connection(vault, request)
     if not Capabilities.from_json(record["granted"]).calls:
         raise CapabilityDenied("this connection may not call here")
     queue = _waiting(vault, request.user, request.now)

@@ -60,9 +60,9 @@ def peer_auth(request: Request) -> tuple[Authorization, str]:
 
 
 async def through_connection(vault: VaultEnclave, request: Request) -> tuple[ConnectionBook, str, dict[str, Any]]:
-    """For a peer request (the caller holds ``vault.state_lock(request.user)``): the target's open state, and the
-    active connection that lets the sender in — checked on every request: it exists, is not revoked, names the
-    sender, and its key signed this very message, operation and body recently."""
+    """For a peer request: the target's open state, and the active connection that lets the sender in — checked
+    on every request: it exists, is not revoked, names the sender, and its key signed this very message, operation
+    and body recently. (Operations on one user run one at a time: ``VaultEnclave.state_lock``.)"""
     book, authorization, bound = await peer_book(vault, request)
     connection, record = await book.check_peer(authorization, **bound)
     return book, connection, record
@@ -84,8 +84,7 @@ async def invite(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     ttl = request.payload.get("ttl", INVITATION_TTL)
     if type(ttl) not in (int, float):
         raise BadPayload("ttl is a number of seconds")
-    async with vault.state_lock(request.user):
-        ident, token, expires = await ConnectionBook(opened.store).invite(granted, ttl=float(ttl), now=request.now)
+    ident, token, expires = await ConnectionBook(opened.store).invite(granted, ttl=float(ttl), now=request.now)
     invitation = {"inviter": request.user, "id": ident, "token": token.hex(), "expires_at": expires}
     return {"invitation": invitation, "session": opened.session}
 
@@ -97,9 +96,8 @@ async def accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     if inviter == request.user:
         raise BadPayload("a vault does not connect to itself")
     granted = Capabilities.from_json(request.payload.get("grant"))
-    async with vault.state_lock(request.user):
-        book = ConnectionBook(opened.store)
-        pending, key, proof = await book.prepare(inviter, invitation, granted, now=request.now)
+    book = ConnectionBook(opened.store)
+    pending, key, proof = await book.prepare(inviter, invitation, granted, now=request.now)
     return {"pending": pending, "key": key.hex(), "proof": proof.hex(), "session": opened.session}
 
 
@@ -108,9 +106,8 @@ async def confirm(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     payload = request.payload
     pending, connection = payload_str(payload, "pending"), _connection(payload)
     received = Capabilities.from_json(payload.get("granted"))
-    async with vault.state_lock(request.user):
-        book = ConnectionBook(opened.store)
-        await book.confirm(pending, connection, peer_key=_hex(payload, "key", 32), received=received, now=request.now)
+    book = ConnectionBook(opened.store)
+    await book.confirm(pending, connection, peer_key=_hex(payload, "key", 32), received=received, now=request.now)
     return {"connection": connection, "session": opened.session}
 
 
@@ -121,16 +118,14 @@ async def listing(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 
 async def revoke(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
-    async with vault.state_lock(request.user):
-        await ConnectionBook(opened.store).revoke(_connection(request.payload), now=request.now)
+    await ConnectionBook(opened.store).revoke(_connection(request.payload), now=request.now)
     return {"revoked": True, "session": opened.session}
 
 
 async def grant(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
     granted = Capabilities.from_json(request.payload.get("grant"))
-    async with vault.state_lock(request.user):
-        await ConnectionBook(opened.store).grant(_connection(request.payload), granted, now=request.now)
+    await ConnectionBook(opened.store).grant(_connection(request.payload), granted, now=request.now)
     return {"granted": granted.to_json(), "session": opened.session}
 
 
@@ -150,14 +145,13 @@ async def rotate(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     """A new key for this side; the answer carries the announcement for the peer, signed by the old key."""
     opened = await vault.unlock(request)
     connection, message_id = _connection(request.payload), _hex(request.payload, "message_id", 16).hex()
-    async with vault.state_lock(request.user):
-        book = ConnectionBook(opened.store)
-        record = await book.connection(connection)
-        old, new = await book.rotate(connection, now=request.now)
-        digest = body_digest({"key": new.hex()})
-        authorization = await book.authorize(
-            connection, op="connection.rotate", message_id=message_id, digest=digest, now=request.now, key=old
-        )
+    book = ConnectionBook(opened.store)
+    record = await book.connection(connection)
+    old, new = await book.rotate(connection, now=request.now)
+    digest = body_digest({"key": new.hex()})
+    authorization = await book.authorize(
+        connection, op="connection.rotate", message_id=message_id, digest=digest, now=request.now, key=old
+    )
     return {"key": new.hex(), "auth": authorization.to_json(), "peer": record["peer"], "session": opened.session}
 
 
@@ -169,27 +163,24 @@ async def peer_accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     received = Capabilities.from_json(payload.get("grant"))
     if request.sender == request.user:
         raise ConnectionRefused("a vault does not connect to itself")
-    async with vault.state_lock(request.user):
-        book = ConnectionBook(await vault.open_for_peer(request.user))
-        connection, own, granted = await book.consume_invitation(
-            invitation, token, peer=request.sender, peer_key=key, proof=proof, received=received, now=request.now
-        )
+    book = ConnectionBook(await vault.open_for_peer(request.user))
+    connection, own, granted = await book.consume_invitation(
+        invitation, token, peer=request.sender, peer_key=key, proof=proof, received=received, now=request.now
+    )
     return {"connection": connection, "key": own.hex(), "granted": granted.to_json()}
 
 
 async def peer_revoke(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     """The peer revoked the connection on its side and says so (signed by its key, before it destroyed it)."""
-    async with vault.state_lock(request.user):
-        book, connection, _ = await through_connection(vault, request)
-        await book.revoke(connection, now=request.now, by_peer=True)
+    book, connection, _ = await through_connection(vault, request)
+    await book.revoke(connection, now=request.now, by_peer=True)
     return {"revoked": True}
 
 
 async def peer_rotate(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     key = _hex(request.payload, "key", 32)
-    async with vault.state_lock(request.user):
-        book, connection, _ = await through_connection(vault, request)
-        await book.peer_rotated(connection, key, now=request.now)
+    book, connection, _ = await through_connection(vault, request)
+    await book.peer_rotated(connection, key, now=request.now)
     return {"rotated": True}
 
 

@@ -20,7 +20,8 @@ __all__ = ["OPERATIONS", "PEER_OPERATIONS", "through_contract"]
 
 
 async def through_contract(vault: VaultEnclave, request: Request) -> tuple[ConnectionBook, DataContract]:
-    """For a business's request (the caller holds ``vault.state_lock``): the user's open state and the contract."""
+    """For a business's request: the user's open state and the contract, checked (operations on one user run one
+    at a time: ``VaultEnclave.state_lock``)."""
     book, authorization, bound = await peer_book(vault, request)
     return book, await book.check_contract(authorization, **bound)
 
@@ -32,15 +33,13 @@ async def accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
         signature = bytes.fromhex(payload_str(request.payload, "signature"))
     except ValueError as exc:
         raise BadPayload("signature is hex") from exc
-    async with vault.state_lock(request.user):
-        await ConnectionBook(opened.store).accept_contract(contract, signature, now=request.now)
+    await ConnectionBook(opened.store).accept_contract(contract, signature, now=request.now)
     return {"contract": contract.id, "business": contract.business, "session": opened.session}
 
 
 async def revoke(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
-    async with vault.state_lock(request.user):
-        await ConnectionBook(opened.store).revoke_contract(payload_str(request.payload, "contract"), now=request.now)
+    await ConnectionBook(opened.store).revoke_contract(payload_str(request.payload, "contract"), now=request.now)
     return {"revoked": True, "session": opened.session}
 
 

@@ -51,12 +51,11 @@ def _time(request: Request, key: str) -> float | None:
 
 async def peer_send(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     ident, text = _message_id(request), _text(request)
-    async with vault.state_lock(request.user):
-        book, connection, record = await through_connection(vault, request)
-        if not Capabilities.from_json(record["granted"]).messages:
-            raise CapabilityDenied("this connection may not send messages here")
-        assert request.sender is not None
-        await book.deliver(ident, text, connection=connection, sender=request.sender, now=request.now)
+    book, connection, record = await through_connection(vault, request)
+    if not Capabilities.from_json(record["granted"]).messages:
+        raise CapabilityDenied("this connection may not send messages here")
+    assert request.sender is not None
+    await book.deliver(ident, text, connection=connection, sender=request.sender, now=request.now)
     return {"delivered_at": request.now}
 
 
@@ -64,9 +63,8 @@ async def peer_receipt(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     ident, read_at = _message_id(request), _time(request, "read_at")
     if read_at is None:
         raise BadPayload("read_at is a unix time")
-    async with vault.state_lock(request.user):
-        book, connection, _ = await through_connection(vault, request)
-        await book.receipt(ident, connection=connection, read_at=read_at, now=request.now)
+    book, connection, _ = await through_connection(vault, request)
+    await book.receipt(ident, connection=connection, read_at=read_at, now=request.now)
     return {"recorded": True}
 
 
@@ -74,19 +72,15 @@ async def sent(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
     connection = check_field(payload_str(request.payload, "connection"), "connection")
     ident, text, delivered_at = _message_id(request), _text(request), _time(request, "delivered_at")
-    async with vault.state_lock(request.user):
-        book = ConnectionBook(opened.store)
-        record = await book.connection(connection)
-        await book.sent(
-            ident, text, connection=connection, peer=record["peer"], delivered_at=delivered_at, now=request.now
-        )
+    book = ConnectionBook(opened.store)
+    record = await book.connection(connection)
+    await book.sent(ident, text, connection=connection, peer=record["peer"], delivered_at=delivered_at, now=request.now)
     return {"recorded": True, "session": opened.session}
 
 
 async def read(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
-    async with vault.state_lock(request.user):
-        entry = await ConnectionBook(opened.store).mark_read(_message_id(request), now=request.now)
+    entry = await ConnectionBook(opened.store).mark_read(_message_id(request), now=request.now)
     entry.pop("item", None)
     return {"message": entry, "session": opened.session}
 

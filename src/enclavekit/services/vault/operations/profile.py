@@ -36,8 +36,7 @@ async def set_fields(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     fields = request.payload.get("fields")
     if not isinstance(fields, dict) or not fields or len(fields) > 64:
         raise BadPayload("fields is an object of 1..64 name: text (or null to delete)")
-    async with vault.state_lock(request.user):
-        names = await ConnectionBook(opened.store).set_profile(fields, now=request.now)
+    names = await ConnectionBook(opened.store).set_profile(fields, now=request.now)
     return {"fields": names, "session": opened.session}
 
 
@@ -53,34 +52,32 @@ async def peer_get_fields(vault: VaultEnclave, request: Request) -> dict[str, An
     """Through a connection (its ``profile`` grant) or a business's data contract (its ``fields``)."""
     fields = asked_fields(request.payload)
     authorization, _ = peer_auth(request)
-    async with vault.state_lock(request.user):
-        if authorization.kind == "contract":
-            book, contract = await through_contract(vault, request)
-            values = await book.shared_profile(
-                fields,
-                granted=contract.fields,
-                now=request.now,
-                contract=contract.id,
-                business=request.sender,
-                purpose=contract.purpose,
-            )
-            return {"fields": values}
-        book, connection, record = await through_connection(vault, request)
-        granted = Capabilities.from_json(record["granted"]).profile
+    if authorization.kind == "contract":
+        book, contract = await through_contract(vault, request)
         values = await book.shared_profile(
-            fields, granted=granted, now=request.now, connection=connection, peer=request.sender
+            fields,
+            granted=contract.fields,
+            now=request.now,
+            contract=contract.id,
+            business=request.sender,
+            purpose=contract.purpose,
         )
+        return {"fields": values}
+    book, connection, record = await through_connection(vault, request)
+    granted = Capabilities.from_json(record["granted"]).profile
+    values = await book.shared_profile(
+        fields, granted=granted, now=request.now, connection=connection, peer=request.sender
+    )
     return {"fields": values}
 
 
 async def peer_get_secret(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     name = payload_str(request.payload, "name")
-    async with vault.state_lock(request.user):
-        book, connection, record = await through_connection(vault, request)
-        granted = Capabilities.from_json(record["granted"]).secrets
-        value, version = await book.shared_secret(
-            name, granted=granted, now=request.now, connection=connection, peer=request.sender
-        )
+    book, connection, record = await through_connection(vault, request)
+    granted = Capabilities.from_json(record["granted"]).secrets
+    value, version = await book.shared_secret(
+        name, granted=granted, now=request.now, connection=connection, peer=request.sender
+    )
     return {"value": base64.b64encode(value).decode(), "version": version}
 
 
