@@ -75,7 +75,7 @@ async def test_two_users_connect_share_one_field_not_another_message_with_receip
         accepted = await bob.accept(invitation, grant={"messages": True, "secrets": ["wifi"]}, pin="1357")
         connection = accepted["connection"]
         # the invitation was single use: nobody else (nor bob again) can use it
-        assert (await _code(carol.accept(invitation, pin="9753"))).remote_code == "invitation_invalid"
+        assert (await _code(carol.accept(invitation, pin="9753"))).remote_code == "connection_invitation_invalid"
 
         assert await bob.peer_profile(connection, ["name"]) == {"name": SECRETS[0].decode()}
         assert await bob.peer_profile(connection) == {"name": SECRETS[0].decode()}  # only what is shared
@@ -171,7 +171,7 @@ async def test_third_user_cannot_reach_either_vault(world: World) -> None:
         assert (await _code(mallory.call("profile.get", body, peer="dave"))).remote_code == "authorization_invalid"
         guess = {"invitation": "0" * 32, "token": "00" * 32, "key": "11" * 32, "proof": "22" * 64}
         assert (await _code(mallory.call("connection.accept", guess, peer="dave"))).remote_code == (
-            "invitation_invalid"
+            "connection_invitation_invalid"
         )
         # and a signature by erin's vault cannot be moved to another body (by the host, or erin's app)
         message_id = secrets.token_bytes(16)
@@ -210,7 +210,7 @@ async def test_host_misstating_who_accepts_an_invitation_is_refused_and_uses_not
             )
             reply = await enclave.call(PEER, relayed)
         answer = json.loads(open_response(request, base64.b64decode(reply.envelope)))
-        assert answer["error"]["code"] == "invitation_invalid"
+        assert answer["error"]["code"] == "connection_invitation_invalid"
         accepted = await bob.call("connection.accept", body, peer="alice")  # a fresh envelope, the true sender
         assert len(accepted["connection"]) == 32
         assert "mallory" not in [c["peer"] for c in await alice.connections()]
@@ -272,7 +272,7 @@ async def test_bad_input_on_peer_subjects_is_a_specific_error_never_a_crash(worl
         assert (await _code(oscar.set_profile({"../x": "y"}))).remote_code == "vault_rejected"
         assert (await _code(oscar.set_profile({"big": "x" * 5000}))).remote_code == "vault_rejected"
         assert (await _code(oscar.invite(grant={"profile": "name"}))).remote_code == "capability_denied"
-        assert (await _code(oscar.invite(ttl=10**9))).remote_code == "invitation_invalid"
+        assert (await _code(oscar.invite(ttl=10**9))).remote_code == "connection_invitation_invalid"
         assert await alice.profile(pin="2468")  # alice's vault still serves: nothing crashed
 
 

@@ -35,8 +35,8 @@ __all__ = [
     "AuthorizationInvalid",
     "Capabilities",
     "CapabilityDenied",
+    "ConnectionInvitationInvalid",
     "ConnectionRefused",
-    "InvitationInvalid",
     "VaultClosed",
     "acceptance_message",
     "authorization_message",
@@ -80,10 +80,11 @@ class AuthorizationInvalid(VaultRejected):
     code = "authorization_invalid"
 
 
-class InvitationInvalid(VaultRejected):
-    """An invitation that does not exist, expired, was already used, or whose token is wrong."""
+class ConnectionInvitationInvalid(VaultRejected):
+    """A connection invitation that does not exist, expired, was already used, or whose token is wrong (not the
+    operator's enrollment invitation codes)."""
 
-    code = "invitation_invalid"
+    code = "connection_invitation_invalid"
 
 
 class VaultClosed(VaultRejected):
@@ -253,7 +254,9 @@ def check_acceptance(proof: bytes, *, invitation: str, sender: str, inviter: str
         message = acceptance_message(invitation=invitation, sender=sender, inviter=inviter, key=key)
         Ed25519PublicKey.from_public_bytes(key).verify(proof, message)
     except (InvalidSignature, ValueError) as exc:
-        raise InvitationInvalid("the acceptance is not signed by its key for this sender and invitation") from exc
+        raise ConnectionInvitationInvalid(
+            "the acceptance is not signed by its key for this sender and invitation"
+        ) from exc
 
 
 def tokens_match(expected_digest: str, token: bytes) -> bool:

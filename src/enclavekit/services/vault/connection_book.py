@@ -24,8 +24,8 @@ from enclavekit.services.vault.connection import (
     Authorization,
     Capabilities,
     CapabilityDenied,
+    ConnectionInvitationInvalid,
     ConnectionRefused,
-    InvitationInvalid,
     acceptance_message,
     authorization_message,
     check_acceptance,
@@ -89,11 +89,11 @@ class ConnectionBook(SecretStore):
     async def invite(self, granted: Capabilities, *, ttl: float, now: float) -> tuple[str, bytes, float]:
         """A single-use invitation: (its id, its secret token, when it expires)."""
         if not 0 < ttl <= MAX_INVITATION_TTL:
-            raise InvitationInvalid(f"an invitation lives 1..{int(MAX_INVITATION_TTL)} seconds")
+            raise ConnectionInvitationInvalid(f"an invitation lives 1..{int(MAX_INVITATION_TTL)} seconds")
         meta = await self._meta()
         invitations = {k: v for k, v in meta["invitations"].items() if v["expires"] > now}
         if len(invitations) >= MAX_INVITATIONS:
-            raise InvitationInvalid(f"at most {MAX_INVITATIONS} open invitations")
+            raise ConnectionInvitationInvalid(f"at most {MAX_INVITATIONS} open invitations")
         ident, token = _short_id(), secrets.token_bytes(32)
         invitations[ident] = {"digest": token_digest(token), "expires": now + ttl, "granted": granted.to_json()}
         meta["invitations"] = invitations
@@ -117,12 +117,12 @@ class ConnectionBook(SecretStore):
         meta = await self._meta()
         invitation = meta["invitations"].get(ident)
         if invitation is None or not tokens_match(str(invitation["digest"]), token):
-            raise InvitationInvalid("no such invitation (or it was used)")
+            raise ConnectionInvitationInvalid("no such invitation (or it was used)")
         check_acceptance(proof, invitation=ident, sender=peer, inviter=self.store.user, key=peer_key)
         del meta["invitations"][ident]
         if invitation["expires"] <= now:
             await self._commit(meta, now, "connection.invitation_expired", invitation=ident)
-            raise InvitationInvalid("the invitation expired")
+            raise ConnectionInvitationInvalid("the invitation expired")
         self._check_room(meta)
         connection, own = _short_id(), new_key()
         granted = Capabilities.from_json(invitation["granted"])
