@@ -11,7 +11,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -64,6 +64,20 @@ async def _connected(inviter: VaultClient, invitee: VaultClient, grant: dict[str
     return str(accepted["connection"])
 
 
+async def _presigned(client: VaultClient, connection: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A read of the peer's ``name`` that ``client``'s vault signs now, to be sent later (what an app, or a host
+    that captured it, could hold back)."""
+    message_id, body = secrets.token_bytes(16), {"fields": ["name"]}
+    payload = {"connection": connection, "op": "profile.get", "message_id": message_id.hex(), "body": body_digest(body)}
+    signed = await client.call("connection.sign", {"session": client.session, **payload})
+
+    def send() -> Awaitable[dict[str, Any]]:
+        auth = {**body, "auth": signed["auth"]}
+        return client.call("profile.get", auth, peer=str(signed["peer"]), message_id=message_id)
+
+    return send
+
+
 async def test_two_users_connect_share_one_field_not_another_message_with_receipts_and_revoke(world: World) -> None:
     async with world.client("alice") as alice, world.client("bob") as bob, world.client("carol") as carol:
         await alice.enroll("2468")
@@ -97,28 +111,19 @@ async def test_two_users_connect_share_one_field_not_another_message_with_receip
         # alice granted bob messages, bob granted alice messages too: the reply goes through
         await alice.send_message(connection, "reply-9q")
 
+        old_key_read = await _presigned(bob, connection)
         await bob.rotate(connection)  # a new key on bob's side, announced to alice's vault with the old one
         assert await bob.peer_profile(connection, ["name"]) == {"name": SECRETS[0].decode()}
+        assert (await _code(old_key_read())).remote_code == "connection_refused"  # the old key opens nothing
 
         await alice.grant(connection, {"profile": ["name", "email"]})  # sharing changes per connection
         assert (await bob.peer_profile(connection, ["email"]))["email"] == SECRETS[1].decode()
         assert (await _code(bob.send_message(connection, "x"))).remote_code == "capability_denied"
 
         # bob's vault signs a read before the revocation; sent after it, alice's vault itself refuses it
-        message_id, body = secrets.token_bytes(16), {"fields": ["name"]}
-        presigned = await bob.call(
-            "connection.sign",
-            {
-                "session": bob.session,
-                "connection": connection,
-                "op": "profile.get",
-                "message_id": message_id.hex(),
-                "body": body_digest(body),
-            },
-        )
+        late_read = await _presigned(bob, connection)
         assert await alice.revoke(connection)  # at once, and bob's vault was told
-        late = bob.call("profile.get", {**body, "auth": presigned["auth"]}, peer="alice", message_id=message_id)
-        assert (await _code(late)).remote_code == "connection_refused"
+        assert (await _code(late_read())).remote_code == "connection_refused"
         assert (await _code(bob.peer_profile(connection, ["name"]))).remote_code == "connection_refused"
         assert (await _code(alice.peer_secret(connection, "wifi"))).remote_code == "connection_refused"
         assert [c["status"] for c in await bob.connections()] == ["revoked"]
