@@ -11,7 +11,16 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_app, for_vault, render
+from enclavekit.services.vault.nats_auth import (
+    BRIDGE_USER,
+    add_user,
+    credentials,
+    for_app,
+    for_vault,
+    peer_for_app,
+    peer_for_vault,
+    render,
+)
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
 
@@ -126,3 +135,37 @@ async def test_user_added_while_running_can_connect_after_reload(stack: Stack) -
                 raise
             await asyncio.sleep(0.1)
     await client.close()
+
+
+async def test_message_space_only_the_sender_publishes_as_itself_and_reads_its_answers(stack: Stack) -> None:
+    """``MessageSpace.{target}.forVault.{sender}.>``: alice may ask bob's vault as alice, never as bob (the bridge
+    and the target vault learn a sender the server vouches for); answers to alice reach alice only."""
+    alice_errors: list[str] = []
+    alice = await _connect(stack, "alice", alice_errors)
+    bob = await _connect(stack, "bob", [])
+    bridge = await _connect(stack, BRIDGE_USER, [])
+    try:
+        relayed: list[str] = []
+        answers_for_bob: list[bytes] = []
+        stolen: list[bytes] = []
+
+        async def on_bridge(msg) -> None:  # type: ignore[no-untyped-def]
+            relayed.append(msg.subject)
+
+        await bridge.subscribe("MessageSpace.*.forVault.>", cb=on_bridge)
+        await bob.subscribe("MessageSpace.bob.forApp.>", cb=_collect(answers_for_bob))
+        await alice.subscribe("MessageSpace.bob.forApp.>", cb=_collect(stolen))  # refused
+        await _until(lambda: any("subscription" in e.lower() for e in alice_errors))
+        await alice.publish(peer_for_vault("alice", "bob", "profile.get"), b"as bob to alice")  # refused
+        await _until(lambda: any("publish" in e.lower() for e in alice_errors))
+        await alice.publish(peer_for_vault("bob", "alice", "profile.get"), b"as alice to bob")
+        await bridge.publish(peer_for_app("bob", "alice", "profile.get"), b"for bob only")
+        await _until(
+            lambda: answers_for_bob == [b"for bob only"] and relayed == [peer_for_vault("bob", "alice", "profile.get")]
+        )
+        await alice.flush()
+        assert stolen == []
+        assert all("permissions violation" in e.lower() for e in alice_errors)
+    finally:
+        for client in (alice, bob, bridge):
+            await client.close()
