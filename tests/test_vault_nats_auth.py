@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
 
 from enclavekit.services.vault.nats_auth import (
@@ -41,7 +42,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         await built.stop()
 
 
-async def _connect(stack: Stack, user: str | None, errors: list[str]) -> nats.NATS:
+async def _connect(stack: Stack, user: str | None, errors: list[str]) -> Nats:
     url = stack.services["nats"]["url"]
     if user is not None:
         url = credentials(stack.state.root, user).url(url)
