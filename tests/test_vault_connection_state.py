@@ -1,6 +1,8 @@
-"""A vault enclave in process (real KMS emulator, real crypto, test-cost Argon2id) whose object store yields at
-every call, as S3 does: the owner's and the peers' operations on one vault, run at once, lose no change and no
-audit record — each reads the index and commits the next version, so the enclave runs them one at a time."""
+"""A vault enclave in process (real KMS emulator, real crypto, test-cost Argon2id, the enclave's clock injected):
+connection invitations are single use and short-lived, and a wrong token uses nothing up; and, with an object
+store that yields at every call as S3 does, the owner's and the peers' operations on one vault run at once lose no
+change and no audit record — each reads the index and commits the next version, so the enclave runs them one at a
+time."""
 
 from __future__ import annotations
 
@@ -49,21 +51,72 @@ def world(tmp_path: Path) -> Iterator[VaultWorld]:
         yield built
 
 
-async def _ask(vault: VaultEnclave, user: str, op: str, payload: dict[str, Any], **peer: Any) -> dict[str, Any]:
+async def _answer(vault: VaultEnclave, user: str, op: str, payload: dict[str, Any], **peer: Any) -> dict[str, Any]:
     """One envelope to ``vault`` for ``user``'s ``op`` (from ``sender``'s app with ``sender=``), as the bridge
-    relays it; the vault's ``ok`` answer."""
+    relays it, stamped with the vault's clock; the vault's answer (``ok`` or ``error``)."""
     message_id = peer.pop("message_id", None)
-    request = seal_request(
-        vault.public_key, user, op, json.dumps(payload).encode(), now=time.time(), message_id=message_id
-    )
+    payload_bytes = json.dumps(payload).encode()
+    request = seal_request(vault.public_key, user, op, payload_bytes, now=vault.clock(), message_id=message_id)
     envelope = base64.b64encode(request.data).decode()
     if peer:
         reply = await vault.peer_message(PeerMessage(user=user, op=op, envelope=envelope, **peer), None)  # type: ignore[arg-type]
     else:
         reply = await vault.message(Message(user=user, op=op, envelope=envelope), None)  # type: ignore[arg-type]
-    answer = json.loads(open_response(request, base64.b64decode(reply.envelope)))
+    return dict(json.loads(open_response(request, base64.b64decode(reply.envelope))))
+
+
+async def _ask(vault: VaultEnclave, user: str, op: str, payload: dict[str, Any], **peer: Any) -> dict[str, Any]:
+    answer = await _answer(vault, user, op, payload, **peer)
     assert "ok" in answer, answer
     return dict(answer["ok"])
+
+
+async def _refused(vault: VaultEnclave, user: str, op: str, payload: dict[str, Any], **peer: Any) -> str:
+    answer = await _answer(vault, user, op, payload, **peer)
+    assert "error" in answer, answer
+    return str(answer["error"]["code"])
+
+
+async def _acceptance(vault: VaultEnclave, session: str, invitation: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Bob's vault prepares to accept ``invitation``: the body his app sends to the inviter's vault, and the
+    pending record's id."""
+    prepared = await _ask(
+        vault, "bob", "connection.accept", {"session": session, "inviter": "alice", "invitation": invitation["id"]}
+    )
+    body = {"invitation": invitation["id"], "token": invitation["token"], "key": prepared["key"]}
+    return body | {"proof": prepared["proof"]}, str(prepared["pending"])
+
+
+async def test_connection_invitation_is_single_use_short_lived_and_a_wrong_token_uses_nothing_up(
+    world: VaultWorld,
+) -> None:
+    clock = [time.time()]
+    vault = VaultEnclave(core=world.enclave(), clock=lambda: clock[0])
+    alice = (await _ask(vault, "alice", "enroll", {"pin": "2468"}))["session"]
+    bob = (await _ask(vault, "bob", "enroll", {"pin": "1357"}))["session"]
+
+    async def invite() -> dict[str, Any]:
+        answer = await _ask(vault, "alice", "connection.invite", {"session": alice, "ttl": 60})
+        return dict(answer["invitation"])
+
+    invitation = await invite()
+    body, _ = await _acceptance(vault, bob, invitation)
+    wrong = body | {"token": "00" * 32}
+    assert await _refused(vault, "alice", "connection.accept", wrong, sender="bob") == "connection_invitation_invalid"
+    assert "connection" in await _ask(vault, "alice", "connection.accept", body, sender="bob")  # still usable
+    again = await _refused(vault, "alice", "connection.accept", body, sender="bob")
+    assert again == "connection_invitation_invalid"  # used up
+
+    late = await invite()
+    late_body, _ = await _acceptance(vault, bob, late)
+    clock[0] += 61
+    expired = await _refused(vault, "alice", "connection.accept", late_body, sender="bob")
+    assert expired == "connection_invitation_invalid"
+    connections = (await _ask(vault, "alice", "connection.list", {"session": alice}))["connections"]
+    assert len(connections) == 1  # only the first acceptance made a connection
+    ops = [r["op"] for r in (await _ask(vault, "alice", "audit.get", {"session": alice}))["records"]]
+    assert ops.count("connection.invite") == 2 and ops.count("connection.accepted") == 1
+    assert "connection.invitation_expired" in ops
 
 
 async def test_owner_and_peer_operations_at_once_lose_no_change_and_no_audit_record(world: VaultWorld) -> None:
@@ -76,13 +129,9 @@ async def test_owner_and_peer_operations_at_once_lose_no_change_and_no_audit_rec
     invitation = (await _ask(vault, "alice", "connection.invite", {"session": alice, "grant": {"profile": ["name"]}}))[
         "invitation"
     ]
-    prepared = await _ask(
-        vault, "bob", "connection.accept", {"session": bob, "inviter": "alice", "invitation": invitation["id"]}
-    )
-    body = {k: invitation[k] for k in ("token",)} | {"invitation": invitation["id"]}
-    body |= {"key": prepared["key"], "proof": prepared["proof"]}
+    body, pending = await _acceptance(vault, bob, invitation)
     accepted = await _ask(vault, "alice", "connection.accept", body, sender="bob")
-    confirm = {"session": bob, "pending": prepared["pending"], "connection": accepted["connection"]}
+    confirm = {"session": bob, "pending": pending, "connection": accepted["connection"]}
     await _ask(vault, "bob", "connection.confirm", confirm | {"key": accepted["key"], "granted": accepted["granted"]})
 
     async def peer_read() -> dict[str, Any]:
