@@ -30,7 +30,8 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +176,12 @@ async def _recovery(root: Path, rounds: int) -> dict[str, Any]:
     }
 
 
-async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> dict[str, Any]:
+@asynccontextmanager
+async def running_vault(root: Path, names: list[str]) -> AsyncIterator[list[VaultClient]]:
+    """The vault of ``enclavekit up`` (nats-server with per-user authorization, KMS emulator, vault enclaves, host
+    bridge), each piece its own process, and one connected client per name; stopped on exit."""
     state = StateDir(root / "state")
     state.create()
-    names = [f"user{i:03d}" for i in range(users)]
     for name in names:
         add_user(state.root, name)
     stack = Stack(state)
@@ -195,15 +198,27 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         ]
         for client in clients:
             await client.__aenter__()
+        yield clients
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    finally:
+        await stack.stop()
+
+
+def invitation(root: Path, user: str) -> str:
+    """An invitation code for ``user`` from the operator key of the vault :func:`running_vault` runs in ``root``."""
+    operator = load_identity(operator_key_path(root / "state"))
+    return issue(operator, ttl=3600, now=time.time(), user=user)[1]
+
+
+async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> dict[str, Any]:
+    async with running_vault(root, [f"user{i:03d}" for i in range(users)]) as clients:
         started = time.perf_counter()
         slots = asyncio.Semaphore(4)  # the enclave stretches 2 PINs at a time; keep its queue short
 
-        operator = load_identity(operator_key_path(state.root))
-        codes = {n: issue(operator, ttl=3600, now=time.time(), user=n)[1] for n in names}
-
         async def enroll(client: VaultClient) -> None:
             async with slots:
-                await client.enroll("2468", invitation=codes[client.user])
+                await client.enroll("2468", invitation=invitation(root, client.user))
 
         await asyncio.gather(*(enroll(c) for c in clients))
         enroll_s = time.perf_counter() - started
@@ -234,19 +249,15 @@ async def _through_nats(root: Path, rounds: int, users: int, seconds: float) -> 
         started = time.perf_counter()
         await asyncio.gather(*(loop(c) for c in clients))
         elapsed = time.perf_counter() - started
-        for client in clients:
-            await client.__aexit__(None, None, None)
-        return {
-            "round_trip": {"secret_put": _stats(put_ms), "secret_get": _stats(get_ms)},
-            "ops_per_second": {
-                "users": users,
-                "secret_get_per_s": round(done / elapsed, 1),
-                "seconds": round(elapsed, 1),
-            },
-            "enroll_all_s": round(enroll_s, 1),
-        }
-    finally:
-        await stack.stop()
+    return {
+        "round_trip": {"secret_put": _stats(put_ms), "secret_get": _stats(get_ms)},
+        "ops_per_second": {
+            "users": users,
+            "secret_get_per_s": round(done / elapsed, 1),
+            "seconds": round(elapsed, 1),
+        },
+        "enroll_all_s": round(enroll_s, 1),
+    }
 
 
 def _workers(count: int) -> dict[str, Any]:

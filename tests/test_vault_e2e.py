@@ -177,10 +177,10 @@ async def test_enroll_put_get_list_and_pin_change_through_nats(world: World) -> 
         assert error.remote_code == "pin_invalid" and error.attempts_left == 9
 
 
-def _cli(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+def _run_cli(state: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """``enclavekit vault ARGS --state STATE --json`` as the user's app would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(world.state), "--json"],
+        [sys.executable, "-m", "enclavekit.cli", "vault", *args, "--state", str(state), "--json"],
         input=stdin,
         capture_output=True,
         timeout=60,
@@ -188,10 +188,19 @@ def _cli(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedPr
     )
 
 
+def _cli(world: World, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return _run_cli(world.state, *args, stdin=stdin)
+
+
+def vault_cli(state: Path, *args: str, stdin: bytes = b"") -> tuple[int, Any]:
+    """``enclavekit vault ARGS --state STATE --json`` as its own process: (exit code, the JSON it printed)."""
+    run = _run_cli(state, *args, stdin=stdin)
+    return run.returncode, json.loads(run.stdout or b"null")
+
+
 async def test_cli_reports_pin_invalid_and_locked_as_json_with_exit_1(world: World) -> None:
     def cli(*args: str, stdin: bytes = b"") -> tuple[int, Any]:
-        run = _cli(world, *args, stdin=stdin)
-        return run.returncode, json.loads(run.stdout or b"null")
+        return vault_cli(world.state, *args, stdin=stdin)
 
     def both() -> list[tuple[int, Any]]:
         status, issued = cli("invite", "create", "--user", "gina", "--ttl", "1h")  # the operator's command
@@ -292,7 +301,7 @@ async def test_replayed_captured_messages_get_no_extra_guess(world: World) -> No
         good = [data for subject, data in world.captured if subject == for_vault("carol", "enroll")]
         async with world.enclave("carol") as enclave:  # the host replays straight to the enclave
             for data in wrong + good:
-                request = Message(user="carol", op=data and "secret.list", envelope=base64.b64encode(data).decode())
+                request = Message(user="carol", op="secret.list", envelope=base64.b64encode(data).decode())
                 if data in good:
                     request = Message(user="carol", op="enroll", envelope=request.envelope)
                 with pytest.raises(Error) as caught:
@@ -484,16 +493,18 @@ async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attest
         assert await alice.list_secrets(pin="975310")  # not locked
 
 
-async def test_one_users_credentials_cannot_call_anothers_vault(world: World) -> None:
+async def server_refuses(world: World, user: str, publish: str, subscribe: str) -> None:
+    """``user``'s credentials publishing to ``publish`` and subscribing to ``subscribe``: the NATS server itself
+    answers "Permissions Violation" to both."""
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc).lower())
 
-    nc = await nats.connect(credentials(world.state, "mallory").url(world.local["nats_url"]), error_cb=on_error)
+    nc = await nats.connect(credentials(world.state, user).url(world.local["nats_url"]), error_cb=on_error)
     try:
-        await nc.publish(for_vault("alice", "secret.list"), b"x")
-        await nc.subscribe("OwnerSpace.alice.forApp.>")
+        await nc.publish(publish, b"x")
+        await nc.subscribe(subscribe)
         deadline = asyncio.get_running_loop().time() + 5
         while len(errors) < 2:
             assert asyncio.get_running_loop().time() < deadline, errors
@@ -501,6 +512,10 @@ async def test_one_users_credentials_cannot_call_anothers_vault(world: World) ->
         assert all("permissions violation" in e for e in errors)
     finally:
         await nc.close()
+
+
+async def test_one_users_credentials_cannot_call_anothers_vault(world: World) -> None:
+    await server_refuses(world, "mallory", for_vault("alice", "secret.list"), "OwnerSpace.alice.forApp.>")
 
 
 async def test_enrollment_needs_an_unused_unexpired_invitation_signed_by_the_operator(world: World) -> None:

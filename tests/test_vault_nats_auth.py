@@ -9,9 +9,19 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
 
-from enclavekit.services.vault.nats_auth import BRIDGE_USER, add_user, credentials, for_app, for_vault, render
+from enclavekit.services.vault.nats_auth import (
+    BRIDGE_USER,
+    add_user,
+    credentials,
+    for_app,
+    for_vault,
+    peer_for_app,
+    peer_for_vault,
+    render,
+)
 from enclavekit.stack.state import StateDir
 from enclavekit.stack.up import Stack
 
@@ -32,7 +42,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         await built.stop()
 
 
-async def _connect(stack: Stack, user: str | None, errors: list[str]) -> nats.NATS:
+async def _connect(stack: Stack, user: str | None, errors: list[str]) -> Nats:
     url = stack.services["nats"]["url"]
     if user is not None:
         url = credentials(stack.state.root, user).url(url)
@@ -59,7 +69,32 @@ async def _until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.02)
 
 
-async def test_one_users_credentials_cannot_read_or_publish_anothers_subjects(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    "space",
+    [
+        # OwnerSpace: a user's app and its own vault
+        {
+            "relay": "OwnerSpace.*.forVault.>",
+            "bobs_answers": for_app("bob", ">"),
+            "as_bob": for_vault("bob", "secret.get"),
+            "as_alice": for_vault("alice", "secret.get"),
+            "to_bob": for_app("bob", "secret.get"),
+        },
+        # MessageSpace.{target}.forVault.{sender}: alice may ask bob's vault as alice, never as bob (the bridge and
+        # the target vault learn a sender the server vouches for); answers to bob reach bob only
+        {
+            "relay": "MessageSpace.*.forVault.>",
+            "bobs_answers": "MessageSpace.bob.forApp.>",
+            "as_bob": peer_for_vault("alice", "bob", "profile.get"),
+            "as_alice": peer_for_vault("bob", "alice", "profile.get"),
+            "to_bob": peer_for_app("bob", "alice", "profile.get"),
+        },
+    ],
+    ids=["OwnerSpace", "MessageSpace"],
+)
+async def test_one_users_credentials_cannot_read_or_publish_anothers_subjects(
+    stack: Stack, space: dict[str, str]
+) -> None:
     alice_errors: list[str] = []
     alice = await _connect(stack, "alice", alice_errors)
     bob = await _connect(stack, "bob", [])
@@ -72,15 +107,15 @@ async def test_one_users_credentials_cannot_read_or_publish_anothers_subjects(st
         async def on_bridge(msg) -> None:  # type: ignore[no-untyped-def]
             seen_by_bridge.append(msg.subject)
 
-        await bridge.subscribe("OwnerSpace.*.forVault.>", cb=on_bridge)
-        await bob.subscribe(for_app("bob", ">"), cb=_collect(seen_by_bob))
-        await alice.subscribe(for_app("bob", ">"), cb=_collect(stolen))
+        await bridge.subscribe(space["relay"], cb=on_bridge)
+        await bob.subscribe(space["bobs_answers"], cb=_collect(seen_by_bob))
+        await alice.subscribe(space["bobs_answers"], cb=_collect(stolen))
         await _until(lambda: any("subscription" in e.lower() for e in alice_errors))
-        await alice.publish(for_vault("bob", "secret.get"), b"as bob")  # refused by the server
+        await alice.publish(space["as_bob"], b"as bob")  # refused by the server
         await _until(lambda: any("publish" in e.lower() for e in alice_errors))
-        await alice.publish(for_vault("alice", "secret.get"), b"as alice")
-        await bridge.publish(for_app("bob", "secret.get"), b"for bob only")
-        await _until(lambda: seen_by_bob == [b"for bob only"] and seen_by_bridge == [for_vault("alice", "secret.get")])
+        await alice.publish(space["as_alice"], b"as alice")
+        await bridge.publish(space["to_bob"], b"for bob only")
+        await _until(lambda: seen_by_bob == [b"for bob only"] and seen_by_bridge == [space["as_alice"]])
         await alice.flush()
         assert stolen == []
         assert all("permissions violation" in e.lower() for e in alice_errors)

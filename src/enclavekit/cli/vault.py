@@ -548,3 +548,15 @@ def recover_complete(
     result.pop("session", None)
     _claim_path(state, user).unlink(missing_ok=True)
     _emit({"user": user, **result}, as_json, f"vault recovered (generation {result['generation']})")
+
+
+# Feature groups in their own modules (they use the helpers above).
+from enclavekit.cli._vault_connection import connection_app  # noqa: E402
+from enclavekit.cli._vault_contract import contract_app  # noqa: E402
+from enclavekit.cli._vault_message import message_app  # noqa: E402
+from enclavekit.cli._vault_profile import profile_app  # noqa: E402
+
+vault_app.add_typer(connection_app, name="connection")
+vault_app.add_typer(profile_app, name="profile")
+vault_app.add_typer(message_app, name="message")
+vault_app.add_typer(contract_app, name="contract")

@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,6 +45,7 @@ from enclavekit.errors import ConfigurationError, Error
 from enclavekit.kms.policy import ATTESTATION_PREFIX, KeyPolicy, RequestContext
 from enclavekit.rpc import CallContext, parse_address
 from enclavekit.services.vault.backup import Backup
+from enclavekit.services.vault.connection import VaultClosed
 from enclavekit.services.vault.core import Unlocked, VaultCore
 from enclavekit.services.vault.enclave_config import ALLOWED_LAUNCH_SETTINGS, VaultEnclaveConfig
 from enclavekit.services.vault.envelope import (
@@ -56,7 +59,12 @@ from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejec
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
 from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
+from enclavekit.services.vault.operations import calls as call_operations
+from enclavekit.services.vault.operations import connections as connection_operations
+from enclavekit.services.vault.operations import contracts as contract_operations
+from enclavekit.services.vault.operations import messages as message_operations
 from enclavekit.services.vault.operations import pin as pin_operations
+from enclavekit.services.vault.operations import profile as profile_operations
 from enclavekit.services.vault.operations import recovery as recovery_operations
 from enclavekit.services.vault.operations import secret as secret_operations
 from enclavekit.services.vault.operations import voting as voting_operations
@@ -69,12 +77,14 @@ from enclavekit.services.vault.wire import (
     LEDGER_MERGE,
     LEDGER_SNAPSHOT,
     MESSAGE,
+    PEER,
     LedgerEntry,
     LedgerMerge,
     LedgerSnapshot,
     LedgerSnapshotRequest,
     Message,
     MessageReply,
+    PeerMessage,
     VaultKey,
     VaultKeyRequest,
 )
@@ -85,6 +95,7 @@ __all__ = ["Opened", "VaultEnclave", "app", "build_app", "check_key_policy"]
 logger = logging.getLogger(__name__)
 
 MAX_PAYLOAD: Final = 96 * 1024
+MAX_OPEN: Final = 1024
 
 
 class SessionInvalid(VaultRejected):
@@ -107,6 +118,22 @@ def _operations() -> dict[str, Handler]:
         **secret_operations.OPERATIONS,
         **recovery_operations.OPERATIONS,
         **voting_operations.OPERATIONS,
+        **connection_operations.OPERATIONS,
+        **profile_operations.OPERATIONS,
+        **message_operations.OPERATIONS,
+        **call_operations.OPERATIONS,
+        **contract_operations.OPERATIONS,
+    }
+
+
+def _peer_operations() -> dict[str, Handler]:
+    """What another user's app (through a connection or a data contract) may ask this vault."""
+    return {
+        **connection_operations.PEER_OPERATIONS,
+        **profile_operations.PEER_OPERATIONS,
+        **message_operations.PEER_OPERATIONS,
+        **call_operations.PEER_OPERATIONS,
+        **contract_operations.PEER_OPERATIONS,
     }
 
 
@@ -164,6 +191,13 @@ class VaultEnclave:
     """Pending recoveries' tokens (memory only); made on first use (``operations.recovery.desk``)."""
     endorser: voting_operations.Endorser = field(default_factory=voting_operations.Endorser)
     """The key that endorses this enclave's ballots (``vote.cast``), bound to its attestation."""
+    peer_operations: dict[str, Handler] = field(default_factory=_peer_operations)
+    open_vaults: OrderedDict[str, Unlocked] = field(default_factory=OrderedDict)
+    """Vaults their owners unlocked since this enclave started (LRU, ``MAX_OPEN``): the only ones it can serve to
+    connected peers, whose requests carry no PIN (docs/vault.md, *Connections*)."""
+    _state_locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
+    signals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Call signalling waiting for each user's app (memory only, bounded; see operations/calls.py)."""
 
     @property
     def public_key(self) -> bytes:
@@ -175,6 +209,7 @@ class VaultEnclave:
         app.on_shutdown(self._shutdown)
         app.route(KEY)(self.key)
         app.route(MESSAGE)(self.message)
+        app.route(PEER)(self.peer_message)
         app.route(LEDGER_MERGE)(self.ledger_merge)
         app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
 
@@ -249,7 +284,7 @@ class VaultEnclave:
         document = await self._context.attest(nonce=nonce, public_key=self.public_key)
         return VaultKey(document=base64.b64encode(document).decode(), public_key=self.public_key.hex())
 
-    async def message(self, request: Message, call: CallContext) -> MessageReply:
+    async def message(self, request: Message, call: CallContext, *, sender: str | None = None) -> MessageReply:
         try:
             data = base64.b64decode(request.envelope, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -258,10 +293,17 @@ class VaultEnclave:
         if opened.user != request.user or opened.op != request.op:
             raise EnvelopeInvalid("the envelope names another user or operation than its subject")
         self.guard.check(opened.message_id, opened.timestamp, now=self.clock())
-        answer = await self._answer(opened)
+        answer = await self._answer(opened, sender)
         return MessageReply(envelope=base64.b64encode(seal_response(opened, answer)).decode())
 
-    async def _answer(self, opened: OpenedRequest) -> bytes:
+    async def peer_message(self, request: PeerMessage, call: CallContext) -> MessageReply:
+        """A request from ``request.sender``'s app to ``request.user``'s vault: the same envelope, another registry
+        of operations, each of which checks the connection (or contract) and its capability."""
+        return await self.message(
+            Message(user=request.user, op=request.op, envelope=request.envelope), call, sender=request.sender
+        )
+
+    async def _answer(self, opened: OpenedRequest, sender: str | None = None) -> bytes:
         try:
             if len(opened.payload) > MAX_PAYLOAD:
                 raise BadPayload("payload too large")
@@ -271,13 +313,15 @@ class VaultEnclave:
                 raise BadPayload("payload is not JSON") from exc
             if not isinstance(payload, dict):
                 raise BadPayload("payload is not a JSON object")
-            handler = self.operations.get(opened.op)
+            handler = (self.operations if sender is None else self.peer_operations).get(opened.op)
             if handler is None:
                 raise UnknownOp(f"unknown operation {opened.op!r}")
+            request = Request(opened.user, opened.op, payload, self.clock(), sender, opened.message_id.hex())
             worker = self.workers.get(opened.user)
             worker.busy += 1
             try:
-                result = await handler(self, Request(opened.user, opened.op, payload, self.clock()))
+                async with self.state_lock(opened.user):  # its owner's and its peers' operations, one at a time
+                    result = await handler(self, request)
             finally:
                 worker.busy -= 1
             body: dict[str, Any] = {"ok": result}
@@ -296,10 +340,18 @@ class VaultEnclave:
         return self.core
 
     def open_session(self, unlocked: Unlocked) -> str:
-        """A new session token for a PIN-checked vault, held by the user's worker (memory only, ``SESSION_TTL``)."""
+        """A new session token for a PIN-checked vault, held by the user's worker (memory only, ``SESSION_TTL``); the
+        vault is open to its connected peers from now on (``open_vaults``)."""
+        self.open_vaults[unlocked.user] = unlocked
+        self.open_vaults.move_to_end(unlocked.user)
+        while len(self.open_vaults) > MAX_OPEN:
+            self.open_vaults.popitem(last=False)
         return self.workers.get(unlocked.user).open_session(unlocked, self.clock())
 
     def end_sessions(self, user: str) -> None:
+        """End the user's sessions and close the vault to its peers (a PIN change or a recovery made new keys: the
+        owner's next unlock opens it again)."""
+        self.open_vaults.pop(user, None)
         worker = self.workers.peek(user)
         if worker is not None:
             worker.end_sessions()
@@ -320,6 +372,36 @@ class VaultEnclave:
             raise VaultLocked(f"{request.user}'s vault is locked")
         assert isinstance(token, str)
         return Opened(held, core.store(held), False, token)
+
+    @contextlib.asynccontextmanager
+    async def state_lock(self, user: str) -> AsyncIterator[None]:
+        """Serialises the operations on one user's vault (the owner's and the peers'): each reads the index, changes
+        it and commits the next version, so two at once would write the same version and one change would be lost.
+        (The bridge sends all of a user's messages, the peers' included, to one enclave.) A user's lock lives only
+        while operations on it run or wait, so names that anyone can send to do not pile up."""
+        entry = self._state_locks.setdefault(user, (asyncio.Lock(), [0]))
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._state_locks[user]
+
+    async def open_for_peer(self, user: str) -> VaultStore:
+        """``user``'s state for a peer's request: only while the owner's unlock is held here, and only of the
+        generation the ledger names now (a PIN change or a lock closes it); the ledger's version is read afresh,
+        so a host that restores older objects is refused as for the owner."""
+        core = self.require_core()
+        held = self.open_vaults.get(user)
+        if held is None or user in core.locked_here:
+            raise VaultClosed(f"{user}'s vault is not open: its owner has not unlocked it here")
+        entry = await core.ledger.read(user)
+        if entry.locked or entry.generation != held.entry.generation:
+            self.open_vaults.pop(user, None)
+            raise VaultClosed(f"{user}'s vault is not open: its owner has not unlocked it here")
+        return VaultStore(core.objects, core.ledger, user, held.keys.state, entry)
 
 
 def _default_core(context: EnclaveContext, ledger: GuessLedger, config: VaultEnclaveConfig) -> VaultCore:

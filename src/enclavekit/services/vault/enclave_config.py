@@ -11,7 +11,8 @@ once here into frozen dataclasses; unknown fields are refused::
      "attestation_roots": ["-----BEGIN CERTIFICATE-----..."],
      "guess_limit": 10,
      "operator_keys": ["64 hex digits (raw Ed25519 public key)", ...],
-     "recovery": {"delay_s": 86400}}
+     "recovery": {"delay_s": 86400},
+     "turn": {"urls": ["turn:turn.example.org:3478"], "secret": "...", "ttl": 300}}
 
 * ``kms``: the key that seals every user's material (its policy must release only to this PCR0: checked at boot),
   and the endpoint with the CA its certificate must chain to (absent: AWS KMS in ``region``, system roots).
@@ -24,6 +25,8 @@ once here into frozen dataclasses; unknown fields are refused::
 * ``operator_keys``: the keys that sign operator documents (invitation codes, proposals); optional, at most 16.
 * ``recovery.delay_s``: how long a started recovery waits for a cancel before it can complete (1 s .. 30 days;
   absent: 24 h). Measured like the rest: a host that shortens it boots another PCR0 (ADR 0022).
+* ``turn``: the TURN relay for calls (``services/vault/turn.py``): its URLs, the secret it shares with the vault
+  (coturn's ``static-auth-secret``) and the lifetime of the per-call credentials; optional (no calls' relay).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from enclavekit.errors import ConfigurationError
 from enclavekit.kms.measured import MeasuredKmsEndpoint
 from enclavekit.services.vault.errors import VaultRejected
 from enclavekit.services.vault.recovery import DEFAULT_RECOVERY_DELAY, MAX_RECOVERY_DELAY
+from enclavekit.services.vault.turn import TurnConfig
 
 __all__ = [
     "ALLOWED_LAUNCH_SETTINGS",
@@ -99,6 +103,8 @@ class VaultEnclaveConfig:
     proposals): :meth:`require_operator_signature`."""
     recovery_delay: int = DEFAULT_RECOVERY_DELAY
     """Seconds a started recovery waits for a cancel before it can complete (ADR 0022)."""
+    turn: TurnConfig | None = None
+    """The TURN relay whose per-call credentials the vault issues (``call.turn``); None: calls get none."""
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VaultEnclaveConfig:
@@ -107,7 +113,17 @@ class VaultEnclaveConfig:
         top = config_object(
             document,
             "configuration",
-            {"format", "version", "kms", "ledger", "attestation_roots", "guess_limit", "operator_keys", "recovery"},
+            {
+                "format",
+                "version",
+                "kms",
+                "ledger",
+                "attestation_roots",
+                "guess_limit",
+                "operator_keys",
+                "recovery",
+                "turn",
+            },
         )
         if top.get("format") != CONFIG_FORMAT or top.get("version") != CONFIG_VERSION:
             raise InvalidEnclaveConfig(f"expected format {CONFIG_FORMAT!r} version {CONFIG_VERSION}")
@@ -136,7 +152,8 @@ class VaultEnclaveConfig:
         delay = recovery.get("delay_s", DEFAULT_RECOVERY_DELAY)
         if type(delay) is not int or not 1 <= delay <= MAX_RECOVERY_DELAY:
             raise InvalidEnclaveConfig(f"recovery.delay_s must be an integer in 1..{MAX_RECOVERY_DELAY}")
-        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators, delay)
+        turn = None if top.get("turn") is None else TurnConfig.from_json(top.get("turn"))
+        return cls(key_id, region, endpoint, replicas, quorum, roots, limit, data, operators, delay, turn)
 
     def require_operator_signature(self, message: bytes, signature: bytes) -> bytes:
         """The operator key (one of the measured ``operator_keys``) whose Ed25519 signature over ``message`` this
@@ -179,6 +196,7 @@ def vault_config_document(
     guess_limit: int = 10,
     operator_keys: tuple[bytes, ...] = (),
     recovery_delay: int | None = None,
+    turn: TurnConfig | None = None,
 ) -> bytes:
     """The canonical bytes of a vault configuration (checked by parsing it back)."""
     pems = [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode() for der in roots_der]
@@ -193,6 +211,8 @@ def vault_config_document(
     } | ({"operator_keys": [key.hex() for key in operator_keys]} if operator_keys else {})
     if recovery_delay is not None:
         document["recovery"] = {"delay_s": recovery_delay}
+    if turn is not None:
+        document["turn"] = turn.to_json()
     data = canonical(document)
     VaultEnclaveConfig.from_bytes(data)
     return data

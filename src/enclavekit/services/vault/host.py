@@ -4,7 +4,10 @@ It subscribes to ``OwnerSpace.*.forVault.>`` with the bridge's NATS credentials 
 ``OwnerSpace.*.forApp.>``), calls the enclave over the attested session (pinned PCR0) and publishes the opaque
 answer to ``OwnerSpace.{user}.forApp.{op}`` with the request's message id (``Vault-Message-Id``, from the
 envelope's clear header). An envelope the enclave refuses outright is answered with a ``Vault-Error`` header;
-no answer ever carries anything the host could read. One log line per message: user, operation, outcome, time.
+no answer ever carries anything the host could read. ``MessageSpace.{target}.forVault.{sender}.{op}`` (one user's
+app asking another user's vault: connections, data contracts) is relayed the same way to the target's enclave
+(``vault.peer``, naming the sender) and answered on ``MessageSpace.{sender}.forApp.{target}.{op}``.
+One log line per message: user, operation, outcome, time.
 
 With a :class:`~enclavekit.services.vault.members.MemberRegistry` it also keeps the operator's view: each message's
 user, operation and time, and — shortly after activity (at most once a second), and every ``refresh_interval``
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -45,19 +49,22 @@ from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions, ConnectionClosed, ConnectionFailed, DeadlineExceeded, RpcClient
 from enclavekit.services.vault.envelope import MAX_ENVELOPE
 from enclavekit.services.vault.members import MemberRegistry, join_snapshots
-from enclavekit.services.vault.nats_auth import RECOVERY_NOTICE, for_app
+from enclavekit.services.vault.nats_auth import RECOVERY_NOTICE, peer_for_app
+from enclavekit.services.vault.nats_auth import for_app as own_for_app
 from enclavekit.services.vault.wire import (
     ENCLAVE_LOST,
     ENCLAVE_UNREACHABLE,
     KEY,
     LEDGER_SNAPSHOT,
     MESSAGE,
+    PEER,
     LedgerSnapshotRequest,
     Message,
+    PeerMessage,
     VaultKeyRequest,
 )
 
-__all__ = ["VaultBridge", "enclave_index", "enclave_order", "parse_subject"]
+__all__ = ["VaultBridge", "enclave_index", "enclave_order", "parse_peer_subject", "parse_subject"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +131,14 @@ class _Enclave:
         return rpc
 
 
+def parse_peer_subject(subject: str) -> tuple[str, str, str] | None:
+    """``MessageSpace.{target}.forVault.{sender}.{op}`` → (target, sender, op), or None."""
+    parts = subject.split(".", 4)
+    if len(parts) != 5 or parts[0] != "MessageSpace" or parts[2] != "forVault" or not all(parts[1:]):
+        return None
+    return parts[1], parts[3], parts[4]
+
+
 @dataclass
 class VaultBridge:
     nats_url: str
@@ -155,6 +170,7 @@ class VaultBridge:
             raise ConnectionFailed(f"no vault enclave answered: {results[0]}")
         self._nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
         await self._nc.subscribe("OwnerSpace.*.forVault.>", cb=self._on_message)
+        await self._nc.subscribe("MessageSpace.*.forVault.>", cb=self._on_message)
         await self._nc.flush()
         if self.registry is not None:
             self._refresher = asyncio.create_task(self._refresh_loop())
@@ -234,9 +250,15 @@ class VaultBridge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _key(self, user: str, data: bytes) -> str:
+    @staticmethod
+    def _reply_subject(user: str, op: str, *, sender: str | None) -> str:
+        """The answer's subject: the owner's app, or (a peer's request) the sender's app."""
+        return own_for_app(user, op) if sender is None else peer_for_app(sender, user, op)
+
+    async def _key(self, user: str, data: bytes, sender: str | None = None) -> str:
         """Relay a key request to the first enclave of ``user``'s order that answers."""
         assert self._nc is not None
+        for_app = functools.partial(self._reply_subject, sender=sender)
         nonce = json.loads(data).get("nonce")
         request = VaultKeyRequest(nonce=nonce)
         for member in self.candidates(user):
@@ -255,9 +277,11 @@ class VaultBridge:
         await self._nc.publish(for_app(user, "key"), body.encode())
         return ENCLAVE_UNREACHABLE
 
-    async def _message(self, user: str, op: str, msg: Msg) -> str:
-        """Relay an envelope to the enclave that holds its key; answer the app."""
+    async def _message(self, user: str, op: str, msg: Msg, sender: str | None = None) -> str:
+        """Relay an envelope to the enclave that holds its key (``vault.peer`` for another user's request, naming
+        the ``sender``); answer the app."""
         assert self._nc is not None
+        for_app = functools.partial(self._reply_subject, sender=sender)
         message_id = msg.data[65:81].hex() if len(msg.data) >= 81 else ""
         headers = {"Vault-Message-Id": message_id}
 
@@ -285,29 +309,39 @@ class VaultBridge:
                 rpc = await member.connect()
         except _Unreachable:
             return await refuse(ENCLAVE_UNREACHABLE)
+        envelope = base64.b64encode(msg.data).decode()
         try:
-            reply = await rpc.call(MESSAGE, Message(user=user, op=op, envelope=base64.b64encode(msg.data).decode()))
+            if sender is None:
+                reply = await rpc.call(MESSAGE, Message(user=user, op=op, envelope=envelope))
+            else:
+                reply = await rpc.call(PEER, PeerMessage(user=user, sender=sender, op=op, envelope=envelope))
         except (ConnectionClosed, DeadlineExceeded):
             return await refuse(ENCLAVE_LOST)
         except Error as exc:
             return await refuse(str(exc.to_json().get("code", exc.code)))
         await self._nc.publish(for_app(user, op), base64.b64decode(reply.envelope), headers=headers)
-        if op in NOTIFIED_OPS:  # every device of the user hears of it at once (and asks the vault)
+        if op in NOTIFIED_OPS and sender is None:  # every device of the user hears of it at once (and asks the vault)
             notice = {"user": user, "op": op, "at": int(time.time())}
-            await self._nc.publish(for_app(user, RECOVERY_NOTICE), json.dumps(notice).encode())
+            await self._nc.publish(own_for_app(user, RECOVERY_NOTICE), json.dumps(notice).encode())
         return f"relayed to {member.address}"
 
     async def _handle(self, msg: Msg) -> None:
         assert self._nc is not None and self._members
         started = time.perf_counter()
-        parsed = parse_subject(msg.subject)
-        if parsed is None:
+        parsed, peer = parse_subject(msg.subject), parse_peer_subject(msg.subject)
+        if parsed is not None:
+            (user, op), sender = parsed, None
+        elif peer is not None:
+            user, sender, op = peer
+        else:
             return
-        user, op = parsed
         outcome = "relayed"
         async with self._slots:
             try:
-                outcome = await (self._key(user, msg.data) if op == "key" else self._message(user, op, msg))
+                if op == "key":
+                    outcome = await self._key(user, msg.data, sender)
+                else:
+                    outcome = await self._message(user, op, msg, sender)
             except (ValueError, AttributeError, Error) as exc:  # garbage on the key subject, a bad user token
                 outcome = getattr(exc, "code", "bad_request")
             finally:
@@ -319,8 +353,9 @@ class VaultBridge:
                         logger.warning("recording a message in the member registry failed", exc_info=True)
                     self._activity.set()
                 logger.info(
-                    "vault message user=%s op=%s outcome=%s ms=%.1f",
+                    "vault message user=%s%s op=%s outcome=%s ms=%.1f",
                     user,
+                    "" if sender is None else f" from={sender}",
                     op,
                     outcome,
                     (time.perf_counter() - started) * 1000,

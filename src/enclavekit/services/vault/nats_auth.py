@@ -2,6 +2,9 @@
 
 A user may publish only to ``OwnerSpace.{user}.forVault.>`` and subscribe only to ``OwnerSpace.{user}.forApp.>``;
 the vault's host bridge may subscribe to every ``forVault`` and publish to every ``forApp``, and nothing else.
+Requests to *another* user's vault (connections, data contracts) go on ``MessageSpace.{target}.forVault.{sender}.>``,
+which only ``sender`` may publish to (so the bridge and the target vault learn an authenticated sender), and the
+answers on ``MessageSpace.{sender}.forApp.{target}.>``, which only ``sender`` may subscribe to.
 They all live in the ``VAULT`` account, apart from the stack's other services (account ``SERVICES``, with
 JetStream, which clients that present no credentials land in: ``no_auth_user``), so vault traffic and service
 traffic never mix. The server reads the file :func:`render` writes (``STATE/vault/nats-auth.conf``, mode 0600,
@@ -34,6 +37,8 @@ __all__ = [
     "credentials",
     "for_app",
     "for_vault",
+    "peer_for_app",
+    "peer_for_vault",
     "render",
 ]
 
@@ -52,6 +57,16 @@ was relayed (a hint without secrets; each device then asks the vault for the sta
 
 def for_app(user: str, op: str) -> str:
     return f"OwnerSpace.{check_user(user)}.forApp.{op}"
+
+
+def peer_for_vault(target: str, sender: str, op: str) -> str:
+    """Where ``sender``'s app asks ``target``'s vault (only ``sender`` may publish here)."""
+    return f"MessageSpace.{check_user(target)}.forVault.{check_user(sender)}.{op}"
+
+
+def peer_for_app(sender: str, target: str, op: str) -> str:
+    """Where ``target``'s vault answers ``sender``'s app (only ``sender`` may subscribe here)."""
+    return f"MessageSpace.{check_user(sender)}.forApp.{check_user(target)}.{op}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +106,11 @@ def credentials(state: Path, user: str) -> Credentials:
     return issued
 
 
-def _user_entry(who: Credentials, publish: str, subscribe: str) -> str:
-    permissions = f"{{publish: [{_quote(publish)}], subscribe: [{_quote(subscribe)}]}}"
+def _user_entry(who: Credentials, publish: list[str], subscribe: list[str]) -> str:
+    def subjects(names: list[str]) -> str:
+        return ", ".join(_quote(name) for name in names)
+
+    permissions = f"{{publish: [{subjects(publish)}], subscribe: [{subjects(subscribe)}]}}"
     return f"{{user: {_quote(who.user)}, password: {_quote(who.password)}, permissions: {permissions}}}"
 
 
@@ -100,11 +118,19 @@ def render(state: Path) -> Path:
     """Write the authorization file for every issued credential; returns its path."""
     bridge = credentials(state, BRIDGE_USER)
     services = credentials(state, SERVICES_USER)
-    users = [_user_entry(bridge, "OwnerSpace.*.forApp.>", "OwnerSpace.*.forVault.>")]
+    users = [
+        _user_entry(
+            bridge,
+            ["OwnerSpace.*.forApp.>", "MessageSpace.*.forApp.>"],
+            ["OwnerSpace.*.forVault.>", "MessageSpace.*.forVault.>"],
+        )
+    ]
     for path in sorted(_users_dir(state).glob("*.json")):
         if path.stem not in (BRIDGE_USER, SERVICES_USER):
             person = credentials(state, path.stem)
-            users.append(_user_entry(person, for_vault(person.user, ">"), for_app(person.user, ">")))
+            publish = [for_vault(person.user, ">"), f"MessageSpace.*.forVault.{person.user}.>"]
+            subscribe = [for_app(person.user, ">"), f"MessageSpace.{person.user}.forApp.>"]
+            users.append(_user_entry(person, publish, subscribe))
     service_user = f"{{user: {_quote(services.user)}, password: {_quote(services.password)}}}"
     text = (
         "# written by enclavekit (services/vault/nats_auth.py); re-read on SIGHUP\n"

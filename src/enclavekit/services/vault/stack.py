@@ -30,6 +30,7 @@ from enclavekit.stack.up import EnclaveSpec, ServiceSpec, Stack, python_command
 
 if TYPE_CHECKING:
     from enclavekit.kms.measured import MeasuredKmsEndpoint
+    from enclavekit.services.vault.turn import TurnConfig
 
 __all__ = [
     "ENCLAVE_APP",
@@ -37,6 +38,7 @@ __all__ = [
     "expected_pcr0",
     "key_policy",
     "load_local",
+    "local_turn",
     "operator_key_path",
     "prepare_vault",
     "provision_vault_config",
@@ -129,6 +131,7 @@ def provision_vault_config(
     path, record = state / "vault" / "enclave-config.json", state / "vault" / "kms-key.json"
     operator, _ = load_or_create(operator_key_path(state))
     operators = (operator.public_key,)
+    turn = local_turn(state)
     expected_pcr0(state)  # the simulator's root must exist: its certificate goes into the configuration
     try:
         known = json.loads(record.read_text())
@@ -142,6 +145,7 @@ def provision_vault_config(
             and existing.kms_endpoint == endpoint
             and existing.operator_keys == operators
             and existing.recovery_delay == (recovery_delay or DEFAULT_RECOVERY_DELAY)
+            and existing.turn == turn
         ):
             return path, pcr0
     except (FileNotFoundError, ValueError, Error):
@@ -168,6 +172,7 @@ def provision_vault_config(
         quorum=replicas // 2 + 1,
         operator_keys=operators,
         recovery_delay=recovery_delay,
+        turn=turn,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -175,6 +180,19 @@ def provision_vault_config(
     kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=key_policy(pcr0))  # the last change it allows
     record.write_text(json.dumps({"pcr0": pcr0, "kms_url": kms_url, "key_id": key_id}))
     return path, pcr0
+
+
+def local_turn(state: Path) -> TurnConfig:
+    """The local stack's TURN relay settings for calls (``turn:127.0.0.1:3478``; a coturn started with
+    ``--use-auth-secret --static-auth-secret`` = the secret in ``STATE/vault/turn-secret``, made once, mode 0600)."""
+    import secrets
+
+    from enclavekit.services.vault.turn import TurnConfig
+
+    path = state / "vault" / "turn-secret"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32).encode())
+    return TurnConfig(("turn:127.0.0.1:3478",), path.read_bytes().strip(), 300)
 
 
 def operator_key_path(state: Path) -> Path:

@@ -22,12 +22,14 @@ __all__ = [
     "LEDGER_MERGE",
     "LEDGER_SNAPSHOT",
     "MESSAGE",
+    "PEER",
     "LedgerEntry",
     "LedgerMerge",
     "LedgerSnapshot",
     "LedgerSnapshotRequest",
     "Message",
     "MessageReply",
+    "PeerMessage",
     "VaultKey",
     "VaultKeyRequest",
 ]
@@ -50,6 +52,17 @@ class Message(BaseModel):
     op: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     envelope: str = Field(max_length=(MAX_ENVELOPE * 4) // 3 + 4)
     """The request envelope, base64."""
+
+
+class PeerMessage(BaseModel):
+    """A request from ``sender``'s app to ``user``'s vault (``MessageSpace.{user}.forVault.{sender}.{op}``: the
+    NATS server lets only ``sender``'s credentials publish there); the envelope is sealed to ``user``'s vault."""
+
+    model_config = {"extra": "forbid"}
+    user: str = Field(pattern=_USER_PATTERN)
+    sender: str = Field(pattern=_USER_PATTERN)
+    op: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    envelope: str = Field(max_length=(MAX_ENVELOPE * 4) // 3 + 4)
 
 
 class MessageReply(BaseModel):
@@ -95,6 +108,7 @@ class LedgerSnapshot(BaseModel):
 
 
 MESSAGE = Route("vault.message", Message, MessageReply)
+PEER = Route("vault.peer", PeerMessage, MessageReply)
 LEDGER_MERGE = Route("vault.ledger.merge", LedgerMerge, LedgerEntry)
 LEDGER_SNAPSHOT = Route("vault.ledger.snapshot", LedgerSnapshotRequest, LedgerSnapshot)
 KEY = Route("vault.key", VaultKeyRequest, VaultKey)

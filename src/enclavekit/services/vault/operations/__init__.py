@@ -48,6 +48,10 @@ class Request:
     op: str
     payload: Mapping[str, Any]
     now: float
+    sender: str | None = None
+    """For a peer request (``MessageSpace.{user}.forVault.{sender}.{op}``): the user whose app sent it."""
+    message_id: str = ""
+    """The envelope's message id (hex): a peer request's authorization is bound to it."""
 
 
 Handler = Callable[["VaultEnclave", Request], Awaitable[dict[str, Any]]]
