@@ -116,7 +116,7 @@ def serve_command(
 ) -> None:
     """Run the web app, the dispatcher and (by default) workers. Prints {"ready": true, "url": ...} when up."""
     from enclavekit.log import configure_logging
-    from enclavekit.services.trust.server import serve
+    from enclavekit.services.trust.runtime import serve
 
     configure_logging()
     try:
@@ -160,7 +160,7 @@ def worker_command(
 ) -> None:
     """Run a worker process: pull verification tasks from JetStream until stopped."""
     from enclavekit.log import configure_logging
-    from enclavekit.services.trust.server import run_worker
+    from enclavekit.services.trust.runtime import run_worker
 
     configure_logging()
     try:

@@ -37,13 +37,12 @@ if TYPE_CHECKING:
         RunningServer,
         ServerThread,
         announce,
-        free_port,
-        listen,
         running,
         serve_forever,
         stop_on_signals,
     )
     from enclavekit.hostkit._settings import load_settings, parse_sets, setting_names
+    from enclavekit.hostkit._socket import free_port, listen
 
 _LAZY: dict[str, str] = {
     "BodyLimit": "_body_limit",
@@ -60,8 +59,8 @@ _LAZY: dict[str, str] = {
     "RunningServer": "_server",
     "ServerThread": "_server",
     "announce": "_server",
-    "free_port": "_server",
-    "listen": "_server",
+    "free_port": "_socket",
+    "listen": "_socket",
     "running": "_server",
     "serve_forever": "_server",
     "stop_on_signals": "_server",
