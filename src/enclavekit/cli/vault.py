@@ -10,7 +10,6 @@ credentials and reloads the server). Each takes ``--state DIR`` and ``--json``. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -103,30 +102,48 @@ def _run_as_user(
 
 @vault_app.command("bridge")
 def bridge_command(
-    nats_url: str = typer.Option(..., "--nats", help="NATS URL with the bridge's credentials."),
-    enclave: list[str] = typer.Option(..., "--enclave", help="A vault enclave's address (repeatable)."),
-    pcr0: list[str] = typer.Option(..., "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
+    nats_url: str | None = typer.Option(None, "--nats", help="NATS URL with the bridge's credentials."),
+    enclave: list[str] = typer.Option([], "--enclave", help="A vault enclave's address (repeatable)."),
+    pcr0: list[str] = typer.Option([], "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
     trust_sim_root: list[Path] = typer.Option([], "--trust-sim-root", help="Trust this state folder's simulator CA."),
+    sets: list[str] = typer.Option([], "--set", help="A setting KEY=VALUE of the bridge (repeatable)."),
 ) -> None:
-    """Relay envelopes between NATS and the vault enclave (host side; sees only ciphertext)."""
+    """Relay envelopes between NATS and the vault enclave (host side; sees only ciphertext).
+
+    Settings: ``ENCLAVEKIT_VAULT_<KEY>`` < ``--set KEY=VALUE`` < the options above (lists comma-separated)."""
     from enclavekit.attestation.roots import aws_nitro_root
+    from enclavekit.hostkit import announce, load_settings, stop_on_signals
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge
+    from enclavekit.services.vault.settings import BridgeSettings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    roots = [aws_nitro_root(), *(load_root(folder) for folder in trust_sim_root)]
+    try:
+        settings = load_settings(
+            BridgeSettings,
+            service="vault",
+            sets=sets,
+            nats_url=nats_url,
+            enclaves=tuple(enclave) or None,
+            pcr0=tuple(pcr0) or None,
+            simulator_roots=tuple(trust_sim_root) or None,
+        )
+        roots = [aws_nitro_root(), *(load_root(folder) for folder in settings.simulator_roots)]
+    except Error as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
 
     async def run() -> None:
-        bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
-        await bridge.start()
-        print(json.dumps({"ready": True, "enclaves": enclave}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await bridge.close()
+        bridge = VaultBridge(settings.nats_url, settings.enclaves, [bytes.fromhex(p) for p in settings.pcr0], roots)
+        with stop_on_signals(asyncio.Event()) as stop:
+            await bridge.start()
+            try:
+                announce({"enclaves": list(settings.enclaves)})
+                await stop.wait()
+            finally:
+                await bridge.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run())
 
 
 @vault_app.command("credentials")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from enclavekit.errors import Error
@@ -28,8 +28,8 @@ class BodyLimit:
       response has started.
 
     The app still sees the body chunk by chunk: a slow sender holds one chunk in memory, not the whole body.
-    ``render`` turns an error into ``(status, content type, body)``: the service's envelope (default: the
-    kit's; the KMS emulator passes AWS's)."""
+    ``render`` turns an error into ``(status, headers, body)``: the service's envelope (default: the kit's; the
+    KMS emulator passes AWS's)."""
 
     def __init__(
         self,
@@ -38,7 +38,7 @@ class BodyLimit:
         limit: int,
         too_large: Callable[[str], Error] = PayloadTooLarge,
         invalid: Callable[[str], Error] = InvalidContentLength,
-        render: Callable[[Error], tuple[int, str, bytes]] = render_envelope,
+        render: Callable[[Error], tuple[int, Mapping[str, str], bytes]] = render_envelope,
     ) -> None:
         if limit < 0:
             raise ValueError("the body limit must be >= 0")
@@ -98,11 +98,8 @@ class BodyLimit:
             await self._answer(send, refused)
 
     async def _answer(self, send: _Send, error: Error) -> None:
-        status, content_type, body = self.render(error)
-        headers = [
-            (b"content-type", content_type.encode("latin-1")),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
+        status, extra, body = self.render(error)
+        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
+        headers += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

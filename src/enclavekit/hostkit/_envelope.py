@@ -80,10 +80,10 @@ def envelope(error: Error, *, rejected_status: int = 400) -> tuple[int, dict[str
     return status, body
 
 
-def render_envelope(error: Error) -> tuple[int, str, bytes]:
-    """``(status, content type, body)`` of the envelope, for code below the web framework (ASGI middleware)."""
+def render_envelope(error: Error) -> tuple[int, Mapping[str, str], bytes]:
+    """``(status, headers, body)`` of the envelope, for code below the web framework (ASGI middleware)."""
     status, body = envelope(error)
-    return status, "application/json", json.dumps(body).encode()
+    return status, {"content-type": "application/json"}, json.dumps(body).encode()
 
 
 def describe_validation(errors: Iterable[Mapping[str, Any]], *, located_in_request: bool) -> str:

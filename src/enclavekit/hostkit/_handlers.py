@@ -79,6 +79,8 @@ def install_error_handlers(
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc.__cause__, Error):  # FastAPI wraps what reading the body raised (the body limit) in a 400
+            return answer(request, exc.__cause__)
         code = _FRAMEWORK_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
         message = "no such page" if exc.status_code == 404 else str(exc.detail)
         return answer(request, HttpProblem(message, code=code, http_status=exc.status_code))
