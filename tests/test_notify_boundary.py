@@ -31,7 +31,7 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.runtime import expected_pcr0, image_files
 from enclavekit.errors import Error
-from enclavekit.hostkit import ServerThread
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.kms.keystore import KeyStore
 from enclavekit.kms.service import KmsService
 from enclavekit.nsm import load_root

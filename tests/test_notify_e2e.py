@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
-from enclavekit.hostkit import ServerThread
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.client import ApiError, NotifyClient
 from enclavekit.services.notify.fake_braze import FakeBraze

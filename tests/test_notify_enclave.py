@@ -28,7 +28,7 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import RelayStats
-from enclavekit.hostkit import ServerThread
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.rpc.address import TcpAddress
 from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp

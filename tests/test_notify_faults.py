@@ -22,7 +22,7 @@ import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
-from enclavekit.hostkit import ServerThread
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.pushid import seal_push_id

@@ -13,7 +13,7 @@ from enclavekit.errors import ConfigurationError
 from enclavekit.host.attestation_endpoint import attestation_app
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits
-from enclavekit.hostkit import announce, running, stop_on_signals
+from enclavekit.hostkit.server import announce, running, stop_on_signals
 from enclavekit.rpc import Address, TcpAddress, parse_address
 
 __all__ = ["relay_command"]

@@ -46,9 +46,9 @@ SETS = typer.Option([], "--set", help="A setting KEY=VALUE (repeatable; lists co
 
 
 def _settings(state: Path | None, sets: list[str]) -> Any:
-    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.load_settings`): defaults <
+    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.settings.load_settings`): defaults <
     ``ENCLAVEKIT_NOTIFY_<KEY>`` < ``--set KEY=VALUE`` (< ``--state``, unless ``--set state_dir=`` is given)."""
-    from enclavekit.hostkit import load_settings
+    from enclavekit.hostkit.settings import load_settings
     from enclavekit.services.notify.settings import NotifySettings
 
     given_state = any(item.partition("=")[0].strip() == "state_dir" for item in sets)

@@ -22,7 +22,7 @@ from rich.console import Console
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE, parse_at
 from enclavekit.cli._app import app, no_stack_message, running_stack
 from enclavekit.errors import Error
-from enclavekit.hostkit import load_settings
+from enclavekit.hostkit.settings import load_settings
 from enclavekit.services.trust.client import TERMINAL, TrustApiError, TrustClient
 from enclavekit.services.trust.errors import EndpointUnavailable
 from enclavekit.services.trust.model import Kind, TargetOptions
@@ -62,7 +62,7 @@ def _settings(
     sets: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> TrustSettings:
-    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.load_settings`): defaults <
+    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.settings.load_settings`): defaults <
     ``ENCLAVEKIT_TRUST_<KEY>`` < ``--set KEY=VALUE`` < this command's own options."""
     given = {item.partition("=")[0].strip() for item in sets}
     overrides: dict[str, Any] = {

@@ -26,7 +26,8 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.app import ATTESTATION, HEALTH, AttestationRequest, HealthRequest
 from enclavekit.errors import Error
-from enclavekit.hostkit import BodyLimit, install_error_handlers
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.handlers import install_error_handlers
 from enclavekit.rpc import ClientOptions
 
 __all__ = ["MAX_NONCE", "attestation_app"]

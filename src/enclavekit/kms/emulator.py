@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from enclavekit.errors import Error
-from enclavekit.hostkit import BodyLimit, ServerThread, running
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.server import ServerThread, running
 from enclavekit.kms.errors import (
     KmsInternal,
     KmsRejected,

@@ -29,7 +29,7 @@ from typing import Any
 
 from enclavekit.backoff import exponential_backoff
 from enclavekit.errors import InfrastructureError
-from enclavekit.hostkit import free_port
+from enclavekit.hostkit.sockets import free_port
 
 __all__ = [
     "ChildFailed",

@@ -109,7 +109,8 @@ class Gateway:
 
     async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """``GET /metrics`` in the Prometheus text format, served by the host kit's runner (no body accepted)."""
-        from enclavekit.hostkit import BodyLimit, running
+        from enclavekit.hostkit.body_limit import BodyLimit
+        from enclavekit.hostkit.server import running
 
         server = await self._exits.enter_async_context(
             running(BodyLimit(self._metrics_app, limit=0), host=host, port=port, lifespan="off")

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from enclavekit import __version__
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error, InfrastructureError
-from enclavekit.hostkit import BodyLimit, install_error_handlers
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.handlers import install_error_handlers
 from enclavekit.services.notify.errors import (
     AssetExists,
     BadRequest,

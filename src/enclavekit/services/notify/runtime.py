@@ -24,7 +24,9 @@ from starlette.routing import Route
 
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
-from enclavekit.hostkit import BodyLimit, PayloadTooLarge, describe_validation, envelope, serve_forever
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.errors import PayloadTooLarge, describe_validation, envelope
+from enclavekit.hostkit.server import serve_forever
 from enclavekit.services.notify.api import ApiDeps, create_app
 from enclavekit.services.notify.dispatcher import Dispatcher
 from enclavekit.services.notify.enclave_link import enclave_client, initialize_enclave

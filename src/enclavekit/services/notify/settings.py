@@ -3,7 +3,7 @@
 Defaults put everything in one state folder (``STATE/notify/notify.db`` for SQLite); a PostgreSQL URL, a NATS
 cluster, AWS KMS or the real World ID sequencer are settings, not code paths. Environment variables
 ``ENCLAVEKIT_NOTIFY_<FIELD>`` override the defaults; ``--set FIELD=VALUE`` overrides both (the host kit's
-:func:`~enclavekit.hostkit.load_settings`).
+:func:`~enclavekit.hostkit.settings.load_settings`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enclavekit.hostkit import free_port
+from enclavekit.hostkit.sockets import free_port
 from enclavekit.stack.tls import ProviderTls
 from enclavekit.stack.up import nats_server_binary
 

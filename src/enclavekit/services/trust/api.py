@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.middleware.cors import CORSMiddleware
 
 from enclavekit import __version__
-from enclavekit.hostkit import BodyLimit, install_error_handlers
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.handlers import install_error_handlers
 from enclavekit.services.trust.errors import DatabaseUnavailable, UploadTooLarge
 from enclavekit.services.trust.queue import TaskQueue
 from enclavekit.services.trust.routes import json_api, pages

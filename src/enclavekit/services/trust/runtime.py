@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from enclavekit.hostkit import announce, listen, stop_on_signals
-from enclavekit.hostkit import running as http_server
+from enclavekit.hostkit.server import announce, stop_on_signals
+from enclavekit.hostkit.server import running as http_server
+from enclavekit.hostkit.sockets import listen
 from enclavekit.services.trust.api import create_app
 from enclavekit.services.trust.dispatcher import Dispatcher
 from enclavekit.services.trust.queue import TaskQueue

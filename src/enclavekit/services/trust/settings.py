@@ -3,7 +3,7 @@
 One state folder holds everything by default (``STATE/trust/``: the SQLite file, the object folder, cached
 collateral, the EAR signing key); each piece can point elsewhere instead (a PostgreSQL URL, an ``s3://`` bucket, a
 NATS cluster). Environment variables ``ENCLAVEKIT_TRUST_<FIELD>`` override the defaults, ``--set FIELD=VALUE``
-and the CLI's own options override both (the host kit's :func:`~enclavekit.hostkit.load_settings`).
+and the CLI's own options override both (the host kit's :func:`~enclavekit.hostkit.settings.load_settings`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from enclavekit import __version__
 from enclavekit.errors import Rejected
-from enclavekit.hostkit import http_status
+from enclavekit.hostkit.errors import http_status
 from enclavekit.services.trust.badge import badge_svg
 from enclavekit.services.trust.errors import NotFound
 from enclavekit.services.trust.model import AppRecord

@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from enclavekit.hostkit._socket import listen
+from enclavekit.hostkit.sockets import listen
 
 __all__ = [
     "RunningServer",

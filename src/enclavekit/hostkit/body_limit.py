@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from enclavekit.errors import Error
-from enclavekit.hostkit._envelope import InvalidContentLength, PayloadTooLarge, render_envelope
+from enclavekit.hostkit.errors import InvalidContentLength, PayloadTooLarge, render_envelope
 
 __all__ = ["BodyLimit"]
 
@@ -24,7 +24,7 @@ class BodyLimit:
       (the body is never read);
     * a body without one (chunked) or longer than it said: counted as it streams; the chunk that crosses the
       limit raises ``too_large`` inside the app's ``receive()`` — the app's own error handling answers it (a
-      FastAPI app with :func:`~enclavekit.hostkit.install_error_handlers`), else this middleware does if no
+      FastAPI app with :func:`~enclavekit.hostkit.handlers.install_error_handlers`), else this middleware does if no
       response has started.
 
     The app still sees the body chunk by chunk: a slow sender holds one chunk in memory, not the whole body.

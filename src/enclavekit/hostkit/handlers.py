@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from enclavekit.errors import Error, Rejected
-from enclavekit.hostkit._envelope import BadRequest, describe_validation, envelope
+from enclavekit.hostkit.errors import BadRequest, describe_validation, envelope
 
 __all__ = ["HttpProblem", "install_error_handlers"]
 
