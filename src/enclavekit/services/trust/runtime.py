@@ -101,8 +101,8 @@ async def serve(
         url = settings.public_url or f"http://{host}:{listener.getsockname()[1]}"
         app = create_app(service, queue=queue, listen_url=url)
         exits.push_async_callback(_finish, running, grace=10.0)
-        exits.callback(stop.set)
         web = await exits.enter_async_context(http_server(app, sock=listener, lifespan="off"))
+        exits.callback(stop.set)  # on the way out: loops stop first, then the server, then _finish waits for them
         if enclaves:
             touched = await asyncio.to_thread(service.register_stack_enclaves, enclaves)
             logger.info("registered %d enclave(s) of the local stack", len(touched))
