@@ -397,7 +397,7 @@ def test_a_dataclass_settings_class_is_typed_the_same_way() -> None:
 def test_the_kit_package_and_its_pure_modules_load_no_web_framework() -> None:
     code = (
         "import sys; import enclavekit.hostkit, enclavekit.hostkit.errors, enclavekit.hostkit.sockets, "
-        "enclavekit.hostkit.settings; "
+        "enclavekit.hostkit.settings, enclavekit.hostkit.process; "
         "print(sorted(m for m in ('uvicorn', 'fastapi', 'starlette', 'sqlalchemy', 'jinja2') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

@@ -10,10 +10,9 @@ import typer
 
 from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
-from enclavekit.host.attestation_endpoint import attestation_app
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits
-from enclavekit.hostkit.server import announce, running, stop_on_signals
+from enclavekit.hostkit.process import announce, stop_on_signals
 from enclavekit.rpc import Address, TcpAddress, parse_address
 
 __all__ = ["relay_command"]
@@ -77,6 +76,9 @@ async def _serve(
         exits.push_async_callback(relay.close)
         ready: dict[str, object] = {"url": f"tcp://{host}:{port}", "upstream": str(upstream)}
         if isinstance(http, TcpAddress):
+            from enclavekit.host.attestation_endpoint import attestation_app  # a web framework: only then
+            from enclavekit.hostkit.server import running
+
             app = attestation_app(str(upstream), roots=roots)
             server = await exits.enter_async_context(running(app, host=http.host, port=http.port, lifespan="on"))
             ready["attestation_url"] = f"{server.url}/attestation"

@@ -165,7 +165,7 @@ def gateway_command(
     """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT.
 
     Settings: defaults < ``ENCLAVEKIT_INFERENCE_<KEY>`` < ``--set KEY=VALUE`` < the options above."""
-    from enclavekit.hostkit.server import announce, stop_on_signals
+    from enclavekit.hostkit.process import announce, stop_on_signals
     from enclavekit.hostkit.settings import load_settings
     from enclavekit.services.inference.gateway import Gateway
     from enclavekit.services.inference.protections import ProtectionSettings

@@ -16,7 +16,7 @@ import typer
 
 from enclavekit.cli._app import app
 from enclavekit.errors import Error
-from enclavekit.hostkit.server import announce, stop_on_signals
+from enclavekit.hostkit.process import announce, stop_on_signals
 from enclavekit.kms.emulator import DEFAULT_PORT, RunningEmulator, open_service, serve
 from enclavekit.kms.service import DEFAULT_ACCOUNT, DEFAULT_REGION
 from enclavekit.nsm.ca import load_root

@@ -112,7 +112,7 @@ def bridge_command(
 
     Settings: ``ENCLAVEKIT_VAULT_<KEY>`` < ``--set KEY=VALUE`` < the options above (lists comma-separated)."""
     from enclavekit.attestation.roots import aws_nitro_root
-    from enclavekit.hostkit.server import announce, stop_on_signals
+    from enclavekit.hostkit.process import announce, stop_on_signals
     from enclavekit.hostkit.settings import load_settings
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge

@@ -2,8 +2,9 @@
 configured the same way (see ``docs/services.md`` and ADR 0019). One module per concept:
 
 * :mod:`.server` — the runner: :func:`~.server.running` (an ``async with``), :class:`~.server.ServerThread`,
-  :func:`~.server.serve_forever` (a process's main loop), :func:`~.server.announce` (the ready line
-  ``enclavekit up`` waits for), :func:`~.server.stop_on_signals`; uvicorn without its signal capture;
+  :func:`~.server.serve_forever` (a process's main loop); uvicorn without its signal capture;
+* :mod:`.process` — :func:`~.process.announce` (the ready line ``enclavekit up`` waits for),
+  :func:`~.process.stop_on_signals`, for every host process, HTTP or not;
 * :mod:`.sockets` — :func:`~.sockets.listen` (``IPPROTO_TCP``, closed if it cannot bind), :func:`~.sockets.free_port`;
 * :mod:`.body_limit` — :class:`~.body_limit.BodyLimit`, the streaming request-body limit (ASGI middleware);
 * :mod:`.errors` — the envelope ``{"allowRetry", "error": {"code", "message"}}`` and the status an error maps to
@@ -13,7 +14,7 @@ configured the same way (see ``docs/services.md`` and ADR 0019). One module per 
   options.
 
 Backoff is :func:`enclavekit.backoff.exponential_backoff`; migrations are :mod:`enclavekit.database`. Nothing is
-imported here: :mod:`.sockets`, :mod:`.errors` and :mod:`.settings` load no web framework.
+imported here: :mod:`.process`, :mod:`.sockets`, :mod:`.errors` and :mod:`.settings` load no web framework.
 """
 
 __all__: list[str] = []

@@ -5,17 +5,14 @@ ready line.
 :class:`ServerThread` does the same from its own thread (synchronous callers: tests, benchmarks, boto3);
 :func:`serve_forever` is a process's main loop (until SIGINT/SIGTERM, then prints nothing more). Every process
 that ``enclavekit up`` starts announces itself with one JSON line ``{"ready": true, "url": ...}`` on stdout
-(:func:`announce`).
+(:func:`~enclavekit.hostkit.process.announce`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
 import socket
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,25 +21,18 @@ from typing import Any
 
 import uvicorn
 
+from enclavekit.hostkit.process import announce, stop_on_signals
 from enclavekit.hostkit.sockets import listen
 
 __all__ = [
     "RunningServer",
     "ServerThread",
-    "announce",
     "running",
     "serve_forever",
-    "stop_on_signals",
 ]
 
 Tls = tuple[str | Path, str | Path]
 """``(certificate chain file, private key file)``, both PEM."""
-
-
-def announce(message: Mapping[str, Any]) -> None:
-    """Print the ready line (one JSON object with ``"ready": true``) that ``enclavekit up`` waits for."""
-    sys.stdout.write(json.dumps({"ready": True, **message}) + "\n")
-    sys.stdout.flush()
 
 
 class _Server(uvicorn.Server):
@@ -118,19 +108,6 @@ async def running(
     finally:
         if owned:
             listener.close()
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Iterator[asyncio.Event]:
-    """Set ``stop`` on SIGINT or SIGTERM while the block runs (on the running loop); the handlers go after."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 async def serve_forever(

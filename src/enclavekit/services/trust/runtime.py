@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from enclavekit.hostkit.server import announce, stop_on_signals
+from enclavekit.hostkit.process import announce, stop_on_signals
 from enclavekit.hostkit.server import running as http_server
 from enclavekit.hostkit.sockets import listen
 from enclavekit.services.trust.api import create_app
