@@ -12,7 +12,7 @@ from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits
-from enclavekit.hostkit.process import announce, stop_on_signals
+from enclavekit.hostkit.process import announce, run_until_stopped, stop_on_signals
 from enclavekit.rpc import Address, TcpAddress, parse_address
 
 __all__ = ["relay_command"]
@@ -100,12 +100,10 @@ def egress_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
-    async def serve() -> None:
-        with stop_on_signals(asyncio.Event()) as stop:
-            proxy = EgressProxy(allowlist, limits=RelayLimits(max_connections=max_connections))
-            bound = await proxy.start(address)
-            announce({"url": str(bound), "allow": sorted(f"{h}:{p}" for h, p in allowlist)})
-            await stop.wait()
-            await proxy.close()
+    proxy = EgressProxy(allowlist, limits=RelayLimits(max_connections=max_connections))
 
-    asyncio.run(serve())
+    async def start() -> dict[str, object]:
+        bound = await proxy.start(address)
+        return {"url": str(bound), "allow": sorted(f"{h}:{p}" for h, p in allowlist)}
+
+    asyncio.run(run_until_stopped(start, proxy.close))

@@ -165,7 +165,7 @@ def gateway_command(
     """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT.
 
     Settings: defaults < ``ENCLAVEKIT_INFERENCE_<KEY>`` < ``--set KEY=VALUE`` < the options above."""
-    from enclavekit.hostkit.process import announce, stop_on_signals
+    from enclavekit.hostkit.process import run_until_stopped
     from enclavekit.hostkit.settings import load_settings
     from enclavekit.services.inference.gateway import Gateway
     from enclavekit.services.inference.protections import ProtectionSettings
@@ -190,18 +190,14 @@ def gateway_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    async def main() -> None:
-        gateway = Gateway(upstream, settings)
-        with stop_on_signals(asyncio.Event()) as stop:
-            try:
-                bound_host, bound_port = await gateway.start(host, port)
-                ready: dict[str, object] = {"url": f"tcp://{bound_host}:{bound_port}"}
-                if metrics_port is not None:
-                    metrics_host, bound_metrics = await gateway.start_metrics(host, metrics_port)
-                    ready["metrics_url"] = f"http://{metrics_host}:{bound_metrics}/metrics"
-                announce(ready)
-                await stop.wait()
-            finally:
-                await gateway.close()
+    gateway = Gateway(upstream, settings)
 
-    asyncio.run(main())
+    async def start() -> dict[str, object]:
+        bound_host, bound_port = await gateway.start(host, port)
+        ready: dict[str, object] = {"url": f"tcp://{bound_host}:{bound_port}"}
+        if metrics_port is not None:
+            metrics_host, bound_metrics = await gateway.start_metrics(host, metrics_port)
+            ready["metrics_url"] = f"http://{metrics_host}:{bound_metrics}/metrics"
+        return ready
+
+    asyncio.run(run_until_stopped(start, gateway.close))

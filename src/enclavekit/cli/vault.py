@@ -112,7 +112,7 @@ def bridge_command(
 
     Settings: ``ENCLAVEKIT_VAULT_<KEY>`` < ``--set KEY=VALUE`` < the options above (lists comma-separated)."""
     from enclavekit.attestation.roots import aws_nitro_root
-    from enclavekit.hostkit.process import announce, stop_on_signals
+    from enclavekit.hostkit.process import run_until_stopped
     from enclavekit.hostkit.settings import load_settings
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge
@@ -134,17 +134,13 @@ def bridge_command(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
 
-    async def run() -> None:
-        bridge = VaultBridge(settings.nats_url, settings.enclaves, [bytes.fromhex(p) for p in settings.pcr0], roots)
-        with stop_on_signals(asyncio.Event()) as stop:
-            await bridge.start()
-            try:
-                announce({"enclaves": list(settings.enclaves)})
-                await stop.wait()
-            finally:
-                await bridge.close()
+    bridge = VaultBridge(settings.nats_url, settings.enclaves, [bytes.fromhex(p) for p in settings.pcr0], roots)
 
-    asyncio.run(run())
+    async def start() -> dict[str, Any]:
+        await bridge.start()
+        return {"enclaves": list(settings.enclaves)}
+
+    asyncio.run(run_until_stopped(start, bridge.close))
 
 
 @vault_app.command("credentials")

@@ -10,10 +10,10 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["announce", "stop_on_signals"]
+__all__ = ["announce", "run_until_stopped", "stop_on_signals"]
 
 
 def announce(message: Mapping[str, Any]) -> None:
@@ -33,3 +33,17 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def run_until_stopped(
+    start: Callable[[], Awaitable[Mapping[str, Any]]], close: Callable[[], Awaitable[None]]
+) -> None:
+    """A host process that is not one HTTP server (a relay, a gateway, a bridge): ``start()``, print the ready
+    line with what it returned, wait for SIGINT/SIGTERM, then ``close()`` (also when the wait is cancelled)."""
+    with stop_on_signals(asyncio.Event()) as stop:
+        ready = await start()
+        try:
+            announce(ready)
+            await stop.wait()
+        finally:
+            await close()
