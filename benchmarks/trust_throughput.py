@@ -36,16 +36,11 @@ from typing import Any
 
 import httpx
 
+from enclavekit.hostkit.sockets import free_port
 from enclavekit.stack.up import nats_server_binary
 
 FIXTURES = Path(os.environ.get("ENCLAVEKIT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 CLI = [sys.executable, "-m", "enclavekit.cli"]
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_port(port: int) -> None:
@@ -185,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     paced, burst, rate = (40, 150, 10.0) if args.quick else (200, 1000, 10.0)
     root = Path(tempfile.mkdtemp(prefix="trust-bench-"))
-    port = _port()
+    port = free_port()
     nats = subprocess.Popen(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(root / "nats")],
         stdout=subprocess.DEVNULL,

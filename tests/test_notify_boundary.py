@@ -31,6 +31,7 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.runtime import expected_pcr0, image_files
 from enclavekit.errors import Error
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.kms.keystore import KeyStore
 from enclavekit.kms.service import KmsService
 from enclavekit.nsm import load_root
@@ -45,7 +46,6 @@ from enclavekit.services.notify.enclave_config import (
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.provision import enclave_key_policy
 from enclavekit.services.notify.pushid import seal_push_id
-from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.testing import CLI, Harness, Running, start
 from enclavekit.services.notify.wire import (
     INITIALIZE,

@@ -23,11 +23,11 @@ import psycopg
 import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.client import ApiError, NotifyClient
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.ingest import sender_hmac
-from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import NotifyStore, create_engine
 from enclavekit.services.notify.testing import CLI, Harness
 from enclavekit.services.notify.worldid import load_stand_in_secret, mint_proof

@@ -28,13 +28,13 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import RelayStats
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.rpc.address import TcpAddress
 from enclavekit.services.notify.braze import BrazeProvider, TunnelHttp
 from enclavekit.services.notify.errors import NotInitialized
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.pushid import seal_push_id
-from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.testing import CLI, Harness, start
 from enclavekit.services.notify.wire import (
     ATTESTATION_DOC,

@@ -30,10 +30,10 @@ import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.pushid import seal_push_id
-from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.settings import NotifySettings
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import CLI, Harness, Running

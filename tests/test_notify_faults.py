@@ -22,10 +22,10 @@ import pytest
 
 from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
+from enclavekit.hostkit.server import ServerThread
 from enclavekit.nsm import load_root
 from enclavekit.services.notify.fake_braze import FakeBraze
 from enclavekit.services.notify.pushid import seal_push_id
-from enclavekit.services.notify.servers import ServerThread
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.testing import Harness
 from enclavekit.services.notify.wire import SECRET_KEY, Notification, SecretKeyRequest

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from enclavekit.hostkit.sockets import free_port
 from tests.nitro_samples import samples
 from tests.polling import wait_for
 from tests.test_trust_helpers import (
@@ -31,7 +32,6 @@ from tests.test_trust_helpers import (
     TrustProcess,
     drop_postgres,
     fast_env,
-    free_port,
     nats_server,  # noqa: F401  (fixture)
     postgres_url,  # noqa: F401  (fixture)
     serve_argv,

@@ -25,17 +25,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from enclavekit.hostkit.sockets import free_port
 from enclavekit.stack.up import nats_server_binary
 from tests.conftest import fixtures_dir
 
 CLI = [sys.executable, "-m", "enclavekit.cli"]
 PG_URL = os.environ.get("ENCLAVEKIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

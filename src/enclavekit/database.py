@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["WRITE", "create_engine", "upgrade"]
+__all__ = ["WRITE", "create_engine", "run_migrations", "upgrade"]
 
 WRITE: dict[str, Any] = {"enclavekit_write": True}
 """Execution options of a connection that will write: SQLite takes its write lock at BEGIN."""
@@ -62,3 +62,17 @@ def upgrade(engine: Engine, script_location: Path, revision: str = "head") -> No
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         connection.commit()
+
+
+def run_migrations(metadata: sa.MetaData, version_table: str) -> None:
+    """The whole of a service's Alembic ``env.py``: migrate online, on the connection :func:`upgrade` hands over
+    (batch mode on SQLite, whose ALTER TABLE is limited), recording versions in ``version_table``."""
+    connection = context.config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=version_table,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

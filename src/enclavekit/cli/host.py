@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
 from pathlib import Path
 
 import typer
-import uvicorn
 
 from enclavekit.cli._app import app
 from enclavekit.errors import ConfigurationError
-from enclavekit.host.attestation_endpoint import attestation_app
 from enclavekit.host.egress import EgressProxy, parse_allowlist
 from enclavekit.host.relay import Relay, RelayLimits
+from enclavekit.hostkit.process import announce, run_until_stopped, stop_on_signals
 from enclavekit.rpc import Address, TcpAddress, parse_address
 
 __all__ = ["relay_command"]
@@ -63,10 +60,6 @@ async def _serve(
     idle_timeout: float,
     capture: Path | None,
 ) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     limits = RelayLimits(max_connections=max_connections, idle_timeout=idle_timeout)
     tap = None
     if capture is not None:
@@ -77,32 +70,20 @@ async def _serve(
             sink.flush()
 
     relay = Relay(upstream, limits=limits, tap=tap)
-    host, port = await relay.start(listen.host, listen.port)
-    ready: dict[str, object] = {"ready": True, "url": f"tcp://{host}:{port}", "upstream": str(upstream)}
-    server: uvicorn.Server | None = None
-    serving: asyncio.Task[None] | None = None
-    if isinstance(http, TcpAddress):
-        config = uvicorn.Config(
-            attestation_app(str(upstream), roots=roots),
-            host=http.host,
-            port=http.port,
-            log_level="warning",
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.02)
-        ready["attestation_url"] = f"http://{http.host}:{http.port}/attestation"
-    print(json.dumps(ready), flush=True)
-    await stop.wait()
-    if server is not None and serving is not None:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
-    await relay.close()
+    async with contextlib.AsyncExitStack() as exits:
+        stop = exits.enter_context(stop_on_signals(asyncio.Event()))
+        host, port = await relay.start(listen.host, listen.port)
+        exits.push_async_callback(relay.close)
+        ready: dict[str, object] = {"url": f"tcp://{host}:{port}", "upstream": str(upstream)}
+        if isinstance(http, TcpAddress):
+            from enclavekit.host.attestation_endpoint import attestation_app  # a web framework: only then
+            from enclavekit.hostkit.server import running
+
+            app = attestation_app(str(upstream), roots=roots)
+            server = await exits.enter_async_context(running(app, host=http.host, port=http.port, lifespan="on"))
+            ready["attestation_url"] = f"{server.url}/attestation"
+        announce(ready)
+        await stop.wait()
 
 
 @host_app.command("egress")
@@ -119,18 +100,10 @@ def egress_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        proxy = EgressProxy(allowlist, limits=RelayLimits(max_connections=max_connections))
-        bound = await proxy.start(address)
-        print(
-            json.dumps({"ready": True, "url": str(bound), "allow": sorted(f"{h}:{p}" for h, p in allowlist)}),
-            flush=True,
-        )
-        await stop.wait()
-        await proxy.close()
+    proxy = EgressProxy(allowlist, limits=RelayLimits(max_connections=max_connections))
 
-    asyncio.run(serve())
+    async def start() -> dict[str, object]:
+        bound = await proxy.start(address)
+        return {"url": str(bound), "allow": sorted(f"{h}:{p}" for h, p in allowlist)}
+
+    asyncio.run(run_until_stopped(start, proxy.close))

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import json
 import logging
-import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,23 +147,35 @@ def gateway_command(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(0, "--port", help="Port (0: any free port)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve GET /metrics here."),
-    rate: float = typer.Option(200.0, "--rate", help="Token bucket: requests per second."),
-    burst: int = typer.Option(400, "--burst", help="Token bucket: burst."),
-    max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests in flight to the enclave at most."),
-    max_wait: float = typer.Option(2.0, "--max-wait", help="Seconds a request may wait for a token or a slot."),
-    error_ratio: float = typer.Option(0.2, "--breaker-error-ratio"),
-    min_requests: int = typer.Option(50, "--breaker-min-requests"),
-    window: float = typer.Option(10.0, "--breaker-window"),
-    open_seconds: float = typer.Option(5.0, "--breaker-open-seconds"),
-    response_timeout: float = typer.Option(30.0, "--response-timeout"),
+    rate: float | None = typer.Option(None, "--rate", help="Token bucket: requests per second (default 200)."),
+    burst: int | None = typer.Option(None, "--burst", help="Token bucket: burst (default 400)."),
+    max_in_flight: int | None = typer.Option(
+        None, "--max-in-flight", help="Requests in flight to the enclave at most (default 64)."
+    ),
+    max_wait: float | None = typer.Option(
+        None, "--max-wait", help="Seconds a request may wait for a token or a slot (default 2)."
+    ),
+    error_ratio: float | None = typer.Option(None, "--breaker-error-ratio", help="Default 0.2."),
+    min_requests: int | None = typer.Option(None, "--breaker-min-requests", help="Default 50."),
+    window: float | None = typer.Option(None, "--breaker-window", help="Default 10 s."),
+    open_seconds: float | None = typer.Option(None, "--breaker-open-seconds", help="Default 5 s."),
+    response_timeout: float | None = typer.Option(None, "--response-timeout", help="Default 30 s."),
+    sets: list[str] = typer.Option([], "--set", help="A setting KEY=VALUE of the gateway (repeatable)."),
 ) -> None:
-    """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT."""
+    """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT.
+
+    Settings: defaults < ``ENCLAVEKIT_INFERENCE_<KEY>`` < ``--set KEY=VALUE`` < the options above."""
+    from enclavekit.hostkit.process import run_until_stopped
+    from enclavekit.hostkit.settings import load_settings
     from enclavekit.services.inference.gateway import Gateway
     from enclavekit.services.inference.protections import ProtectionSettings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = ProtectionSettings(
+        settings = load_settings(
+            ProtectionSettings,
+            service="inference",
+            sets=sets,
             rate=rate,
             burst=burst,
             max_in_flight=max_in_flight,
@@ -179,21 +190,14 @@ def gateway_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    async def main() -> None:
-        gateway = Gateway(upstream, settings)
+    gateway = Gateway(upstream, settings)
+
+    async def start() -> dict[str, object]:
         bound_host, bound_port = await gateway.start(host, port)
-        ready: dict[str, object] = {"ready": True, "url": f"tcp://{bound_host}:{bound_port}"}
+        ready: dict[str, object] = {"url": f"tcp://{bound_host}:{bound_port}"}
         if metrics_port is not None:
             metrics_host, bound_metrics = await gateway.start_metrics(host, metrics_port)
             ready["metrics_url"] = f"http://{metrics_host}:{bound_metrics}/metrics"
-        print(json.dumps(ready), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await gateway.close()
+        return ready
 
-    asyncio.run(main())
+    asyncio.run(run_until_stopped(start, gateway.close))

@@ -8,9 +8,7 @@ usage or configuration error (an unusable state folder, a missing simulator root
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import typer
 
 from enclavekit.cli._app import app
 from enclavekit.errors import Error
+from enclavekit.hostkit.process import announce, stop_on_signals
 from enclavekit.kms.emulator import DEFAULT_PORT, RunningEmulator, open_service, serve
 from enclavekit.kms.service import DEFAULT_ACCOUNT, DEFAULT_REGION
 from enclavekit.nsm.ca import load_root
@@ -67,7 +66,7 @@ def serve_command(
         raise typer.Exit(2) from exc
 
     def ready(running: RunningEmulator) -> None:
-        print(json.dumps({"ready": True, "url": running.url}), flush=True)
+        announce({"url": running.url})
         trusted = ", ".join(str(p) for p in trust_sim_root) or "none"
         logging.getLogger("enclavekit.kms").info(
             "KMS emulator at %s, %d key(s) in %s, simulator roots trusted: %s",
@@ -78,11 +77,8 @@ def serve_command(
         )
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(service, host=host, port=port, on_ready=ready, stop=stop, tls=tls)
+        with stop_on_signals(asyncio.Event()) as stop:
+            await serve(service, host=host, port=port, on_ready=ready, stop=stop, tls=tls)
 
     try:
         asyncio.run(main())

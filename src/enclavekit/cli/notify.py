@@ -46,21 +46,16 @@ SETS = typer.Option([], "--set", help="A setting KEY=VALUE (repeatable; lists co
 
 
 def _settings(state: Path | None, sets: list[str]) -> Any:
+    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.settings.load_settings`): defaults <
+    ``ENCLAVEKIT_NOTIFY_<KEY>`` < ``--set KEY=VALUE`` (< ``--state``, unless ``--set state_dir=`` is given)."""
+    from enclavekit.hostkit.settings import load_settings
     from enclavekit.services.notify.settings import NotifySettings
 
-    values: dict[str, Any] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or key not in NotifySettings.model_fields:
-            raise typer.BadParameter(f"--set {item!r}: not KEY=VALUE of a notify setting")
-        annotation = str(NotifySettings.model_fields[key].annotation)
-        values[key] = tuple(v for v in value.split(",") if v) if "tuple" in annotation else value
-    if state is not None:
-        values.setdefault("state_dir", state)
+    given_state = any(item.partition("=")[0].strip() == "state_dir" for item in sets)
     try:
-        return NotifySettings.from_env(**values)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        return load_settings(NotifySettings, service="notify", sets=sets, state_dir=None if given_state else state)
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from rich.console import Console
 from enclavekit.attestation.evidence import MAX_EVIDENCE_SIZE
 from enclavekit.attestation.verification_time import At, AtInvalid
 from enclavekit.cli._app import app, no_stack_message, running_stack
-from enclavekit.errors import ConfigurationError, Error
+from enclavekit.errors import Error
+from enclavekit.hostkit.settings import load_settings
 from enclavekit.services.trust.client import TERMINAL, TrustApiError, TrustClient
 from enclavekit.services.trust.errors import EndpointUnavailable
 from enclavekit.services.trust.model import Kind, TargetOptions
@@ -58,12 +60,16 @@ def _settings(
     registry_sha256: str | None,
     trust_sim_root: list[Path],
     concurrency: int | None,
+    sets: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> TrustSettings:
+    """Settings as every service's CLI takes them (:func:`enclavekit.hostkit.settings.load_settings`): defaults <
+    ``ENCLAVEKIT_TRUST_<KEY>`` < ``--set KEY=VALUE`` < this command's own options."""
+    given = {item.partition("=")[0].strip() for item in sets}
     overrides: dict[str, Any] = {
         "database_url": database,
         "objects_url": objects,
-        "nats_url": nats or _stack_nats(state),
+        "nats_url": nats or (None if "nats_url" in given else _stack_nats(state)),
         "pccs_url": pccs,
         "registry_path": registry,
         "registry_sha256": registry_sha256,
@@ -72,10 +78,7 @@ def _settings(
     }
     if trust_sim_root:
         overrides["simulator_roots"] = tuple(p.resolve() for p in trust_sim_root)
-    try:
-        return TrustSettings.from_env(state.resolve(), **overrides)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigurationError(f"invalid settings: {exc}") from exc
+    return load_settings(TrustSettings, service="trust", sets=sets, state_dir=state.resolve(), **overrides)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -94,6 +97,7 @@ REGISTRY = typer.Option(None, "--registry", help="OS measurement registry TOML (
 REGISTRY_PIN = typer.Option(None, "--registry-sha256", help="SHA-256 pin of --registry (required with it).")
 SIM_ROOTS = typer.Option([], "--trust-sim-root", help="Trust the simulated NSM root of this state folder.")
 CONCURRENCY = typer.Option(None, "--concurrency", help="Tasks a worker process runs at once (default 5).")
+SETS = typer.Option([], "--set", help="A setting KEY=VALUE (repeatable; lists comma-separated).")
 
 
 @trust_app.command("serve")
@@ -114,10 +118,11 @@ def serve_command(
     stack_file: Path | None = typer.Option(None, "--stack-file", help="Register the enclaves of this stack.json."),
     frame_ancestor: list[str] = typer.Option([], "--frame-ancestor", help="Origin allowed to embed the widget."),
     public_url: str | None = typer.Option(None, "--public-url", help="URL people reach the web app at."),
+    sets: list[str] = SETS,
 ) -> None:
     """Run the web app, the dispatcher and (by default) workers. Prints {"ready": true, "url": ...} when up."""
     from enclavekit.log import configure_logging
-    from enclavekit.services.trust.server import serve
+    from enclavekit.services.trust.runtime import serve
 
     configure_logging()
     try:
@@ -137,6 +142,7 @@ def serve_command(
             registry_sha256=registry_sha256,
             trust_sim_root=trust_sim_root,
             concurrency=concurrency,
+            sets=sets,
             extra=extra,
         )
         status = asyncio.run(
@@ -158,10 +164,11 @@ def worker_command(
     registry_sha256: str | None = REGISTRY_PIN,
     trust_sim_root: list[Path] = SIM_ROOTS,
     concurrency: int | None = CONCURRENCY,
+    sets: list[str] = SETS,
 ) -> None:
     """Run a worker process: pull verification tasks from JetStream until stopped."""
     from enclavekit.log import configure_logging
-    from enclavekit.services.trust.server import run_worker
+    from enclavekit.services.trust.runtime import run_worker
 
     configure_logging()
     try:
@@ -175,6 +182,7 @@ def worker_command(
             registry_sha256=registry_sha256,
             trust_sim_root=trust_sim_root,
             concurrency=concurrency,
+            sets=sets,
         )
         status = asyncio.run(run_worker(settings))
     except (Error, ValueError, OSError) as exc:

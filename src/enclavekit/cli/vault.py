@@ -115,31 +115,54 @@ def _run_as_user(
 
 @vault_app.command("bridge")
 def bridge_command(
-    nats_url: str = typer.Option(..., "--nats", help="NATS URL with the bridge's credentials."),
-    enclave: list[str] = typer.Option(..., "--enclave", help="A vault enclave's address (repeatable)."),
-    pcr0: list[str] = typer.Option(..., "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
+    nats_url: str | None = typer.Option(None, "--nats", help="NATS URL with the bridge's credentials."),
+    enclave: list[str] = typer.Option([], "--enclave", help="A vault enclave's address (repeatable)."),
+    pcr0: list[str] = typer.Option([], "--pcr0", help="The vault enclave's PCR0 (hex; repeatable)."),
     trust_sim_root: list[Path] = typer.Option([], "--trust-sim-root", help="Trust this state folder's simulator CA."),
     registry: str | None = typer.Option(
         None, "--registry", help="Member registry database URL (the operator's view; sqlite:///STATE/vault/members.db)."
     ),
+    sets: list[str] = typer.Option([], "--set", help="A setting KEY=VALUE of the bridge (repeatable)."),
 ) -> None:
-    """Relay envelopes between NATS and the vault enclave (host side; sees only ciphertext)."""
+    """Relay envelopes between NATS and the vault enclave (host side; sees only ciphertext).
+
+    Settings: ``ENCLAVEKIT_VAULT_<KEY>`` < ``--set KEY=VALUE`` < the options above (lists comma-separated)."""
     from enclavekit.attestation.roots import aws_nitro_root
+    from enclavekit.hostkit.process import run_until_stopped
+    from enclavekit.hostkit.settings import load_settings
     from enclavekit.nsm import load_root
     from enclavekit.services.vault.host import VaultBridge
+    from enclavekit.services.vault.settings import BridgeSettings
 
-    roots = [aws_nitro_root(), *(load_root(folder) for folder in trust_sim_root)]
-    bridge = VaultBridge(nats_url, enclave, [bytes.fromhex(p) for p in pcr0], roots)
-    if registry:
-        from enclavekit.services.vault.members import MemberRegistry
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings(
+            BridgeSettings,
+            service="vault",
+            sets=sets,
+            nats_url=nats_url,
+            enclaves=tuple(enclave) or None,
+            pcr0=tuple(pcr0) or None,
+            simulator_roots=tuple(trust_sim_root) or None,
+            registry=registry,
+        )
+        roots = [aws_nitro_root(), *(load_root(folder) for folder in settings.simulator_roots)]
+    except Error as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
 
-        bridge.registry = MemberRegistry(registry)
+    bridge = VaultBridge(settings.nats_url, settings.enclaves, [bytes.fromhex(p) for p in settings.pcr0], roots)
 
     async def start() -> dict[str, Any]:
         await bridge.start()
-        return {"enclaves": enclave}
+        return {"enclaves": list(settings.enclaves)}
 
-    _serve_host_process(start, bridge.close)
+    if settings.registry:
+        from enclavekit.services.vault.members import MemberRegistry
+
+        bridge.registry = MemberRegistry(settings.registry)
+
+    asyncio.run(run_until_stopped(start, bridge.close))
 
 
 @objects_app.command("serve")
@@ -150,31 +173,17 @@ def objects_serve(
     s3_region: str | None = typer.Option(None, "--s3-region", help="The S3 region."),
 ) -> None:
     """Store the vault enclaves' encrypted objects in a folder or S3 (host side; sees only ciphertext)."""
+    from enclavekit.hostkit.process import run_until_stopped
     from enclavekit.services.vault.object_service import ObjectService
     from enclavekit.services.vault.objects import object_store
 
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     service = ObjectService(object_store(store, s3_endpoint_url=s3_endpoint, s3_region=s3_region))
 
     async def start() -> dict[str, Any]:
         return {"address": await service.start(listen)}
 
-    _serve_host_process(start, service.close)
-
-
-def _serve_host_process(start: Callable[[], Awaitable[dict[str, Any]]], close: Callable[[], Awaitable[None]]) -> None:
-    """Log to stderr, ``start``, print the ready line (``{"ready": true, ...}``), serve until interrupted, ``close``."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-
-    async def run() -> None:
-        ready = await start()
-        print(json.dumps({"ready": True, **ready}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run_until_stopped(start, service.close))
 
 
 @vault_app.command("credentials")

@@ -6,7 +6,8 @@ host has no policy of its own) and passes the document on unchanged. A client mu
 document with a client's nonce (``?nonce=HEX``) proves freshness.
 
 Routes: ``GET /attestation`` (``application/cbor``; ``?nonce=HEX`` for a fresh one; ``?format=json`` for
-``{"document": base64, "fresh": bool}``), ``GET /health`` (the enclave's health as JSON).
+``{"document": base64, "fresh": bool}``), ``GET /health`` (the enclave's health as JSON). Errors are the host
+kit's envelope ``{"allowRetry", "error": {"code", "message"}}``; a request with a body is refused (413).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from enclavekit.attestation.nitro import NitroPolicy
 from enclavekit.client import AttestedClient
 from enclavekit.enclave.app import ATTESTATION, HEALTH, AttestationRequest, HealthRequest
 from enclavekit.errors import Error
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.handlers import install_error_handlers
 from enclavekit.rpc import ClientOptions
 
 __all__ = ["MAX_NONCE", "attestation_app"]
@@ -47,9 +50,14 @@ def attestation_app(upstream: str, *, roots: tuple[bytes, ...] = ()) -> FastAPI:
         await client.close()
 
     app = FastAPI(title="enclavekit host: attestation", docs_url=None, redoc_url=None, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=0)  # GET only: nothing to read
 
     def _error(status: int, code: str, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+        """The host kit's envelope; a 5xx (the enclave did not answer) is worth a retry."""
+        return JSONResponse(
+            {"allowRetry": status >= 500, "error": {"code": code, "message": message}}, status_code=status
+        )
 
     @app.get("/attestation", response_model=None)
     async def attestation(nonce: str | None = None, format: str = "cbor") -> Response:

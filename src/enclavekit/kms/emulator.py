@@ -6,7 +6,8 @@ boto3 talks to it unchanged::
                        aws_access_key_id="local", aws_secret_access_key="local")
 
 The HTTP side is a small ASGI application served by uvicorn: ``POST /`` with ``X-Amz-Target:
-TrentService.<Op>``; bodies are read up to :data:`~enclavekit.kms.protocol.MAX_BODY_SIZE` and no further;
+TrentService.<Op>``; bodies are read up to :data:`~enclavekit.kms.protocol.MAX_BODY_SIZE` and no further (the
+host kit's body limit, :func:`kms_app`);
 every refusal is an AWS-style JSON error, and garbage never reaches the service as anything but a
 ``SerializationException`` or ``ValidationException``. SigV4 signatures are accepted without being checked (the
 emulator has no IAM; see ``docs/kms.md``). One log line per request: operation, status, error type, duration —
@@ -22,23 +23,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import uvicorn
-
 from enclavekit.errors import Error
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.server import ServerThread, running
 from enclavekit.kms.errors import (
     KmsInternal,
     KmsRejected,
     RequestTooLarge,
+    SerializationError,
     UnknownOperation,
 )
 from enclavekit.kms.keystore import KeyStore
@@ -58,6 +58,7 @@ __all__ = [
     "EmulatorThread",
     "KmsEmulator",
     "RunningEmulator",
+    "kms_app",
     "open_service",
     "running_emulator",
     "serve",
@@ -95,13 +96,11 @@ class _Disconnected(Exception):
 
 
 class KmsEmulator:
-    """The ASGI application. ``clock`` gives ``now`` for each request (attestation freshness, key dates)."""
+    """The ASGI application. ``clock`` gives ``now`` for each request (attestation freshness, key dates). Serve it
+    inside the host kit's body limit: :func:`kms_app`."""
 
-    def __init__(
-        self, service: KmsService, *, max_body: int = MAX_BODY_SIZE, clock: Callable[[], datetime] = _utcnow
-    ) -> None:
+    def __init__(self, service: KmsService, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self.service = service
-        self.max_body = max_body
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,9 +143,6 @@ class KmsEmulator:
                 raise UnknownOperation("missing or malformed X-Amz-Target (expected TrentService.<Operation>)")
             if operation not in self.service.operations:
                 raise UnknownOperation(f"operation {operation!r} is not supported by the emulator")
-            declared = headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-                raise RequestTooLarge(f"request body larger than {self.max_body} bytes")
             request = parse_body(await self._read_body(receive))
             answer = await asyncio.to_thread(self.service.handle, operation, request, now=self.clock())
             return 200, encode_response(answer), "ok"
@@ -164,16 +160,11 @@ class KmsEmulator:
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
-        size = 0
         while True:
-            message = await receive()
+            message = await receive()  # bounded by the host kit's BodyLimit around this app (see :func:`kms_app`)
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise RequestTooLarge(f"request body larger than {self.max_body} bytes")
-            chunks.append(chunk)
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
@@ -188,12 +179,27 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: whoever runs the emulator decides when it stops."""
+def _render(error: Error) -> tuple[int, Mapping[str, str], bytes]:
+    status, body = encode_error(error)
+    return status, {"content-type": CONTENT_TYPE, "x-amzn-requestid": str(uuid.uuid4())}, body
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
+
+def kms_app(
+    service: KmsService, *, max_body: int = MAX_BODY_SIZE, clock: Callable[[], datetime] = _utcnow
+) -> BodyLimit:
+    """:class:`KmsEmulator` inside the host kit's body limit: an invalid ``Content-Length`` is a
+    ``SerializationException`` (400), a body over ``max_body`` a ``RequestEntityTooLargeException`` (413) — before
+    it is read when it says its length, as soon as it crosses the limit when it streams."""
+    return BodyLimit(
+        KmsEmulator(service, clock=clock),
+        limit=max_body,
+        too_large=RequestTooLarge,
+        invalid=SerializationError,
+        render=_render,
+    )
+
+
+_SERVER_OPTIONS: Final[dict[str, Any]] = {"lifespan": "off", "limit_concurrency": 256, "timeout_keep_alive": 30}
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +217,6 @@ class RunningEmulator:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then; without it every answer
-    # (headers, then body) waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def running_emulator(
     service: KmsService,
@@ -237,33 +228,9 @@ async def running_emulator(
 ) -> AsyncIterator[RunningEmulator]:
     """Serve ``service`` on ``host:port`` (0: a free port) in the current event loop until the block ends; over
     HTTPS with ``tls`` (``(certificate chain file, key file)``), as enclaves require (they pin its CA)."""
-    sock = _bind(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    config = uvicorn.Config(
-        KmsEmulator(service, clock=clock),
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        limit_concurrency=256,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=5,
-        ssl_certfile=None if tls is None else str(tls[0]),
-        ssl_keyfile=None if tls is None else str(tls[1]),
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the KMS emulator stopped before it started")
-            await asyncio.sleep(0.005)
-        yield RunningEmulator(bound_host, bound_port, service, tls is not None)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
+    app = kms_app(service, clock=clock)
+    async with running(app, host=host, port=port, tls=tls, **_SERVER_OPTIONS) as server:
+        yield RunningEmulator(server.host, server.port, service, server.tls)
 
 
 class EmulatorThread:
@@ -282,42 +249,17 @@ class EmulatorThread:
         clock: Callable[[], datetime] = _utcnow,
         tls: tuple[Path, Path] | None = None,
     ) -> None:
-        self._args = (service, host, port, clock)
-        self._tls = tls
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: RunningEmulator | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="kms-emulator", daemon=True)
-
-    def _main(self) -> None:
-        asyncio.run(self._run())
-
-    async def _run(self) -> None:
-        service, host, port, clock = self._args
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with running_emulator(service, host=host, port=port, clock=clock, tls=self._tls) as running:
-                self._running = running
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
+        self.service = service
+        self._server = ServerThread(kms_app(service, clock=clock), host=host, port=port, tls=tls, **_SERVER_OPTIONS)
 
     def start(self) -> RunningEmulator:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._running is None:
-            raise RuntimeError(f"the KMS emulator did not start: {self._error!r}")
-        return self._running
+        self._server.start()
+        server = self._server.server
+        assert server is not None
+        return RunningEmulator(server.host, server.port, self.service, server.tls)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._server.stop()
 
     def __enter__(self) -> RunningEmulator:
         return self.start()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from enclavekit.backoff import exponential_backoff
 from enclavekit.errors import ConfigurationError
 from enclavekit.kms._sigv4 import authorization
 from enclavekit.kms.errors import KmsEndpointUntrusted, KmsRejected, KmsUnavailable, aws_error_class
@@ -109,7 +110,7 @@ class KmsEndpoint:
             except KmsUnavailable:
                 if attempt + 1 == self._attempts:
                     raise
-                time.sleep(0.05 * 2**attempt)
+                time.sleep(exponential_backoff(attempt + 1, base=0.05, cap=2.0))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, operation: str, body: bytes) -> dict[str, Any]:

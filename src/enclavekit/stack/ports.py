@@ -8,8 +8,9 @@ first time and records it in a small JSON file in the state folder; later calls 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
+
+from enclavekit.hostkit.sockets import free_port
 
 __all__ = ["stable_port"]
 
@@ -22,9 +23,7 @@ def stable_port(record: Path, name: str, host: str) -> int:
     ports: dict[str, int] = json.loads(record.read_text()) if record.exists() else {}
     port = ports.get(name)
     if not isinstance(port, int):
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
+        port = free_port(host)
         ports[name] = port
         record.write_text(json.dumps(ports, indent=2) + "\n")
     return port

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 from enclavekit.backoff import exponential_backoff
 from enclavekit.errors import InfrastructureError
+from enclavekit.hostkit.sockets import free_port
 
 __all__ = [
     "ChildFailed",
@@ -52,13 +52,6 @@ class ChildFailed(InfrastructureError):
     """A child process exited, or did not become ready in time."""
 
     code = "child_failed"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 async def wait_for_port(host: str, port: int, *, timeout: float) -> None:

@@ -9,7 +9,7 @@ unreachable upstream, a connection the enclave side drops with a request outstan
 within ``response_timeout`` counts as a failure). The host cannot answer inside the encrypted session, so a
 request that waits longer than ``max_wait`` for a token or a slot, or meets an open breaker, has its connection
 closed (the client sees the connection drop and may retry). Metrics: :class:`GatewayMetrics` (Prometheus
-text at ``/metrics`` of the ``--metrics`` port).
+text at ``/metrics`` of the ``--metrics-port``, served by the host kit's runner).
 
 Clients that pipeline several calls on one connection are counted as one request in flight per connection.
 """
@@ -21,9 +21,9 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from enclavekit.channel.wire import HEADER_SIZE, MAX_HANDSHAKE_SIZE, MAX_RECORD_LIMIT, MessageType
 from enclavekit.rpc.transport import connect_socket
@@ -94,6 +94,7 @@ class Gateway:
     breaker: CircuitBreaker = field(init=False)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
     _slot_freed: asyncio.Condition | None = None
+    _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate, self.settings.burst)
@@ -107,31 +108,30 @@ class Gateway:
         return str(bound[0]), int(bound[1])
 
     async def start_metrics(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """A tiny HTTP endpoint answering ``GET /metrics`` in the Prometheus text format."""
+        """``GET /metrics`` in the Prometheus text format, served by the host kit's runner (no body accepted)."""
+        from enclavekit.hostkit.body_limit import BodyLimit
+        from enclavekit.hostkit.server import running
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                ok = request.startswith(b"GET /metrics ")
-                body = (
-                    self.metrics.prometheus(self.breaker.state, self.breaker.times_opened) if ok else "not found\n"
-                ).encode()
-                status = b"200 OK" if ok else b"404 Not Found"
-                writer.write(
-                    b"HTTP/1.1 "
-                    + status
-                    + b"\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: "
-                    + str(len(body)).encode()
-                    + b"\r\nConnection: close\r\n\r\n"
-                    + body
-                )
-                await writer.drain()
-            writer.close()
+        server = await self._exits.enter_async_context(
+            running(BodyLimit(self._metrics_app, limit=0), host=host, port=port, lifespan="off")
+        )
+        return server.host, server.port
 
-        server = await asyncio.start_server(handle, host, port)
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+    async def _metrics_app(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        ok = scope["method"] in ("GET", "HEAD") and scope["path"] == "/metrics"
+        body = (
+            self.metrics.prometheus(self.breaker.state, self.breaker.times_opened) if ok else "not found\n"
+        ).encode()
+        headers = [(b"content-type", b"text/plain; version=0.0.4"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200 if ok else 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def close(self) -> None:
         for server in self._servers:
@@ -139,6 +139,7 @@ class Gateway:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        await self._exits.aclose()
 
     # --- one connection ---------------------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """notify's HTTP API (the host side): authorize, subscriptions, media, attestation and client config.
 
 Errors use the reference's shape ``{"allowRetry": bool, "error": {"code": str, "message": str}}`` with stable
-codes (:mod:`enclavekit.services.notify.errors`); validation failures, unknown fields, oversized arrays and
-bodies are 4xx, never 500. Bodies over ``max_body`` are refused with 413 before they are read whole. Protected
-routes take ``Authorization: Bearer <JWT>`` (ES256 signed by KMS; ``sub`` is the caller's sealed push ID).
+codes (:mod:`enclavekit.services.notify.errors`) — the host kit's envelope and body limit
+(:mod:`enclavekit.hostkit`); validation failures, unknown fields, oversized arrays and bodies are 4xx, never 500.
+Bodies over ``max_body`` are refused with 413 before they are read whole; an invalid ``Content-Length`` with
+400. Protected routes take ``Authorization: Bearer <JWT>`` (ES256 signed by KMS; ``sub`` is the caller's sealed
+push ID).
 
 The host never sees a plaintext push ID: it stores and compares sealed boxes, and asks the enclave
 (``push-id-challenge``) when it must know whether two of them hold the same device.
@@ -19,22 +21,19 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclavekit import __version__
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error, InfrastructureError
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.handlers import install_error_handlers
 from enclavekit.services.notify.errors import (
     AssetExists,
     BadRequest,
     EnclaveUnavailable,
     InvalidPushId,
     NotFound,
-    NotifyRejected,
     NotifyUnavailable,
     PushIdsMismatch,
     StaleTimestamp,
@@ -147,67 +146,12 @@ class BatchDeleteResult(BaseModel):
     not_found: int
 
 
-def _error(status: int, code: str, message: str, *, retry: bool, **extra: Any) -> JSONResponse:
-    return JSONResponse({"allowRetry": retry, "error": {"code": code, "message": message}, **extra}, status_code=status)
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Bad request"},
     413: {"model": ErrorBody, "description": "Body too large"},
     503: {"model": ErrorBody, "description": "A dependency is unavailable"},
 }
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 401: {"model": ErrorBody, "description": "Unauthorized"}}
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, by ``Content-Length`` or while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_large = int(value) > self.limit
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    await self._refuse(scope, receive, send)
-                    return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(413, "payload_too_large", f"request bodies are limited to {self.limit} bytes", retry=False)
-        await response(scope, receive, send)
 
 
 @dataclass
@@ -241,6 +185,19 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
 Caller = Annotated[str, Depends(_caller)]
 
 
+def _platform_error(exc: Exception) -> Error | None:
+    """Errors that say their HTTP status (notify's, the host kit's) pass unchanged; a core infrastructure failure
+    (the attested session to the enclave) is notify's ``enclave_unavailable``; any other core error is ours, a
+    500 that names nothing."""
+    if not isinstance(exc, Error) or hasattr(exc, "http_status"):
+        return None
+    if isinstance(exc, InfrastructureError):
+        logger.warning("enclave call failed: %s", exc.code)
+        return EnclaveUnavailable("the notify enclave is unavailable")
+    logger.error("unexpected platform error: %s", exc.code)
+    return Error("internal error")
+
+
 def create_app(deps: ApiDeps) -> FastAPI:
     settings = deps.settings
     app = FastAPI(
@@ -251,43 +208,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.state.deps = deps
     app.add_middleware(BodyLimit, limit=settings.max_body)
 
-    # --- errors ----------------------------------------------------------------------------------------------
-
-    @app.exception_handler(AssetExists)
-    async def _asset_exists(request: Request, exc: AssetExists) -> JSONResponse:
-        return _error(409, exc.code, exc.message, retry=False, asset_url=exc.asset_url)
-
-    @app.exception_handler(NotifyRejected)
-    async def _rejected(request: Request, exc: NotifyRejected) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, retry=exc.allow_retry)
-
-    @app.exception_handler(NotifyUnavailable)
-    async def _unavailable(request: Request, exc: NotifyUnavailable) -> JSONResponse:
-        logger.warning("dependency failed: %s", exc.code)
-        return _error(exc.status, exc.code, exc.message, retry=True)
-
-    @app.exception_handler(Error)
-    async def _platform_error(request: Request, exc: Error) -> JSONResponse:
-        if isinstance(exc, InfrastructureError):
-            logger.warning("enclave call failed: %s", exc.code)
-            return _error(503, EnclaveUnavailable.code, "the notify enclave is unavailable", retry=True)
-        logger.error("unexpected platform error: %s", exc.code)
-        return _error(500, "internal_server_error", "internal error", retry=True)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        refused = BadRequest.from_validation(exc.errors(), located_in_request=True)
-        return _error(400, refused.code, refused.message, retry=False)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return _error(exc.status_code, code, str(exc.detail), retry=False)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return _error(500, "internal_server_error", "internal error", retry=True)
+    install_error_handlers(app, translate={Error: _platform_error})
 
     @app.middleware("http")
     async def _log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

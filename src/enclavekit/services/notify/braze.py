@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
+import math
 import socket
 import ssl
 import urllib.parse
@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from enclavekit.backoff import exponential_backoff
 from enclavekit.rpc import parse_address
 from enclavekit.rpc.address import TcpAddress, UnixAddress
 from enclavekit.services.notify.wire import BrazeConfig
@@ -239,8 +240,7 @@ class BrazeProvider:
                 with contextlib.suppress(ValueError):
                     retry_after = min(_MAX_RETRY_AFTER, float(answer.headers.get("retry-after", "")))
             if attempt < self.config.max_attempts:
-                delay = self.config.backoff * 2 ** (attempt - 1)
-                delay = retry_after if retry_after is not None else delay * (0.5 + random.random())  # noqa: S311
-                await asyncio.sleep(delay)
+                delay = exponential_backoff(attempt, base=self.config.backoff, cap=math.inf, jitter=0.5)
+                await asyncio.sleep(retry_after if retry_after is not None else delay)
         logger.info("braze: giving up after %d attempts (%s)", self.config.max_attempts, detail)
         return SendResult("retry", self.config.max_attempts, detail)

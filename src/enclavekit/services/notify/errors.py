@@ -2,13 +2,13 @@
 
 Every error a client of the HTTP API can see is a :class:`NotifyRejected` (its fault: 4xx, ``allowRetry``
 false unless waiting helps) or a :class:`NotifyUnavailable` (ours: 5xx, ``allowRetry`` true). The API renders
-them in the reference's shape ``{"allowRetry": bool, "error": {"code", "message"}}``.
+them in the reference's shape ``{"allowRetry": bool, "error": {"code", "message"}}`` (the host kit's envelope,
+:mod:`enclavekit.hostkit`), with ``http_status`` as the status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from enclavekit.errors import InfrastructureError, Rejected
 
@@ -35,10 +35,10 @@ __all__ = [
 
 
 class NotifyRejected(Rejected):
-    """A request to notify was refused. ``status`` is the HTTP status the API answers with."""
+    """A request to notify was refused. ``http_status`` is the HTTP status the API answers with."""
 
     code = "bad_request"
-    status: ClassVar[int] = 400
+    http_status: ClassVar[int] = 400
     allow_retry: ClassVar[bool] = False
 
 
@@ -50,21 +50,6 @@ class BadRequest(NotifyRejected):
     whole is wrong (not JSON, not an object)."""
 
     code = "bad_request"
-
-    @classmethod
-    def from_validation(cls, errors: Iterable[Mapping[str, Any]], *, located_in_request: bool) -> BadRequest:
-        """The error for pydantic's validation ``errors`` (at most three are named; inputs are never echoed).
-
-        ``located_in_request``: the locations start with where in the request (``body``/``query``), as FastAPI's
-        do; pydantic's own (``model_validate_json``) start at the field."""
-        parts: list[str] = []
-        for error in list(errors)[:3]:
-            location = [str(part) for part in error.get("loc", ())][1 if located_in_request else 0 :]
-            if error.get("type") == "json_invalid":
-                parts.append("body: not valid JSON")
-                continue
-            parts.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
-        return cls("; ".join(parts) or "invalid request")
 
 
 class InvalidPushId(NotifyRejected):
@@ -89,53 +74,58 @@ class InvalidProof(NotifyRejected):
     """The World ID proof does not verify for this signal, nullifier and root."""
 
     code = "invalid_proof"
-    status = 401
+    http_status = 401
 
 
 class Unauthorized(NotifyRejected):
     """No bearer token, or a token that is malformed, forged, expired or not yet valid."""
 
     code = "unauthorized"
-    status = 401
+    http_status = 401
 
 
 class PushIdsMismatch(NotifyRejected):
     """A different push ID for this World ID was stored less than 180 days ago: rotation refused."""
 
     code = "push_ids_mismatch"
-    status = 403
+    http_status = 403
 
 
 class NotFound(NotifyRejected):
     """No such subscription (or route)."""
 
     code = "not_found"
-    status = 404
+    http_status = 404
 
 
 class AssetExists(NotifyRejected):
     """The media object with this digest is already uploaded (the answer carries its URL)."""
 
     code = "asset_already_exists"
-    status = 409
+    http_status = 409
 
     def __init__(self, message: str, *, asset_url: str) -> None:
         super().__init__(message)
         self.asset_url = asset_url
+
+    @property
+    def envelope_fields(self) -> dict[str, str]:
+        """Added to the error envelope: where the existing asset is."""
+        return {"asset_url": self.asset_url}
 
 
 class PayloadTooLarge(NotifyRejected):
     """The request body is over the API's limit (refused before it is read whole)."""
 
     code = "payload_too_large"
-    status = 413
+    http_status = 413
 
 
 class NotInitialized(NotifyRejected):
     """The enclave has not received its provider configuration yet (``initialize``)."""
 
     code = "enclave_not_initialized"
-    status = 503
+    http_status = 503
     allow_retry = True
 
 
@@ -149,7 +139,7 @@ class NotifyUnavailable(InfrastructureError):
     """A dependency of notify failed; the request may succeed later."""
 
     code = "service_unavailable"
-    status: ClassVar[int] = 503
+    http_status: ClassVar[int] = 503
     allow_retry: ClassVar[bool] = True
 
 

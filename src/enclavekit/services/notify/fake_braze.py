@@ -3,7 +3,7 @@
 It answers like Braze (``201 {"dispatch_id", "message": "success"}``; ``400``/``401`` with ``{"message"}``;
 ``429`` with ``Retry-After``), honours ``Idempotency-Key`` (a repeated key gets the first answer and is not
 delivered again), and records every accepted delivery. Tests use it in-process (:class:`FakeBraze` with
-:func:`enclavekit.services.notify.servers.ServerThread`) to inject 429/500 answers or to hold a request
+:class:`enclavekit.hostkit.server.ServerThread`) to inject 429/500 answers or to hold a request
 while they kill the enclave; ``enclavekit notify capture-server`` runs it as the local stack's capture
 provider, appending each delivery to a JSON-lines file that ``enclavekit notify captured`` prints.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -25,6 +24,9 @@ from starlette.routing import Route
 
 from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
+from enclavekit.hostkit.body_limit import BodyLimit
+from enclavekit.hostkit.errors import PayloadTooLarge, describe_validation, envelope
+from enclavekit.hostkit.server import serve_forever
 from enclavekit.services.notify.api import ApiDeps, create_app
 from enclavekit.services.notify.dispatcher import Dispatcher
 from enclavekit.services.notify.enclave_link import enclave_client, initialize_enclave
@@ -34,7 +36,6 @@ from enclavekit.services.notify.ingest import ChatMessage, Ingestor, message_id
 from enclavekit.services.notify.media import MediaStore
 from enclavekit.services.notify.metrics import Metrics
 from enclavekit.services.notify.queue import connect, ensure_streams, new_traceparent
-from enclavekit.services.notify.servers import serve_forever
 from enclavekit.services.notify.settings import NotifySettings
 from enclavekit.services.notify.store import open_store
 from enclavekit.services.notify.tokens import TokenIssuer
@@ -104,7 +105,7 @@ async def run_api(settings: NotifySettings, *, host: str, port: int) -> None:
     enclave = enclave_client(settings)
     deps = ApiDeps(settings, store, tokens, world_id, enclave, _media(settings), Metrics())
     try:
-        await serve_forever(create_app(deps), host=host, port=port, ready={"name": "notify_api"})
+        await serve_forever(create_app(deps), host=host, port=port, ready={"name": "notify_api"}, lifespan="on")
     finally:
         await enclave.close()
         store.engine.dispose()
@@ -132,19 +133,15 @@ async def run_ingest_worker(settings: NotifySettings, *, host: str, port: int) -
     ingestor = Ingestor(settings, store, js, metrics)
 
     async def post_message(request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > settings.max_body:
-            return JSONResponse(
-                {"allowRetry": False, "error": {"code": "payload_too_large", "message": "body too large"}}, 413
-            )
         try:
-            message = ChatMessage.model_validate_json(raw)
+            raw = await request.body()
+            try:
+                message = ChatMessage.model_validate_json(raw)
+            except ValidationError as exc:
+                raise BadRequest(describe_validation(exc.errors(), located_in_request=False)) from exc
             message.data()
-        except ValidationError as exc:
-            refused = BadRequest.from_validation(exc.errors(), located_in_request=False)
-            return JSONResponse({"allowRetry": False, "error": {"code": refused.code, "message": refused.message}}, 400)
-        except BadRequest as exc:
-            return JSONResponse({"allowRetry": False, "error": {"code": exc.code, "message": exc.message}}, 400)
+        except (BadRequest, PayloadTooLarge) as exc:
+            return JSONResponse(envelope(exc)[1], exc.http_status)
         ident = message_id(message)
         headers = {
             "Nats-Msg-Id": f"inbox:{ident}",
@@ -159,12 +156,15 @@ async def run_ingest_worker(settings: NotifySettings, *, host: str, port: int) -
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(
-        routes=[
-            Route("/v1/messages", post_message, methods=["POST"]),
-            Route("/metrics", metrics_route),
-            Route("/health", health),
-        ]
+    app = BodyLimit(
+        Starlette(
+            routes=[
+                Route("/v1/messages", post_message, methods=["POST"]),
+                Route("/metrics", metrics_route),
+                Route("/health", health),
+            ]
+        ),
+        limit=settings.max_body,
     )
     stop = asyncio.Event()
     worker = asyncio.create_task(ingestor.run(stop))
@@ -242,7 +242,3 @@ async def run_local_s3(root: Path, *, host: str, port: int) -> None:
 async def run_world_id(state: Path, *, host: str, port: int) -> None:
     stand_in = WorldIdStandIn(load_stand_in_secret(state))
     await serve_forever(stand_in.app, host=host, port=port, ready={"name": "notify_world_id"})
-
-
-def ready_line(data: dict[str, Any]) -> None:
-    print(json.dumps({"ready": True, **data}), flush=True)

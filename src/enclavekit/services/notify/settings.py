@@ -2,23 +2,20 @@
 
 Defaults put everything in one state folder (``STATE/notify/notify.db`` for SQLite); a PostgreSQL URL, a NATS
 cluster, AWS KMS or the real World ID sequencer are settings, not code paths. Environment variables
-``ENCLAVEKIT_NOTIFY_<FIELD>`` override the defaults; command-line options override both.
+``ENCLAVEKIT_NOTIFY_<FIELD>`` override the defaults; ``--set FIELD=VALUE`` overrides both (the host kit's
+:func:`~enclavekit.hostkit.settings.load_settings`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from enclavekit.backoff import exponential_backoff
 
 __all__ = ["NotifySettings"]
-
-_ENV_PREFIX = "ENCLAVEKIT_NOTIFY_"
 
 
 class NotifySettings(BaseModel):
@@ -93,17 +90,3 @@ class NotifySettings(BaseModel):
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``."""
         return exponential_backoff(attempt, base=self.backoff_base, cap=self.backoff_max, factor=2)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> NotifySettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = env.get(_ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            values[name] = (
-                tuple(i.strip() for i in raw.split(",") if i.strip()) if "tuple" in str(field.annotation) else raw
-            )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)

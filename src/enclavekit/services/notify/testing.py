@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enclavekit.hostkit.sockets import free_port
 from enclavekit.stack.tls import ProviderTls
 from enclavekit.stack.up import nats_server_binary
 
@@ -74,12 +75,6 @@ def start(name: str, argv: Sequence[str], *, log_dir: Path | None = None, env: d
             continue
         if isinstance(ready, dict) and ready.get("ready") is True:
             return Running(name, process, ready, log)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_nats(directory: Path, *, log_dir: Path | None = None) -> tuple[Running, str]:

@@ -1,4 +1,7 @@
-"""Why the trust service refused a request or could not finish a task; codes are stable, as everywhere."""
+"""Why the trust service refused a request or could not finish a task; codes are stable, as everywhere.
+
+An error a client of the HTTP API can see declares its ``http_status`` where it is not the API's default (422
+for a refusal, 503 for an infrastructure failure); the API answers with the host kit's envelope."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from enclavekit.errors import ConfigurationError, InfrastructureError, Rejected
 
 __all__ = [
     "BadQuery",
+    "DatabaseUnavailable",
     "EndpointUnavailable",
     "EndpointUnsupported",
     "NotFound",
@@ -14,6 +18,7 @@ __all__ = [
     "RegistryInvalid",
     "TaskTimeout",
     "TrustRejected",
+    "Unauthorized",
     "UploadInvalid",
     "UploadTooLarge",
 ]
@@ -29,24 +34,35 @@ class BadQuery(TrustRejected):
     """A query parameter is malformed or out of range (answered 400, naming the parameter)."""
 
     code = "bad_request"
+    http_status = 400
 
 
 class UploadTooLarge(TrustRejected):
     """An upload is over its size limit (refused before it is read whole)."""
 
     code = "upload_too_large"
+    http_status = 413
 
 
 class UploadInvalid(TrustRejected):
     """An upload is not usable: not attestation evidence, a missing part, a bad option."""
 
     code = "upload_invalid"
+    http_status = 400
 
 
 class NotFound(TrustRejected):
     """No app or task has this id."""
 
     code = "not_found"
+    http_status = 404
+
+
+class Unauthorized(TrustRejected):
+    """An admin route without the admin token (or with none configured)."""
+
+    code = "unauthorized"
+    http_status = 401
 
 
 class EndpointUnsupported(TrustRejected):
@@ -71,6 +87,12 @@ class ObjectStoreError(InfrastructureError):
     """The object store (local folder or S3) failed."""
 
     code = "object_store"
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """The database did not answer (or failed) while serving a request."""
+
+    code = "database_unavailable"
 
 
 class QueueUnavailable(InfrastructureError):

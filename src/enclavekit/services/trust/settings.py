@@ -2,16 +2,14 @@
 
 One state folder holds everything by default (``STATE/trust/``: the SQLite file, the object folder, cached
 collateral, the EAR signing key); each piece can point elsewhere instead (a PostgreSQL URL, an ``s3://`` bucket, a
-NATS cluster). Environment variables ``ENCLAVEKIT_TRUST_<FIELD>`` override the defaults (see
-:meth:`TrustSettings.from_env`).
+NATS cluster). Environment variables ``ENCLAVEKIT_TRUST_<FIELD>`` override the defaults, ``--set FIELD=VALUE``
+and the CLI's own options override both (the host kit's :func:`~enclavekit.hostkit.settings.load_settings`).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,7 +18,6 @@ from enclavekit.backoff import exponential_backoff
 __all__ = ["DEFAULT_NATS_URL", "TrustSettings"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-_ENV_PREFIX = "ENCLAVEKIT_TRUST_"
 
 
 class TrustSettings(BaseModel):
@@ -93,22 +90,3 @@ class TrustSettings(BaseModel):
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``."""
         return exponential_backoff(attempt, base=self.backoff_base, cap=self.backoff_max, factor=4)
-
-    @classmethod
-    def from_env(cls, state_dir: Path, environ: dict[str, str] | None = None, **overrides: Any) -> TrustSettings:
-        """Settings from ``ENCLAVEKIT_TRUST_*`` variables, then ``overrides`` (command-line options) on top."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = env.get(_ENV_PREFIX + name.upper())
-            if raw is None or name == "state_dir":
-                continue
-            annotation = str(field.annotation)
-            if "tuple" in annotation:
-                values[name] = tuple(item.strip() for item in raw.split(",") if item.strip())
-            elif "timedelta" in annotation:
-                values[name] = timedelta(seconds=float(raw))
-            else:
-                values[name] = raw
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(state_dir=state_dir, **values)

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import signal
-import socket
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from enclavekit.hostkit.process import announce, stop_on_signals
+from enclavekit.hostkit.server import running as http_server
+from enclavekit.hostkit.sockets import listen
 from enclavekit.services.trust.api import create_app
 from enclavekit.services.trust.dispatcher import Dispatcher
 from enclavekit.services.trust.queue import TaskQueue
@@ -41,31 +38,6 @@ def queue_for(settings: TrustSettings, name: str) -> TaskQueue:
         ack_wait=settings.lease,
         name=name,
     )
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, with signals left to us (it would re-raise them after shutting down)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _announce(message: Mapping[str, Any]) -> None:
-    sys.stdout.write(json.dumps(dict(message)) + "\n")
-    sys.stdout.flush()
-
-
-def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def remove() -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-    return remove
 
 
 async def _watch_stack(service: TrustService, path: Path, stop: asyncio.Event, interval: float = 1.0) -> None:
@@ -90,21 +62,6 @@ async def _watch_stack(service: TrustService, path: Path, stop: asyncio.Event, i
             await asyncio.wait_for(stop.wait(), interval)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket. Its protocol is IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on such
-    sockets, and without it keep-alive responses wait ~40 ms for delayed ACKs."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-        listener.listen(512)
-    except OSError:
-        listener.close()
-        raise
-    return listener
-
-
 async def _finish(tasks: Sequence[asyncio.Task[Any]], *, grace: float) -> None:
     """Stop the loops at once (the dispatcher, the stack watcher, the worker's puller: waiting for NATS is all
     they would be doing); tasks a worker holds get ``grace`` seconds to finish, then everything is cancelled."""
@@ -119,10 +76,6 @@ async def _finish(tasks: Sequence[asyncio.Task[Any]], *, grace: float) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _no_handlers() -> None:
-    return None
-
-
 async def serve(
     settings: TrustSettings,
     *,
@@ -131,32 +84,25 @@ async def serve(
     workers: bool = True,
     enclaves: Sequence[Mapping[str, Any]] = (),
     stack_file: Path | None = None,
-    announce: Callable[[Mapping[str, Any]], None] = _announce,
+    announce: Callable[[Mapping[str, Any]], None] = announce,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Run the web app (and the dispatcher, and ``concurrency`` worker loops unless ``workers`` is False) until
     SIGINT/SIGTERM, or until ``stop`` is set when one is given (then signals are left alone)."""
     service = await asyncio.to_thread(TrustService, settings)
     queue = queue_for(settings, "enclavekit-trust-web")
-    if stop is None:
-        stop = asyncio.Event()
-        remove_handlers = _stop_on_signals(stop)
-    else:
-        remove_handlers = _no_handlers
-    listener = _listen(host, port)
-    bound_port = listener.getsockname()[1]
-    url = settings.public_url or f"http://{host}:{bound_port}"
-    server = _Server(
-        uvicorn.Config(
-            create_app(service, queue=queue, listen_url=url),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-    )
-    running: list[asyncio.Task[Any]] = [asyncio.create_task(server.serve(sockets=[listener]), name="trust-web")]
-    try:
+    running: list[asyncio.Task[Any]] = []
+    async with contextlib.AsyncExitStack() as exits:
+        if stop is None:
+            stop = exits.enter_context(stop_on_signals(asyncio.Event()))
+        exits.push_async_callback(asyncio.to_thread, service.close)
+        exits.push_async_callback(queue.close)
+        listener = exits.enter_context(listen(host, port))
+        url = settings.public_url or f"http://{host}:{listener.getsockname()[1]}"
+        app = create_app(service, queue=queue, listen_url=url)
+        exits.push_async_callback(_finish, running, grace=10.0)
+        web = await exits.enter_async_context(http_server(app, sock=listener, lifespan="off"))
+        exits.callback(stop.set)  # on the way out: loops stop first, then the server, then _finish waits for them
         if enclaves:
             touched = await asyncio.to_thread(service.register_stack_enclaves, enclaves)
             logger.info("registered %d enclave(s) of the local stack", len(touched))
@@ -166,50 +112,33 @@ async def serve(
         if workers:
             worker = Worker(service, queue_for(settings, "enclavekit-trust-worker"))
             running.append(asyncio.create_task(worker.run(stop), name="trust-workers"))
-        while not server.started:
-            if running[0].done():
-                running[0].result()
-                return 1
-            await asyncio.sleep(0.02)
         announce({"ready": True, "url": url, "workers": settings.concurrency if workers else 0})
         logger.info("trust web app at %s", url)
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopper, running[0]}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stopper, web.task}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        return 0
-    finally:
-        stop.set()
-        server.should_exit = True
-        await _finish(running, grace=10.0)
-        await queue.close()
-        await asyncio.to_thread(service.close)
-        remove_handlers()
+    return 0
 
 
 async def run_worker(
     settings: TrustSettings,
     *,
-    announce: Callable[[Mapping[str, Any]], None] = _announce,
+    announce: Callable[[Mapping[str, Any]], None] = announce,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Run ``concurrency`` worker loops in this process until a signal (or ``stop``, when given)."""
     service = await asyncio.to_thread(TrustService, settings)
     queue = queue_for(settings, "enclavekit-trust-worker")
     worker = Worker(service, queue)
-    if stop is None:
-        stop = asyncio.Event()
-        remove_handlers = _stop_on_signals(stop)
-    else:
-        remove_handlers = _no_handlers
-    try:
+    async with contextlib.AsyncExitStack() as exits:
+        if stop is None:
+            stop = exits.enter_context(stop_on_signals(asyncio.Event()))
+        exits.push_async_callback(asyncio.to_thread, service.close)
+        exits.push_async_callback(queue.close)
         announce({"ready": True, "worker_id": worker.worker_id, "concurrency": settings.concurrency})
         running = asyncio.create_task(worker.run(stop), name="trust-workers")
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         await _finish([running], grace=settings.task_timeout)
-        return 0
-    finally:
-        await queue.close()
-        await asyncio.to_thread(service.close)
-        remove_handlers()
+    return 0
