@@ -37,9 +37,9 @@ from enclavekit.receipts import (
     MeasurementType,
     ReceiptPolicy,
     VerifiedReceipt,
-    parse_receipt,
     verify_receipt,
 )
+from enclavekit.receipts.errors import KeyNotBound
 from enclavekit.services.inference.errors import BadInput
 from enclavekit.services.inference.wire import (
     EMBED,
@@ -137,9 +137,11 @@ class InferenceClient:
             raise ReceiptMismatch(f"{answer.count} embeddings for {len(encoded)} texts")
         raw = base64.b64decode(answer.receipt, validate=True)
         info = await self.info()
-        if not hmac.compare_digest(parse_receipt(raw).claims.attestation_doc_hash, info.document_hash):
-            info = await self.info(refresh=True)  # the enclave renewed its document since
-        receipt = self._verify(raw, info, nonce)
+        try:
+            receipt = self._verify(raw, info, nonce)
+        except KeyNotBound:  # the enclave may have renewed its receipt key's document since: verify with the current
+            info = await self.info(refresh=True)
+            receipt = self._verify(raw, info, nonce)
         claims = receipt.claims
         if not hmac.compare_digest(claims.request_hash, request_hash(encoded)):
             raise ReceiptMismatch("the receipt's request_hash is not of the texts sent")
