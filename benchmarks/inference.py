@@ -8,8 +8,12 @@ Everything in one run, same machine state, same text and thread count (``ENCLAVE
   handler on a booted :class:`InferenceEnclave` (real simulated NSM, receipt key, model loaded from the encrypted
   package through the KMS emulator): checks, the engine on its worker thread, request/response hashes, the
   base64 encoding and the AIR receipt;
-* **end to end** — the bare engine against :class:`InferenceClient` through the host gateway, the relay and the
-  attested session to the enclave *process*, with the client verifying the receipt and both hashes;
+* **end to end** — the bare engine against :class:`InferenceClient` through the host gateway and the attested
+  session to the enclave *process*, with the client verifying the receipt and both hashes: the gateway forwards
+  straight to the enclave's socket as under ``enclavekit up`` (ADR 0026), and, interleaved in the same rounds,
+  through a gateway in front of a separate relay process (the path before ADR 0026, ``via_relay``);
+* **fixed cost** — the enclave's ``embed`` handler with a zero-cost engine (it returns precomputed embeddings):
+  what the enclave adds per request, in µs, without the engine's noise;
 * **per-request crypto** — receipt signing, both hashes, receipt verification with the attestation binding,
   and a record's ChaCha20-Poly1305 seal+open of the request and the response, in µs;
 * **cold start** — from the encrypted package to the first embedding (KMS key release, chunked decryption,
@@ -144,22 +148,54 @@ def _call() -> CallContext:
     return CallContext(route="inference.embed", request_id=1, deadline=time.monotonic() + 600)
 
 
-async def interleave(
-    rounds: int, baseline: Callable[[], Awaitable[object]], subject: Callable[[], Awaitable[object]]
-) -> tuple[float, float]:
-    """Median seconds of baseline and subject, alternating which goes first each round."""
-    base: list[float] = []
-    subj: list[float] = []
+async def interleave(rounds: int, *cases: Callable[[], Awaitable[object]]) -> list[float]:
+    """Median seconds of each case (the baseline first), the order rotated each round."""
+    samples: list[list[float]] = [[] for _ in cases]
     for _ in range(2):
-        await baseline()
-        await subject()
-    for round_ in range(rounds):
-        pair = [(base, baseline), (subj, subject)]
-        for sink, fn in pair if round_ % 2 == 0 else reversed(pair):
-            start = time.perf_counter()
+        for fn in cases:
             await fn()
-            sink.append(time.perf_counter() - start)
-    return _median(base), _median(subj)
+    for round_ in range(rounds):
+        order = list(range(len(cases)))
+        shift = round_ % len(cases)
+        for index in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            await cases[index]()
+            samples[index].append(time.perf_counter() - start)
+    return [_median(values) for values in samples]
+
+
+async def fixed_cost_us(enclave: Any, texts: list[str], rounds: int) -> dict[str, float]:
+    """p50 µs of the enclave's ``embed`` handler with a zero-cost engine (precomputed embeddings), and of the
+    request's validation and the response's JSON around it (what the RPC server adds): the enclave's fixed cost."""
+    model = enclave.model
+    embedded = model.embedder.embed(texts)
+
+    class _Precomputed:
+        tokenizer = model.embedder.tokenizer
+
+        def embed(self, _texts: list[str]) -> Any:
+            return embedded
+
+    enclave.model = replace(model, embedder=_Precomputed())
+    body = EmbedRequest(texts=texts).model_dump_json().encode()
+    call = _call()
+    handler: list[float] = []
+    with_json: list[float] = []
+    try:
+        for i in range(rounds + 20):
+            start = time.perf_counter_ns()
+            request = EmbedRequest.model_validate_json(body)
+            middle = time.perf_counter_ns()
+            response = await enclave.embed(request, call)
+            after = time.perf_counter_ns()
+            response.model_dump_json().encode()
+            end = time.perf_counter_ns()
+            if i >= 20:
+                handler.append((after - middle) / 1000)
+                with_json.append((end - start) / 1000)
+    finally:
+        enclave.model = model
+    return {"handler_us": round(_median(handler), 1), "with_json_us": round(_median(with_json), 1)}
 
 
 def _micro(fn: Callable[[], object], rounds: int) -> float:
@@ -235,16 +271,23 @@ async def end_to_end(
     try:
         enclave = await stack.start_enclave(enclave_spec(replace(prepared, config=config)))
         relay = await stack.start_relay("inference", enclave["address"])
-        gateway = await stack.start_service(
-            ServiceSpec(
-                "inference_gateway",
-                lambda s, port: python_command("inference", "gateway", "--upstream", relay, "--port", str(port)),
+
+        def gateway_to(name: str, upstream: str) -> ServiceSpec:
+            return ServiceSpec(
+                name,
+                lambda s, port: python_command("inference", "gateway", "--upstream", upstream, "--port", str(port)),
                 url=lambda h, p: f"tcp://{h}:{p}",
             )
-        )
+
+        gateway = await stack.start_service(gateway_to("inference_gateway", enclave["address"]))  # as `up` does
+        gateway_via_relay = await stack.start_service(gateway_to("inference_gateway_via_relay", relay))
         policy = NitroPolicy(measurements=[{0: bytes.fromhex(enclave["pcr0"])}], roots=(load_root(state),))
         out: dict[str, Any] = {}
-        async with InferenceClient(gateway, policy, model_hash=bytes.fromhex(prepared.model_hash)) as client:
+        model_hash = bytes.fromhex(prepared.model_hash)
+        async with (
+            InferenceClient(gateway, policy, model_hash=model_hash) as client,
+            InferenceClient(gateway_via_relay, policy, model_hash=model_hash) as old,
+        ):
             for batch in batches:
                 texts = [TEXT] * batch
 
@@ -254,11 +297,17 @@ async def end_to_end(
                 async def subject(texts: list[str] = texts) -> None:
                     await client.embed(texts)
 
-                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
+                async def via_relay(texts: list[str] = texts) -> None:
+                    await old.embed(texts)
+
+                b, s, r = await interleave(rounds * 3 if batch == 1 else rounds, base, subject, via_relay)
                 out[f"batch_{batch}"] = {
                     "bare_ms": round(b * 1000, 3),
                     "end_to_end_ms": round(s * 1000, 3),
                     "overhead_pct": round((s / b - 1) * 100, 1),
+                    "fixed_cost_us": round((s - b) * 1e6),
+                    "via_relay_ms": round(r * 1000, 3),
+                    "via_relay_overhead_pct": round((r / b - 1) * 100, 1),
                 }
         return out
     finally:
@@ -362,6 +411,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "overhead_pct": round((s / b - 1) * 100, 1),
                 }
             result["inside_enclave"] = inside
+            result["fixed_cost_zero_engine"] = {
+                f"batch_{batch}": await fixed_cost_us(enclave, [TEXT] * batch, 500 if args.quick else 2000)
+                for batch in batches
+            }
             result["crypto"] = {
                 f"batch_{batch}": await crypto_costs(enclave, [TEXT] * batch, 200 if args.quick else 1000)
                 for batch in batches

@@ -144,7 +144,9 @@ def package_command(
 
 @inference_app.command("gateway")
 def gateway_command(
-    upstream: str = typer.Option(..., "--upstream", help="The inference enclave's relay (tcp://HOST:PORT)."),
+    upstream: str = typer.Option(
+        ..., "--upstream", help="The inference enclave: unix:///PATH, vsock://CID:PORT, or a relay's tcp://HOST:PORT."
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(0, "--port", help="Port (0: any free port)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve GET /metrics here."),
@@ -158,7 +160,7 @@ def gateway_command(
     open_seconds: float = typer.Option(5.0, "--breaker-open-seconds"),
     response_timeout: float = typer.Option(30.0, "--response-timeout"),
 ) -> None:
-    """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT."""
+    """Run the host's gateway in front of the inference enclave until SIGTERM/SIGINT."""
     from enclavekit.services.inference.gateway import Gateway
     from enclavekit.services.inference.protections import ProtectionSettings
 
