@@ -13,7 +13,9 @@ Everything in one run, same machine state, same text and thread count (``ENCLAVE
   straight to the enclave's socket as under ``enclavekit up`` (ADR 0026), and, interleaved in the same rounds,
   through a gateway in front of a separate relay process (the path before ADR 0026, ``via_relay``);
 * **fixed cost** — the enclave's ``embed`` handler with a zero-cost engine (it returns precomputed embeddings):
-  what the enclave adds per request, in µs, without the engine's noise;
+  what the enclave adds per request, in µs, without the engine's noise; and at batch 1 the CPU time per request
+  of each process on the path (client, gateway, relay, enclave: ``/proc/PID/task/*/schedstat``) against the bare
+  engine's, which the machine's load inflates far less than wall time;
 * **per-request crypto** — receipt signing, both hashes, receipt verification with the attestation binding,
   and a record's ChaCha20-Poly1305 seal+open of the request and the response, in µs;
 * **cold start** — from the encrypted package to the first embedding (KMS key release, chunked decryption,
@@ -37,6 +39,7 @@ os.environ.setdefault("ENCLAVEKIT_ENGINE_THREADS", "1")
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import resource
 import statistics
@@ -259,6 +262,24 @@ async def throughput(enclave: Any, batch: int, seconds: float, concurrency: int)
     return round(done / (time.perf_counter() - started), 1)
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time (ns) of every thread of process ``pid`` so far (``/proc/PID/task/*/schedstat``, first field)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+async def _cpu_per_call(pids: dict[str, int], fn: Callable[[], Awaitable[object]], calls: int) -> dict[str, float]:
+    """CPU µs per call of ``fn`` spent in each process of ``pids`` (all its threads): what each piece costs per
+    request, which the machine's load does not stretch as it stretches wall time."""
+    before = {name: _cpu_ns(pid) for name, pid in pids.items()}
+    for _ in range(calls):
+        await fn()
+    return {name: round((_cpu_ns(pid) - before[name]) / calls / 1000, 1) for name, pid in pids.items()}
+
+
 async def end_to_end(
     state: Path, prepared: Prepared, config: Path, kms_url: str, bare: Embedder, batches: list[int], rounds: int
 ) -> dict[str, Any]:
@@ -309,6 +330,25 @@ async def end_to_end(
                     "via_relay_ms": round(r * 1000, 3),
                     "via_relay_overhead_pct": round((r / b - 1) * 100, 1),
                 }
+                if batch == 1:
+                    pids = {"client": os.getpid(), "enclave": int(enclave["pid"])}
+                    services = stack.services
+                    calls = max(40, rounds * 6)
+                    out["cpu_per_request_us"] = {
+                        "bare_engine": (await _cpu_per_call({"engine": os.getpid()}, base, calls))["engine"],
+                        "direct": await _cpu_per_call(
+                            {**pids, "gateway": int(services["inference_gateway"]["pid"])}, subject, calls
+                        ),
+                        "via_relay": await _cpu_per_call(
+                            {
+                                **pids,
+                                "gateway": int(services["inference_gateway_via_relay"]["pid"]),
+                                "relay": int(services["relay_inference"]["pid"]),
+                            },
+                            via_relay,
+                            calls,
+                        ),
+                    }
         return out
     finally:
         await stack.stop()
