@@ -12,6 +12,7 @@ Everything in one run, same machine state, same text and thread count (``ENCLAVE
   session to the enclave *process*, with the client verifying the receipt and both hashes: the gateway forwards
   straight to the enclave's socket as under ``enclavekit up`` (ADR 0026), and, interleaved in the same rounds,
   through a gateway in front of a separate relay process (the path before ADR 0026, ``via_relay``);
+* **transport** — an ``inference.info`` round trip (no engine, ~7 KB answer) on both paths, interleaved;
 * **fixed cost** — the enclave's ``embed`` handler with a zero-cost engine (it returns precomputed embeddings):
   what the enclave adds per request, in µs, without the engine's noise; and at batch 1 the CPU time per request
   of each process on the path (client, gateway, relay, enclave: ``/proc/PID/task/*/schedstat``) against the bare
@@ -283,7 +284,9 @@ async def _cpu_per_call(pids: dict[str, int], fn: Callable[[], Awaitable[object]
 async def end_to_end(
     state: Path, prepared: Prepared, config: Path, kms_url: str, bare: Embedder, batches: list[int], rounds: int
 ) -> dict[str, Any]:
+    from enclavekit.client import AttestedClient
     from enclavekit.services.inference.client import InferenceClient
+    from enclavekit.services.inference.wire import INFO, InfoRequest
     from enclavekit.stack.state import StateDir
     from enclavekit.stack.up import ServiceSpec, Stack, python_command
 
@@ -308,7 +311,18 @@ async def end_to_end(
         async with (
             InferenceClient(gateway, policy, model_hash=model_hash) as client,
             InferenceClient(gateway_via_relay, policy, model_hash=model_hash) as old,
+            AttestedClient.nitro(gateway, policy) as raw,
+            AttestedClient.nitro(gateway_via_relay, policy) as raw_via_relay,
         ):
+
+            async def info() -> None:
+                await raw.call(INFO, InfoRequest())
+
+            async def info_via_relay() -> None:
+                await raw_via_relay.call(INFO, InfoRequest())
+
+            trips = await interleave(max(100, rounds * 20), info, info_via_relay)
+            out["info_round_trip_us"] = {"direct": round(trips[0] * 1e6), "via_relay": round(trips[1] * 1e6)}
             for batch in batches:
                 texts = [TEXT] * batch
 
