@@ -209,18 +209,19 @@ class InferenceEnclave:
             raise BadInput(f"the texts hold {total} bytes, over {limits.max_total_bytes}")
         nonce = bytes.fromhex(request.nonce) if request.nonce is not None else None
         _, document_hash = await self._renew_document()
+        # What depends only on the request is done here, before the engine's pass over the weights evicts the
+        # CPU caches: after it, the same Python work costs several times as much (benchmarks.md, Inference).
+        pending = _Pending(request_hash(encoded), uuid.uuid4().bytes, nonce, document_hash)
         assert self._executor is not None
         response = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._answer, model, request.texts, encoded, nonce, document_hash
+            self._executor, self._answer, model, request.texts, pending
         )
         self.served += 1
         return response
 
-    def _answer(
-        self, model: LoadedModel, texts: list[str], encoded: list[bytes], nonce: bytes | None, document_hash: bytes
-    ) -> EmbedResponse:
-        """The engine, both hashes and the signed receipt, in one call on a request worker: one thread hop per
-        request, and the event loop stays free for the other connections while a receipt is signed."""
+    def _answer(self, model: LoadedModel, texts: list[str], pending: _Pending) -> EmbedResponse:
+        """The engine, the response hash and the signed receipt, in one call on a request worker: one thread hop
+        per request, and the event loop stays free for the other connections while a receipt is signed."""
         assert self._measurements is not None and self._peak_rss is not None
         started = time.perf_counter()
         result = model.embedder.embed(texts)
@@ -231,25 +232,25 @@ class InferenceEnclave:
         claims = ReceiptClaims(
             iss=ISSUER,
             iat=int(time.time()),
-            cti=uuid.uuid4().bytes,
+            cti=pending.cti,
             model_id=manifest.model_id,
             model_version=manifest.version,
             model_hash=manifest.model_hash,
             model_hash_scheme=MODEL_HASH_SCHEME,
-            request_hash=request_hash(encoded),
+            request_hash=pending.request_hash,
             response_hash=response_hash_of_bytes(raw, count, dimensions, result.truncated),
-            attestation_doc_hash=document_hash,
+            attestation_doc_hash=pending.document_hash,
             enclave_measurements=self._measurements,
             policy_version=self._policy_version,
             sequence_number=next(self._sequence),
             execution_time_ms=elapsed_ms,
             memory_peak_mb=self._peak_rss.mib(),
             security_mode=self._context.tee if self._context is not None else "unknown",
-            eat_nonce=nonce,
+            eat_nonce=pending.nonce,
         )
         receipt = sign_receipt(claims, self._receipt_key)
         logger.debug("embedded %d texts (%d tokens) in %d ms", count, result.tokens, elapsed_ms)
-        return EmbedResponse(
+        return EmbedResponse.model_construct(  # built here from checked values: no second validation
             model_id=manifest.model_id,
             model_version=manifest.version,
             count=count,
@@ -259,6 +260,16 @@ class InferenceEnclave:
             tokens=result.tokens,
             receipt=base64.b64encode(receipt).decode(),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """What a receipt takes from the request, computed before the engine runs."""
+
+    request_hash: bytes
+    cti: bytes
+    nonce: bytes | None
+    document_hash: bytes
 
 
 class PeakRss:
