@@ -131,6 +131,7 @@ class InferenceClient:
         if nonce is not None and not 8 <= len(nonce) <= 64:
             raise BadInput("a nonce is 8..64 bytes")
         request = EmbedRequest(texts=list(texts), nonce=None if nonce is None else nonce.hex())
+        sent_hash = request_hash(encoded)  # before the call: what depends only on the request is cheaper done now
         answer = await self._client.call(EMBED, request, timeout=timeout)
         vectors = decode_embeddings(answer.embeddings, answer.count, answer.dimensions)
         if answer.count != len(encoded) or len(answer.truncated) != answer.count:
@@ -143,7 +144,7 @@ class InferenceClient:
             info = await self.info(refresh=True)
             receipt = self._verify(raw, info, nonce)
         claims = receipt.claims
-        if not hmac.compare_digest(claims.request_hash, request_hash(encoded)):
+        if not hmac.compare_digest(claims.request_hash, sent_hash):
             raise ReceiptMismatch("the receipt's request_hash is not of the texts sent")
         if not hmac.compare_digest(claims.response_hash, response_hash(vectors, answer.truncated)):
             raise ReceiptMismatch("the receipt's response_hash is not of the embeddings received")
