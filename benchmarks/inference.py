@@ -8,8 +8,17 @@ Everything in one run, same machine state, same text and thread count (``ENCLAVE
   handler on a booted :class:`InferenceEnclave` (real simulated NSM, receipt key, model loaded from the encrypted
   package through the KMS emulator): checks, the engine on its worker thread, request/response hashes, the
   base64 encoding and the AIR receipt;
-* **end to end** — the bare engine against :class:`InferenceClient` through the host gateway, the relay and the
-  attested session to the enclave *process*, with the client verifying the receipt and both hashes;
+* **end to end** — the bare engine against :class:`InferenceClient` through the host gateway and the attested
+  session to the enclave *process*, with the client verifying the receipt and both hashes: the gateway forwards
+  straight to the enclave's socket as under ``enclavekit up`` (ADR 0026), and, interleaved in the same rounds,
+  through a gateway in front of a separate relay process (the path before ADR 0026, ``via_relay``);
+* **transport** — an ``inference.info`` round trip (no engine, ~7 KB answer) on both paths, interleaved;
+* **fixed cost** — the enclave's ``embed`` handler with a zero-cost engine (it returns precomputed embeddings):
+  what the enclave adds per request, in µs, without the engine's noise; the same with the real engine, per call
+  minus the engine call's own time (``fixed_cost_in_situ_us``: the work after the engine runs with the caches
+  its pass over the weights evicted, and the thread hop's wake-ups are in it); and at batch 1 the CPU time per request
+  of each process on the path (client, gateway, relay, enclave: ``/proc/PID/task/*/schedstat``) against the bare
+  engine's, which the machine's load inflates far less than wall time;
 * **per-request crypto** — receipt signing, both hashes, receipt verification with the attestation binding,
   and a record's ChaCha20-Poly1305 seal+open of the request and the response, in µs;
 * **cold start** — from the encrypted package to the first embedding (KMS key release, chunked decryption,
@@ -33,6 +42,7 @@ os.environ.setdefault("ENCLAVEKIT_ENGINE_THREADS", "1")
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import resource
 import statistics
@@ -144,22 +154,85 @@ def _call() -> CallContext:
     return CallContext(route="inference.embed", request_id=1, deadline=time.monotonic() + 600)
 
 
-async def interleave(
-    rounds: int, baseline: Callable[[], Awaitable[object]], subject: Callable[[], Awaitable[object]]
-) -> tuple[float, float]:
-    """Median seconds of baseline and subject, alternating which goes first each round."""
-    base: list[float] = []
-    subj: list[float] = []
+async def interleave(rounds: int, *cases: Callable[[], Awaitable[object]]) -> list[float]:
+    """Median seconds of each case (the baseline first), the order rotated each round."""
+    samples: list[list[float]] = [[] for _ in cases]
     for _ in range(2):
-        await baseline()
-        await subject()
-    for round_ in range(rounds):
-        pair = [(base, baseline), (subj, subject)]
-        for sink, fn in pair if round_ % 2 == 0 else reversed(pair):
-            start = time.perf_counter()
+        for fn in cases:
             await fn()
-            sink.append(time.perf_counter() - start)
-    return _median(base), _median(subj)
+    for round_ in range(rounds):
+        order = list(range(len(cases)))
+        shift = round_ % len(cases)
+        for index in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            await cases[index]()
+            samples[index].append(time.perf_counter() - start)
+    return [_median(values) for values in samples]
+
+
+async def fixed_cost_us(enclave: Any, texts: list[str], rounds: int) -> dict[str, float]:
+    """p50 µs of the enclave's ``embed`` handler with a zero-cost engine (precomputed embeddings), and of the
+    request's validation and the response's JSON around it (what the RPC server adds): the enclave's fixed cost."""
+    model = enclave.model
+    embedded = model.embedder.embed(texts)
+
+    class _Precomputed:
+        tokenizer = model.embedder.tokenizer
+
+        def embed(self, _texts: list[str]) -> Any:
+            return embedded
+
+    enclave.model = replace(model, embedder=_Precomputed())
+    body = EmbedRequest(texts=texts).model_dump_json().encode()
+    call = _call()
+    handler: list[float] = []
+    with_json: list[float] = []
+    try:
+        for i in range(rounds + 20):
+            start = time.perf_counter_ns()
+            request = EmbedRequest.model_validate_json(body)
+            middle = time.perf_counter_ns()
+            response = await enclave.embed(request, call)
+            after = time.perf_counter_ns()
+            response.model_dump_json().encode()
+            end = time.perf_counter_ns()
+            if i >= 20:
+                handler.append((after - middle) / 1000)
+                with_json.append((end - start) / 1000)
+    finally:
+        enclave.model = model
+    return {"handler_us": round(_median(handler), 1), "with_json_us": round(_median(with_json), 1)}
+
+
+async def fixed_cost_in_situ_us(enclave: Any, texts: list[str], rounds: int) -> float:
+    """p50 over calls of the handler's time minus its engine call's time, with the real engine: the fixed cost
+    as it is paid after the engine's pass over the weights has evicted the CPU caches, thread hop included."""
+    model = enclave.model
+    engine_ns: list[int] = []
+
+    class _Timed:
+        tokenizer = model.embedder.tokenizer
+
+        def embed(self, batch: list[str]) -> Any:
+            start = time.perf_counter_ns()
+            try:
+                return model.embedder.embed(batch)
+            finally:
+                engine_ns.append(time.perf_counter_ns() - start)
+
+    enclave.model = replace(model, embedder=_Timed())
+    request, call = EmbedRequest(texts=texts), _call()
+    added: list[float] = []
+    try:
+        for i in range(rounds + 3):
+            start = time.perf_counter_ns()
+            await enclave.embed(request, call)
+            total = time.perf_counter_ns() - start
+            if i >= 3:
+                added.append((total - engine_ns[-1]) / 1000)
+    finally:
+        enclave.model = model
+    return round(_median(added), 1)
 
 
 def _micro(fn: Callable[[], object], rounds: int) -> float:
@@ -223,10 +296,30 @@ async def throughput(enclave: Any, batch: int, seconds: float, concurrency: int)
     return round(done / (time.perf_counter() - started), 1)
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time (ns) of every thread of process ``pid`` so far (``/proc/PID/task/*/schedstat``, first field)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+async def _cpu_per_call(pids: dict[str, int], fn: Callable[[], Awaitable[object]], calls: int) -> dict[str, float]:
+    """CPU µs per call of ``fn`` spent in each process of ``pids`` (all its threads): what each piece costs per
+    request, which the machine's load does not stretch as it stretches wall time."""
+    before = {name: _cpu_ns(pid) for name, pid in pids.items()}
+    for _ in range(calls):
+        await fn()
+    return {name: round((_cpu_ns(pid) - before[name]) / calls / 1000, 1) for name, pid in pids.items()}
+
+
 async def end_to_end(
     state: Path, prepared: Prepared, config: Path, kms_url: str, bare: Embedder, batches: list[int], rounds: int
 ) -> dict[str, Any]:
+    from enclavekit.client import AttestedClient
     from enclavekit.services.inference.client import InferenceClient
+    from enclavekit.services.inference.wire import INFO, InfoRequest
     from enclavekit.stack.state import StateDir
     from enclavekit.stack.up import ServiceSpec, Stack, python_command
 
@@ -235,16 +328,34 @@ async def end_to_end(
     try:
         enclave = await stack.start_enclave(enclave_spec(replace(prepared, config=config)))
         relay = await stack.start_relay("inference", enclave["address"])
-        gateway = await stack.start_service(
-            ServiceSpec(
-                "inference_gateway",
-                lambda s, port: python_command("inference", "gateway", "--upstream", relay, "--port", str(port)),
+
+        def gateway_to(name: str, upstream: str) -> ServiceSpec:
+            return ServiceSpec(
+                name,
+                lambda s, port: python_command("inference", "gateway", "--upstream", upstream, "--port", str(port)),
                 url=lambda h, p: f"tcp://{h}:{p}",
             )
-        )
+
+        gateway = await stack.start_service(gateway_to("inference_gateway", enclave["address"]))  # as `up` does
+        gateway_via_relay = await stack.start_service(gateway_to("inference_gateway_via_relay", relay))
         policy = NitroPolicy(measurements=[{0: bytes.fromhex(enclave["pcr0"])}], roots=(load_root(state),))
         out: dict[str, Any] = {}
-        async with InferenceClient(gateway, policy, model_hash=bytes.fromhex(prepared.model_hash)) as client:
+        model_hash = bytes.fromhex(prepared.model_hash)
+        async with (
+            InferenceClient(gateway, policy, model_hash=model_hash) as client,
+            InferenceClient(gateway_via_relay, policy, model_hash=model_hash) as old,
+            AttestedClient.nitro(gateway, policy) as raw,
+            AttestedClient.nitro(gateway_via_relay, policy) as raw_via_relay,
+        ):
+
+            async def info() -> None:
+                await raw.call(INFO, InfoRequest())
+
+            async def info_via_relay() -> None:
+                await raw_via_relay.call(INFO, InfoRequest())
+
+            trips = await interleave(max(100, rounds * 20), info, info_via_relay)
+            out["info_round_trip_us"] = {"direct": round(trips[0] * 1e6), "via_relay": round(trips[1] * 1e6)}
             for batch in batches:
                 texts = [TEXT] * batch
 
@@ -254,12 +365,37 @@ async def end_to_end(
                 async def subject(texts: list[str] = texts) -> None:
                     await client.embed(texts)
 
-                b, s = await interleave(rounds * 3 if batch == 1 else rounds, base, subject)
+                async def via_relay(texts: list[str] = texts) -> None:
+                    await old.embed(texts)
+
+                b, s, r = await interleave(rounds * 3 if batch == 1 else rounds, base, subject, via_relay)
                 out[f"batch_{batch}"] = {
                     "bare_ms": round(b * 1000, 3),
                     "end_to_end_ms": round(s * 1000, 3),
                     "overhead_pct": round((s / b - 1) * 100, 1),
+                    "fixed_cost_us": round((s - b) * 1e6),
+                    "via_relay_ms": round(r * 1000, 3),
+                    "via_relay_overhead_pct": round((r / b - 1) * 100, 1),
                 }
+                if batch == 1:
+                    pids = {"client": os.getpid(), "enclave": int(enclave["pid"])}
+                    services = stack.services
+                    calls = max(40, rounds * 6)
+                    out["cpu_per_request_us"] = {
+                        "bare_engine": (await _cpu_per_call({"engine": os.getpid()}, base, calls))["engine"],
+                        "direct": await _cpu_per_call(
+                            {**pids, "gateway": int(services["inference_gateway"]["pid"])}, subject, calls
+                        ),
+                        "via_relay": await _cpu_per_call(
+                            {
+                                **pids,
+                                "gateway": int(services["inference_gateway_via_relay"]["pid"]),
+                                "relay": int(services["relay_inference"]["pid"]),
+                            },
+                            via_relay,
+                            calls,
+                        ),
+                    }
         return out
     finally:
         await stack.stop()
@@ -362,6 +498,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "overhead_pct": round((s / b - 1) * 100, 1),
                 }
             result["inside_enclave"] = inside
+            result["fixed_cost_zero_engine"] = {
+                f"batch_{batch}": await fixed_cost_us(enclave, [TEXT] * batch, 500 if args.quick else 2000)
+                for batch in batches
+            }
+            result["fixed_cost_in_situ_us"] = {
+                f"batch_{batch}": await fixed_cost_in_situ_us(enclave, [TEXT] * batch, rounds * 4 if batch == 1 else 5)
+                for batch in batches
+            }
             result["crypto"] = {
                 f"batch_{batch}": await crypto_costs(enclave, [TEXT] * batch, 200 if args.quick else 1000)
                 for batch in batches

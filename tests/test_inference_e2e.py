@@ -1,16 +1,18 @@
-"""The inference service end to end with real processes: KMS emulator, the enclave (simulated NSM) behind its
-relay, the host gateway; a client that verifies attestation and every receipt; the CLI; host blindness."""
+"""The inference service end to end with real processes: KMS emulator, the enclave (simulated NSM), the host
+gateway in front of it (and the enclave's relay beside it); a client that verifies attestation and every receipt;
+the CLI; host blindness."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def _client(stack: _Stack, endpoint: str | None = None) -> InferenceClient:
     return InferenceClient(endpoint or local["gateway"], _policy(local), model_hash=bytes.fromhex(local["model_hash"]))
 
 
-def test_embeddings_come_back_with_a_verified_receipt_through_relay_and_gateway(stack: _Stack) -> None:
+def test_embeddings_come_back_with_a_verified_receipt_through_the_gateway(stack: _Stack) -> None:
     nonce = os.urandom(16)
 
     async def run() -> Any:
@@ -87,6 +89,23 @@ def test_embeddings_come_back_with_a_verified_receipt_through_relay_and_gateway(
     assert later.claims.sequence_number == receipt.claims.sequence_number + 1
     assert later.claims.eat_nonce is None
     assert truncated == (False,)
+
+
+def test_a_receipt_naming_a_renewed_document_verifies_after_one_refresh(stack: _Stack) -> None:
+    """The enclave renews its receipt key's attestation document every 10 minutes; a client holding the older one
+    fetches the current document once (and verifies it) rather than refusing every later receipt."""
+
+    async def run() -> tuple[bytes, bytes]:
+        async with _client(stack) as client:
+            current = await client.info()
+            client._info = replace(current, document=current.document + b"older")  # as if it were renewed since
+            _, receipt = await client.embed(["after a renewal"])
+            assert client._info is not None
+            return receipt.claims.attestation_doc_hash, client._info.document
+
+    named, held = asyncio.run(run())
+    assert not held.endswith(b"older")  # the client holds the enclave's current document again
+    assert named == hashlib.sha256(held).digest()
 
 
 class _RawJson(EmbedRequest):
@@ -130,7 +149,7 @@ def test_host_sees_no_input_text_in_relay_bytes_logs_or_files(stack: _Stack) -> 
     seen: list[bytes] = []
 
     async def run() -> None:
-        gateway = Gateway(stack.local["relay"], tap=lambda direction, data: seen.append(data))
+        gateway = Gateway(stack.local["upstream"], tap=lambda direction, data: seen.append(data))
         host, port = await gateway.start()
         try:
             async with _client(stack, f"tcp://{host}:{port}") as client:

@@ -7,6 +7,8 @@ import asyncio
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enclavekit.errors import ConfigurationError
 from enclavekit.services.inference.gateway import Gateway
@@ -55,6 +57,32 @@ def test_old_failures_leave_the_window() -> None:
     for t in (20.0, 20.1, 20.2, 20.3):
         breaker.record(t, ok=True)
     assert breaker.state is BreakerState.CLOSED
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=3.0), st.booleans()), max_size=200))
+def test_breaker_opens_exactly_when_a_recount_of_its_window_says_so(steps: list[tuple[float, bool]]) -> None:
+    """The breaker keeps its failure count as outcomes come and go; it must decide as a full recount would."""
+    breaker = CircuitBreaker(error_ratio=0.3, min_requests=5, window=4.0, open_seconds=1.0)
+    window: list[tuple[float, bool]] = []
+    now = 0.0
+    for gap, ok in steps:
+        now += gap
+        if not breaker.allow(now):
+            continue
+        half_open = breaker.state is BreakerState.HALF_OPEN
+        breaker.record(now, ok=ok)
+        if half_open:
+            window.clear()
+            expected = BreakerState.CLOSED if ok else BreakerState.OPEN
+        else:
+            window = [(t, good) for t, good in [*window, (now, ok)] if now - t <= 4.0]
+            failures = sum(1 for _, good in window if not good)
+            opens = len(window) >= 5 and failures >= 0.3 * len(window)
+            expected = BreakerState.OPEN if opens else BreakerState.CLOSED
+            if opens:
+                window.clear()
+        assert breaker.state is expected
+        assert breaker.failures == sum(1 for _, good in breaker.outcomes if not good)
 
 
 def test_settings_out_of_range_are_refused() -> None:

@@ -143,7 +143,9 @@ def package_command(
 
 @inference_app.command("gateway")
 def gateway_command(
-    upstream: str = typer.Option(..., "--upstream", help="The inference enclave's relay (tcp://HOST:PORT)."),
+    upstream: str = typer.Option(
+        ..., "--upstream", help="The inference enclave: unix:///PATH, vsock://CID:PORT, or a relay's tcp://HOST:PORT."
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(0, "--port", help="Port (0: any free port)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve GET /metrics here."),
@@ -162,7 +164,7 @@ def gateway_command(
     response_timeout: float | None = typer.Option(None, "--response-timeout", help="Default 30 s."),
     sets: list[str] = typer.Option([], "--set", help="A setting KEY=VALUE of the gateway (repeatable)."),
 ) -> None:
-    """Run the host's gateway in front of the inference enclave's relay until SIGTERM/SIGINT.
+    """Run the host's gateway in front of the inference enclave until SIGTERM/SIGINT.
 
     Settings: defaults < ``ENCLAVEKIT_INFERENCE_<KEY>`` < ``--set KEY=VALUE`` < the options above."""
     from enclavekit.hostkit.process import run_until_stopped

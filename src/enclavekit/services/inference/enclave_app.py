@@ -25,6 +25,7 @@ import base64
 import hashlib
 import itertools
 import logging
+import os
 import resource
 import time
 import uuid
@@ -51,13 +52,13 @@ from enclavekit.services.inference.wire import (
     EmbedResponse,
     InferenceInfo,
     InfoRequest,
-    encode_embeddings,
+    embedding_bytes,
     request_hash,
-    response_hash,
+    response_hash_of_bytes,
     utf8_texts,
 )
 
-__all__ = ["ISSUER", "MODEL_HASH_SCHEME", "InferenceEnclave", "app", "build_app", "kms_release"]
+__all__ = ["ISSUER", "MODEL_HASH_SCHEME", "InferenceEnclave", "PeakRss", "app", "build_app", "kms_release"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,11 @@ class InferenceEnclave:
     _receipt_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
     _document: tuple[float, bytes, bytes] | None = None
     _measurements: EnclaveMeasurements | None = None
+    _config_digest: bytes = b""
+    _policy_version: str = ""
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _executor: ThreadPoolExecutor | None = None
+    _peak_rss: PeakRss | None = None
 
     def attach(self, app: EnclaveApp) -> None:
         app.on_boot(self._boot)
@@ -114,6 +118,9 @@ class InferenceEnclave:
         if "config" in context.settings:
             raise ConfigurationError("config is not a launch setting: the configuration is measured (--config FILE)")
         self.config = InferenceConfig.from_bytes(context.config)
+        self._config_digest = self.config.digest()  # the configuration never changes: hashed once
+        self._policy_version = f"enclavekit-inference/1 config-sha256:{self._config_digest.hex()}"
+        self._peak_rss = PeakRss()
         try:
             package = Path(context.settings["package"])
         except KeyError as exc:
@@ -143,13 +150,18 @@ class InferenceEnclave:
     async def _shutdown(self, context: EnclaveContext) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._peak_rss is not None:
+            self._peak_rss.close()
 
     async def _renew_document(self) -> tuple[bytes, bytes]:
+        """The receipt key's current attestation document and its SHA-256 (a new one after ``DOCUMENT_MAX_AGE``)."""
+        current = self._document
+        if current is not None and time.monotonic() - current[0] <= DOCUMENT_MAX_AGE:
+            return current[1], current[2]
         assert self._context is not None
-        if self._document is None or time.monotonic() - self._document[0] > DOCUMENT_MAX_AGE:
-            document = await self._context.attest(user_data=self.receipt_public_key)
-            self._document = (time.monotonic(), document, hashlib.sha256(document).digest())
-        return self._document[1], self._document[2]
+        document = await self._context.attest(user_data=self.receipt_public_key)
+        self._document = (time.monotonic(), document, hashlib.sha256(document).digest())
+        return document, self._document[2]
 
     def _ready(self) -> tuple[LoadedModel, InferenceConfig]:
         if self.error is not None:
@@ -173,7 +185,7 @@ class InferenceEnclave:
             model_hash=None if manifest is None else manifest.model_hash.hex(),
             receipt_public_key=self.receipt_public_key.hex(),
             receipt_document=base64.b64encode(document).decode(),
-            config_digest=config.digest().hex(),
+            config_digest=self._config_digest.hex(),
             max_batch=config.limits.max_batch,
             max_text_bytes=config.limits.max_text_bytes,
         )
@@ -196,54 +208,98 @@ class InferenceEnclave:
         if total > limits.max_total_bytes:
             raise BadInput(f"the texts hold {total} bytes, over {limits.max_total_bytes}")
         nonce = bytes.fromhex(request.nonce) if request.nonce is not None else None
-        assert self._executor is not None and self._measurements is not None
-        started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, model.embedder.embed, request.texts)
-        elapsed_ms = int((time.perf_counter() - started) * 1000)
         _, document_hash = await self._renew_document()
+        # What depends only on the request is done here, before the engine's pass over the weights evicts the
+        # CPU caches: after it, the same Python work costs several times as much (benchmarks.md, Inference).
+        pending = _Pending(request_hash(encoded), uuid.uuid4().bytes, nonce, document_hash)
+        assert self._executor is not None
+        response = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._answer, model, request.texts, pending
+        )
+        self.served += 1
+        return response
+
+    def _answer(self, model: LoadedModel, texts: list[str], pending: _Pending) -> EmbedResponse:
+        """The engine, the response hash and the signed receipt, in one call on a request worker: one thread hop
+        per request, and the event loop stays free for the other connections while a receipt is signed."""
+        assert self._measurements is not None and self._peak_rss is not None
+        started = time.perf_counter()
+        result = model.embedder.embed(texts)
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        count, dimensions = result.vectors.shape
+        raw = embedding_bytes(result.vectors)  # hashed and sent: the same bytes, converted once
+        manifest = model.manifest
         claims = ReceiptClaims(
             iss=ISSUER,
             iat=int(time.time()),
-            cti=uuid.uuid4().bytes,
-            model_id=model.manifest.model_id,
-            model_version=model.manifest.version,
-            model_hash=model.manifest.model_hash,
+            cti=pending.cti,
+            model_id=manifest.model_id,
+            model_version=manifest.version,
+            model_hash=manifest.model_hash,
             model_hash_scheme=MODEL_HASH_SCHEME,
-            request_hash=request_hash(encoded),
-            response_hash=response_hash(result.vectors, result.truncated),
-            attestation_doc_hash=document_hash,
+            request_hash=pending.request_hash,
+            response_hash=response_hash_of_bytes(raw, count, dimensions, result.truncated),
+            attestation_doc_hash=pending.document_hash,
             enclave_measurements=self._measurements,
-            policy_version=f"enclavekit-inference/1 config-sha256:{config.digest().hex()}",
+            policy_version=self._policy_version,
             sequence_number=next(self._sequence),
             execution_time_ms=elapsed_ms,
-            memory_peak_mb=_peak_rss_mb(),
+            memory_peak_mb=self._peak_rss.mib(),
             security_mode=self._context.tee if self._context is not None else "unknown",
-            eat_nonce=nonce,
+            eat_nonce=pending.nonce,
         )
         receipt = sign_receipt(claims, self._receipt_key)
-        self.served += 1
-        logger.debug("embedded %d texts (%d tokens) in %d ms", len(encoded), result.tokens, elapsed_ms)
-        return EmbedResponse(
-            model_id=model.manifest.model_id,
-            model_version=model.manifest.version,
-            count=len(encoded),
-            dimensions=int(result.vectors.shape[1]),
-            embeddings=encode_embeddings(result.vectors),
+        logger.debug("embedded %d texts (%d tokens) in %d ms", count, result.tokens, elapsed_ms)
+        return EmbedResponse.model_construct(  # built here from checked values: no second validation
+            model_id=manifest.model_id,
+            model_version=manifest.version,
+            count=count,
+            dimensions=dimensions,
+            embeddings=base64.b64encode(raw).decode(),
             truncated=list(result.truncated),
             tokens=result.tokens,
             receipt=base64.b64encode(receipt).decode(),
         )
 
 
-def _peak_rss_mb() -> int:
-    """This process's peak RSS in MiB: ``VmHWM`` (``ru_maxrss`` would include the parent's, carried over exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """What a receipt takes from the request, computed before the engine runs."""
+
+    request_hash: bytes
+    cti: bytes
+    nonce: bytes | None
+    document_hash: bytes
+
+
+class PeakRss:
+    """This process's peak RSS in MiB: ``VmHWM`` of ``/proc/self/status``, read through a descriptor opened once
+    (``pread``: no open, no text decoding per receipt; safe from several request workers at once).
+    ``ru_maxrss`` is the fallback where there is no procfs; it may include a parent's peak carried over exec."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def mib(self) -> int:
+        fd = self._fd
+        if fd is not None:
+            try:
+                status = os.pread(fd, 8192, 0)
+                start = status.index(b"VmHWM:") + 6
+                return int(status[start : status.index(b"kB", start)]) // 1024
+            except (OSError, ValueError):
+                pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def build_app(name: str = "inference") -> tuple[EnclaveApp, InferenceEnclave]:

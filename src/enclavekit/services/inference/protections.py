@@ -89,6 +89,9 @@ class CircuitBreaker:
     opened_at: float = 0.0
     trial_running: bool = False
     outcomes: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    failures: int = 0
+    """How many of ``outcomes`` are failures (kept as they come and go: O(1) per request, not a scan of the
+    window, which holds thousands of outcomes at the default rate)."""
     times_opened: int = 0
 
     @classmethod
@@ -117,19 +120,26 @@ class CircuitBreaker:
             self.trial_running = False
             if ok:
                 self.state = BreakerState.CLOSED
-                self.outcomes.clear()
+                self._forget()
             else:
                 self._open(now)
             return
-        self.outcomes.append((now, ok))
-        while self.outcomes and now - self.outcomes[0][0] > self.window:
-            self.outcomes.popleft()
-        failures = sum(1 for _, good in self.outcomes if not good)
-        if len(self.outcomes) >= self.min_requests and failures >= self.error_ratio * len(self.outcomes):
+        outcomes = self.outcomes
+        outcomes.append((now, ok))
+        if not ok:
+            self.failures += 1
+        while outcomes and now - outcomes[0][0] > self.window:
+            if not outcomes.popleft()[1]:
+                self.failures -= 1
+        if len(outcomes) >= self.min_requests and self.failures >= self.error_ratio * len(outcomes):
             self._open(now)
+
+    def _forget(self) -> None:
+        self.outcomes.clear()
+        self.failures = 0
 
     def _open(self, now: float) -> None:
         self.state = BreakerState.OPEN
         self.opened_at = now
-        self.outcomes.clear()
+        self._forget()
         self.times_opened += 1

@@ -1,5 +1,7 @@
 """The inference service under ``enclavekit up``: the model packaged once into the state folder, the enclave
-(``inference`` in ``stack.json``, behind its relay) and the host's gateway in front of the relay.
+(``inference`` in ``stack.json``, with its relay for attestation and raw sessions) and the host's gateway, which
+forwards its clients' sessions straight to the enclave's socket (ADR 0026: one host process on the request path,
+not two).
 
 First ``up`` (or whenever the configuration or the enclave's code changed): a publisher key
 (``STATE/inference/publisher.pem``, 0600), a KMS key, the enclave's measured configuration
@@ -7,7 +9,8 @@ First ``up`` (or whenever the configuration or the enclave's code changed): a pu
 code and configuration give (:func:`enclavekit.enclave.runtime.expected_pcr0`), the key's policy bound to that
 PCR0 (PutKeyPolicy), and the encrypted package (``STATE/inference/package/``). The enclave then boots with
 ``--config`` — nothing that decides trust is a launch setting. ``STATE/inference/local.json`` records what the
-local commands need: the gateway, the enclave's PCR0, the model hash.
+local commands need: the gateway, the enclave's PCR0, the model hash, and ``upstream``, the enclave address the
+gateway forwards to.
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ async def start_inference(stack: Stack) -> None:
             f"the inference enclave booted with PCR0 {enclave['pcr0']}, not the {prepared.pcr0} its KMS key is bound to"
         )
     relay = await stack.start_relay("inference", enclave["address"])
+    upstream = str(enclave["address"])  # the gateway is the request path's only host hop (ADR 0026)
     metrics_port = free_port(host)
     gateway = await stack.start_service(
         ServiceSpec(
@@ -185,7 +189,7 @@ async def start_inference(stack: Stack) -> None:
             lambda s, port: python_command(
                 "inference",
                 "gateway",
-                *("--upstream", relay, "--host", host, "--port", str(port), "--metrics-port", str(metrics_port)),
+                *("--upstream", upstream, "--host", host, "--port", str(port), "--metrics-port", str(metrics_port)),
             ),
             url=lambda h, p: f"tcp://{h}:{p}",
         )
@@ -193,6 +197,7 @@ async def start_inference(stack: Stack) -> None:
     local = {
         "gateway": gateway,
         "relay": relay,
+        "upstream": upstream,
         "enclave_pcr0": enclave["pcr0"],
         "model_hash": prepared.model_hash,
         "gateway_metrics": f"http://{host}:{metrics_port}/metrics",

@@ -33,9 +33,11 @@ __all__ = [
     "InferenceInfo",
     "InfoRequest",
     "decode_embeddings",
+    "embedding_bytes",
     "encode_embeddings",
     "request_hash",
     "response_hash",
+    "response_hash_of_bytes",
     "utf8_texts",
 ]
 
@@ -109,16 +111,27 @@ def request_hash(texts: Sequence[bytes]) -> bytes:
     return digest.digest()
 
 
+def embedding_bytes(vectors: npt.NDArray[np.float32]) -> bytes:
+    """The embeddings as the wire and ``response_hash`` carry them: float32 little-endian, row-major."""
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
 def response_hash(vectors: npt.NDArray[np.float32], truncated: Sequence[bool]) -> bytes:
     count, dimensions = vectors.shape
+    return response_hash_of_bytes(embedding_bytes(vectors), count, dimensions, truncated)
+
+
+def response_hash_of_bytes(raw: bytes, count: int, dimensions: int, truncated: Sequence[bool]) -> bytes:
+    """:func:`response_hash` of embeddings already in their wire bytes (:func:`embedding_bytes`): the enclave
+    hashes exactly the bytes it sends, converting the vectors once."""
     digest = hashlib.sha256(_RESPONSE + struct.pack(">II", count, dimensions))
-    digest.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+    digest.update(raw)
     digest.update(bytes(1 if t else 0 for t in truncated))
     return digest.digest()
 
 
 def encode_embeddings(vectors: npt.NDArray[np.float32]) -> str:
-    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
+    return base64.b64encode(embedding_bytes(vectors)).decode()
 
 
 def decode_embeddings(text: str, count: int, dimensions: int) -> npt.NDArray[np.float32]:
