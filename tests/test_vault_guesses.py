@@ -239,3 +239,63 @@ def test_a_peer_sending_a_malformed_epoch_is_refused(epoch: object) -> None:
     raw = GuessEntry(generation=1, epoch=EPOCH).to_json() | {"epoch": epoch}
     with pytest.raises(ValueError, match=r"epoch|malformed"):
         GuessEntry.from_json(raw)
+
+
+class HostNetwork:
+    """The host between coordinators and replicas: reads pass at once; each count reaches a replica only when the
+    host's order says so (after every coordinator has read), and a count to a replica outside the order is dropped."""
+
+    def __init__(self, replicas: list[MemoryReplica], order: dict[int, list[int]], coordinators: int) -> None:
+        self.replicas, self.order, self.coordinators = replicas, order, coordinators
+        self.turn = dict.fromkeys(order, 0)
+        self.moved = asyncio.Condition()
+        self.have_read: set[int] = set()
+        self.all_read = asyncio.Event()
+
+    def route(self, coordinator: int, index: int) -> Routed:
+        return Routed(self, coordinator, index)
+
+
+class Routed:
+    def __init__(self, network: HostNetwork, coordinator: int, index: int) -> None:
+        self.network, self.coordinator, self.index = network, coordinator, index
+        self.identity = network.replicas[index].identity
+
+    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
+        net, replica = self.network, self.network.replicas[self.index]
+        if entry == GuessEntry():  # a read
+            net.have_read.add(self.coordinator)
+            if len(net.have_read) == net.coordinators:
+                net.all_read.set()
+            return await replica.merge(user, entry)
+        await net.all_read.wait()
+        order = net.order[self.index]
+        if self.coordinator not in order:
+            await asyncio.Event().wait()  # dropped
+        async with net.moved:
+            await net.moved.wait_for(lambda: order[net.turn[self.index]] == self.coordinator)
+            answer = await replica.merge(user, entry)
+            net.turn[self.index] += 1
+            net.moved.notify_all()
+        return answer
+
+
+async def test_host_ordering_concurrent_guesses_across_replicas_gets_no_guess_past_the_limit() -> None:
+    """Fifteen coordinators (enclaves of the vault's image the host started) each send one wrong guess at once;
+    the host delivers group 0's counts to replicas {0, 1}, group 1's to {1, 2}, group 2's to {2, 0}, ordering
+    each replica so that every group sees one other group and no more: each count's answer then shows at most 10
+    uncleared attempts, and without a read after the count all 15 would try the PIN under a limit of 10."""
+    replicas = _replicas()
+    await GuessLedger(replicas).enroll("alice", epoch=EPOCH)
+    groups = [range(0, 5), range(5, 10), range(10, 15)]
+    order = {0: [*groups[0], *groups[2]], 1: [*groups[1], *groups[0]], 2: [*groups[2], *groups[1]]}
+    network = HostNetwork(replicas, order, coordinators=15)
+    coordinators = [GuessLedger([network.route(c, r) for r in range(3)], quorum=2) for c in range(15)]
+
+    async def guess(ledger: GuessLedger) -> bool:
+        entry = await ledger.read("alice")
+        return not (await ledger.begin_attempt("alice", entry)).over_limit  # what the core then tries
+
+    tried = await asyncio.wait_for(asyncio.gather(*(guess(c) for c in coordinators)), timeout=30)
+    assert sum(tried) <= 10
+    assert (await GuessLedger(replicas).read("alice")).uncleared == 15  # every guess was counted

@@ -19,9 +19,10 @@ entries of ``replicas - quorum + 1`` ready peers, enough to include a holder of 
 The same replicas hold the single-use record of invitation codes (:meth:`GuessLedger.claim`): an entry under the
 key ``invite:{id}`` whose ``claims`` is a grow-only set of the users who presented the code (ADR 0021).
 
-An unlock is: count the attempt at a majority (:meth:`GuessLedger.begin_attempt`), refuse if the uncleared
-attempts exceed the limit, only then try the PIN; the right PIN clears the attempts that were seen, a wrong one at
-the limit locks. Concurrent guesses from several coordinators are all counted: each increments its own slot.
+An unlock is: count the attempt at a majority and then read a majority (:meth:`GuessLedger.begin_attempt`),
+refuse if the uncleared attempts exceed the limit, only then try the PIN; the right PIN clears the attempts that
+were seen, a wrong one at the limit locks. Concurrent guesses from several coordinators are all counted: each
+increments its own slot; and at most ``limit`` of them are tried, however the host orders their messages.
 """
 
 from __future__ import annotations
@@ -333,12 +334,20 @@ class GuessLedger:
         return await self._quorum(user, GuessEntry(generation=1, limit=check_guess_limit(limit), epoch=epoch))
 
     async def begin_attempt(self, user: str, known: GuessEntry) -> Attempt:
-        """Count one attempt at a majority, before anything is tried; ``known`` is a fresh :meth:`read`."""
+        """Count one attempt at a majority, then read a majority again, before anything is tried; ``known`` is a
+        fresh :meth:`read`.
+
+        The read after the count is what bounds concurrent guesses: the answers to a count show only what those
+        replicas had merged when it arrived, so a host ordering the counts of many coordinators differently at each
+        replica can make every one of them see few others (15 tried under a limit of 10 with three replicas,
+        ``test_host_ordering_concurrent_guesses_across_replicas_gets_no_guess_past_the_limit``). A read that
+        starts after this count completed sees every count that completed before it started; so of the guesses
+        that are tried, the one whose read started last sees all the others — at most ``limit`` are tried."""
         mine = max(self._own.get(user, 0), known.attempts.get(self.slot, 0)) + 1
         self._own[user] = mine
         update = known.merge(GuessEntry(attempts={self.slot: mine}, generation=known.generation, limit=known.limit))
         entry = await self._quorum(user, update)
-        return Attempt(entry, self.slot)
+        return Attempt(entry.merge(await self.read(user)), self.slot)
 
     async def clear(self, user: str, attempt: Attempt, **bumps: int) -> GuessEntry:
         """The right PIN: clear the attempts that ``attempt`` saw (and raise ``generation``/``version``)."""
