@@ -20,7 +20,7 @@ from enclavekit.services.vault.errors import (
     StateRolledBack,
     VaultLocked,
 )
-from enclavekit.services.vault.guesses import MemoryReplica
+from enclavekit.services.vault.guesses import GuessReplica, MemoryReplica
 from enclavekit.services.vault.sealing import KmsSealer
 from tests.test_kms_fixtures import OTHER_APP
 from tests.vault_support import VaultWorld, vault_world
@@ -137,6 +137,41 @@ async def test_host_hiding_objects_after_a_ledger_loss_and_reenrolling_gets_no_g
     for pin in ("2468", "1111"):  # her real PIN opens nothing: the old header belongs to another epoch
         error = await _wrong(world.enclave(), pin=pin)
         assert isinstance(error, PinInvalid)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open (docs/vault.md, findings): any enclave of the vault's image is a replica, so the host can fork",
+)
+async def test_host_forking_the_ledger_with_extra_enclaves_gets_no_extra_guess(
+    world: VaultWorld, tmp_path: Path
+) -> None:
+    """The host boots two more enclaves of the vault's image (D, E) listing replicas A and B as their peers: each
+    catches up from two ready peers, as a restarted replica does. It then serves alice through D with E as its peer
+    (A cut off): the wrong guesses are counted at {D, E} only, and the lock too. It discards D and E, puts the
+    deleted header back, boots a fresh pair from A and B — which never saw a guess — and guesses again."""
+    a, b = world.replicas[0], world.replicas[1]
+    assert isinstance(a, MemoryReplica) and isinstance(b, MemoryReplica)
+    await world.enclave().enroll("alice", "2468")
+    world.snapshot(tmp_path / "alice")
+
+    def fork() -> list[MemoryReplica]:
+        pair = [GuessReplica(), GuessReplica()]
+        for new in pair:
+            assert new.join({"a": a.replica.snapshot(), "b": b.replica.snapshot()}, set(), replicas=3, quorum=2)
+        return [MemoryReplica(new) for new in pair]
+
+    world.replicas[:] = fork()
+    for n in range(10):
+        await _wrong(world.enclave(), pin=f"{n:04d}")  # ten wrong guesses: {D, E} lock alice, the header is gone
+    world.restore(tmp_path / "alice")
+    world.replicas[:] = fork()
+    try:
+        outcome: object = await world.enclave().unlock("alice", "2468")  # the host's eleventh guess
+    except (VaultLocked, LedgerUnavailable) as refused:
+        outcome = refused
+    assert isinstance(outcome, (VaultLocked, LedgerUnavailable)), "a guess past the limit tested the real PIN"
 
 
 async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorld) -> None:
