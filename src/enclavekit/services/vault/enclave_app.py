@@ -220,7 +220,7 @@ class VaultEnclave:
 
     async def ledger_merge(self, request: LedgerMerge, call: CallContext) -> LedgerEntry:
         assert self._context is not None
-        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots)
+        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots, replica=self.replica_id)
         merged = self.replica.merge(request.user, entry)
         return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
 

@@ -4,9 +4,13 @@
   every answer comes from a genuine vault enclave; each answer names the replica's boot identity, and the ledger
   counts a replica once however many addresses the host lists for it.
 * A merge carries an attestation document of the caller whose ``user_data`` is
-  ``SHA-256("enclavekit vault ledger merge v1" ‖ canonical JSON of {user, entry})``; the replica accepts only a
-  document with its own PCR0 (:func:`verify_merge`). A captured merge replayed changes nothing (merging is
-  idempotent); a host without the NSM cannot make one.
+  ``SHA-256("enclavekit vault ledger merge v2" ‖ canonical JSON of {user, entry, replica})``, ``replica`` being the
+  boot identity of the replica it is sent to; the replica accepts only a document with its own PCR0 and its own
+  boot identity (:func:`verify_merge`). A captured merge replayed to the same boot changes nothing (merging is
+  idempotent); replayed to another boot — after a restart, into a ledger that forgot the user — it is refused, so
+  a host cannot bring back an old entry (with its epoch and a low count) once every replica restarted; a host
+  without the NSM cannot make one. The coordinator learns a peer's boot identity from its answer to a read (a
+  merge of the empty entry, which changes nothing and needs no document) on each new connection.
 * A booting replica is a new member: it merges nothing and counts toward no quorum (``ledger_unavailable``) until
   it has merged the snapshots of ``replicas - quorum + 1`` ready peers (:meth:`GuessReplica.catch_up`), or until
   every other member of the measured set attests that it holds no ledger entry (genesis,
@@ -56,19 +60,26 @@ class MergeRefused(VaultRejected):
     code = "ledger_merge_refused"
 
 
-def merge_binding(user: str, entry: GuessEntry) -> bytes:
-    body = json.dumps({"user": user, "entry": entry.to_json()}, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(b"enclavekit vault ledger merge v1\x00" + body).digest()
+def merge_binding(user: str, entry: GuessEntry, replica: str) -> bytes:
+    """What a merge's attestation binds: the user, the entry and the boot identity of the receiving replica."""
+    body = {"user": user, "entry": entry.to_json(), "replica": replica}
+    return hashlib.sha256(
+        b"enclavekit vault ledger merge v2\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).digest()
 
 
-def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes]) -> GuessEntry:
-    """The entry of a merge request, if its document is a vault enclave's (own PCR0) binding exactly it."""
+def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], replica: str) -> GuessEntry:
+    """The entry of a merge request, if its document is a vault enclave's (own PCR0) binding exactly it and this
+    replica's boot identity ``replica``. The empty entry (a read: it changes nothing) needs no document."""
     try:
         entry = GuessEntry.from_json(request.entry)
+        if entry == GuessEntry():
+            return entry
         document = base64.b64decode(request.document, validate=True)
     except ValueError as exc:
         raise MergeRefused(f"malformed merge: {exc}") from exc
-    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=merge_binding(request.user, entry))
+    binding = merge_binding(request.user, entry, replica)
+    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=binding)
     try:
         verify(document, policy, now=datetime.now(UTC))
     except Error as exc:
@@ -101,13 +112,21 @@ class PeerReplica:
             if self._client is not None:  # reconnect (and re-attest) next time: the peer may have restarted
                 await self._client.close()
                 self._client = None
+            self.identity = None
             raise LedgerUnavailable(f"ledger peer {self.address}: {exc.code}") from exc
         except OSError as exc:
             self._client = None
+            self.identity = None
             raise LedgerUnavailable(f"ledger peer {self.address} unreachable") from exc
 
     async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
-        document = await self.attest(merge_binding(user, entry))
+        if self.identity is None or entry == GuessEntry():  # a read: learns the boot identity merges must bind
+            answer = await self._call(LEDGER_MERGE, LedgerMerge(user=user, entry=GuessEntry().to_json(), document=""))
+            self.identity = answer.replica
+            if entry == GuessEntry():
+                return GuessEntry.from_json(answer.entry)
+        assert self.identity is not None
+        document = await self.attest(merge_binding(user, entry, self.identity))
         request = LedgerMerge(user=user, entry=entry.to_json(), document=base64.b64encode(document).decode())
         answer = await self._call(LEDGER_MERGE, request)
         self.identity = answer.replica
