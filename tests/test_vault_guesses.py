@@ -8,7 +8,14 @@ import asyncio
 import pytest
 
 from enclavekit.services.vault.errors import LedgerUnavailable
-from enclavekit.services.vault.guesses import GuessEntry, GuessLedger, GuessReplica, MemoryReplica, check_guess_limit
+from enclavekit.services.vault.guesses import (
+    MAX_SLOTS,
+    GuessEntry,
+    GuessLedger,
+    GuessReplica,
+    MemoryReplica,
+    check_guess_limit,
+)
 
 EPOCH = "5e" * 16
 
@@ -299,3 +306,18 @@ async def test_host_ordering_concurrent_guesses_across_replicas_gets_no_guess_pa
     tried = await asyncio.wait_for(asyncio.gather(*(guess(c) for c in coordinators)), timeout=30)
     assert sum(tried) <= 10
     assert (await GuessLedger(replicas).read("alice")).uncleared == 15  # every guess was counted
+
+
+async def test_an_entry_with_every_slot_used_refuses_a_new_boots_guess_with_a_specific_error() -> None:
+    """Each coordinator boot that counts a guess takes a slot for good (a right PIN clears it but cannot remove it:
+    the merge is a per-slot maximum). At ``MAX_SLOTS`` boots the entry is full: the next boot's guess is refused,
+    uncounted and untried, with ``ledger_unavailable`` (it used to escape as a bare ValueError) — an open limit."""
+    replicas = _replicas()
+    await GuessLedger(replicas).enroll("alice", epoch=EPOCH)
+    for _ in range(MAX_SLOTS):
+        ledger = GuessLedger(replicas)  # a restarted enclave serving alice, who unlocks with her PIN
+        await ledger.clear("alice", await ledger.begin_attempt("alice", await ledger.read("alice")))
+    ledger = GuessLedger(replicas)
+    with pytest.raises(LedgerUnavailable, match="no room"):
+        await ledger.begin_attempt("alice", await ledger.read("alice"))
+    assert (await ledger.read("alice")).uncleared == 0

@@ -343,6 +343,8 @@ class GuessLedger:
         ``test_host_ordering_concurrent_guesses_across_replicas_gets_no_guess_past_the_limit``). A read that
         starts after this count completed sees every count that completed before it started; so of the guesses
         that are tried, the one whose read started last sees all the others — at most ``limit`` are tried."""
+        if self.slot not in known.attempts and len(known.attempts) >= MAX_SLOTS:
+            raise LedgerUnavailable(f"{user}'s ledger entry has no room for another coordinator boot: refusing")
         mine = max(self._own.get(user, 0), known.attempts.get(self.slot, 0)) + 1
         self._own[user] = mine
         update = known.merge(GuessEntry(attempts={self.slot: mine}, generation=known.generation, limit=known.limit))
