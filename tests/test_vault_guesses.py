@@ -321,3 +321,26 @@ async def test_an_entry_with_every_slot_used_refuses_a_new_boots_guess_with_a_sp
     with pytest.raises(LedgerUnavailable, match="no room"):
         await ledger.begin_attempt("alice", await ledger.read("alice"))
     assert (await ledger.read("alice")).uncleared == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open (docs/vault.md, findings): any enclave of the vault's image is a member, so a restarted replica "
+    "listing two fresh ones as its peers starts empty",
+)
+async def test_host_restarting_a_replica_among_fresh_strangers_gets_no_extra_guess() -> None:
+    """The reviewer's attack by another road: guesses written to {A, C} while B is cut off; the host restarts C
+    with two fresh enclaves of the image (X, Y, booting) as its only peers, so C sees every other "member" booting
+    and starts empty (genesis); then it serves alice from the quorum {B, C}, which never saw the guesses."""
+    a, b, c = _replicas()
+    await GuessLedger([a, b, c]).enroll("alice", epoch=EPOCH)
+    for _ in range(3):
+        await _wrong_guess(GuessLedger([a, DownReplica(), c], timeout=0.3))  # type: ignore[list-item]
+    restarted = GuessReplica()
+    restarted.join({}, {"x", "y"}, replicas=3, quorum=2)  # its peers as the host listed them: both booting
+    try:
+        seen = (await GuessLedger([DownReplica(), b, MemoryReplica(restarted)], timeout=0.3).read("alice")).uncleared  # type: ignore[list-item]
+    except LedgerUnavailable:
+        seen = 3
+    assert seen == 3, "the quorum {B, C} forgot the guesses"
