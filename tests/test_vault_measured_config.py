@@ -312,6 +312,23 @@ def test_ledger_merge_captured_before_every_replica_restarted_is_refused_by_the_
     assert verify_merge(read, pcr0=pcr0, roots=world.config.roots, replica="boot-after") == GuessEntry()
 
 
+def test_ledger_merge_moved_to_another_user_or_carrying_another_entry_is_refused(world: World) -> None:
+    """A genuine merge for bob (whose PIN the host chose, and whose count is low) sent as alice's, or alice's merge
+    with its entry swapped for a lower count: the document binds the user and the entry, so neither is merged."""
+    genuine = NsmSimulator(world.state, app=image_files(ENCLAVE_APP, world.config.raw))
+    pcr0 = bytes.fromhex(world.pcr0)
+    bobs = GuessEntry(generation=1, epoch="b0" * 16)
+    document = base64.b64encode(genuine.client().attestation(user_data=merge_binding("bob", bobs, "r"))).decode()
+    for user, entry in (("alice", bobs), ("bob", GuessEntry(generation=1, epoch="b0" * 16, limit=255))):
+        with pytest.raises(MergeRefused):
+            verify_merge(
+                LedgerMerge(user=user, entry=entry.to_json(), document=document),
+                pcr0=pcr0,
+                roots=world.config.roots,
+                replica="r",
+            )
+
+
 def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(world: World, tmp_path: Path) -> None:
     """The host runs the vault image with the genuine configuration on its own NSM simulator (its own root): the
     same PCR0, so it even boots. A vault enclave reaching it with the measured roots refuses it as a peer."""
