@@ -355,14 +355,14 @@ def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(wo
             while True:
                 try:
                     trusting = PeerReplica(address, pcr0, (load_root(host_state),), no_attest)
-                    identity, is_ready, entries = await trusting.snapshot()
+                    identity, is_ready, view, entries = await trusting.snapshot()
                     break
                 except (SimulatorStateError, LedgerUnavailable):  # its simulator root not made yet, not listening
                     assert launched.poll() is None, launched.stderr and launched.stderr.read()
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.2)
-            assert identity and not is_ready and entries == {}
+            assert identity and not is_ready and view is None and entries == {}
             await trusting.close()
             measured = PeerReplica(address, pcr0, world.config.roots, no_attest)
             with pytest.raises(LedgerUnavailable) as caught:

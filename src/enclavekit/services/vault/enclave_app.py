@@ -53,7 +53,7 @@ from enclavekit.services.vault.envelope import (
 )
 from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
-from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
+from enclavekit.services.vault.ledger_peers import MergeRefused, PeerReplica, catch_up, verify_join, verify_merge
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import pin as pin_operations
@@ -62,10 +62,13 @@ from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
     KEY,
+    LEDGER_JOIN,
     LEDGER_MERGE,
     LEDGER_SNAPSHOT,
     MESSAGE,
     LedgerEntry,
+    LedgerJoin,
+    LedgerJoined,
     LedgerMerge,
     LedgerSnapshot,
     LedgerSnapshotRequest,
@@ -164,6 +167,7 @@ class VaultEnclave:
         app.route(MESSAGE)(self.message)
         app.route(LEDGER_MERGE)(self.ledger_merge)
         app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
+        app.route(LEDGER_JOIN)(self.ledger_join)
 
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
@@ -222,13 +226,27 @@ class VaultEnclave:
         assert self._context is not None
         entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots, replica=self.replica_id)
         merged = self.replica.merge(request.user, entry)
-        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
+        view = None if self.replica.view is None else self.replica.view.to_json()
+        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id, view=view)
 
     async def ledger_snapshot(self, request: LedgerSnapshotRequest, call: CallContext) -> LedgerSnapshot:
         if not self.replica.ready:  # booting: say so (attested, with its boot identity) — peers decide genesis
             return LedgerSnapshot(entries={}, replica=self.replica_id, ready=False)
         entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
-        return LedgerSnapshot(entries=entries, replica=self.replica_id, ready=True)
+        view = None if self.replica.view is None else self.replica.view.to_json()
+        return LedgerSnapshot(entries=entries, replica=self.replica_id, ready=True, view=view)
+
+    async def ledger_join(self, request: LedgerJoin, call: CallContext) -> LedgerJoined:
+        """Accept a booting replica in place of a member of this replica's current view (once per view)."""
+        assert self._context is not None
+        view = verify_join(request, pcr0=self._context.pcr0, roots=self.roots)
+        try:
+            successor = self.replica.accept(view, request.joiner, request.replaced, own=self.replica_id)
+        except ValueError as exc:
+            raise MergeRefused(f"not a change of one member: {exc}") from exc
+        entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
+        logger.warning("ledger view %d: %s replaces %s", successor.number, request.joiner, request.replaced)
+        return LedgerJoined(entries=entries, replica=self.replica_id, view=successor.to_json())
 
     async def key(self, request: VaultKeyRequest, call: CallContext) -> VaultKey:
         assert self._context is not None

@@ -11,12 +11,14 @@
   a host cannot bring back an old entry (with its epoch and a low count) once every replica restarted; a host
   without the NSM cannot make one. The coordinator learns a peer's boot identity from its answer to a read (a
   merge of the empty entry, which changes nothing and needs no document) on each new connection.
-* A booting replica is a new member: it merges nothing and counts toward no quorum (``ledger_unavailable``) until
-  it has merged the snapshots of ``replicas - quorum + 1`` ready peers (:meth:`GuessReplica.catch_up`), or until
-  every other member of the measured set attests that it holds no ledger entry (genesis,
-  :meth:`GuessReplica.genesis`).
-  Genesis after the set existed means all members restarted at once; then every stored vault fails closed
-  (docs/vault.md).
+* The members are a :class:`~enclavekit.services.vault.guesses.View` (``replicas`` boot identities), and a
+  coordinator counts only answers of members of one view that report it. A booting replica merges nothing and
+  counts toward no quorum (``ledger_unavailable``) until it is a member of a view (:meth:`GuessReplica.plan`):
+  listed in one (it was accepted, or is a genesis member) and caught up from ``replicas - quorum + 1`` of its ready
+  members; or accepted as the replacement of one member by ``quorum`` members of the current view
+  (``vault.ledger.join``, compare-and-set on the view, each acceptor handing over its snapshot); or, when every
+  other peer is booting, by genesis — a new view and an empty ledger on which every stored vault fails closed
+  (docs/vault.md). An enclave the host starts in addition to a whole view is a member of nothing.
 """
 
 from __future__ import annotations
@@ -36,15 +38,25 @@ from enclavekit.client import AttestedClient
 from enclavekit.errors import Error
 from enclavekit.rpc import ClientOptions
 from enclavekit.services.vault.errors import LedgerUnavailable, VaultRejected
-from enclavekit.services.vault.guesses import GuessEntry, GuessReplica
+from enclavekit.services.vault.guesses import Answer, GuessEntry, GuessReplica, Peers, Proposal, View
 from enclavekit.services.vault.wire import (
+    LEDGER_JOIN,
     LEDGER_MERGE,
     LEDGER_SNAPSHOT,
+    LedgerJoin,
     LedgerMerge,
     LedgerSnapshotRequest,
 )
 
-__all__ = ["MergeRefused", "PeerReplica", "catch_up", "merge_binding", "verify_merge"]
+__all__ = [
+    "MergeRefused",
+    "PeerReplica",
+    "catch_up",
+    "join_binding",
+    "merge_binding",
+    "verify_join",
+    "verify_merge",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +99,37 @@ def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], r
     return entry
 
 
+def join_binding(view: View, joiner: str, replaced: str) -> bytes:
+    """What a join request's attestation binds: the view it changes, the joining boot and the member it replaces."""
+    body = {"view": view.to_json(), "joiner": joiner, "replaced": replaced}
+    return hashlib.sha256(
+        b"enclavekit vault ledger join v1\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).digest()
+
+
+def verify_join(request: LedgerJoin, *, pcr0: bytes, roots: Sequence[bytes]) -> View:
+    """The view a join request changes, if its document is a vault enclave's (own PCR0) binding the request."""
+    try:
+        view = View.from_json(request.view)
+        document = base64.b64decode(request.document, validate=True)
+    except ValueError as exc:
+        raise MergeRefused(f"malformed join: {exc}") from exc
+    binding = join_binding(view, request.joiner, request.replaced)
+    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=binding)
+    try:
+        verify(document, policy, now=datetime.now(UTC))
+    except Error as exc:
+        raise MergeRefused(f"the join's attestation does not verify: {exc.code}") from exc
+    return view
+
+
+def _view(raw: dict[str, Any] | None) -> View | None:
+    try:
+        return None if raw is None else View.from_json(raw)
+    except ValueError as exc:
+        raise LedgerUnavailable(f"a ledger peer sent a malformed view: {exc}") from exc
+
+
 @dataclass
 class PeerReplica:
     """A :class:`~enclavekit.services.vault.guesses.Replica` in another vault enclave."""
@@ -119,25 +162,43 @@ class PeerReplica:
             self.identity = None
             raise LedgerUnavailable(f"ledger peer {self.address} unreachable") from exc
 
-    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry:
+    async def merge(self, user: str, entry: GuessEntry) -> Answer:
         if self.identity is None or entry == GuessEntry():  # a read: learns the boot identity merges must bind
             answer = await self._call(LEDGER_MERGE, LedgerMerge(user=user, entry=GuessEntry().to_json(), document=""))
             self.identity = answer.replica
-            if entry == GuessEntry():
-                return GuessEntry.from_json(answer.entry)
-        assert self.identity is not None
-        document = await self.attest(merge_binding(user, entry, self.identity))
-        request = LedgerMerge(user=user, entry=entry.to_json(), document=base64.b64encode(document).decode())
-        answer = await self._call(LEDGER_MERGE, request)
-        self.identity = answer.replica
-        return GuessEntry.from_json(answer.entry)
+        if entry != GuessEntry():
+            assert self.identity is not None
+            document = await self.attest(merge_binding(user, entry, self.identity))
+            request = LedgerMerge(user=user, entry=entry.to_json(), document=base64.b64encode(document).decode())
+            answer = await self._call(LEDGER_MERGE, request)
+            self.identity = answer.replica
+        view = _view(answer.view)
+        if view is None:  # a peer of a many-replica ledger is always in a view once it answers
+            raise LedgerUnavailable(f"ledger peer {self.address} answered outside any view")
+        return Answer(GuessEntry.from_json(answer.entry), answer.replica, view)
 
-    async def snapshot(self) -> tuple[str, bool, dict[str, GuessEntry]]:
-        """``(boot identity, ready, entries)`` of the peer; a booting peer answers ``ready`` false, no entries."""
+    async def snapshot(self) -> tuple[str, bool, View | None, dict[str, GuessEntry]]:
+        """``(boot identity, ready, view, entries)`` of the peer; a booting peer answers ``ready`` false, no view and
+        no entries."""
         answer = await self._call(LEDGER_SNAPSHOT, LedgerSnapshotRequest())
         self.identity = answer.replica
         entries = {user: GuessEntry.from_json(raw) for user, raw in answer.entries.items()}
-        return answer.replica, answer.ready, entries
+        return answer.replica, answer.ready, _view(answer.view), entries
+
+    async def accept(self, proposal: Proposal, own: str) -> tuple[str, View | None, dict[str, GuessEntry]]:
+        """Ask this peer, a member of the proposal's view, to accept its successor; ``(boot identity, its new view,
+        its snapshot as it accepted)``."""
+        replaced = next(iter(proposal.view.members - proposal.successor.members))
+        document = await self.attest(join_binding(proposal.view, own, replaced))
+        request = LedgerJoin(
+            view=proposal.view.to_json(),
+            joiner=own,
+            replaced=replaced,
+            document=base64.b64encode(document).decode(),
+        )
+        answer = await self._call(LEDGER_JOIN, request)
+        entries = {user: GuessEntry.from_json(raw) for user, raw in answer.entries.items()}
+        return answer.replica, _view(answer.view), entries
 
     async def close(self) -> None:
         if self._client is not None:
@@ -153,40 +214,47 @@ async def catch_up(
     quorum: int,
     interval: float = 0.5,
 ) -> None:
-    """Make ``replica`` ready, retrying every ``interval`` seconds until one of two things is attested:
+    """Make ``replica`` a member of a view, retrying every ``interval`` seconds (:meth:`GuessReplica.plan`): join a
+    view that lists it from ``replicas - quorum + 1`` of its ready members; or propose to replace a member of the
+    current view and ask its ready members, of which ``quorum`` must accept (:meth:`GuessReplica.joined`); or, when
+    every other of the ``replicas - 1`` peers is booting, genesis. Members of a fresh set that boot together thus
+    all start: the first to see the others booting makes the genesis view, which lists them, and they join it.
 
-    * ``replicas - quorum + 1`` distinct ready peers answered their snapshots: merge them
-      (:meth:`GuessReplica.catch_up`);
-    * every other member of the measured set (``replicas - 1`` distinct boot identities) answered that it holds
-      no ledger entry (booting, or started empty itself and recorded nothing since): the set is new, or every
-      write is lost already — start empty (:meth:`GuessReplica.genesis`). Members of a fresh set that boot
-      together thus all start: the first to see the others booting starts empty, the others then see it empty.
-
-    Anything else (a peer ready but too few of them, peers silent) waits: a host that hides or stops peers gets
-    no replica that forgot, only one that does not serve. ``replicas`` and ``quorum`` are the measured ones."""
+    Anything else (too few members ready, peers silent, a change that too few accepted) waits: a host that hides,
+    stops or adds enclaves gets a replica that does not serve, never one that forgot. ``replicas`` and ``quorum``
+    are the measured ones."""
     while not replica.ready:
         answers = await asyncio.gather(*(peer.snapshot() for peer in peers), return_exceptions=True)
-        ready: dict[str, dict[str, GuessEntry]] = {}
+        ready: dict[str, tuple[View | None, dict[str, GuessEntry]]] = {}
         booting: set[str] = set()
-        for answer in answers:
+        by_identity: dict[str, PeerReplica] = {}
+        for peer, answer in zip(peers, answers, strict=True):
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer
             if not isinstance(answer, tuple):
                 logger.debug("ledger peer gave no snapshot: %s", answer)
                 continue
-            if answer[0] == own_identity:
+            identity, is_ready, view, entries = answer
+            if identity == own_identity:
                 continue
-            identity, is_ready, entries = answer
+            by_identity[identity] = peer
             if is_ready:
-                ready[identity] = entries
+                ready[identity] = (view, entries)
             else:
                 booting.add(identity)
-        if replica.join(ready, booting, replicas=replicas, quorum=quorum):
+        plan = replica.plan(ready, booting, own=own_identity, replicas=replicas, quorum=quorum)
+        if isinstance(plan, Proposal):
+            acceptors = [by_identity[i] for i in sorted(plan.acceptors)]
+            results = await asyncio.gather(*(p.accept(plan, own_identity) for p in acceptors), return_exceptions=True)
+            accepted: Peers = {r[0]: (r[1], r[2]) for r in results if isinstance(r, tuple)}
+            plan = replica.joined(plan, accepted, own=own_identity, quorum=quorum)
+        if plan:
+            assert replica.view is not None
             logger.warning(
-                "ledger replica ready: %d ready and %d booting peers answered (%s)",
+                "ledger replica ready: a member of view %d (%d ready and %d booting peers answered)",
+                replica.view.number,
                 len(ready),
-                len(booting - set(ready)),
-                "caught up" if len(ready) >= replicas - quorum + 1 else "genesis: no peer holds an entry",
+                len(booting),
             )
             return
         await asyncio.sleep(interval)
