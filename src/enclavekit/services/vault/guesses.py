@@ -10,11 +10,13 @@ enclave serving the user) writes by sending its merged entry to every replica an
 answer with their merged entry; it reads the same way and merges the answers. Any two majorities intersect, so a
 read sees every write that completed before it: a counted guess cannot be forgotten unless a majority of the
 replicas lose their memory at once. Then the ledger does not say "no guesses": a user whose vault exists in
-storage but not in the ledger is refused (:class:`~enclavekit.services.vault.errors.LedgerUnavailable`), and a
-restarted replica is a new member: it answers nothing (so it counts toward no quorum) until it has merged the
-entries of ``replicas - quorum + 1`` ready peers, enough to include a holder of every acknowledged write
-(:meth:`GuessReplica.catch_up`); it starts empty only when every other member attests that it is booting too
-(:meth:`GuessReplica.genesis`).
+storage but not in the ledger is refused (:class:`~enclavekit.services.vault.errors.LedgerUnavailable`). The
+replicas are the members of a :class:`View` (``replicas`` boot identities; ADR 0027), and a majority is one of a
+single view's members: a restarted replica, or any other new boot of the image, answers nothing (so it counts
+toward no quorum) until a quorum of the current view accepted it in place of one member and it merged their
+snapshots, enough to include a holder of every acknowledged write (:meth:`GuessReplica.plan`,
+:meth:`GuessReplica.accept`, :meth:`GuessReplica.joined`); it starts empty — a new view, a new ledger — only when
+every other peer attests that it is booting too.
 
 The same replicas hold the single-use record of invitation codes (:meth:`GuessLedger.claim`): an entry under the
 key ``invite:{id}`` whose ``claims`` is a grow-only set of the users who presented the code (ADR 0021).
