@@ -72,12 +72,26 @@ class MergeRefused(VaultRejected):
     code = "ledger_merge_refused"
 
 
+def _binding(label: bytes, body: dict[str, object]) -> bytes:
+    return hashlib.sha256(label + b"\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def _verify_peer(document: str, binding: bytes, *, pcr0: bytes, roots: Sequence[bytes], what: str) -> None:
+    """Raise :class:`MergeRefused` unless ``document`` is a vault enclave's (own PCR0, measured roots) binding it."""
+    try:
+        raw = base64.b64decode(document, validate=True)
+    except ValueError as exc:
+        raise MergeRefused(f"malformed {what}: {exc}") from exc
+    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=binding)
+    try:
+        verify(raw, policy, now=datetime.now(UTC))
+    except Error as exc:
+        raise MergeRefused(f"the {what}'s attestation does not verify: {exc.code}") from exc
+
+
 def merge_binding(user: str, entry: GuessEntry, replica: str) -> bytes:
     """What a merge's attestation binds: the user, the entry and the boot identity of the receiving replica."""
-    body = {"user": user, "entry": entry.to_json(), "replica": replica}
-    return hashlib.sha256(
-        b"enclavekit vault ledger merge v2\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).digest()
+    return _binding(b"enclavekit vault ledger merge v2", {"user": user, "entry": entry.to_json(), "replica": replica})
 
 
 def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], replica: str) -> GuessEntry:
@@ -85,41 +99,29 @@ def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], r
     replica's boot identity ``replica``. The empty entry (a read: it changes nothing) needs no document."""
     try:
         entry = GuessEntry.from_json(request.entry)
-        if entry == GuessEntry():
-            return entry
-        document = base64.b64decode(request.document, validate=True)
     except ValueError as exc:
         raise MergeRefused(f"malformed merge: {exc}") from exc
-    binding = merge_binding(request.user, entry, replica)
-    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=binding)
-    try:
-        verify(document, policy, now=datetime.now(UTC))
-    except Error as exc:
-        raise MergeRefused(f"the merge's attestation does not verify: {exc.code}") from exc
+    if entry != GuessEntry():
+        binding = merge_binding(request.user, entry, replica)
+        _verify_peer(request.document, binding, pcr0=pcr0, roots=roots, what="merge")
     return entry
 
 
 def join_binding(view: View, joiner: str, replaced: str) -> bytes:
     """What a join request's attestation binds: the view it changes, the joining boot and the member it replaces."""
-    body = {"view": view.to_json(), "joiner": joiner, "replaced": replaced}
-    return hashlib.sha256(
-        b"enclavekit vault ledger join v1\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).digest()
+    return _binding(
+        b"enclavekit vault ledger join v1", {"view": view.to_json(), "joiner": joiner, "replaced": replaced}
+    )
 
 
 def verify_join(request: LedgerJoin, *, pcr0: bytes, roots: Sequence[bytes]) -> View:
     """The view a join request changes, if its document is a vault enclave's (own PCR0) binding the request."""
     try:
         view = View.from_json(request.view)
-        document = base64.b64decode(request.document, validate=True)
     except ValueError as exc:
         raise MergeRefused(f"malformed join: {exc}") from exc
     binding = join_binding(view, request.joiner, request.replaced)
-    policy = NitroPolicy(measurements=[{0: pcr0}], roots=tuple(roots), user_data=binding)
-    try:
-        verify(document, policy, now=datetime.now(UTC))
-    except Error as exc:
-        raise MergeRefused(f"the join's attestation does not verify: {exc.code}") from exc
+    _verify_peer(request.document, binding, pcr0=pcr0, roots=roots, what="join")
     return view
 
 
