@@ -401,3 +401,21 @@ def test_rival_changes_of_one_view_let_at_most_one_boot_join(replicas: int, quor
             ):
                 joined.append(joiner)
         assert len(joined) <= 1, f"{joined} both joined with {split} of {replicas} accepting j1"
+
+
+async def test_host_pairing_a_replica_with_a_ledger_it_started_moves_no_entry_and_gets_no_guess() -> None:
+    """The host starts three fresh enclaves (genesis: a second ledger, empty) and lists two of them as the peers of
+    X, a member of alice's ledger. Before, X's reads merged every answer (its own, with alice's entry) and its
+    writes reached the new ledger too, so alice's entry — epoch and all — moved into a ledger whose quorum the real
+    one never hears from, and guesses counted there were counted nowhere else. Now a coordinator counts and merges
+    only its own view, and a replica refuses a write of another view."""
+    x, a, b = members()
+    p, q, _ = members()  # the ledger the host started
+    await GuessLedger([x, a, b], view=lambda: x.replica.view).enroll("alice", epoch=EPOCH)
+    bridged = GuessLedger([x, p, q], view=lambda: x.replica.view, timeout=0.3)
+    with pytest.raises(LedgerUnavailable):
+        await bridged.read("alice")  # X alone is no quorum of its view
+    await _wrong_guess(GuessLedger([x, a, p], view=lambda: x.replica.view, timeout=0.3))  # counted at {X, A}
+    assert "alice" not in p.replica.entries  # P refused the write: nothing crossed over
+    other_side = GuessLedger([p, q, x], view=lambda: p.replica.view, timeout=0.3)
+    assert not (await other_side.read("alice")).enrolled  # the new ledger knows no alice: her vault fails closed

@@ -199,7 +199,10 @@ class VaultEnclave:
 
     def ledger(self) -> GuessLedger:
         own = MemoryReplica(self.replica, identity=self.replica_id)
-        return GuessLedger([own, *self.peers], quorum=None if self.config is None else self.config.quorum)
+        if self.config is None or self.config.replicas == 1:
+            return GuessLedger([own, *self.peers], quorum=None if self.config is None else self.config.quorum)
+        # many replicas: only this replica's view counts, and writes go out in it (ADR 0027)
+        return GuessLedger([own, *self.peers], quorum=self.config.quorum, view=lambda: self.replica.view)
 
     async def _serving(self, context: EnclaveContext) -> None:
         """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
@@ -224,7 +227,9 @@ class VaultEnclave:
 
     async def ledger_merge(self, request: LedgerMerge, call: CallContext) -> LedgerEntry:
         assert self._context is not None
-        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots, replica=self.replica_id)
+        entry = verify_merge(
+            request, pcr0=self._context.pcr0, roots=self.roots, replica=self.replica_id, view=self.replica.view
+        )
         merged = self.replica.merge(request.user, entry)
         view = None if self.replica.view is None else self.replica.view.to_json()
         return LedgerEntry(entry=merged.to_json(), replica=self.replica_id, view=view)

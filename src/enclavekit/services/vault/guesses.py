@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -226,9 +226,10 @@ class Answer:
 
 
 class Replica(Protocol):
-    """One member of the ledger: merges what it is sent and answers with its merged entry."""
+    """One member of the ledger: merges what it is sent and answers with its merged entry. A write sent with the
+    coordinator's ``view`` is merged only by a replica whose view it is."""
 
-    async def merge(self, user: str, entry: GuessEntry) -> GuessEntry | Answer: ...
+    async def merge(self, user: str, entry: GuessEntry, view: View | None = None) -> GuessEntry | Answer: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +343,9 @@ class MemoryReplica:
     replica: GuessReplica = field(default_factory=lambda: GuessReplica(ready=True))
     identity: str = field(default_factory=lambda: secrets.token_hex(8))
 
-    async def merge(self, user: str, entry: GuessEntry) -> Answer:
+    async def merge(self, user: str, entry: GuessEntry, view: View | None = None) -> Answer:
+        if view is not None and entry != GuessEntry() and self.replica.view != view:
+            raise LedgerUnavailable("a write of another ledger view: refused")
         return Answer(self.replica.merge(user, entry), self.identity, self.replica.view)
 
 
@@ -363,11 +366,17 @@ class GuessLedger:
     """The coordinator: majority writes and reads over ``replicas``; one slot per boot (``slot``).
 
     ``quorum``, when given, is the measured quorum (more than half of the measured replica set): it holds however
-    few replicas the host made reachable, so a host listing fewer peers gets no smaller quorum."""
+    few replicas the host made reachable, so a host listing fewer peers gets no smaller quorum.
+
+    ``view``, when given (a vault enclave of a many-replica ledger: its own replica's view), is the only view that
+    counts: only its members' answers reporting it are counted and merged, and writes are sent with it, so that a
+    replica of another view (a genesis among boots the host started) neither counts nor receives this view's
+    entries. Without it (tests' in-process replicas), answers are grouped by the view they report."""
 
     replicas: Sequence[Replica]
     timeout: float = 5.0
     quorum: int | None = None
+    view: Callable[[], View | None] | None = None
     slot: str = field(default_factory=lambda: secrets.token_hex(8))
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _own: dict[str, int] = field(default_factory=dict)
@@ -382,14 +391,18 @@ class GuessLedger:
 
     async def _quorum(self, user: str, entry: GuessEntry) -> GuessEntry:
         """Send ``entry`` to every replica; the join of it and the answers of ``majority`` distinct replicas that are
-        members of one view and reported it (:class:`View`: a boot outside the view counts toward nothing).
+        members of one view and reported it (:class:`View`: a boot outside the view counts toward nothing), only
+        theirs — an answer from another view is neither counted nor merged.
 
         A replica counts only once its answer is merged into the result (an answer that arrived but was not merged
         would let a quorum "include" a replica whose knowledge the result lacks)."""
+        own = None if self.view is None else self.view()
+        if self.view is not None and own is None:
+            raise LedgerUnavailable("this enclave's ledger replica is in no view yet")
         tasks: dict[asyncio.Future[GuessEntry | Answer], Replica] = {
-            asyncio.ensure_future(replica.merge(user, entry)): replica for replica in self.replicas
+            asyncio.ensure_future(self._send(replica, user, entry, own)): replica for replica in self.replicas
         }
-        merged = entry
+        merged: dict[View | None, GuessEntry] = {}
         counted: dict[View | None, set[str]] = {}
         pending: set[asyncio.Future[GuessEntry | Answer]] = set(tasks)
         deadline = asyncio.get_running_loop().time() + self.timeout
@@ -405,11 +418,14 @@ class GuessLedger:
                     except (TimeoutError, LedgerUnavailable, OSError, ValueError):  # an absent or broken replica
                         continue
                     answer = result if isinstance(result, Answer) else Answer(result, self._identity(tasks[task]), None)
-                    merged = merged.merge(answer.entry)
-                    if answer.view is None or answer.identity in answer.view.members:
-                        counted.setdefault(answer.view, set()).add(answer.identity)
-                if any(len(members) >= self.majority for members in counted.values()):
-                    return merged
+                    if (answer.view is not None and answer.identity not in answer.view.members) or (
+                        own is not None and answer.view != own
+                    ):
+                        continue
+                    merged[answer.view] = merged.get(answer.view, entry).merge(answer.entry)
+                    counted.setdefault(answer.view, set()).add(answer.identity)
+                    if len(counted[answer.view]) >= self.majority:
+                        return merged[answer.view]
         finally:
             for task in tasks:
                 if not task.done():
@@ -418,6 +434,10 @@ class GuessLedger:
         raise LedgerUnavailable(
             f"{most} of {len(self.replicas)} ledger replicas answered in one view; need {self.majority}"
         )
+
+    @staticmethod
+    async def _send(replica: Replica, user: str, entry: GuessEntry, view: View | None) -> GuessEntry | Answer:
+        return await (replica.merge(user, entry) if view is None else replica.merge(user, entry, view))
 
     @staticmethod
     def _identity(replica: Replica) -> str:

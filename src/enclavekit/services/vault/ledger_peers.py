@@ -89,21 +89,31 @@ def _verify_peer(document: str, binding: bytes, *, pcr0: bytes, roots: Sequence[
         raise MergeRefused(f"the {what}'s attestation does not verify: {exc.code}") from exc
 
 
-def merge_binding(user: str, entry: GuessEntry, replica: str) -> bytes:
-    """What a merge's attestation binds: the user, the entry and the boot identity of the receiving replica."""
-    return _binding(b"enclavekit vault ledger merge v2", {"user": user, "entry": entry.to_json(), "replica": replica})
+def merge_binding(user: str, entry: GuessEntry, replica: str, view: View | None = None) -> bytes:
+    """What a merge's attestation binds: the user, the entry, the boot identity of the receiving replica and the
+    coordinator's ledger view."""
+    body: dict[str, object] = {"user": user, "entry": entry.to_json(), "replica": replica}
+    body["view"] = None if view is None else view.to_json()
+    return _binding(b"enclavekit vault ledger merge v3", body)
 
 
-def verify_merge(request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], replica: str) -> GuessEntry:
-    """The entry of a merge request, if its document is a vault enclave's (own PCR0) binding exactly it and this
-    replica's boot identity ``replica``. The empty entry (a read: it changes nothing) needs no document."""
+def verify_merge(
+    request: LedgerMerge, *, pcr0: bytes, roots: Sequence[bytes], replica: str, view: View | None = None
+) -> GuessEntry:
+    """The entry of a merge request, if its document is a vault enclave's (own PCR0) binding exactly it, this
+    replica's boot identity ``replica`` and this replica's ``view`` (a write of another view — a coordinator of a
+    ledger the host started beside this one — is refused, so no entry moves between them). The empty entry (a
+    read: it changes nothing) needs no document."""
     try:
         entry = GuessEntry.from_json(request.entry)
+        sent = None if request.view is None else View.from_json(request.view)
     except ValueError as exc:
         raise MergeRefused(f"malformed merge: {exc}") from exc
     if entry != GuessEntry():
-        binding = merge_binding(request.user, entry, replica)
+        binding = merge_binding(request.user, entry, replica, sent)
         _verify_peer(request.document, binding, pcr0=pcr0, roots=roots, what="merge")
+        if sent != view:
+            raise LedgerUnavailable("a write of another ledger view: refused")
     return entry
 
 
@@ -164,14 +174,19 @@ class PeerReplica:
             self.identity = None
             raise LedgerUnavailable(f"ledger peer {self.address} unreachable") from exc
 
-    async def merge(self, user: str, entry: GuessEntry) -> Answer:
+    async def merge(self, user: str, entry: GuessEntry, view: View | None = None) -> Answer:
         if self.identity is None or entry == GuessEntry():  # a read: learns the boot identity merges must bind
             answer = await self._call(LEDGER_MERGE, LedgerMerge(user=user, entry=GuessEntry().to_json(), document=""))
             self.identity = answer.replica
         if entry != GuessEntry():
             assert self.identity is not None
-            document = await self.attest(merge_binding(user, entry, self.identity))
-            request = LedgerMerge(user=user, entry=entry.to_json(), document=base64.b64encode(document).decode())
+            document = await self.attest(merge_binding(user, entry, self.identity, view))
+            request = LedgerMerge(
+                user=user,
+                entry=entry.to_json(),
+                document=base64.b64encode(document).decode(),
+                view=None if view is None else view.to_json(),
+            )
             answer = await self._call(LEDGER_MERGE, request)
             self.identity = answer.replica
         view = _view(answer.view)

@@ -69,6 +69,8 @@ class LedgerMerge(BaseModel):
     user: str = Field(pattern=_LEDGER_KEY_PATTERN)
     entry: dict[str, Any]
     document: str = Field(max_length=24 * 1024)
+    view: dict[str, Any] | None = None
+    """The coordinator's ledger view: a replica of another view refuses the write."""
 
 
 class LedgerEntry(BaseModel):
