@@ -187,7 +187,7 @@ class VaultEnclave:
 
         self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
         if config.replicas > 1:
-            self.replica = GuessReplica(ready=False)  # until it caught up (replicas - quorum + 1 peers) or genesis
+            self.replica = GuessReplica(ready=False)  # until it is a member of a view (ADR 0027)
         self.core = (self.core_factory or _default_core)(context, self.ledger(), config)
         logger.info(
             "vault enclave ready: envelope key %s, ledger of %d replicas (quorum %d), %d peer addresses",

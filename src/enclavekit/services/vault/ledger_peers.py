@@ -14,7 +14,7 @@
 * The members are a :class:`~enclavekit.services.vault.guesses.View` (``replicas`` boot identities), and a
   coordinator counts only answers of members of one view that report it. A booting replica merges nothing and
   counts toward no quorum (``ledger_unavailable``) until it is a member of a view (:meth:`GuessReplica.plan`):
-  listed in one (it was accepted, or is a genesis member) and caught up from ``replicas - quorum + 1`` of its ready
+  listed in one (it was accepted, or is a genesis member) and caught up from ``quorum`` of its ready
   members; or accepted as the replacement of one member by ``quorum`` members of the current view
   (``vault.ledger.join``, compare-and-set on the view, each acceptor handing over its snapshot); or, when every
   other peer is booting, by genesis — a new view and an empty ledger on which every stored vault fails closed
@@ -232,7 +232,7 @@ async def catch_up(
     interval: float = 0.5,
 ) -> None:
     """Make ``replica`` a member of a view, retrying every ``interval`` seconds (:meth:`GuessReplica.plan`): join a
-    view that lists it from ``replicas - quorum + 1`` of its ready members; or propose to replace a member of the
+    view that lists it from ``quorum`` of its ready members; or propose to replace a member of the
     current view and ask its ready members, of which ``quorum`` must accept (:meth:`GuessReplica.joined`); or, when
     every other of the ``replicas - 1`` peers is booting, genesis. Members of a fresh set that boot together thus
     all start: the first to see the others booting makes the genesis view, which lists them, and they join it.
