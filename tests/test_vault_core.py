@@ -20,10 +20,10 @@ from enclavekit.services.vault.errors import (
     StateRolledBack,
     VaultLocked,
 )
-from enclavekit.services.vault.guesses import MemoryReplica
+from enclavekit.services.vault.guesses import GuessReplica, MemoryReplica
 from enclavekit.services.vault.sealing import KmsSealer
 from tests.test_kms_fixtures import OTHER_APP
-from tests.vault_support import VaultWorld, vault_world
+from tests.vault_support import VaultWorld, join, vault_world
 
 
 @pytest.fixture
@@ -137,6 +137,34 @@ async def test_host_hiding_objects_after_a_ledger_loss_and_reenrolling_gets_no_g
     for pin in ("2468", "1111"):  # her real PIN opens nothing: the old header belongs to another epoch
         error = await _wrong(world.enclave(), pin=pin)
         assert isinstance(error, PinInvalid)
+
+
+async def test_host_forking_the_ledger_with_extra_enclaves_gets_no_extra_guess(
+    world: VaultWorld, tmp_path: Path
+) -> None:
+    """The host boots more enclaves of the vault's image. D reaches A and B and joins in place of C; E reaches B and
+    D and joins in place of A: the view is {B, D, E}. The host serves alice through D and E (B cut off): ten wrong
+    guesses lock her at {D, E} only. It puts the deleted header back and boots a fresh pair that reaches A and B —
+    which never saw a guess — to guess again. Before views, any boot of the image was a replica and this pair
+    caught up from A and B and took ten more guesses; now A (still in the old view) and B (in the new one) are no
+    quorum of one view, so nothing joins and the real PIN is never tried."""
+    a, b, _ = world.replicas
+    assert isinstance(a, MemoryReplica) and isinstance(b, MemoryReplica)
+    await world.enclave().enroll("alice", "2468")
+    world.snapshot(tmp_path / "alice")
+    d, e = MemoryReplica(GuessReplica()), MemoryReplica(GuessReplica())
+    assert join(d, [a, b]) and join(e, [b, d])
+    world.replicas[:] = [d, e]
+    for n in range(10):
+        await _wrong(world.enclave(), pin=f"{n:04d}")  # ten wrong guesses: {D, E} lock alice, the header is gone
+    world.restore(tmp_path / "alice")
+    fresh = [MemoryReplica(GuessReplica()), MemoryReplica(GuessReplica())]
+    for new in fresh:
+        join(new, [a, b])
+    for replicas in (fresh, [a, b]):
+        world.replicas[:] = replicas
+        with pytest.raises((VaultLocked, LedgerUnavailable)):
+            await world.enclave().unlock("alice", "2468")  # the host's eleventh guess: the real PIN
 
 
 async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorld) -> None:

@@ -487,7 +487,7 @@ async def test_host_cannot_merge_into_the_ledger_without_a_vault_enclaves_attest
 
     entry = GuessEntry(generation=1, locked_at=1)  # the host would like to lock (or reset) alice's vault
     other_image = NsmSimulator(world.state, app={"other.py": b"not the vault"})  # same CA, another PCR0
-    forged = other_image.client().attestation(user_data=merge_binding("alice", entry))
+    forged = other_image.client().attestation(user_data=merge_binding("alice", entry, "any-replica"))
     async with world.enclave("alice") as enclave:
         for document in (b"garbage", forged):
             request = LedgerMerge(user="alice", entry=entry.to_json(), document=base64.b64encode(document).decode())

@@ -110,3 +110,14 @@ def test_replayed_or_stale_envelope_is_refused() -> None:
         guard.check(bytes([i]) * 16, NOW + 1 + i, now=NOW + 1)
     with pytest.raises(EnvelopeReplayed):
         guard.check(b"a" * 16, NOW, now=NOW + 2)
+
+
+def test_host_setting_the_clock_forward_then_back_cannot_replay_a_message() -> None:
+    """The host captures the user's right-PIN request (which would clear the host's wrong guesses), moves the
+    enclave's clock forward so that the guard forgets its id, then back so that its timestamp is in the window."""
+    guard = ReplayGuard(window=60)
+    guard.check(b"u" * 16, NOW, now=NOW)
+    guard.check(b"h" * 16, NOW + 3600, now=NOW + 3600)  # an hour later: the user's id has left the guard's memory
+    with pytest.raises(EnvelopeReplayed):
+        guard.check(b"u" * 16, NOW, now=NOW + 1)  # the clock set back: the replay is still refused
+    guard.check(b"n" * 16, NOW + 3601, now=NOW + 3601)  # fresh messages by the moved clock still pass

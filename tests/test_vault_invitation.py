@@ -26,7 +26,7 @@ from enclavekit.services.vault.invitation import (
     parse_code,
 )
 from enclavekit.services.vault.wire import LedgerMerge
-from tests.vault_support import VaultWorld, vault_world
+from tests.vault_support import VaultWorld, join, members, vault_world
 
 NOW = 1_800_000_000.0
 WEEK = 7 * 86400.0
@@ -155,14 +155,14 @@ async def test_racing_claims_through_several_enclaves_admit_at_most_one_user(
 async def test_a_use_survives_the_host_restarting_a_replica_that_held_it(
     operator: ClientIdentityKey, config: VaultEnclaveConfig
 ) -> None:
-    a, b, c = (GuessReplica(ready=True) for _ in range(3))
+    a, b, c = members()
     _, code = issue(operator, ttl=WEEK, now=NOW)
     down = MemoryReplica(GuessReplica(ready=False))  # c cut off: the use is written to a and b only
-    await _admit(code, config, _ledger([MemoryReplica(a), MemoryReplica(b), down]), user="alice")
-    restarted = GuessReplica()  # the host restarts b: it must catch up from a and c before it counts
-    restarted.catch_up([a.snapshot(), c.snapshot()], replicas=3, quorum=2)
+    await _admit(code, config, _ledger([a, b, down]), user="alice")
+    restarted = MemoryReplica(GuessReplica())  # the host restarts b: it must join through a and c before it counts
+    assert join(restarted, [a, c])
     with pytest.raises(InvitationUsed):
-        await _admit(code, config, _ledger([MemoryReplica(restarted), MemoryReplica(c), down]), user="mallory")
+        await _admit(code, config, _ledger([restarted, c, down]), user="mallory")
 
 
 def test_only_invitation_entries_carry_claims_and_user_entries_keep_their_wire_form() -> None:

@@ -284,7 +284,7 @@ def test_ledger_merge_attested_under_a_host_root_is_refused_even_with_the_vault_
     world: World, tmp_path: Path
 ) -> None:
     entry = GuessEntry(generation=1)  # the host would like to reset alice's count
-    binding = merge_binding("alice", entry)
+    binding = merge_binding("alice", entry, "replica-a")
     host_state = tmp_path / "host-nsm"
     host_state.mkdir()
     forged_image = NsmSimulator(host_state, app=image_files(ENCLAVE_APP, world.config.raw))
@@ -298,9 +298,50 @@ def test_ledger_merge_attested_under_a_host_root_is_refused_even_with_the_vault_
 
     for forged in (forged_image, other_config):
         with pytest.raises(MergeRefused):
-            verify_merge(merge(forged.client().attestation(user_data=binding)), pcr0=pcr0, roots=world.config.roots)
-    accepted = verify_merge(merge(genuine.client().attestation(user_data=binding)), pcr0=pcr0, roots=world.config.roots)
+            verify_merge(
+                merge(forged.client().attestation(user_data=binding)),
+                pcr0=pcr0,
+                roots=world.config.roots,
+                replica="replica-a",
+            )
+    accepted = verify_merge(
+        merge(genuine.client().attestation(user_data=binding)), pcr0=pcr0, roots=world.config.roots, replica="replica-a"
+    )
     assert accepted == entry
+
+
+def test_ledger_merge_captured_before_every_replica_restarted_is_refused_by_the_new_boots(world: World) -> None:
+    """The host captures alice's merge from her enrollment (her epoch, no guess counted), lets her vault lock, restarts
+    every replica (genesis: the ledger forgot her, her vault fails closed) and replays the capture to the new boots,
+    with her deleted header put back: each such cycle used to give 10 more guesses at her real PIN. A merge binds the
+    receiving replica's boot identity, so a new boot refuses it."""
+    entry = GuessEntry(generation=1, epoch="5e" * 16)
+    genuine = NsmSimulator(world.state, app=image_files(ENCLAVE_APP, world.config.raw))
+    document = genuine.client().attestation(user_data=merge_binding("alice", entry, "boot-before"))
+    captured = LedgerMerge(user="alice", entry=entry.to_json(), document=base64.b64encode(document).decode())
+    pcr0 = bytes.fromhex(world.pcr0)
+    assert verify_merge(captured, pcr0=pcr0, roots=world.config.roots, replica="boot-before") == entry
+    with pytest.raises(MergeRefused):
+        verify_merge(captured, pcr0=pcr0, roots=world.config.roots, replica="boot-after")
+    read = LedgerMerge(user="alice", entry=GuessEntry().to_json(), document="")  # a read needs no document
+    assert verify_merge(read, pcr0=pcr0, roots=world.config.roots, replica="boot-after") == GuessEntry()
+
+
+def test_ledger_merge_moved_to_another_user_or_carrying_another_entry_is_refused(world: World) -> None:
+    """A genuine merge for bob (whose PIN the host chose, and whose count is low) sent as alice's, or alice's merge
+    with its entry swapped for a lower count: the document binds the user and the entry, so neither is merged."""
+    genuine = NsmSimulator(world.state, app=image_files(ENCLAVE_APP, world.config.raw))
+    pcr0 = bytes.fromhex(world.pcr0)
+    bobs = GuessEntry(generation=1, epoch="b0" * 16)
+    document = base64.b64encode(genuine.client().attestation(user_data=merge_binding("bob", bobs, "r"))).decode()
+    for user, entry in (("alice", bobs), ("bob", GuessEntry(generation=1, epoch="b0" * 16, limit=255))):
+        with pytest.raises(MergeRefused):
+            verify_merge(
+                LedgerMerge(user=user, entry=entry.to_json(), document=document),
+                pcr0=pcr0,
+                roots=world.config.roots,
+                replica="r",
+            )
 
 
 def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(world: World, tmp_path: Path) -> None:
@@ -329,14 +370,14 @@ def test_peer_enclave_attesting_under_a_host_root_does_not_count_as_a_replica(wo
             while True:
                 try:
                     trusting = PeerReplica(address, pcr0, (load_root(host_state),), no_attest)
-                    identity, is_ready, entries = await trusting.snapshot()
+                    identity, is_ready, view, entries = await trusting.snapshot()
                     break
                 except (SimulatorStateError, LedgerUnavailable):  # its simulator root not made yet, not listening
                     assert launched.poll() is None, launched.stderr and launched.stderr.read()
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.2)
-            assert identity and not is_ready and entries == {}
+            assert identity and not is_ready and view is None and entries == {}
             await trusting.close()
             measured = PeerReplica(address, pcr0, world.config.roots, no_attest)
             with pytest.raises(LedgerUnavailable) as caught:

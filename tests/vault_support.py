@@ -11,13 +11,57 @@ from pathlib import Path
 from enclavekit.kms import KmsClient, RunningEmulator
 from enclavekit.nsm import NsmSimulator
 from enclavekit.services.vault.core import VaultCore
-from enclavekit.services.vault.guesses import GuessLedger, MemoryReplica, Replica
+from enclavekit.services.vault.guesses import (
+    GuessEntry,
+    GuessLedger,
+    GuessReplica,
+    MemoryReplica,
+    Proposal,
+    Replica,
+    View,
+)
 from enclavekit.services.vault.keys import UNSAFE_TEST_ARGON2
 from enclavekit.services.vault.objects import DirectoryObjectStore
 from enclavekit.services.vault.sealing import KmsSealer
 from tests.test_kms_fixtures import REGION, boto3_kms, emulator_for, enclave_only_policy, simulated_enclave
 
 VAULT_APP = {"vault.py": b"the vault enclave image\n"}
+
+
+def members(n: int = 3) -> list[MemoryReplica]:
+    """``n`` ready replicas, the members of one genesis view (as ``n`` enclaves that booted together)."""
+    replicas = [MemoryReplica(GuessReplica(ready=True)) for _ in range(n)]
+    view = View(1, frozenset(r.identity for r in replicas))
+    for replica in replicas:
+        replica.replica.view = view
+    return replicas
+
+
+def answers(*ready: MemoryReplica) -> dict[str, tuple[View | None, dict[str, GuessEntry]]]:
+    """What ready replicas answer a booting one (``vault.ledger.snapshot``): boot identity → (view, entries)."""
+    return {r.identity: (r.replica.view, r.replica.snapshot()) for r in ready}
+
+
+def join(
+    new: MemoryReplica,
+    ready: Sequence[MemoryReplica],
+    booting: Sequence[str] = (),
+    *,
+    replicas: int = 3,
+    quorum: int = 2,
+) -> bool:
+    """One round of ``ledger_peers.catch_up`` for the booting ``new``, with the peers the host lets it reach: plan,
+    and if that is a proposal, ask the reachable acceptors (each accepts once per view) and finish."""
+    plan = new.replica.plan(answers(*ready), set(booting), own=new.identity, replicas=replicas, quorum=quorum)
+    if not isinstance(plan, Proposal):
+        return plan
+    replaced = next(iter(plan.view.members - plan.successor.members))
+    accepted: dict[str, tuple[View | None, dict[str, GuessEntry]]] = {}
+    for peer in ready:
+        if peer.identity in plan.acceptors and peer.replica.view == plan.view:
+            view = peer.replica.accept(plan.view, new.identity, replaced, own=peer.identity)
+            accepted[peer.identity] = (view, peer.replica.snapshot())
+    return new.replica.joined(plan, accepted, own=new.identity, quorum=quorum)
 
 
 @dataclass
@@ -66,7 +110,7 @@ def vault_world(tmp_path: Path, replicas: Sequence[Replica] | None = None) -> It
         key_id = kms.create_key(Policy=enclave_only_policy(pcr0))["KeyMetadata"]["KeyId"]
         objects = tmp_path / "objects"
         objects.mkdir()
-        yield VaultWorld(sim_state, objects, running, key_id, list(replicas or [MemoryReplica() for _ in range(3)]))
+        yield VaultWorld(sim_state, objects, running, key_id, list(replicas or members()))
 
 
 def invite(state: Path, user: str | None = None, *, ttl: float = 3600.0, now: float | None = None) -> str:

@@ -57,7 +57,7 @@ from enclavekit.services.vault.envelope import (
 )
 from enclavekit.services.vault.errors import PinInvalid, VaultLocked, VaultRejected
 from enclavekit.services.vault.guesses import GuessLedger, GuessReplica, MemoryReplica
-from enclavekit.services.vault.ledger_peers import PeerReplica, catch_up, verify_merge
+from enclavekit.services.vault.ledger_peers import MergeRefused, PeerReplica, catch_up, verify_join, verify_merge
 from enclavekit.services.vault.operations import BadPayload, Handler, Request, UnknownOp
 from enclavekit.services.vault.operations import calls as call_operations
 from enclavekit.services.vault.operations import connections as connection_operations
@@ -74,11 +74,14 @@ from enclavekit.services.vault.sealing import KmsSealer, encryption_context
 from enclavekit.services.vault.state import VaultStore
 from enclavekit.services.vault.wire import (
     KEY,
+    LEDGER_JOIN,
     LEDGER_MERGE,
     LEDGER_SNAPSHOT,
     MESSAGE,
     PEER,
     LedgerEntry,
+    LedgerJoin,
+    LedgerJoined,
     LedgerMerge,
     LedgerSnapshot,
     LedgerSnapshotRequest,
@@ -212,6 +215,7 @@ class VaultEnclave:
         app.route(PEER)(self.peer_message)
         app.route(LEDGER_MERGE)(self.ledger_merge)
         app.route(LEDGER_SNAPSHOT)(self.ledger_snapshot)
+        app.route(LEDGER_JOIN)(self.ledger_join)
 
     async def _boot(self, context: EnclaveContext) -> None:
         self._context = context
@@ -231,7 +235,7 @@ class VaultEnclave:
 
         self.peers = [PeerReplica(address, context.pcr0, self.roots, attest) for address in peers]
         if config.replicas > 1:
-            self.replica = GuessReplica(ready=False)  # until it caught up (replicas - quorum + 1 peers) or genesis
+            self.replica = GuessReplica(ready=False)  # until it is a member of a view (ADR 0027)
         self.core = (self.core_factory or _default_core)(context, self.ledger(), config)
         logger.info(
             "vault enclave ready: envelope key %s, ledger of %d replicas (quorum %d), %d peer addresses",
@@ -243,7 +247,10 @@ class VaultEnclave:
 
     def ledger(self) -> GuessLedger:
         own = MemoryReplica(self.replica, identity=self.replica_id)
-        return GuessLedger([own, *self.peers], quorum=None if self.config is None else self.config.quorum)
+        if self.config is None or self.config.replicas == 1:
+            return GuessLedger([own, *self.peers], quorum=None if self.config is None else self.config.quorum)
+        # many replicas: only this replica's view counts, and writes go out in it (ADR 0027)
+        return GuessLedger([own, *self.peers], quorum=self.config.quorum, view=lambda: self.replica.view)
 
     async def _serving(self, context: EnclaveContext) -> None:
         """Catch up with the peers before saying ready (the RPC server already answers them meanwhile)."""
@@ -268,15 +275,31 @@ class VaultEnclave:
 
     async def ledger_merge(self, request: LedgerMerge, call: CallContext) -> LedgerEntry:
         assert self._context is not None
-        entry = verify_merge(request, pcr0=self._context.pcr0, roots=self.roots)
+        entry = verify_merge(
+            request, pcr0=self._context.pcr0, roots=self.roots, replica=self.replica_id, view=self.replica.view
+        )
         merged = self.replica.merge(request.user, entry)
-        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id)
+        view = None if self.replica.view is None else self.replica.view.to_json()
+        return LedgerEntry(entry=merged.to_json(), replica=self.replica_id, view=view)
 
     async def ledger_snapshot(self, request: LedgerSnapshotRequest, call: CallContext) -> LedgerSnapshot:
         if not self.replica.ready:  # booting: say so (attested, with its boot identity) — peers decide genesis
             return LedgerSnapshot(entries={}, replica=self.replica_id, ready=False)
         entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
-        return LedgerSnapshot(entries=entries, replica=self.replica_id, ready=True)
+        view = None if self.replica.view is None else self.replica.view.to_json()
+        return LedgerSnapshot(entries=entries, replica=self.replica_id, ready=True, view=view)
+
+    async def ledger_join(self, request: LedgerJoin, call: CallContext) -> LedgerJoined:
+        """Accept a booting replica in place of a member of this replica's current view (once per view)."""
+        assert self._context is not None
+        view = verify_join(request, pcr0=self._context.pcr0, roots=self.roots)
+        try:
+            successor = self.replica.accept(view, request.joiner, request.replaced, own=self.replica_id)
+        except ValueError as exc:
+            raise MergeRefused(f"not a change of one member: {exc}") from exc
+        entries = {user: entry.to_json() for user, entry in self.replica.snapshot().items()}
+        logger.warning("ledger view %d: %s replaces %s", successor.number, request.joiner, request.replaced)
+        return LedgerJoined(entries=entries, replica=self.replica_id, view=successor.to_json())
 
     async def key(self, request: VaultKeyRequest, call: CallContext) -> VaultKey:
         assert self._context is not None

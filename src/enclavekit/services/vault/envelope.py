@@ -187,7 +187,8 @@ def open_response(request: RequestEnvelope, data: bytes) -> bytes:
 class ReplayGuard:
     """Accepts a message id once, with a timestamp within ``window`` seconds of ``now``; remembers at most
     ``capacity`` ids (when full, the oldest is forgotten and nothing at or before its timestamp is accepted any
-    more, so a forgotten id cannot replay)."""
+    more, so a forgotten id cannot replay). An id forgotten because its timestamp left the window raises that floor
+    too: a clock the host sets forward and then back (the simulator's) does not make it acceptable again."""
 
     window: float = 120.0
     capacity: int = 100_000
@@ -196,7 +197,8 @@ class ReplayGuard:
 
     def check(self, message_id: bytes, timestamp: float, *, now: float) -> None:
         while self._seen and next(iter(self._seen.values())) < now - 2 * self.window:
-            self._seen.popitem(last=False)  # its timestamp is outside the window now: the window refuses it
+            _, aged = self._seen.popitem(last=False)  # its timestamp is outside the window now: the window refuses it
+            self._floor = max(self._floor, aged)  # ... and stays refused if the clock is set back (a host's clock)
         if abs(now - timestamp) > self.window or timestamp <= self._floor:
             raise EnvelopeReplayed("the envelope's timestamp is outside the accepted window")
         if message_id in self._seen:

@@ -19,11 +19,14 @@ __all__ = [
     "ENCLAVE_LOST",
     "ENCLAVE_UNREACHABLE",
     "KEY",
+    "LEDGER_JOIN",
     "LEDGER_MERGE",
     "LEDGER_SNAPSHOT",
     "MESSAGE",
     "PEER",
     "LedgerEntry",
+    "LedgerJoin",
+    "LedgerJoined",
     "LedgerMerge",
     "LedgerSnapshot",
     "LedgerSnapshotRequest",
@@ -88,11 +91,15 @@ class LedgerMerge(BaseModel):
     user: str = Field(pattern=_LEDGER_KEY_PATTERN)
     entry: dict[str, Any]
     document: str = Field(max_length=24 * 1024)
+    view: dict[str, Any] | None = None
+    """The coordinator's ledger view: a replica of another view refuses the write."""
 
 
 class LedgerEntry(BaseModel):
     entry: dict[str, Any]
     replica: str
+    view: dict[str, Any] | None = None
+    """The replica's ledger view (``guesses.View``): a coordinator counts it only with members of the same view."""
 
 
 class LedgerSnapshotRequest(BaseModel):
@@ -105,10 +112,31 @@ class LedgerSnapshot(BaseModel):
     entries: dict[str, dict[str, Any]]
     replica: str
     ready: bool
+    view: dict[str, Any] | None = None
+
+
+class LedgerJoin(BaseModel):
+    """A booting replica (``joiner``, its boot identity) asks a member of ``view`` to accept the view's successor in
+    which it replaces ``replaced``; the attestation document of the joiner binds all three (see ``ledger_peers``)."""
+
+    model_config = {"extra": "forbid"}
+    view: dict[str, Any]
+    joiner: str = Field(max_length=64)
+    replaced: str = Field(max_length=64)
+    document: str = Field(max_length=24 * 1024)
+
+
+class LedgerJoined(BaseModel):
+    """The acceptor's new view and its snapshot, taken as it accepted."""
+
+    entries: dict[str, dict[str, Any]]
+    replica: str
+    view: dict[str, Any]
 
 
 MESSAGE = Route("vault.message", Message, MessageReply)
 PEER = Route("vault.peer", PeerMessage, MessageReply)
 LEDGER_MERGE = Route("vault.ledger.merge", LedgerMerge, LedgerEntry)
 LEDGER_SNAPSHOT = Route("vault.ledger.snapshot", LedgerSnapshotRequest, LedgerSnapshot)
+LEDGER_JOIN = Route("vault.ledger.join", LedgerJoin, LedgerJoined)
 KEY = Route("vault.key", VaultKeyRequest, VaultKey)
