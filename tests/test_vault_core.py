@@ -167,6 +167,26 @@ async def test_host_forking_the_ledger_with_extra_enclaves_gets_no_extra_guess(
             await world.enclave().unlock("alice", "2468")  # the host's eleventh guess: the real PIN
 
 
+async def test_host_guessing_between_the_users_unlocks_gets_only_the_lifetime_budget(world: VaultWorld) -> None:
+    """A right PIN resets the consecutive count; without more, a host that takes ``limit - 1`` guesses between two of
+    the user's own unlocks would get thousands over months (red-team finding 7). The lifetime budget (``LIFETIME_FACTOR
+    × limit`` wrong guesses per enrollment) bounds it: here limit 2, so 20 wrong guesses in all, then the lock."""
+    from enclavekit.services.vault.guesses import LIFETIME_FACTOR
+
+    core = world.enclave()
+    await core.enroll("alice", "2468", limit=2)
+    host_guesses = 0
+    for n in range(100):
+        error = await _wrong(core, pin=f"{n:04d}" if f"{n:04d}" != "2468" else "9999")
+        if isinstance(error, VaultLocked):
+            break
+        host_guesses += 1
+        await core.unlock("alice", "2468")  # the user comes back: the consecutive count is cleared
+    assert host_guesses == LIFETIME_FACTOR * 2 - 1  # the guess that reaches the budget locks instead
+    with pytest.raises(VaultLocked):
+        await core.unlock("alice", "2468")
+
+
 async def test_pin_change_is_crash_safe_and_retires_the_old_pin(world: VaultWorld) -> None:
     core = world.enclave()
     await core.enroll("alice", "2468")

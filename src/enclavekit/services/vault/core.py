@@ -225,10 +225,10 @@ class VaultCore:
                 if entry.recovery_pending:  # whoever knows the PIN needs no recovery: a started one dies (ADR 0022)
                     entry = await self.ledger.close_recovery(user, entry, entry.recovery[0])
                 return Unlocked(user, keys, entry)
-            if attempt.entry.uncleared >= attempt.entry.limit:
+            if attempt.entry.exhausted:
                 await self._lock(user, attempt.entry)
                 raise VaultLocked(f"{user}'s vault is locked: the guess limit was reached")
-            left = attempt.entry.limit - attempt.entry.uncleared
+            left = attempt.entry.attempts_left
             raise PinInvalid(f"wrong PIN; {left} attempts left", attempts_left=left)
 
     async def _lock(self, user: str, entry: GuessEntry) -> None:

@@ -79,8 +79,23 @@ def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 _EPOCH: Final = re.compile(r"(?:[0-9a-f]{32})?")
 _FIELDS: Final = frozenset(
-    {"attempts", "cleared", "generation", "version", "locked_at", "limit", "epoch", "recovery", "recovery_closed"}
+    {
+        "attempts",
+        "cleared",
+        "rights",
+        "generation",
+        "version",
+        "locked_at",
+        "limit",
+        "epoch",
+        "recovery",
+        "recovery_closed",
+    }
 )
+LIFETIME_FACTOR: Final = 10
+"""Wrong guesses a vault tolerates over its life (per enrollment or recovery): ``LIFETIME_FACTOR × limit``. A right
+PIN resets the consecutive count, not this one, so a host that guesses between the user's own unlocks gets at most
+this many guesses in all (100 for the default limit: 1 % of the 4-digit PINs), not ``limit − 1`` per unlock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,8 @@ class GuessEntry:
 
     attempts: Mapping[str, int] = field(default_factory=dict)
     cleared: Mapping[str, int] = field(default_factory=dict)
+    rights: Mapping[str, int] = field(default_factory=dict)
+    """Right PINs per coordinator slot (grow-only): wrong guesses in all = attempts − rights (:attr:`wrong_total`)."""
     generation: int = 0
     version: int = 0
     locked_at: int = 0
@@ -108,12 +125,12 @@ class GuessEntry:
     """The highest recovery number cancelled or completed: a recovery is pending while its number is above it."""
 
     def __post_init__(self) -> None:
-        if len(self.attempts) > MAX_SLOTS or len(self.cleared) > MAX_SLOTS:
+        if max(len(self.attempts), len(self.cleared), len(self.rights)) > MAX_SLOTS:
             raise ValueError("guess entry has too many slots")
         if len(self.claims) > MAX_CLAIMS or not all(isinstance(c, str) and 0 < len(c) <= 64 for c in self.claims):
             raise ValueError("guess entry claims are at most 8 user ids")
         if (
-            any(c < 0 for c in (*self.attempts.values(), *self.cleared.values()))
+            any(c < 0 for c in (*self.attempts.values(), *self.cleared.values(), *self.rights.values()))
             or min(self.generation, self.locked_at, self.recovery[0], self.recovery[1], self.recovery_closed) < 0
         ):
             raise ValueError("guess entry counts are non-negative")
@@ -142,14 +159,31 @@ class GuessEntry:
         return sum(max(0, n - self.cleared.get(slot, 0)) for slot, n in self.attempts.items())
 
     @property
+    def wrong_total(self) -> int:
+        """Attempts that were not a right PIN, over the entry's life (an attempt in flight counts until it is)."""
+        return max(0, sum(self.attempts.values()) - sum(self.rights.values()))
+
+    @property
+    def lifetime_limit(self) -> int:
+        return LIFETIME_FACTOR * self.limit
+
+    @property
+    def exhausted(self) -> bool:
+        """No guess is left: the consecutive limit or the lifetime budget is reached (the next step is the lock)."""
+        return self.uncleared >= self.limit or self.wrong_total >= self.lifetime_limit
+
+    @property
     def attempts_left(self) -> int:
-        return 0 if self.locked else max(0, self.limit - self.uncleared)
+        if self.locked:
+            return 0
+        return max(0, min(self.limit - self.uncleared, self.lifetime_limit - self.wrong_total))
 
     def merge(self, other: GuessEntry) -> GuessEntry:
         """The least entry that knows everything both know (the lattice join)."""
         return GuessEntry(
             attempts=_merge_counts(self.attempts, other.attempts),
             cleared=_merge_counts(self.cleared, other.cleared),
+            rights=_merge_counts(self.rights, other.rights),
             generation=max(self.generation, other.generation),
             version=max(self.version, other.version),
             locked_at=max(self.locked_at, other.locked_at),
@@ -169,6 +203,7 @@ class GuessEntry:
         out: dict[str, object] = {
             "attempts": dict(self.attempts),
             "cleared": dict(self.cleared),
+            "rights": dict(self.rights),
             "generation": self.generation,
             "version": self.version,
             "locked_at": self.locked_at,
@@ -190,7 +225,7 @@ class GuessEntry:
         if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
             raise ValueError("malformed guess entry claims")
         counts: list[dict[str, int]] = []
-        for name in ("attempts", "cleared"):
+        for name in ("attempts", "cleared", "rights"):
             value = raw[name]
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and len(k) <= 64 and type(v) is int for k, v in value.items()
@@ -210,6 +245,7 @@ class GuessEntry:
         return cls(
             attempts=counts[0],
             cleared=counts[1],
+            rights=counts[2],
             generation=ints[0],
             version=ints[1],
             locked_at=ints[2],
@@ -405,7 +441,8 @@ class Attempt:
 
     @property
     def over_limit(self) -> bool:
-        return self.entry.locked or self.entry.uncleared > self.entry.limit
+        entry = self.entry
+        return entry.locked or entry.uncleared > entry.limit or entry.wrong_total > entry.lifetime_limit
 
 
 @dataclass
@@ -524,6 +561,7 @@ class GuessLedger:
         update = GuessEntry(
             attempts=entry.attempts,
             cleared=entry.attempts,
+            rights={attempt.slot: entry.rights.get(attempt.slot, 0) + 1},  # this attempt was a right PIN
             generation=bumps.get("generation", entry.generation),
             version=bumps.get("version", entry.version),
             limit=entry.limit,
@@ -574,6 +612,7 @@ class GuessLedger:
         update = GuessEntry(
             attempts=known.attempts,
             cleared=known.attempts,
+            rights={self.slot: known.rights.get(self.slot, 0) + known.wrong_total},  # a new life: a new budget
             generation=generation,
             version=version,
             limit=known.limit if known.enrolled else check_guess_limit(limit),
