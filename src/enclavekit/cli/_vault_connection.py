@@ -70,7 +70,9 @@ def invite(
 @connection_app.command("accept")
 def accept(
     user: str = typer.Argument(...),
-    invitation: str = typer.Argument(..., help="The invitation's JSON, or - to read it from stdin."),
+    invitation: str = typer.Argument(
+        ..., help="The invitation's JSON (as `connection invite --json` prints it), or - to read it from stdin."
+    ),
     pin: str = PIN,
     fields: list[str] = FIELDS,
     secrets: list[str] = SECRETS,
@@ -81,6 +83,8 @@ def accept(
 ) -> None:
     """Use an invitation: connect USER's vault to the inviter's, granting what the options name."""
     document = read_document(invitation, as_json, "the invitation")
+    if isinstance(document.get("invitation"), dict):  # the whole output of `connection invite --json`
+        document = document["invitation"]
     grant = grant_options(fields, secrets, messages, calls)
     result = _run_as_user(state, user, as_json, lambda c: c.accept(document, grant=grant, pin=pin))
     _emit(result, as_json, f"connected to {result['peer']}: connection {result['connection']}")

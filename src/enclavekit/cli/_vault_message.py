@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from enclavekit.cli.vault import JSON, PIN, STATE, _emit, _run_as_user
+from enclavekit.cli.vault import JSON, PIN, STATE, _emit, _run_as_user, _when
 
 __all__ = ["message_app"]
 
@@ -30,16 +30,16 @@ def send(
 ) -> None:
     """Send TEXT on CONNECTION (the peer must allow messages)."""
     result = _run_as_user(state, user, as_json, lambda c: c.send_message(connection, text, pin=pin))
-    _emit(result, as_json, f"delivered {result['id']} at {result['delivered_at']}")
+    _emit(result, as_json, f"delivered {result['id']} at {_when(result['delivered_at'])}")
 
 
 @message_app.command("list")
 def listing(user: str = typer.Argument(...), pin: str = PIN, state: Path = STATE, as_json: bool = JSON) -> None:
     """List the inbox and the outbox, with receipts."""
     result = _run_as_user(state, user, as_json, lambda c: c.messages(pin=pin))
-    lines = [f"in\t{m['id']}\t{m['from']}\tread={m['read_at']}\t{m['text']}" for m in result["inbox"]]
+    lines = [f"in\t{m['id']}\t{m['from']}\tread={_when(m['read_at'])}\t{m['text']}" for m in result["inbox"]]
     lines += [
-        f"out\t{m['id']}\t{m['to']}\tdelivered={m['delivered_at']}\tread={m['read_at']}\t{m['text']}"
+        f"out\t{m['id']}\t{m['to']}\tdelivered={_when(m['delivered_at'])}\tread={_when(m['read_at'])}\t{m['text']}"
         for m in result["outbox"]
     ]
     _emit(result, as_json, "\n".join(lines))
