@@ -161,3 +161,15 @@ async def test_user_added_while_running_can_connect_after_reload(stack: Stack) -
                 raise
             await asyncio.sleep(0.1)
     await client.close()
+
+
+def test_files_beside_the_credentials_that_name_no_user_are_not_rendered(tmp_path: Path) -> None:
+    """The CLI keeps other per-user files in the state folder; one in the credentials folder (a recovery claim
+    ``alice.recovery.json`` once was) must not break every later issue with ``invalid_user``."""
+    from enclavekit.services.vault.nats_auth import add_user, render
+
+    add_user(tmp_path, "alice")
+    (tmp_path / "vault" / "users" / "alice.recovery.json").write_text("{}")
+    add_user(tmp_path, "carol")
+    text = render(tmp_path).read_text()
+    assert '"carol"' in text and "recovery" not in text

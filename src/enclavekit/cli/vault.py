@@ -415,12 +415,12 @@ def members_command(state: Path = STATE, as_json: bool = JSON) -> None:
 
 def _device_path(state: Path, user: str) -> Path:
     """This CLI's device key for USER's vault (Ed25519, 0600): enrolled at ``vault enroll``; signs cancels."""
-    return state / "vault" / "users" / f"{user}.device.key"
+    return state / "vault" / "apps" / f"{user}.device.key"
 
 
 def _claim_path(state: Path, user: str) -> Path:
     """The claim of the recovery this CLI started for USER (0600): only it gets the token."""
-    return state / "vault" / "users" / f"{user}.recovery.json"
+    return state / "vault" / "apps" / f"{user}.recovery.json"
 
 
 async def _with_device(client: Any, state: Path, enrolled: Awaitable[dict[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from enclavekit.services.vault.objects import check_user
+from enclavekit.services.vault.objects import InvalidUser, check_user
 from enclavekit.stack.files import write_private
 
 __all__ = [
@@ -114,6 +114,14 @@ def _user_entry(who: Credentials, publish: list[str], subscribe: list[str]) -> s
     return f"{{user: {_quote(who.user)}, password: {_quote(who.password)}, permissions: {permissions}}}"
 
 
+def is_user(name: str) -> bool:
+    try:
+        check_user(name)
+    except InvalidUser:
+        return False
+    return True
+
+
 def render(state: Path) -> Path:
     """Write the authorization file for every issued credential; returns its path."""
     bridge = credentials(state, BRIDGE_USER)
@@ -126,7 +134,7 @@ def render(state: Path) -> Path:
         )
     ]
     for path in sorted(_users_dir(state).glob("*.json")):
-        if path.stem not in (BRIDGE_USER, SERVICES_USER):
+        if path.stem not in (BRIDGE_USER, SERVICES_USER) and is_user(path.stem):  # another file there is no user
             person = credentials(state, path.stem)
             publish = [for_vault(person.user, ">"), f"MessageSpace.*.forVault.{person.user}.>"]
             subscribe = [for_app(person.user, ">"), f"MessageSpace.{person.user}.forApp.>"]
