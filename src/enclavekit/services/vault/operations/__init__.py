@@ -28,6 +28,7 @@ __all__ = [
     "optional_bool",
     "optional_int",
     "payload_bytes",
+    "payload_hex",
     "payload_str",
 ]
 
@@ -72,6 +73,18 @@ def payload_bytes(payload: Mapping[str, Any], key: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadPayload(f"{key} is not base64") from exc
+
+
+def payload_hex(payload: Mapping[str, Any], key: str, size: int) -> bytes:
+    """``size`` bytes given as hex text under ``key`` (``bad_payload`` naming the field otherwise)."""
+    text = payload_str(payload, key, default="")
+    try:
+        value = bytes.fromhex(text)
+    except ValueError as exc:
+        raise BadPayload(f"{key} is hex") from exc
+    if len(value) != size:
+        raise BadPayload(f"{key} is {size} bytes")
+    return value
 
 
 def optional_int(payload: Mapping[str, Any], key: str) -> int | None:

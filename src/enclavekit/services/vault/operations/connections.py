@@ -28,23 +28,12 @@ from enclavekit.services.vault.connection import (
     check_field,
 )
 from enclavekit.services.vault.connection_book import ConnectionBook
-from enclavekit.services.vault.operations import BadPayload, Handler, Request, payload_str
+from enclavekit.services.vault.operations import BadPayload, Handler, Request, payload_hex, payload_str
 
 if TYPE_CHECKING:
     from enclavekit.services.vault.enclave_app import VaultEnclave
 
 __all__ = ["OPERATIONS", "PEER_OPERATIONS", "peer_auth", "peer_book", "through_connection"]
-
-
-def _hex(payload: Mapping[str, Any], key: str, size: int) -> bytes:
-    text = payload_str(payload, key)
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise BadPayload(f"{key} is hex") from exc
-    if len(value) != size:
-        raise BadPayload(f"{key} is {size} bytes")
-    return value
 
 
 def _connection(payload: Mapping[str, Any]) -> str:
@@ -107,7 +96,9 @@ async def confirm(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     pending, connection = payload_str(payload, "pending"), _connection(payload)
     received = Capabilities.from_json(payload.get("granted"))
     book = ConnectionBook(opened.store)
-    await book.confirm(pending, connection, peer_key=_hex(payload, "key", 32), received=received, now=request.now)
+    await book.confirm(
+        pending, connection, peer_key=payload_hex(payload, "key", 32), received=received, now=request.now
+    )
     return {"connection": connection, "session": opened.session}
 
 
@@ -133,7 +124,7 @@ async def sign(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
     payload = request.payload
     op = payload_str(payload, "op")
-    message_id, digest = _hex(payload, "message_id", 16).hex(), _hex(payload, "body", 32).hex()
+    message_id, digest = payload_hex(payload, "message_id", 16).hex(), payload_hex(payload, "body", 32).hex()
     book = ConnectionBook(opened.store)
     connection = _connection(payload)
     record = await book.connection(connection)
@@ -144,7 +135,7 @@ async def sign(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 async def rotate(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     """A new key for this side; the answer carries the announcement for the peer, signed by the old key."""
     opened = await vault.unlock(request)
-    connection, message_id = _connection(request.payload), _hex(request.payload, "message_id", 16).hex()
+    connection, message_id = _connection(request.payload), payload_hex(request.payload, "message_id", 16).hex()
     book = ConnectionBook(opened.store)
     record = await book.connection(connection)
     old, new = await book.rotate(connection, now=request.now)
@@ -159,7 +150,11 @@ async def peer_accept(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     assert request.sender is not None
     payload = request.payload
     invitation = check_field(payload_str(payload, "invitation"), "invitation")
-    token, key, proof = _hex(payload, "token", 32), _hex(payload, "key", 32), _hex(payload, "proof", 64)
+    token, key, proof = (
+        payload_hex(payload, "token", 32),
+        payload_hex(payload, "key", 32),
+        payload_hex(payload, "proof", 64),
+    )
     received = Capabilities.from_json(payload.get("grant"))
     if request.sender == request.user:
         raise ConnectionRefused("a vault does not connect to itself")
@@ -178,7 +173,7 @@ async def peer_revoke(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 
 
 async def peer_rotate(vault: VaultEnclave, request: Request) -> dict[str, Any]:
-    key = _hex(request.payload, "key", 32)
+    key = payload_hex(request.payload, "key", 32)
     book, connection, _ = await through_connection(vault, request)
     await book.peer_rotated(connection, key, now=request.now)
     return {"rotated": True}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from enclavekit.services.vault.operations import BadPayload, Handler, Request, payload_str
+from enclavekit.services.vault.operations import Handler, Request, payload_hex, payload_str
 from enclavekit.services.vault.recovery import DEFAULT_RECOVERY_DELAY, RecoveryDesk, add_device
 from enclavekit.services.vault.secret_store import SecretStore
 
@@ -30,20 +30,9 @@ def desk(vault: VaultEnclave) -> RecoveryDesk:
     return vault.recovery
 
 
-def _hex(payload: Any, key: str, size: int) -> bytes:
-    text = payload_str(payload, key, default="")
-    try:
-        value = bytes.fromhex(text)
-    except ValueError as exc:
-        raise BadPayload(f"{key} is hex") from exc
-    if len(value) != size:
-        raise BadPayload(f"{key} is {size} bytes")
-    return value
-
-
 async def device_add(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     opened = await vault.unlock(request)
-    devices = await add_device(opened.store, _hex(request.payload, "device", 32))
+    devices = await add_device(opened.store, payload_hex(request.payload, "device", 32))
     head = await SecretStore(opened.store).record("device.add", now=request.now)
     return {"devices": len(devices), "audit_head": head, "session": opened.session}
 
@@ -59,7 +48,7 @@ async def status(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 
 async def cancel(vault: VaultEnclave, request: Request) -> dict[str, Any]:
     if "device" in request.payload:
-        device, signature = _hex(request.payload, "device", 32), _hex(request.payload, "signature", 64)
+        device, signature = payload_hex(request.payload, "device", 32), payload_hex(request.payload, "signature", 64)
         return (await desk(vault).cancel(request.user, device=device, signature=signature)).to_json()
     opened = await vault.unlock(request)  # the right PIN closes a pending recovery itself; a session does not
     state = await desk(vault).status(request.user)
@@ -69,13 +58,13 @@ async def cancel(vault: VaultEnclave, request: Request) -> dict[str, Any]:
 
 
 async def token(vault: VaultEnclave, request: Request) -> dict[str, Any]:
-    claim = _hex(request.payload, "claim", 32).hex()
+    claim = payload_hex(request.payload, "claim", 32).hex()
     value, expires = await desk(vault).token(request.user, claim, now=request.now)
     return {"token": value, "expires": int(expires)}
 
 
 async def complete(vault: VaultEnclave, request: Request) -> dict[str, Any]:
-    value = _hex(request.payload, "token", 16).hex()
+    value = payload_hex(request.payload, "token", 16).hex()
     new_pin = payload_str(request.payload, "new_pin", default="")
     unlocked = await desk(vault).complete(request.user, value, new_pin, now=request.now)
     vault.end_sessions(request.user)
