@@ -158,13 +158,20 @@ class ReceiptReport:
 
 
 class _Checks:
-    __slots__ = ("checks", "error")
+    """Runs the checks of one receipt: records each for a report, or (``fail_fast``, what
+    :func:`verify_receipt` needs) only raises the first failure — the same checks in the same order."""
 
-    def __init__(self) -> None:
+    __slots__ = ("checks", "error", "fail_fast")
+
+    def __init__(self, *, fail_fast: bool = False) -> None:
         self.checks: list[Check] = []
         self.error: ReceiptError | None = None
+        self.fail_fast = fail_fast
 
     def run(self, name: str, phase: str, check: Callable[[], str]) -> bool:
+        if self.fail_fast:
+            check()
+            return True
         try:
             detail = check()
         except ReceiptError as exc:
@@ -202,6 +209,17 @@ def report_receipt(
     Raises :class:`PolicyInvalid` when there is no key to verify with (neither ``public_key`` nor
     ``attestation``) or ``now`` has no time zone: the caller's mistake, not the receipt's.
     """
+    return _run_checks(data, public_key, policy, now, attestation, _Checks())
+
+
+def _run_checks(
+    data: bytes,
+    public_key: Ed25519PublicKey | bytes | None,
+    policy: ReceiptPolicy | None,
+    now: datetime,
+    attestation: AttestationBinding | None,
+    checks: _Checks,
+) -> ReceiptReport:
     if public_key is None and attestation is None:
         raise PolicyInvalid("a receipt needs a key to verify with: give public_key or an attestation")
     if now.tzinfo is None:
@@ -210,7 +228,6 @@ def report_receipt(
     given_key = _key_bytes(public_key)
     if given_key is not None and len(given_key) != _ED25519_KEY:
         raise PolicyInvalid(f"an Ed25519 public key has 32 bytes, got {len(given_key)}")
-    checks = _Checks()
     parsed: list[Receipt] = []
 
     def parse() -> str:
@@ -337,5 +354,5 @@ def verify_receipt(
 ) -> VerifiedReceipt:
     """Verify ``data`` at time ``now``: return the verified receipt or raise the first failure's
     :class:`~enclavekit.receipts.errors.ReceiptError`. Needs ``public_key`` or ``attestation`` (or both: then
-    they must agree)."""
-    return report_receipt(data, public_key=public_key, policy=policy, now=now, attestation=attestation).verified()
+    they must agree). Runs the checks of :func:`report_receipt`, stopping at the first failure."""
+    return _run_checks(data, public_key, policy, now, attestation, _Checks(fail_fast=True)).verified()
