@@ -393,9 +393,7 @@ class _Link:
                 continue
             assert isinstance(message, bytes)
             gateway.metrics.bytes_in += len(message)
-            if gateway.tap is not None:
-                gateway.tap("in", message[HEADER_SIZE:])
-            enclave.write(message)
+            _pass(gateway, "in", message, enclave)
 
     def _forward_answers(self) -> None:
         gateway = self._gateway
@@ -408,9 +406,7 @@ class _Link:
                 return
             assert isinstance(message, bytes)
             gateway.metrics.bytes_out += len(message)
-            if gateway.tap is not None:
-                gateway.tap("out", message[HEADER_SIZE:])
-            client.write(message)
+            _pass(gateway, "out", message, client)
             if message[1] == MessageType.DATA and self._started is not None:
                 started, self._started = self._started, None
                 if self._timer is not None:
@@ -480,6 +476,13 @@ class _Link:
                 side.transport.close()
         gateway._links.discard(self)
         gateway.metrics.active -= 1
+
+
+def _pass(gateway: Gateway, direction: str, message: bytes, to: asyncio.Transport) -> None:
+    """Show ``message``'s body to the gateway's tap (tests: what the host sees), then write it on."""
+    if gateway.tap is not None:
+        gateway.tap(direction, message[HEADER_SIZE:])
+    to.write(message)
 
 
 _NEEDS_ADMISSION: Final = object()
