@@ -1,6 +1,6 @@
 """CPU time per batch-1 ``embed`` of each process on the end-to-end path: client, gateway, enclave.
 
-    PYTHONPATH=src python benchmarks/inference_cpu.py [--calls 300] [--rounds 3] [--json]
+    PYTHONPATH=src python benchmarks/inference_cpu.py [--calls 300] [--rounds 3] [--json] [--gateway-hot]
 
 The stack of ``benchmarks/inference.py``'s end-to-end part (the enclave process with the real engine, the
 gateway straight to its socket as under ``enclavekit up``), without the rest of that benchmark: one client makes
@@ -8,6 +8,10 @@ gateway straight to its socket as under ``enclavekit up``), without the rest of 
 ``/proc/PID/task/*/schedstat`` (all threads). CPU time, unlike wall time, is barely stretched by a busy machine,
 so two source trees can be compared by running this with each on ``PYTHONPATH``, alternately. The client's figure
 includes this process's idle background (the KMS emulator's thread, the stack's watchers: ~2-3 ms/s).
+
+``--gateway-hot``: the gateway alone in a hot loop — a :class:`Gateway` (unlimited token bucket) in a child
+process, an echo upstream on a Unix socket and one client here; ``--rounds`` × ``--calls`` round trips of a 300-byte
+DATA record answered by a 3.2 KB one (a batch-1 embed's sizes), the child's CPU per round trip.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ os.environ.setdefault("ENCLAVEKIT_ENGINE_THREADS", "1")
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -85,13 +91,73 @@ async def run(calls: int, rounds: int) -> dict[str, Any]:
     }
 
 
+_GATEWAY_CHILD = """
+import asyncio, sys
+from enclavekit.services.inference.gateway import Gateway
+from enclavekit.services.inference.protections import ProtectionSettings
+
+async def main() -> None:
+    gateway = Gateway(sys.argv[1], ProtectionSettings(rate=1e9, burst=10**9))
+    _, port = await gateway.start()
+    print(port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def gateway_hot(calls: int, rounds: int) -> dict[str, Any]:
+    from enclavekit.channel.wire import MessageType
+
+    header = struct.Struct(">BBI")
+
+    def record(size: int) -> bytes:
+        return header.pack(1, MessageType.DATA, size) + bytes(size)
+
+    answer = record(3216)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readexactly(header.unpack(await reader.readexactly(6))[2])
+                writer.write(answer)
+                await writer.drain()
+
+    with tempfile.TemporaryDirectory(prefix="enclavekit-gateway-hot-") as tmp:
+        path = f"{tmp}/upstream.sock"
+        server = await asyncio.start_unix_server(echo, path)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _GATEWAY_CHILD, f"unix://{path}", stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(await child.stdout.readline()))
+            request = record(300)
+
+            async def trip() -> None:
+                writer.write(request)
+                await writer.drain()
+                await reader.readexactly(header.unpack(await reader.readexactly(6))[2])
+
+            for _ in range(200):
+                await trip()
+            samples = [(await _cpu_per_call({"gateway": child.pid}, trip, calls))["gateway"] for _ in range(rounds)]
+            writer.close()
+        finally:
+            child.kill()
+            await child.wait()
+            server.close()
+    return {"calls": calls, "rounds": samples, "gateway_round_trip_us": round(statistics.median(samples), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--gateway-hot", action="store_true", help="The gateway alone, hot (see above).")
     args = parser.parse_args()
-    result = asyncio.run(run(args.calls, args.rounds))
+    result = asyncio.run((gateway_hot if args.gateway_hot else run)(args.calls, args.rounds))
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
 
