@@ -146,6 +146,23 @@ async def test_gateway_forwards_and_rate_limits_by_closing_the_connection() -> N
         server.close()
 
 
+async def test_messages_larger_than_one_read_arrive_whole_and_unchanged_both_ways() -> None:
+    """The gateway reads into one shared buffer and reassembles messages: a 1 MiB record (many reads) crosses
+    intact each way, and so does a second connection's record read in between."""
+    server, upstream = await _echo_server()
+    gateway = Gateway(upstream)
+    _, port = await gateway.start()
+    try:
+        big = bytes(range(256)) * 4096
+        answers = await asyncio.gather(_roundtrip(port, big), _roundtrip(port, b"small"))
+        assert answers == [b"answer:" + big, b"answer:small"]
+        assert gateway.metrics.answered == 2
+        assert gateway.metrics.bytes_in == 2 * 6 + len(big) + len(b"small")
+    finally:
+        await gateway.close()
+        server.close()
+
+
 async def test_gateway_bounds_requests_in_flight() -> None:
     release = asyncio.Event()
 

@@ -69,6 +69,9 @@ class AttestedClient:
 
     async def connect(self) -> RpcClient:
         """The live connection, opening (and attesting) a new one when needed."""
+        client = self._client
+        if client is not None and not client.closed:  # every call asks: no lock on the way when it is up
+            return client
         async with self._lock:
             if self._client is not None and not self._client.closed:
                 return self._client

@@ -18,10 +18,9 @@ embeddings received, and it carries the nonce when one was given. Any mismatch r
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +46,9 @@ from enclavekit.services.inference.wire import (
     EmbedRequest,
     InferenceInfo,
     InfoRequest,
-    decode_embeddings,
+    decode_embeddings_and_bytes,
     request_hash,
-    response_hash,
+    response_hash_of_bytes,
     utf8_texts,
 )
 
@@ -69,10 +68,15 @@ class EnclaveInfo:
     info: InferenceInfo
     document: bytes
     attestation: NitroAttestation
+    binding: AttestationBinding = field(init=False, repr=False, compare=False)
+    """The two above (with the document's hash, computed once) as every receipt is checked against them."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "binding", AttestationBinding(self.document, self.attestation))
 
     @property
     def document_hash(self) -> bytes:
-        return hashlib.sha256(self.document).digest()
+        return self.binding.document_hash
 
 
 class InferenceClient:
@@ -133,7 +137,7 @@ class InferenceClient:
         request = EmbedRequest(texts=list(texts), nonce=None if nonce is None else nonce.hex())
         sent_hash = request_hash(encoded)  # before the call: what depends only on the request is cheaper done now
         answer = await self._client.call(EMBED, request, timeout=timeout)
-        vectors = decode_embeddings(answer.embeddings, answer.count, answer.dimensions)
+        vectors, received = decode_embeddings_and_bytes(answer.embeddings, answer.count, answer.dimensions)
         if answer.count != len(encoded) or len(answer.truncated) != answer.count:
             raise ReceiptMismatch(f"{answer.count} embeddings for {len(encoded)} texts")
         raw = base64.b64decode(answer.receipt, validate=True)
@@ -146,7 +150,9 @@ class InferenceClient:
         claims = receipt.claims
         if not hmac.compare_digest(claims.request_hash, sent_hash):
             raise ReceiptMismatch("the receipt's request_hash is not of the texts sent")
-        if not hmac.compare_digest(claims.response_hash, response_hash(vectors, answer.truncated)):
+        if not hmac.compare_digest(
+            claims.response_hash, response_hash_of_bytes(received, answer.count, answer.dimensions, answer.truncated)
+        ):
             raise ReceiptMismatch("the receipt's response_hash is not of the embeddings received")
         measured = claims.enclave_measurements
         pcrs = info.attestation.pcrs
@@ -159,6 +165,4 @@ class InferenceClient:
 
     def _verify(self, raw: bytes, info: EnclaveInfo, nonce: bytes | None) -> VerifiedReceipt:
         policy = ReceiptPolicy(nonce=nonce, model_hash=self.model_hash, platform=MeasurementType.NITRO)
-        return verify_receipt(
-            raw, policy=policy, now=self._clock(), attestation=AttestationBinding(info.document, info.attestation)
-        )
+        return verify_receipt(raw, policy=policy, now=self._clock(), attestation=info.binding)

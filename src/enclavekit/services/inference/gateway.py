@@ -17,11 +17,12 @@ Clients that pipeline several calls on one connection are counted as one request
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct(">BBI")
 _LIMIT: Final = MAX_RECORD_LIMIT + 64
-_COPY: Final = 256 * 1024
+_READ_SIZE: Final = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -81,9 +82,13 @@ class _Refused(Exception):
     pass
 
 
+class _Malformed(Exception):
+    pass
+
+
 @dataclass
 class Gateway:
-    """Forward connections to ``upstream`` (the relay) under the protections of ``settings``."""
+    """Forward connections to ``upstream`` (the enclave's socket, or a relay) under the protections of ``settings``."""
 
     upstream: str
     settings: ProtectionSettings = field(default_factory=ProtectionSettings)
@@ -93,7 +98,11 @@ class Gateway:
     bucket: TokenBucket = field(init=False)
     breaker: CircuitBreaker = field(init=False)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
-    _slot_freed: asyncio.Condition | None = None
+    _slot_waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    _links: set[_Link] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(_READ_SIZE)))
+    """Where every socket of the gateway reads into: one at a time, each read copied out at once (``_Side``)."""
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def __post_init__(self) -> None:
@@ -101,8 +110,8 @@ class Gateway:
         self.breaker = CircuitBreaker.from_settings(self.settings)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        self._slot_freed = asyncio.Condition()
-        server = await asyncio.start_server(self._handle, host, port)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Link(self).client, host, port)
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
@@ -136,12 +145,39 @@ class Gateway:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        for link in list(self._links):
+            link.close(ok=None)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
         await self._exits.aclose()
 
     # --- one connection ---------------------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _admit_at_once(self) -> bool:
+        """Admit a request without waiting when a slot and a token are free (the common case): True; False when it
+        must wait (:meth:`_admit`; nothing was taken); :class:`_Refused` when the breaker refuses it."""
+        if self.metrics.in_flight >= self.settings.max_in_flight or self._slot_waiters:
+            return False
+        now = self.clock()
+        if not self.bucket.take(now):
+            return False
+        if not self.breaker.allow(now):
+            self.metrics.breaker_rejected += 1
+            raise _Refused("circuit open")
+        self.metrics.in_flight += 1
+        self.metrics.requests += 1
+        return True
 
     async def _admit(self) -> None:
         """Wait for a token and a slot (at most ``max_wait``), or raise :class:`_Refused`."""
@@ -152,22 +188,26 @@ class Gateway:
                 self.metrics.rate_limited += 1
                 raise _Refused("rate limited")
             await asyncio.sleep(wait)
-        assert self._slot_freed is not None
-        async with self._slot_freed:
-            while self.metrics.in_flight >= self.settings.max_in_flight:
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    self.metrics.over_capacity += 1
-                    raise _Refused("too many requests in flight")
+        while self.metrics.in_flight >= self.settings.max_in_flight:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                self.metrics.over_capacity += 1
+                raise _Refused("too many requests in flight")
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
-            if not self.breaker.allow(self.clock()):
-                self.metrics.breaker_rejected += 1
-                raise _Refused("circuit open")
-            self.metrics.in_flight += 1
-            self.metrics.requests += 1
+                    await asyncio.wait_for(waiter, remaining)
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+        if not self.breaker.allow(self.clock()):
+            self.metrics.breaker_rejected += 1
+            raise _Refused("circuit open")
+        self.metrics.in_flight += 1
+        self.metrics.requests += 1
 
-    async def _release(self, *, ok: bool | None, started: float) -> None:
+    def _release(self, *, ok: bool | None, started: float) -> None:
         """``ok`` None: the client went away first — neither a success nor the enclave link's failure (a client
         that hangs up must not be able to open the breaker for everyone)."""
         if ok is not None:
@@ -179,113 +219,294 @@ class Gateway:
             self.metrics.latency_seconds_sum += self.clock() - started
         elif ok is False:
             self.metrics.link_failures += 1
-        assert self._slot_freed is not None
-        async with self._slot_freed:
-            self.metrics.in_flight -= 1
-            self._slot_freed.notify()
+        self.metrics.in_flight -= 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.metrics.connections += 1
-        self.metrics.active += 1
-        if self.breaker.is_open(self.clock()):
-            self.metrics.breaker_rejected += 1
-            writer.close()
-            self.metrics.active -= 1
+
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a link (the client's or the enclave's): hands what happens on it to the link.
+
+    Reads go (``recv_into``) to the gateway's one read buffer, not to a fresh 256 KiB bytes object per read (which
+    cost more than the rest of the forwarding); the link copies what arrived out of it before the next read."""
+
+    __slots__ = ("_read", "link", "transport")
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self._read = link.read_buffer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.link.connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.received(self, self._read[:nbytes])
+
+    def eof_received(self) -> bool:
+        self.link.ended(self)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.ended(self)
+
+    def pause_writing(self) -> None:
+        self.link.backpressure(self, paused=True)
+
+    def resume_writing(self) -> None:
+        self.link.backpressure(self, paused=False)
+
+
+class _Link:
+    """One client connection and its own connection to the enclave.
+
+    Forwarding runs in the sockets' callbacks: each whole message that arrives is checked (its 6-byte header),
+    counted and written on to the other side at once — no task per direction, no await per message. Only a
+    request that must wait for a token or a slot goes through a task (:meth:`Gateway._admit`), with the client's
+    reading paused meanwhile; the answer deadline is a timer, not a watchdog task.
+    """
+
+    __slots__ = (
+        "_admitting",
+        "_blocked",
+        "_closed",
+        "_from_client",
+        "_from_enclave",
+        "_gateway",
+        "_held",
+        "_started",
+        "_timer",
+        "client",
+        "enclave",
+        "read_buffer",
+    )
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self.read_buffer = gateway._read_buffer
+        self.client = _Side(self)
+        self.enclave = _Side(self)
+        self._from_client = bytearray()
+        self._from_enclave = bytearray()
+        self._started: float | None = None
+        """When the request outstanding on this connection was admitted (None: none is)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._admitting = False
+        self._blocked = True
+        """Whether the client's reading is paused for the link's own reasons (connecting, admitting)."""
+        self._held = False
+        """Whether the client's reading is paused because the enclave's socket does not take more yet."""
+        self._closed = False
+
+    # --- events ------------------------------------------------------------------------------------------------
+
+    def connected(self, side: _Side) -> None:
+        if side is self.enclave:
             return
+        gateway = self._gateway
+        gateway.metrics.connections += 1
+        gateway.metrics.active += 1
+        gateway._links.add(self)
+        assert self.client.transport is not None
+        if gateway.breaker.is_open(gateway.clock()):
+            gateway.metrics.breaker_rejected += 1
+            self.close(ok=None)
+            return
+        self.client.transport.pause_reading()  # until the enclave link is up
+        gateway._spawn(self._connect())
+
+    async def _connect(self) -> None:
+        gateway = self._gateway
         try:
-            sock = await connect_socket(self.upstream, timeout=5.0)
-            up_reader, up_writer = await asyncio.open_connection(sock=sock)
+            sock = await connect_socket(gateway.upstream, timeout=5.0)
+            await asyncio.get_running_loop().create_connection(lambda: self.enclave, sock=sock)
         except Exception as error:
             logger.warning("gateway: the enclave link is down (%s)", error)
-            self.breaker.record(self.clock(), ok=False)
-            self.metrics.link_failures += 1
-            self.metrics.active -= 1
-            writer.close()
+            gateway.breaker.record(gateway.clock(), ok=False)
+            gateway.metrics.link_failures += 1
+            self.close(ok=None)
             return
-        pending: list[float] = []  # start time of the request outstanding on this connection, if any
-        answered = asyncio.Event()
+        if self._closed:  # the client left meanwhile
+            assert self.enclave.transport is not None
+            self.enclave.transport.close()
+            return
+        self._unblock()
 
-        async def client_to_enclave() -> None:
-            while True:
-                header, body = await _read_message(reader)
-                if header is None:
-                    return
-                if header[1] == MessageType.DATA and not pending:
-                    await self._admit()
-                    pending.append(self.clock())
-                    answered.clear()
-                self.metrics.bytes_in += len(body) + HEADER_SIZE
-                if self.tap is not None:
-                    self.tap("in", body)
-                up_writer.write(_HEADER.pack(*header) + body)
-                await up_writer.drain()
-
-        async def enclave_to_client() -> None:
-            while True:
-                header, body = await _read_message(up_reader)
-                if header is None:
-                    return
-                self.metrics.bytes_out += len(body) + HEADER_SIZE
-                if self.tap is not None:
-                    self.tap("out", body)
-                writer.write(_HEADER.pack(*header) + body)
-                await writer.drain()
-                if header[1] == MessageType.DATA and pending:
-                    await self._release(ok=True, started=pending.pop())
-                    answered.set()
-
-        async def watchdog() -> None:
-            while True:
-                if pending:
-                    started = pending[0]
-                    remaining = started + self.settings.response_timeout - self.clock()
-                    if remaining <= 0:
-                        raise _Refused("the enclave did not answer in time")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(answered.wait(), remaining)
-                else:
-                    await asyncio.sleep(min(1.0, self.settings.response_timeout))
-
-        tasks = [asyncio.create_task(c()) for c in (client_to_enclave, enclave_to_client, watchdog)]
-        client_left = False
+    def received(self, side: _Side, data: bytes | memoryview) -> None:
+        if self._closed:
+            return
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            client_left = tasks[0] in done and not isinstance(tasks[0].exception(), _Refused)
-            for task in done:
-                failure = task.exception()
-                if isinstance(failure, _Refused):
-                    logger.info("gateway: closing a connection: %s", failure)
-                elif isinstance(failure, _Malformed):
-                    self.metrics.malformed += 1
-                elif failure is not None and not isinstance(failure, ConnectionError | asyncio.IncompleteReadError):
-                    logger.warning("gateway: connection failed: %r", failure)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            if pending:  # the request never got its answer: the link failed it, unless the client left first
-                await self._release(ok=None if client_left else False, started=pending.pop())
-            for w in (writer, up_writer):
-                w.close()
-            self.metrics.active -= 1
+            if side is self.client:
+                self._from_client += data
+                self._forward_requests()
+            else:
+                self._from_enclave += data
+                self._forward_answers()
+        except _Malformed as error:
+            self._gateway.metrics.malformed += 1
+            logger.info("gateway: closing a connection: %s", error)
+            self.close(ok=None if side is self.client else False)
+        except _Refused as error:
+            logger.info("gateway: closing a connection: %s", error)
+            self.close(ok=False)
+
+    def ended(self, side: _Side) -> None:
+        """A side closed or failed: the request outstanding, if any, is the link's failure unless the client left."""
+        self.close(ok=None if side is self.client else False)
+
+    def backpressure(self, side: _Side, *, paused: bool) -> None:
+        """The other side reads only while this side's socket takes what is written to it."""
+        other = self.enclave if side is self.client else self.client
+        if other is self.client:
+            self._held = paused
+        if other.transport is None or other.transport.is_closing():
+            return
+        if paused:
+            other.transport.pause_reading()
+        elif other is self.enclave or not self._blocked:
+            other.transport.resume_reading()
+
+    # --- forwarding --------------------------------------------------------------------------------------------
+
+    def _forward_requests(self) -> None:
+        gateway = self._gateway
+        buffer = self._from_client
+        enclave = self.enclave.transport
+        assert enclave is not None
+        while not self._closed and not self._admitting:
+            message = _next_message(buffer, admit=self._started is None)
+            if message is None:
+                return
+            if message is _NEEDS_ADMISSION:
+                if not gateway._admit_at_once():
+                    self._wait_for_admission()
+                    return
+                self._start()
+                continue
+            assert isinstance(message, bytes)
+            gateway.metrics.bytes_in += len(message)
+            _pass(gateway, "in", message, enclave)
+
+    def _forward_answers(self) -> None:
+        gateway = self._gateway
+        buffer = self._from_enclave
+        client = self.client.transport
+        assert client is not None
+        while not self._closed:
+            message = _next_message(buffer, admit=False)
+            if message is None:
+                return
+            assert isinstance(message, bytes)
+            gateway.metrics.bytes_out += len(message)
+            _pass(gateway, "out", message, client)
+            if message[1] == MessageType.DATA and self._started is not None:
+                started, self._started = self._started, None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                gateway._release(ok=True, started=started)
+
+    def _start(self) -> None:
+        self._started = self._gateway.clock()
+        self._timer = asyncio.get_running_loop().call_later(self._gateway.settings.response_timeout, self._late)
+
+    def _late(self) -> None:
+        self._timer = None
+        logger.info("gateway: closing a connection: the enclave did not answer in time")
+        self.close(ok=False)
+
+    def _wait_for_admission(self) -> None:
+        self._admitting = True
+        self._block()
+        self._gateway._spawn(self._admit())
+
+    async def _admit(self) -> None:
+        try:
+            await self._gateway._admit()
+        except _Refused as error:
+            logger.info("gateway: closing a connection: %s", error)
+            self._admitting = False
+            self.close(ok=False)
+            return
+        except BaseException:
+            self._admitting = False
+            self.close(ok=None)
+            raise
+        self._admitting = False
+        if self._closed:  # the client left while it waited: give the slot back
+            self._gateway._release(ok=None, started=self._gateway.clock())
+            return
+        self._start()
+        self.received(self.client, b"")
+        self._unblock()
+
+    def _block(self) -> None:
+        self._blocked = True
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.pause_reading()
+
+    def _unblock(self) -> None:
+        self._blocked = False
+        if self._closed or self._held or self.client.transport is None or self.client.transport.is_closing():
+            return
+        self.client.transport.resume_reading()
+
+    def close(self, *, ok: bool | None) -> None:
+        """Close both sides once; a request outstanding is released as ``ok`` (see :meth:`Gateway._release`)."""
+        if self._closed:
+            return
+        self._closed = True
+        gateway = self._gateway
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._started is not None:
+            started, self._started = self._started, None
+            gateway._release(ok=ok, started=started)
+        for side in (self.client, self.enclave):
+            if side.transport is not None:
+                side.transport.close()
+        gateway._links.discard(self)
+        gateway.metrics.active -= 1
 
 
-class _Malformed(Exception):
-    pass
+def _pass(gateway: Gateway, direction: str, message: bytes, to: asyncio.Transport) -> None:
+    """Show ``message``'s body to the gateway's tap (tests: what the host sees), then write it on."""
+    if gateway.tap is not None:
+        gateway.tap(direction, message[HEADER_SIZE:])
+    to.write(message)
 
 
-async def _read_message(reader: asyncio.StreamReader) -> tuple[tuple[int, int, int] | None, bytes]:
-    try:
-        raw = await reader.readexactly(HEADER_SIZE)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise _Malformed("a header was cut") from exc
-        return None, b""
-    version, kind, length = _HEADER.unpack(raw)
+_NEEDS_ADMISSION: Final = object()
+"""What :func:`_next_message` returns for a whole DATA message that starts a request: admit it, then ask again."""
+
+
+def _next_message(buffer: bytearray, *, admit: bool) -> bytes | object | None:
+    """The next whole message off the front of ``buffer`` (header included), None until it has all arrived.
+
+    A length over the limit of its type is :class:`_Malformed` from the header alone. With ``admit``, a whole DATA
+    message (a client's request on a connection with none outstanding) is left in place and
+    :data:`_NEEDS_ADMISSION` returned instead.
+    """
+    if len(buffer) < HEADER_SIZE:
+        return None
+    _, kind, length = _HEADER.unpack_from(buffer)
     limit = _LIMIT if kind >= MessageType.DATA else MAX_HANDSHAKE_SIZE
     if length > limit:
         raise _Malformed(f"a message of {length} bytes")
-    body = await reader.readexactly(length)
-    return (version, kind, length), body
+    end = HEADER_SIZE + length
+    if len(buffer) < end:
+        return None
+    if admit and kind == MessageType.DATA:
+        return _NEEDS_ADMISSION
+    message = bytes(buffer[:end])
+    del buffer[:end]
+    return message

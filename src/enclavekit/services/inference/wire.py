@@ -33,6 +33,7 @@ __all__ = [
     "InferenceInfo",
     "InfoRequest",
     "decode_embeddings",
+    "decode_embeddings_and_bytes",
     "embedding_bytes",
     "encode_embeddings",
     "request_hash",
@@ -136,7 +137,13 @@ def encode_embeddings(vectors: npt.NDArray[np.float32]) -> str:
 
 def decode_embeddings(text: str, count: int, dimensions: int) -> npt.NDArray[np.float32]:
     """The embeddings of a response, checked to be ``count × dimensions`` float32 values."""
+    return decode_embeddings_and_bytes(text, count, dimensions)[0]
+
+
+def decode_embeddings_and_bytes(text: str, count: int, dimensions: int) -> tuple[npt.NDArray[np.float32], bytes]:
+    """:func:`decode_embeddings`, and the wire bytes decoded (:func:`embedding_bytes` of the result): a client
+    hashes what it received (:func:`response_hash_of_bytes`) without converting the vectors back."""
     raw = base64.b64decode(text, validate=True)
     if count < 0 or dimensions <= 0 or len(raw) != count * dimensions * 4:
         raise BadInput(f"embeddings hold {len(raw)} bytes, not {count}×{dimensions} float32")
-    return np.frombuffer(raw, dtype="<f4").reshape(count, dimensions).astype(np.float32)
+    return np.frombuffer(raw, dtype="<f4").reshape(count, dimensions).astype(np.float32), raw
