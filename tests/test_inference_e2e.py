@@ -132,6 +132,8 @@ def test_bad_input_gets_a_specific_error_and_the_enclave_keeps_serving(stack: _S
     lone_surrogate = '{"texts": ["ok", "\\ud800 is not a character"]}'
     assert asyncio.run(attempt([], lone_surrogate)) in {"bad_input", "rpc_invalid_request"}
     assert asyncio.run(attempt([], '{"texts": "not a list"}')) == "rpc_invalid_request"
+    odd_nonce = '{"texts": ["ok"], "nonce": "' + "a" * 17 + '"}'  # hex of no whole number of bytes
+    assert asyncio.run(attempt([], odd_nonce)) == "rpc_invalid_request"
     assert asyncio.run(attempt(["still serving"])) == "accepted"
 
 

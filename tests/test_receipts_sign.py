@@ -1,4 +1,4 @@
-"""AIR v1 signing: our signer reproduces the format's golden vectors byte for byte and refuses bad claims."""
+"""AIR v1 signing: our signers reproduce the format's golden vectors byte for byte and refuses bad claims."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from enclavekit.receipts import EnclaveMeasurements, MeasurementType, ReceiptClaims, parse_receipt, sign_receipt
+from enclavekit.receipts import (
+    EnclaveMeasurements,
+    MeasurementType,
+    ReceiptClaims,
+    ReceiptSigner,
+    parse_receipt,
+    sign_receipt,
+)
+from enclavekit.receipts.air import MODEL_HASH_SCHEMES
 from enclavekit.receipts.errors import BadMeasurementLength, ReceiptMalformed, ZeroModelHash
 from tests.conftest import fixtures_dir
 
@@ -164,3 +174,118 @@ def test_measurements_from_an_nsm_pcr_map_and_a_td() -> None:
     assert tdx.pcr4 == b"\x03" * 48
     with pytest.raises(ReceiptMalformed):
         EnclaveMeasurements.tdx(b"\x0a" * 48, (b"\x00" * 48,))
+
+
+# --- ReceiptSigner: the enclave's per-request signer must give sign_receipt's bytes exactly -------------------
+
+_CONSTANT = (
+    "iss",
+    "model_id",
+    "model_version",
+    "model_hash",
+    "enclave_measurements",
+    "policy_version",
+    "security_mode",
+    "model_hash_scheme",
+)
+
+
+def _signer_for(claims: ReceiptClaims, key: Ed25519PrivateKey) -> ReceiptSigner:
+    return ReceiptSigner(key, **{name: getattr(claims, name) for name in _CONSTANT})
+
+
+def _sign_with(signer: ReceiptSigner, claims: ReceiptClaims) -> bytes:
+    return signer.sign(
+        iat=claims.iat,
+        cti=claims.cti,
+        request_hash=claims.request_hash,
+        response_hash=claims.response_hash,
+        attestation_doc_hash=claims.attestation_doc_hash,
+        sequence_number=claims.sequence_number,
+        execution_time_ms=claims.execution_time_ms,
+        memory_peak_mb=claims.memory_peak_mb,
+        eat_nonce=claims.eat_nonce,
+    )
+
+
+@pytest.mark.parametrize("name", ["v1-nitro-no-nonce", "v1-tdx-with-nonce"])
+def test_prepared_signer_reproduces_golden_vector_byte_for_byte(name: str, key: Ed25519PrivateKey) -> None:
+    vector = json.loads(fixtures_dir("air", "valid", f"{name}.json").read_text())
+    claims = claims_from_vector(vector["claims"])
+    assert _sign_with(_signer_for(claims, key), claims).hex() == vector["receipt_hex"]
+
+
+_hash = st.binary(min_size=32, max_size=32)
+_pcr = st.binary(min_size=48, max_size=48)
+_uint = st.integers(min_value=0, max_value=2**64 - 1)
+_text = st.text(max_size=300)
+
+
+@st.composite
+def _any_claims(draw: st.DrawFn) -> ReceiptClaims:
+    kind = draw(st.sampled_from(MeasurementType))
+    optional = ("pcr3", "pcr4", "pcr8") if kind is MeasurementType.NITRO else ("pcr3", "pcr4")
+    extra = {name: draw(st.none() | _pcr) for name in optional}
+    return ReceiptClaims(
+        iss=draw(_text),
+        iat=draw(_uint),
+        cti=draw(st.binary(min_size=16, max_size=16)),
+        model_id=draw(_text),
+        model_version=draw(_text),
+        model_hash=draw(_hash.filter(any)),
+        request_hash=draw(_hash),
+        response_hash=draw(_hash),
+        attestation_doc_hash=draw(_hash),
+        enclave_measurements=EnclaveMeasurements(
+            measurement_type=kind, pcr0=draw(_pcr), pcr1=draw(_pcr), pcr2=draw(_pcr), **extra
+        ),
+        policy_version=draw(_text),
+        sequence_number=draw(_uint),
+        execution_time_ms=draw(_uint),
+        memory_peak_mb=draw(_uint),
+        security_mode=draw(_text),
+        eat_nonce=draw(st.none() | st.binary(min_size=8, max_size=64)),
+        model_hash_scheme=draw(st.none() | st.sampled_from(sorted(MODEL_HASH_SCHEMES))),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_any_claims())
+def test_prepared_signer_gives_sign_receipts_bytes_for_any_claims(claims: ReceiptClaims) -> None:
+    key = Ed25519PrivateKey.from_private_bytes(SEED)
+    receipt = _sign_with(_signer_for(claims, key), claims)
+    assert receipt == sign_receipt(claims, key)
+    assert parse_receipt(receipt).claims == claims
+
+
+def test_prepared_signer_refuses_what_sign_receipt_refuses(claims: ReceiptClaims, key: Ed25519PrivateKey) -> None:
+    with pytest.raises(ZeroModelHash):
+        _signer_for(replace(claims, model_hash=bytes(32)), key)
+    short = replace(claims.enclave_measurements, pcr1=b"\x02" * 32)
+    with pytest.raises(BadMeasurementLength):
+        _signer_for(replace(claims, enclave_measurements=short), key)
+    signer = _signer_for(claims, key)
+    for change in (
+        {"cti": b"\x00" * 15},
+        {"request_hash": b"\x01" * 31},
+        {"response_hash": "not bytes"},
+        {"attestation_doc_hash": b"\x01" * 33},
+        {"iat": -1},
+        {"sequence_number": 2**64},
+        {"execution_time_ms": True},
+        {"memory_peak_mb": 1.5},
+        {"eat_nonce": b"short"},
+        {"eat_nonce": b"\x00" * 65},
+    ):
+        good = {
+            "iat": claims.iat,
+            "cti": claims.cti,
+            "request_hash": claims.request_hash,
+            "response_hash": claims.response_hash,
+            "attestation_doc_hash": claims.attestation_doc_hash,
+            "sequence_number": 1,
+            "execution_time_ms": 1,
+            "memory_peak_mb": 1,
+        }
+        with pytest.raises(ReceiptMalformed):
+            signer.sign(**{**good, **change})

@@ -30,7 +30,6 @@ import resource
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +38,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclavekit.enclave.app import EnclaveApp
 from enclavekit.enclave.runtime import EnclaveContext
 from enclavekit.errors import ConfigurationError, Error
-from enclavekit.receipts import EnclaveMeasurements, MeasurementType, ReceiptClaims, sign_receipt
+from enclavekit.receipts import EnclaveMeasurements, MeasurementType, ReceiptSigner
 from enclavekit.rpc import CallContext
 from enclavekit.services.inference import engine as _engine  # noqa: F401 - first: pins BLAS threads before numpy
 from enclavekit.services.inference.config import InferenceConfig
+from enclavekit.services.inference.engine import Embedder, Embeddings
 from enclavekit.services.inference.errors import BadInput, ModelRefused, NotReady
 from enclavekit.services.inference.loader import KeyRelease, LoadedModel, load_package
+from enclavekit.services.inference.request_workers import RequestWorkers
 from enclavekit.services.inference.wire import (
     EMBED,
     INFO,
@@ -97,7 +98,8 @@ class InferenceEnclave:
     _config_digest: bytes = b""
     _policy_version: str = ""
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _executor: ThreadPoolExecutor | None = None
+    _workers: RequestWorkers | None = None
+    _signer: ReceiptSigner | None = None
     _peak_rss: PeakRss | None = None
 
     def attach(self, app: EnclaveApp) -> None:
@@ -130,15 +132,27 @@ class InferenceEnclave:
             measurement_type=MeasurementType.NITRO, pcr0=pcrs[0], pcr1=pcrs[1], pcr2=pcrs[2]
         )
         await self._renew_document()
-        self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="inference-worker")
+        self._workers = RequestWorkers(self.config.workers, name="inference-worker")
         try:
             release = kms_release(context, self.config)
             self.model = await asyncio.to_thread(load_package, package, self.config, release)
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.model.embedder.embed, ["warm up"])
+            await self._workers.run(self.model.embedder.embed, ["warm up"])
         except ModelRefused as exc:
             self.error = exc
             logger.error("inference enclave refuses to serve: %s", exc)
             return
+        manifest = self.model.manifest
+        self._signer = ReceiptSigner(  # the claims that do not change per request, checked and encoded once
+            self._receipt_key,
+            iss=ISSUER,
+            model_id=manifest.model_id,
+            model_version=manifest.version,
+            model_hash=manifest.model_hash,
+            model_hash_scheme=MODEL_HASH_SCHEME,
+            enclave_measurements=self._measurements,
+            policy_version=self._policy_version,
+            security_mode=context.tee,
+        )
         self.cold_start_seconds = time.perf_counter() - started
         logger.info(
             "inference enclave ready in %.2f s (%s), receipt key %s",
@@ -148,8 +162,8 @@ class InferenceEnclave:
         )
 
     async def _shutdown(self, context: EnclaveContext) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
         if self._peak_rss is not None:
             self._peak_rss.close()
 
@@ -208,48 +222,35 @@ class InferenceEnclave:
         if total > limits.max_total_bytes:
             raise BadInput(f"the texts hold {total} bytes, over {limits.max_total_bytes}")
         nonce = bytes.fromhex(request.nonce) if request.nonce is not None else None
-        _, document_hash = await self._renew_document()
-        # What depends only on the request is done here, before the engine's pass over the weights evicts the
-        # CPU caches: after it, the same Python work costs several times as much (benchmarks.md, Inference).
-        pending = _Pending(request_hash(encoded), uuid.uuid4().bytes, nonce, document_hash)
-        assert self._executor is not None
-        response = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._answer, model, request.texts, pending
-        )
-        self.served += 1
-        return response
-
-    def _answer(self, model: LoadedModel, texts: list[str], pending: _Pending) -> EmbedResponse:
-        """The engine, the response hash and the signed receipt, in one call on a request worker: one thread hop
-        per request, and the event loop stays free for the other connections while a receipt is signed."""
-        assert self._measurements is not None and self._peak_rss is not None
-        started = time.perf_counter()
-        result = model.embedder.embed(texts)
-        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        assert self._workers is not None and self._signer is not None and self._peak_rss is not None
+        engine = self._workers.run(_timed_embed, model.embedder, request.texts)
+        try:
+            # While the request worker wakes up and runs the engine, this thread does what depends only on the
+            # request: a worker's wake-up costs ~0.1 ms on an idle machine, and this work costs more after the
+            # engine's pass over the weights has evicted the caches (ADR 0029).
+            cti = uuid.uuid4().bytes
+            hashed = request_hash(encoded)
+            _, document_hash = await self._renew_document()
+            result, elapsed_ms = await engine
+        except BaseException:
+            engine.cancel()  # a failure here must not leave the engine's outcome unobserved
+            raise
         count, dimensions = result.vectors.shape
         raw = embedding_bytes(result.vectors)  # hashed and sent: the same bytes, converted once
-        manifest = model.manifest
-        claims = ReceiptClaims(
-            iss=ISSUER,
+        receipt = self._signer.sign(
             iat=int(time.time()),
-            cti=pending.cti,
-            model_id=manifest.model_id,
-            model_version=manifest.version,
-            model_hash=manifest.model_hash,
-            model_hash_scheme=MODEL_HASH_SCHEME,
-            request_hash=pending.request_hash,
+            cti=cti,
+            request_hash=hashed,
             response_hash=response_hash_of_bytes(raw, count, dimensions, result.truncated),
-            attestation_doc_hash=pending.document_hash,
-            enclave_measurements=self._measurements,
-            policy_version=self._policy_version,
+            attestation_doc_hash=document_hash,
             sequence_number=next(self._sequence),
             execution_time_ms=elapsed_ms,
             memory_peak_mb=self._peak_rss.mib(),
-            security_mode=self._context.tee if self._context is not None else "unknown",
-            eat_nonce=pending.nonce,
+            eat_nonce=nonce,
         )
-        receipt = sign_receipt(claims, self._receipt_key)
+        self.served += 1
         logger.debug("embedded %d texts (%d tokens) in %d ms", count, result.tokens, elapsed_ms)
+        manifest = model.manifest
         return EmbedResponse.model_construct(  # built here from checked values: no second validation
             model_id=manifest.model_id,
             model_version=manifest.version,
@@ -262,14 +263,11 @@ class InferenceEnclave:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """What a receipt takes from the request, computed before the engine runs."""
-
-    request_hash: bytes
-    cti: bytes
-    nonce: bytes | None
-    document_hash: bytes
+def _timed_embed(embedder: Embedder, texts: list[str]) -> tuple[Embeddings, int]:
+    """The engine's call on a request worker, and its time in ms (``execution_time_ms``)."""
+    started = time.perf_counter()
+    result = embedder.embed(texts)
+    return result, int((time.perf_counter() - started) * 1000)
 
 
 class PeakRss:

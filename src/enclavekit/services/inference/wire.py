@@ -53,7 +53,7 @@ class EmbedRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
     texts: list[str] = Field(max_length=MAX_TEXTS)
-    nonce: str | None = Field(default=None, min_length=16, max_length=128, pattern=r"^[0-9a-fA-F]*$")
+    nonce: str | None = Field(default=None, min_length=16, max_length=128, pattern=r"^(?:[0-9a-fA-F]{2})*$")
 
 
 class EmbedResponse(BaseModel):
