@@ -379,7 +379,7 @@ class ReceiptSigner:
     ``tests/test_receipts_sign.py`` checks it against :func:`sign_receipt` byte for byte on generated claims.
     """
 
-    __slots__ = ("_after_attestation", "_after_profile", "_count", "_iss", "_key", "_tail")
+    __slots__ = ("_after_attestation", "_after_profile", "_constant", "_count", "_iss", "_key", "_tail")
 
     def __init__(
         self,
@@ -413,6 +413,7 @@ class ReceiptSigner:
             model_hash_scheme=model_hash_scheme,
         )
         validate_claims(constant)
+        self._constant = _constant_claims(constant)
         dumps = cbor2.dumps
         self._key = private_key
         self._iss = _KEY[_ISS] + dumps(iss) + _KEY[_IAT]
@@ -497,6 +498,37 @@ class ReceiptSigner:
         if len(receipt) > MAX_RECEIPT_SIZE:
             raise _malformed(f"{len(receipt)} bytes is over the limit of {MAX_RECEIPT_SIZE}")
         return receipt
+
+    def sign_claims(self, claims: ReceiptClaims) -> bytes:
+        """:meth:`sign` with the per-request values of ``claims``, whose other claims must be this signer's
+        (``ReceiptMalformed`` otherwise): for callers that already hold a :class:`ReceiptClaims`."""
+        if _constant_claims(claims) != self._constant:
+            raise _malformed("the claims are not those this signer was prepared with (issuer, model, measurements…)")
+        return self.sign(
+            iat=claims.iat,
+            cti=claims.cti,
+            request_hash=claims.request_hash,
+            response_hash=claims.response_hash,
+            attestation_doc_hash=claims.attestation_doc_hash,
+            sequence_number=claims.sequence_number,
+            execution_time_ms=claims.execution_time_ms,
+            memory_peak_mb=claims.memory_peak_mb,
+            eat_nonce=claims.eat_nonce,
+        )
+
+
+def _constant_claims(claims: ReceiptClaims) -> tuple[object, ...]:
+    return (
+        claims.iss,
+        claims.model_id,
+        claims.model_version,
+        claims.model_hash,
+        claims.model_hash_scheme,
+        claims.enclave_measurements,
+        claims.policy_version,
+        claims.security_mode,
+        claims.eat_profile,
+    )
 
 
 def _map_head(count: int) -> bytes:
