@@ -55,7 +55,7 @@ def embed_command(
     try:
         nonce_bytes = None if nonce is None else bytes.fromhex(nonce)
     except ValueError:
-        typer.echo("error: --nonce must be hex", err=True)
+        typer.echo("error: --nonce must be hex of whole bytes (16 to 128 hex digits)", err=True)
         raise typer.Exit(2) from None
     policy = NitroPolicy(
         measurements=[{0: bytes.fromhex(local["enclave_pcr0"])}], roots=(load_root(local["simulator_root"]),)
