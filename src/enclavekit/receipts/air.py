@@ -437,7 +437,7 @@ class ReceiptSigner:
         if model_hash_scheme is not None:
             tail += _KEY[_HASH_SCHEME] + dumps(model_hash_scheme)
         self._tail = tail
-        self._count = 16 if model_hash_scheme is None else 17  # claims, the nonce aside
+        self._count = len(_REQUIRED_KEYS) + (model_hash_scheme is not None)  # claims, the nonce aside
 
     def sign(
         self,

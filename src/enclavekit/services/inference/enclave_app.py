@@ -94,7 +94,6 @@ class InferenceEnclave:
     _context: EnclaveContext | None = None
     _receipt_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
     _document: tuple[float, bytes, bytes] | None = None
-    _measurements: EnclaveMeasurements | None = None
     _config_digest: bytes = b""
     _policy_version: str = ""
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -128,7 +127,7 @@ class InferenceEnclave:
         except KeyError as exc:
             raise ConfigurationError(f"the inference enclave needs --set {exc.args[0]}=...") from exc
         pcrs = await asyncio.to_thread(lambda: [context.nsm.describe_pcr(i).data for i in (0, 1, 2)])
-        self._measurements = EnclaveMeasurements(
+        measurements = EnclaveMeasurements(
             measurement_type=MeasurementType.NITRO, pcr0=pcrs[0], pcr1=pcrs[1], pcr2=pcrs[2]
         )
         await self._renew_document()
@@ -149,7 +148,7 @@ class InferenceEnclave:
             model_version=manifest.version,
             model_hash=manifest.model_hash,
             model_hash_scheme=MODEL_HASH_SCHEME,
-            enclave_measurements=self._measurements,
+            enclave_measurements=measurements,
             policy_version=self._policy_version,
             security_mode=context.tee,
         )
