@@ -31,6 +31,7 @@ from enclavekit.rpc import (
     parse_address,
 )
 from enclavekit.rpc.address import VMADDR_CID_ANY
+from enclavekit.rpc.connection import MessageConnection
 from enclavekit.rpc.frame import Cancel, ErrorFrame, Request, Response
 
 FRAMES = [
@@ -97,10 +98,10 @@ def test_fuzzed_frames_raise_only_enclavekit_errors(data: bytes) -> None:
 
 async def test_oversized_length_prefix_is_refused_without_allocation() -> None:
     """A 4 GiB length prefix is refused from the header; the reader never allocates for it."""
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"\x01\x01\xff\xff\xff\xf0")
-    reader.feed_data(bytes(100))
-    stream = FramedStream(reader, _NullWriter(), max_frame_size=1 << 20)  # type: ignore[arg-type]
+    ours, theirs = socket.socketpair()
+    _, connection = await asyncio.get_running_loop().create_connection(MessageConnection, sock=ours)
+    stream = FramedStream(connection, max_frame_size=1 << 20)
+    theirs.sendall(b"\x01\x01\xff\xff\xff\xf0" + bytes(100))
     tracemalloc.start()
     try:
         with pytest.raises(FrameTooLarge):
@@ -108,21 +109,9 @@ async def test_oversized_length_prefix_is_refused_without_allocation() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+        theirs.close()
+        await stream.close()
     assert peak < 1 << 20
-
-
-class _NullWriter:
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    async def wait_closed(self) -> None:
-        pass
 
 
 # --- addresses -----------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from enclavekit.rpc import (
     RpcServer,
     ServerLimits,
 )
-from enclavekit.rpc.attested import ChannelStream
+from enclavekit.rpc.attested import ChannelStream, utc_now
+from enclavekit.rpc.connection import connect as connect_messages
 from enclavekit.rpc.transport import open_connection
 from tests.polling import wait_for_async
 
@@ -424,11 +425,10 @@ async def test_garbage_closes_only_that_plaintext_connection(garbage: bytes) -> 
 
 async def test_oversized_record_length_is_refused_at_once_after_the_handshake() -> None:
     async with enclave(ServerLimits(read_timeout=30)) as setup:
-        reader, writer = await open_connection(setup.address)
-        stream = await ChannelStream.initiate(reader, writer, Initiator(setup.verifier))
+        connection = await connect_messages(setup.address)
+        stream = await ChannelStream.initiate(connection, Initiator(setup.verifier))
         started = asyncio.get_running_loop().time()
-        writer.write(b"\x01\x10\xff\xff\xff\xff")  # a record announcing 4 GiB
-        await writer.drain()
+        connection.write(b"\x01\x10\xff\xff\xff\xff")  # a record announcing 4 GiB
         await wait_for_code(setup.server, "message_too_large")
         assert asyncio.get_running_loop().time() - started < 1  # refused from the header, not by a timeout
         await stream.close()
@@ -466,13 +466,12 @@ async def test_slowloris_cannot_exhaust_the_server() -> None:
 
 async def test_slowloris_inside_a_session_is_cut_by_the_read_timeout() -> None:
     async with enclave(ServerLimits(read_timeout=0.3)) as setup:
-        reader, writer = await open_connection(setup.address)
-        stream = await ChannelStream.initiate(reader, writer, Initiator(setup.verifier))
-        record = stream.session.seal(b"\x01" * 100, now=stream._clock())
-        with contextlib.suppress(ConnectionError):  # the server hangs up on us mid-trickle
+        connection = await connect_messages(setup.address)
+        stream = await ChannelStream.initiate(connection, Initiator(setup.verifier))
+        record = stream.session.seal(b"\x01" * 100, now=utc_now())
+        with contextlib.suppress(ConnectionClosed):  # the server hangs up on us mid-trickle
             for byte in record[:40]:  # a header, then a trickle
-                writer.write(bytes([byte]))
-                await writer.drain()
+                connection.write(bytes([byte]))
                 await asyncio.sleep(0.05)
         await wait_for_code(setup.server, "read_timeout")
 

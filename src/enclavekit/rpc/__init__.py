@@ -24,6 +24,7 @@ Client::
 from enclavekit.rpc.address import Address, TcpAddress, UnixAddress, VsockAddress, parse_address
 from enclavekit.rpc.attested import ChannelStream
 from enclavekit.rpc.client import ClientOptions, RpcClient
+from enclavekit.rpc.connection import FramedStream, MessageStream
 from enclavekit.rpc.errors import (
     AddressInvalid,
     ConnectionClosed,
@@ -48,7 +49,7 @@ from enclavekit.rpc.errors import (
 from enclavekit.rpc.frame import DEFAULT_MAX_FRAME_SIZE, decode_frame
 from enclavekit.rpc.routes import CallContext, Handler, Route, Router
 from enclavekit.rpc.server import RpcServer, ServerLimits
-from enclavekit.rpc.transport import FramedStream, MessageStream, listen, open_connection
+from enclavekit.rpc.transport import listen, open_connection
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",

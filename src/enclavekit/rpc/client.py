@@ -27,6 +27,7 @@ from enclavekit.channel.protocols import AttestedPeer
 from enclavekit.errors import ConfigurationError, Error
 from enclavekit.rpc.address import Address
 from enclavekit.rpc.attested import ChannelStream, Clock, utc_now
+from enclavekit.rpc.connection import FramedStream, MessageStream, connect
 from enclavekit.rpc.errors import (
     ConnectionClosed,
     DeadlineExceeded,
@@ -45,7 +46,6 @@ from enclavekit.rpc.frame import (
     decode_frame,
 )
 from enclavekit.rpc.routes import Route
-from enclavekit.rpc.transport import FramedStream, MessageStream, open_connection
 
 __all__ = ["ClientOptions", "RpcClient", "describe_validation_error"]
 
@@ -86,7 +86,11 @@ def _copy(error: Error) -> Error:
 
 
 class RpcClient:
-    """Calls typed routes over one :class:`~enclavekit.rpc.transport.MessageStream`. Create it in a running loop."""
+    """Calls typed routes over one :class:`~enclavekit.rpc.connection.MessageStream`. Create it in a running loop.
+
+    Answers are matched to their calls in the connection's callback as they arrive (the stream delivers them
+    here): no read-loop task, no await between the socket and the caller's future.
+    """
 
     def __init__(self, stream: MessageStream, *, default_timeout: float = 30.0, max_in_flight: int = 64) -> None:
         if default_timeout <= 0 or max_in_flight < 1:
@@ -97,8 +101,8 @@ class RpcClient:
         self._pending: dict[int, asyncio.Future[Response | ErrorFrame]] = {}
         self._next_id = 1
         self._error: Error | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self._closing: asyncio.Task[None] | None = None
+        stream.deliver(self)
 
     @classmethod
     async def connect(
@@ -118,21 +122,12 @@ class RpcClient:
         if (initiator is None) != unsafe_plaintext:
             raise ConfigurationError("pass an initiator (attested), or unsafe_plaintext=True, not both or neither")
         options = options or ClientOptions()
-        reader, writer = await open_connection(address, timeout=options.connect_timeout)
+        connection = await connect(address, timeout=options.connect_timeout, read_timeout=options.read_timeout)
         stream: MessageStream
         if initiator is not None:
-            stream = await ChannelStream.initiate(
-                reader,
-                writer,
-                initiator,
-                timeout=options.handshake_timeout,
-                read_timeout=options.read_timeout,
-                clock=clock,
-            )
+            stream = await ChannelStream.initiate(connection, initiator, timeout=options.handshake_timeout, clock=clock)
         else:
-            stream = FramedStream(
-                reader, writer, max_frame_size=options.max_frame_size, read_timeout=options.read_timeout
-            )
+            stream = FramedStream(connection, max_frame_size=options.max_frame_size)
         return cls(stream, default_timeout=options.default_timeout, max_in_flight=options.max_in_flight)
 
     @property
@@ -198,42 +193,27 @@ class RpcClient:
             raise InvalidResponse(f"{route.name}: {describe_validation_error(exc)}") from None
 
     def _cancel_remote(self, request_id: int) -> None:
-        if self._error is not None:
-            return
-
-        async def send_cancel() -> None:
+        if self._error is None:
             with contextlib.suppress(Error):
-                await self._stream.send(Cancel(request_id).to_bytes())
+                self._stream.send_nowait(Cancel(request_id).to_bytes())
 
-        task = asyncio.get_running_loop().create_task(send_cancel())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def message_received(self, data: bytes) -> None:
+        """An answer arrived (in the connection's callback): resolve its call's future."""
+        frame = decode_frame(data, max_frame_size=self._stream.max_message_size)
+        if isinstance(frame, ErrorFrame) and frame.id == 0:
+            raise error_from_wire(frame.code, frame.message)  # the server says why it ends the connection
+        if not isinstance(frame, Response | ErrorFrame):
+            raise FrameUnexpected(f"the server sent a {type(frame).__name__.lower()} frame")
+        future = self._pending.get(frame.id)
+        if future is not None and not future.done():
+            future.set_result(frame)
 
-    async def _read_loop(self) -> None:
-        error: Error
-        try:
-            while True:
-                data = await self._stream.receive()
-                frame = decode_frame(data, max_frame_size=self._stream.max_message_size)
-                if isinstance(frame, ErrorFrame) and frame.id == 0:
-                    error = error_from_wire(frame.code, frame.message)
-                    break
-                if not isinstance(frame, Response | ErrorFrame):
-                    raise FrameUnexpected(f"the server sent a {type(frame).__name__.lower()} frame")
-                future = self._pending.get(frame.id)
-                if future is not None and not future.done():
-                    future.set_result(frame)
-        except Error as exc:
-            error = exc
-        except asyncio.CancelledError:
-            error = ConnectionClosed("the client closed the connection")
-        except Exception as exc:  # never leave callers hanging
-            logger.exception("RPC client read loop failed")
-            error = ConnectionClosed(f"the read loop failed ({type(exc).__name__})")
+    def connection_ended(self, error: Error | None) -> None:
+        error = error or ConnectionClosed("the connection closed")
         if not isinstance(error, ConnectionClosed):
             logger.info("RPC connection closed: %s", error.code)
         self._fail(error)
-        await self._stream.close()
+        self._close_stream()
 
     def _fail(self, error: Error) -> None:
         if self._error is None:
@@ -242,13 +222,15 @@ class RpcClient:
             if not future.done():
                 future.set_exception(_copy(error))
 
+    def _close_stream(self) -> asyncio.Task[None]:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._stream.close())
+        return self._closing
+
     async def close(self) -> None:
         """Close the connection (the attested stream sends its close record first). Pending calls fail."""
-        if not self._reader.done():
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
         self._fail(ConnectionClosed("the client closed the connection"))
+        await asyncio.shield(self._close_stream())
 
     async def __aenter__(self) -> RpcClient:
         return self

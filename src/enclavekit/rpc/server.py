@@ -31,6 +31,7 @@ from enclavekit.errors import ConfigurationError, Error, Rejected
 from enclavekit.rpc.address import Address, UnixAddress, parse_address
 from enclavekit.rpc.attested import ChannelStream, Clock, utc_now
 from enclavekit.rpc.client import describe_validation_error
+from enclavekit.rpc.connection import FramedStream, MessageConnection, MessageStream, serve
 from enclavekit.rpc.errors import (
     ConnectionClosed,
     DeadlineExceeded,
@@ -44,7 +45,6 @@ from enclavekit.rpc.errors import (
 )
 from enclavekit.rpc.frame import DEFAULT_MAX_FRAME_SIZE, Cancel, ErrorFrame, Request, Response, decode_frame
 from enclavekit.rpc.routes import CallContext, Router
-from enclavekit.rpc.transport import FramedStream, MessageStream, close_writer, listen
 
 __all__ = ["RpcServer", "ServerLimits"]
 
@@ -97,6 +97,7 @@ class RpcServer:
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self._connections: dict[asyncio.Task[object], _Connection | None] = {}
+        self._accepting: set[asyncio.Task[None]] = set()
         self._closing = False
         self.connection_errors: Counter[str] = Counter()
         """How many connections were closed for each error code (for metrics and tests)."""
@@ -104,7 +105,12 @@ class RpcServer:
     async def start(self, address: str | Address) -> Address:
         """Listen on ``address``; return the bound address (with the real port when ``:0`` was asked)."""
         address = parse_address(address)
-        server, bound = await listen(address, self.serve_connection, backlog=min(1024, self.limits.max_connections))
+        server, bound = await serve(
+            address,
+            self._accepted,
+            backlog=min(1024, self.limits.max_connections),
+            read_timeout=self.limits.read_timeout,
+        )
         self._servers.append(server)
         if isinstance(bound, UnixAddress):
             self._unix_paths.append(bound.path)
@@ -115,47 +121,39 @@ class RpcServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one accepted connection to its end. Never raises, not even when cancelled by :meth:`close`.
+    def _accepted(self, connection: MessageConnection) -> None:
+        task = asyncio.get_running_loop().create_task(self.serve_connection(connection))
+        self._accepting.add(task)  # a strong reference until it is in _connections (or refused)
+        task.add_done_callback(self._accepting.discard)
 
-        (This is the connection's top-level task: asyncio 3.11's stream callback mishandles a cancelled one.)
-        """
+    async def serve_connection(self, connection: MessageConnection) -> None:
+        """Serve one accepted connection to its end. Never raises, not even when cancelled by :meth:`close`."""
         task = asyncio.current_task()
         try:
-            await self._serve_connection(reader, writer, task)
+            await self._serve_connection(connection, task)
         except asyncio.CancelledError:
             if task is not None:
                 task.uncancel()
-            writer.transport.abort()
+            connection.abort()
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[object] | None
-    ) -> None:
-        name = _peer_name(writer)
+    async def _serve_connection(self, connection: MessageConnection, task: asyncio.Task[object] | None) -> None:
+        name = connection.peer_name
         if self._closing or task is None or len(self._connections) >= self.limits.max_connections:
             logger.warning("refusing connection %s: %d connections open", name, len(self._connections))
             self.connection_errors[Overloaded.code] += 1
-            await self._refuse(writer)
+            await self._refuse(connection)
             return
         self._connections[task] = None
         try:
             stream: MessageStream
             if self.responder is not None:
                 stream = await ChannelStream.respond(
-                    reader,
-                    writer,
-                    self.responder,
-                    timeout=self.limits.handshake_timeout,
-                    read_timeout=self.limits.read_timeout,
-                    clock=self.clock,
+                    connection, self.responder, timeout=self.limits.handshake_timeout, clock=self.clock
                 )
             else:
-                stream = FramedStream(
-                    reader, writer, max_frame_size=self.limits.max_frame_size, read_timeout=self.limits.read_timeout
-                )
-            connection = _Connection(self, stream, name)
-            self._connections[task] = connection
-            await connection.run()
+                stream = FramedStream(connection, max_frame_size=self.limits.max_frame_size)
+            session = self._connections[task] = _Connection(self, stream, name)
+            await session.run()
         except ConnectionClosed:
             logger.debug("connection %s closed", name)
         except Error as exc:
@@ -166,17 +164,17 @@ class RpcServer:
             logger.exception("connection %s failed unexpectedly", name)
         finally:
             self._connections.pop(task, None)
-            await close_writer(writer)
+            await connection.close()
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(self, connection: MessageConnection) -> None:
         message = (
             Alert(Overloaded.code).to_bytes()
             if self.responder is not None
             else ErrorFrame.build(0, Overloaded.code, "too many connections").to_bytes()
         )
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-            writer.write(message)
-        await close_writer(writer)
+        with contextlib.suppress(Error):
+            connection.write(message)
+        await connection.close()
 
     async def close(self) -> None:
         """Stop listening, let requests in flight finish for ``shutdown_grace`` seconds, then close everything."""
@@ -207,68 +205,85 @@ class RpcServer:
         await self.close()
 
 
-def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer) if peer else "local"
-
-
 class _Connection:
-    """One connection's read loop and its request tasks."""
+    """One session's requests: frames arrive in the connection's callback (this is the stream's sink); each
+    request runs in its own task. The connection's task waits in :meth:`run` for its end."""
 
-    __slots__ = ("name", "server", "stream", "tasks")
+    __slots__ = ("_ended", "_idle_timer", "_last", "_loop", "name", "server", "stream", "tasks")
 
     def __init__(self, server: RpcServer, stream: MessageStream, name: str) -> None:
         self.server = server
         self.stream = stream
         self.name = name
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._loop = asyncio.get_running_loop()
+        self._ended: asyncio.Future[Error] = self._loop.create_future()
+        self._last = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         limits = self.server.limits
         stream = self.stream
+        self._idle_timer = self._loop.call_later(limits.idle_timeout, self._check_idle)
         try:
-            while True:
-                try:
-                    data = await stream.receive(idle_timeout=limits.idle_timeout)
-                except IdleTimeout:
-                    if self.tasks:
-                        continue
-                    raise
-                frame = decode_frame(data, max_frame_size=stream.max_message_size)
-                if isinstance(frame, Request):
-                    await self._start(frame)
-                elif isinstance(frame, Cancel):
-                    task = self.tasks.get(frame.id)
-                    if task is not None:
-                        task.cancel()
-                else:
-                    raise FrameUnexpected(f"a client sent a {type(frame).__name__.lower()} frame")
-        except (Rejected, IdleTimeout) as exc:
-            # Tell the peer why (best effort: after a refused record the session cannot send any more).
-            with contextlib.suppress(Error, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await stream.send(ErrorFrame.build(0, exc.code, exc.message).to_bytes())
-            raise
+            stream.deliver(self)
+            error = await self._ended
+            if isinstance(error, Rejected | IdleTimeout):
+                # Tell the peer why (best effort: after a refused record the session cannot send any more).
+                with contextlib.suppress(Error, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await stream.send(ErrorFrame.build(0, error.code, error.message).to_bytes())
+            raise error
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             for task in self.tasks.values():
                 task.cancel()
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             await stream.close()
 
-    async def _start(self, request: Request) -> None:
+    def message_received(self, data: bytes) -> None:
+        if self._ended.done():
+            return
+        self._last = self._loop.time()
+        frame = decode_frame(data, max_frame_size=self.stream.max_message_size)
+        if isinstance(frame, Request):
+            self._start(frame)
+        elif isinstance(frame, Cancel):
+            task = self.tasks.get(frame.id)
+            if task is not None:
+                task.cancel()
+        else:
+            raise FrameUnexpected(f"a client sent a {type(frame).__name__.lower()} frame")
+
+    def connection_ended(self, error: Error | None) -> None:
+        if not self._ended.done():
+            self._ended.set_result(error or ConnectionClosed("the peer closed the connection"))
+
+    def _check_idle(self) -> None:
+        """Close a connection with nothing in flight on which nothing arrived for ``idle_timeout``."""
+        idle = self.server.limits.idle_timeout
+        now = self._loop.time()
+        if self.tasks or self.stream.connection.receiving:
+            self._idle_timer = self._loop.call_at(now + idle, self._check_idle)
+        elif now - self._last >= idle:
+            self._idle_timer = None
+            self.connection_ended(IdleTimeout(f"nothing arrived for {idle} s"))
+        else:
+            self._idle_timer = self._loop.call_at(self._last + idle, self._check_idle)
+
+    def _start(self, request: Request) -> None:
         if request.id in self.tasks:
             error: Error = DuplicateRequest(f"request id {request.id} is already in flight")
         elif len(self.tasks) >= self.server.limits.max_in_flight:
             error = Overloaded(f"{len(self.tasks)} requests in flight on this connection")
         else:
-            task = asyncio.get_running_loop().create_task(self._serve(request))
+            task = self._loop.create_task(self._serve(request))
             self.tasks[request.id] = task
             task.add_done_callback(lambda _: self.tasks.pop(request.id, None))
             return
         logger.info("rpc %s id=%d outcome=%s", request.route, request.id, error.code)
-        await self.stream.send(ErrorFrame.build(request.id, error.code, error.message).to_bytes())
+        self.stream.send_nowait(ErrorFrame.build(request.id, error.code, error.message).to_bytes())
 
     async def _serve(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
