@@ -24,10 +24,10 @@ from typing import Protocol
 
 from enclavekit.channel.protocols import AttestedPeer
 from enclavekit.errors import Error
-from enclavekit.rpc.address import Address, parse_address
+from enclavekit.rpc.address import Address
 from enclavekit.rpc.errors import ConnectionClosed, ConnectionFailed, FrameTruncated, IdleTimeout, ReadTimeout
 from enclavekit.rpc.frame import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, frame_length
-from enclavekit.rpc.transport import bound_address, connect_socket, listening_socket
+from enclavekit.rpc.transport import bind, connect_socket
 
 __all__ = [
     "BodyLength",
@@ -477,12 +477,7 @@ async def serve(
     Accepted connections pause their reading while their writes wait for the peer: a peer that does not read its
     answers gets no more read. Raises :class:`ConnectionFailed` when the address cannot be bound.
     """
-    address = parse_address(address)
-    try:
-        sock = listening_socket(address, backlog)
-    except OSError as exc:
-        raise ConnectionFailed(f"cannot listen on {address}: {exc}") from exc
-    bound = bound_address(address, sock)
+    sock, bound = bind(address, backlog)
 
     def accepted() -> MessageConnection:
         return _Accepted(on_connection, read_timeout=read_timeout)

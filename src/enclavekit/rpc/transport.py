@@ -19,6 +19,7 @@ from enclavekit.rpc.address import Address, TcpAddress, UnixAddress, VsockAddres
 from enclavekit.rpc.errors import ConnectionFailed
 
 __all__ = [
+    "bind",
     "bound_address",
     "connect_socket",
     "listen",
@@ -135,11 +136,19 @@ async def listen(
 
     Raises :class:`ConnectionFailed` when the address cannot be bound.
     """
+    sock, bound = bind(address, backlog)
+    server = await asyncio.start_server(handler, sock=sock, limit=limit)
+    return server, bound
+
+
+def bind(address: str | Address, backlog: int) -> tuple[socket.socket, Address]:
+    """A listening socket on ``address`` and the address it is bound to (port 0 resolved).
+
+    Raises :class:`ConnectionFailed` when the address cannot be bound.
+    """
     address = parse_address(address)
     try:
         sock = listening_socket(address, backlog)
     except OSError as exc:
         raise ConnectionFailed(f"cannot listen on {address}: {exc}") from exc
-    bound = bound_address(address, sock)
-    server = await asyncio.start_server(handler, sock=sock, limit=limit)
-    return server, bound
+    return sock, bound_address(address, sock)
