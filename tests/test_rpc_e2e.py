@@ -371,3 +371,29 @@ async def test_concurrent_calls_over_tcp_are_not_held_back(tmp_path: Path) -> No
         for _ in range(20):
             await asyncio.gather(*(client.call(ECHO, Echo(text="x")) for _ in range(8)))
         assert loop.time() - started < 0.5  # 20 rounds x 40 ms if small writes waited for ACKs
+
+
+async def test_a_request_running_longer_than_the_idle_timeout_keeps_its_connection(tmp_path: Path) -> None:
+    limits = ServerLimits(idle_timeout=0.3)
+    async with (
+        serving("tcp", tmp_path, limits=limits) as (server, address, enclave, _app),
+        await connect(address, enclave) as client,
+    ):
+        assert await client.call(SLEEP, Sleep(seconds=1.0)) == Echo(text="slept 1.0")  # 3 idle timeouts long
+        assert await client.call(ECHO, Echo(text="still here")) == Echo(text="STILL HERE")
+        assert server.connection_errors["idle_timeout"] == 0
+
+
+async def test_steady_calls_keep_a_connection_open_and_silence_then_closes_it(tmp_path: Path) -> None:
+    limits = ServerLimits(idle_timeout=0.3)
+    async with (
+        serving("tcp", tmp_path, limits=limits) as (server, address, enclave, _app),
+        await connect(address, enclave) as client,
+    ):
+        for i in range(10):  # one call every 0.15 s for 1.5 s: never 0.3 s of silence
+            assert await client.call(ECHO, Echo(text=f"{i}")) == Echo(text=f"{i}")
+            await asyncio.sleep(0.15)
+        assert server.connection_errors["idle_timeout"] == 0 and not client.closed
+        await wait_for_async(lambda: client.closed, 5, what="the silent connection is closed")
+        assert server.connection_errors["idle_timeout"] == 1
+        assert client.error is not None and client.error.code == "idle_timeout"  # the server said why
