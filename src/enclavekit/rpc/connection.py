@@ -379,7 +379,7 @@ class MessageConnection(asyncio.BufferedProtocol):
                 self.transport.pause_reading()
 
     def _resume_if_room(self) -> None:
-        if not self._reading_paused or (self._writing_paused and self._pause_with_writes):
+        if not self._reading_paused or self._ended or (self._writing_paused and self._pause_with_writes):
             return
         if self._sink is None and len(self._buffer) > max(PULL_HIGH_WATER, self._needed):
             return
