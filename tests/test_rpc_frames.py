@@ -105,7 +105,7 @@ async def test_oversized_length_prefix_is_refused_without_allocation() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(FrameTooLarge):
-            await stream.receive()
+            await connection.receive()  # with the frame header rule the stream set
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -127,12 +127,6 @@ class ChannelStream:
         # Sealing and writing with no await between: records leave in the order of their sequence numbers.
         self._connection.write(self.session.seal(message, now=self._clock()))
 
-    async def receive(self, *, idle_timeout: float | None = None) -> bytes:
-        while True:
-            data = self._open(await self._connection.receive(idle_timeout=idle_timeout))
-            if data is not None:
-                return data
-
     def deliver(self, sink: MessageSink) -> None:
         self._sink = sink
         self._connection.deliver(self)

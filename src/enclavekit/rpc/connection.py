@@ -25,7 +25,7 @@ from typing import Protocol
 from enclavekit.channel.protocols import AttestedPeer
 from enclavekit.errors import Error
 from enclavekit.rpc.address import Address
-from enclavekit.rpc.errors import ConnectionClosed, ConnectionFailed, FrameTruncated, IdleTimeout, ReadTimeout
+from enclavekit.rpc.errors import ConnectionClosed, ConnectionFailed, FrameTruncated, ReadTimeout
 from enclavekit.rpc.frame import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, frame_length
 from enclavekit.rpc.transport import bind, connect_socket
 
@@ -92,15 +92,10 @@ class MessageStream(Protocol):
         """Send without waiting (inside a callback): the connection's write buffer takes it."""
         ...
 
-    async def receive(self, *, idle_timeout: float | None = None) -> bytes:
-        """The next message. Raises :class:`ConnectionClosed` when the peer closed cleanly, :class:`IdleTimeout`
-        when nothing started arriving within ``idle_timeout``, :class:`ReadTimeout` when a started message did
-        not complete within the connection's read timeout, and a Rejected error for bytes that are not a message."""
-        ...
-
     def deliver(self, sink: MessageSink) -> None:
-        """Hand every message to ``sink`` as it arrives (instead of :meth:`receive`); its end, always with an
-        error (:class:`ConnectionClosed` for a clean one), to ``sink.connection_ended``."""
+        """Hand every message to ``sink`` as it arrives; its end, always with an error (:class:`ConnectionClosed`
+        for a clean one; :class:`ReadTimeout`, or a Rejected error for bytes that are not a message), to
+        ``sink.connection_ended``."""
         ...
 
     async def close(self) -> None: ...
@@ -157,22 +152,17 @@ class MessageConnection(asyncio.BufferedProtocol):
 
     # --- taking messages ------------------------------------------------------------------------------------------
 
-    async def receive(self, *, idle_timeout: float | None = None) -> bytes | None:
+    async def receive(self) -> bytes | None:
         """The next message; None at a clean end of stream (before a message's first byte).
 
-        Raises :class:`IdleTimeout` when no byte of a message arrived within ``idle_timeout``,
+        Waits as long as nothing arrives (the caller bounds that: the handshake's timeout). Raises
         :class:`ReadTimeout` when a started message did not complete within ``read_timeout``, the delimiter's
         error for a header it refuses, and ``truncated`` when the stream ended inside a message.
         """
         if self._sink is not None:
             raise RuntimeError("this connection delivers its messages to a sink")
-        if not self._buffer:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    while not self._buffer and not self._eof and not self._ended:
-                        await self._wait()
-            except TimeoutError:
-                raise IdleTimeout(f"nothing arrived for {idle_timeout} s") from None
+        while not self._buffer and not self._eof and not self._ended:
+            await self._wait()
         try:
             async with asyncio.timeout(self.read_timeout if self._buffer else None):
                 while True:
@@ -530,12 +520,6 @@ class FramedStream:
 
     def send_nowait(self, message: bytes) -> None:
         self._connection.write(message)
-
-    async def receive(self, *, idle_timeout: float | None = None) -> bytes:
-        message = await self._connection.receive(idle_timeout=idle_timeout)
-        if message is None:
-            raise ConnectionClosed("the peer closed the connection")
-        return message
 
     def deliver(self, sink: MessageSink) -> None:
         self._sink = sink
